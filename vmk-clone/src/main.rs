@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    vmk_common::cli::main::<vmk_clone::Args>(vmk_clone::run)
+}

@@ -1,0 +1,17 @@
+//! vmk-common: what every vmk tool shares, so that each tool stays a thin layer of commands.
+//!
+//! - [`cli`]: global options, logging, error reporting and exit codes of every tool.
+//! - [`config`]: the six config sources, parsed (never executed) into a typed [`config::VmConfig`].
+//! - [`qemu`]: the one typed builder of qemu command lines.
+//! - [`state`], [`qmp`]: pidfiles, process identity, the QMP client.
+//! - [`fileops`]: reflink/NOCOW copies that never leave half-written files.
+//! - [`frontdoor`]: the `vmk` command that execs `vmk-<command>`.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fileops;
+pub mod frontdoor;
+pub mod qemu;
+pub mod qmp;
+pub mod state;

@@ -1,0 +1,1 @@
+//! Test fixtures for vmk (being written: see issue 2).
