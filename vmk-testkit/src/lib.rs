@@ -1,1 +1,158 @@
-//! Test fixtures for vmk (being written: see issue 2).
+//! Test fixtures for vmk's real tests: requirements that skip loudly, loop-mounted btrfs,
+//! guest images and guards that stop every qemu a test started.
+//!
+//! Tests that need the system (root, qemu, btrfs, a guest) live in integration test
+//! binaries with `harness = false` and are run through [`run_system_tests`]: a test whose
+//! requirements are missing prints why and is reported as *ignored* (skipped), never as
+//! passed. With `VMK_TEST_REQUIRE_ALL=1` (set by `.ci/run`) a missing requirement is a
+//! failure instead, so in CI everything runs.
+
+use std::path::Path;
+
+pub use libtest_mimic::Failed;
+
+/// Something a system test needs from the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Running as root (loop devices, mounts).
+    Root,
+    /// `qemu-system-x86_64` on PATH.
+    Qemu,
+    /// `mkfs.btrfs` on PATH (and root to mount it).
+    Btrfs,
+    /// `debootstrap` on PATH (and root) to build the Debian guest.
+    Debootstrap,
+    /// A static busybox for the tiny initramfs guest.
+    Busybox,
+    /// A bootable kernel for direct boot (from /boot or the Debian guest).
+    Kernel,
+    /// `guestmount` (libguestfs).
+    Guestmount,
+    /// `ssh` and `ssh-keygen`.
+    Ssh,
+    /// Any other program on PATH, by name.
+    Program(&'static str),
+}
+
+impl Need {
+    /// Why this need is not met here, or `None` when it is.
+    pub fn unmet(self) -> Option<String> {
+        match self {
+            Need::Root => (!nix::unistd::Uid::effective().is_root())
+                .then(|| "needs root (loop devices and mounts)".to_string()),
+            Need::Qemu => missing_program("qemu-system-x86_64"),
+            Need::Btrfs => missing_program("mkfs.btrfs").or_else(|| Need::Root.unmet()),
+            Need::Debootstrap => missing_program("debootstrap").or_else(|| Need::Root.unmet()),
+            Need::Busybox => (!Path::new("/bin/busybox").exists()
+                && !Path::new("/usr/bin/busybox").exists())
+            .then(|| "needs busybox (apt-get install busybox-static)".to_string()),
+            Need::Kernel => crate::find_host_kernel()
+                .is_none()
+                .then(|| "needs a kernel in /boot to boot guests directly".to_string()),
+            Need::Guestmount => missing_program("guestmount"),
+            Need::Ssh => missing_program("ssh").or_else(|| missing_program("ssh-keygen")),
+            Need::Program(p) => missing_program(p),
+        }
+    }
+}
+
+/// Finds a program on PATH.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+fn missing_program(program: &str) -> Option<String> {
+    which(program)
+        .is_none()
+        .then(|| format!("needs `{program}` on PATH"))
+}
+
+/// The newest kernel image in /boot readable by this user, if any.
+pub fn find_host_kernel() -> Option<std::path::PathBuf> {
+    let mut kernels: Vec<_> = std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+                && std::fs::File::open(p).is_ok()
+        })
+        .collect();
+    kernels.sort();
+    kernels.pop()
+}
+
+/// True when missing requirements must fail instead of skip (CI).
+pub fn require_all() -> bool {
+    std::env::var_os("VMK_TEST_REQUIRE_ALL").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// One system test: a name, what it needs, and its body.
+pub struct SystemTest {
+    name: String,
+    needs: Vec<Need>,
+    body: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
+}
+
+impl std::fmt::Debug for SystemTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemTest")
+            .field("name", &self.name)
+            .field("needs", &self.needs)
+            .finish()
+    }
+}
+
+impl SystemTest {
+    /// A test called `name` that needs `needs` and runs `body`.
+    pub fn new(
+        name: &str,
+        needs: &[Need],
+        body: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+    ) -> Self {
+        SystemTest {
+            name: name.to_string(),
+            needs: needs.to_vec(),
+            body: Box::new(body),
+        }
+    }
+}
+
+/// Runs system tests with libtest-mimic: unmet needs make a test ignored (with the reason
+/// printed), or failed under `VMK_TEST_REQUIRE_ALL=1`. Call from a `harness = false` main.
+pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let strict = require_all();
+    let trials = tests
+        .into_iter()
+        .map(|t| {
+            let unmet: Vec<String> = t.needs.iter().filter_map(|n| n.unmet()).collect();
+            let name = t.name.clone();
+            if unmet.is_empty() {
+                let body = t.body;
+                libtest_mimic::Trial::test(t.name, move || {
+                    body().map_err(|e| Failed::from(format!("{e:?}")))
+                })
+            } else if strict {
+                let why = unmet.join(", ");
+                libtest_mimic::Trial::test(t.name, move || {
+                    Err(format!("cannot run ({why}) and VMK_TEST_REQUIRE_ALL is set").into())
+                })
+            } else {
+                eprintln!("SKIPPED {name}: {}", unmet.join(", "));
+                libtest_mimic::Trial::test(t.name, || Ok(())).with_ignored_flag(true)
+            }
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if conclusion.has_failed() {
+        std::process::ExitCode::from(101)
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
