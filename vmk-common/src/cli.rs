@@ -61,7 +61,11 @@ impl GlobalOpts {
             .ok()
             .and_then(|v| v.parse::<u8>().ok())
             .unwrap_or(0);
-        let own = if self.debug { self.verbose.max(2) } else { self.verbose };
+        let own = if self.debug {
+            self.verbose.max(2)
+        } else {
+            self.verbose
+        };
         own.max(inherited)
     }
 }
@@ -178,7 +182,8 @@ mod tests {
 
     #[test]
     fn broken_pipe_is_success() {
-        let err = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("printing");
+        let err =
+            anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("printing");
         assert!(is_broken_pipe(&err));
         assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
     }

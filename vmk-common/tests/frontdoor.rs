@@ -1,0 +1,156 @@
+//! The `vmk` front door, run as a real binary with plugin scripts on a temporary PATH.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+/// Writes an executable shell script.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A copy of the real `vmk` in a directory of its own, so its "own directory" is known.
+fn vmk_in(dir: &Path) -> PathBuf {
+    let vmk = dir.join("vmk");
+    fs::copy(assert_cmd::cargo::cargo_bin("vmk"), &vmk).unwrap();
+    vmk
+}
+
+#[test]
+fn plugin_on_path_gets_arguments_and_exit_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    script(&bin, "vmk-hello", r#"echo "hello:$*"; exit 7"#);
+    Command::cargo_bin("vmk")
+        .unwrap()
+        .env("PATH", &bin)
+        .args(["hello", "a", "b"])
+        .assert()
+        .code(7)
+        .stdout("hello:a b\n");
+}
+
+#[test]
+fn global_options_reach_the_plugin_through_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    script(
+        tmp.path(),
+        "vmk-env",
+        r#"echo "VMK=$VMK"; echo "config=$VMK_OPT_CONFIG"; echo "dry=$VMK_OPT_DRY_RUN"; echo "verbose=$VMK_OPT_VERBOSE""#,
+    );
+    let vmk = assert_cmd::cargo::cargo_bin("vmk");
+    let out = Command::new(&vmk)
+        .current_dir(tmp.path())
+        .env("PATH", tmp.path())
+        .args(["-D", "-x", "-c", "my-config", "env"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains(&format!("VMK={}", vmk.display())), "{out}");
+    let expected_config = tmp.path().join("my-config");
+    assert!(
+        out.contains(&format!("config={}", expected_config.display())),
+        "{out}"
+    );
+    assert!(out.contains("dry=1"), "{out}");
+    assert!(out.contains("verbose=2"), "{out}");
+}
+
+#[test]
+fn own_directory_wins_over_path_and_aliases_add_their_arguments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let own = tmp.path().join("own");
+    let path = tmp.path().join("path");
+    fs::create_dir_all(&own).unwrap();
+    fs::create_dir_all(&path).unwrap();
+    let vmk = vmk_in(&own);
+    script(&own, "vmk-run", r#"echo "own:$*""#);
+    script(&path, "vmk-run", r#"echo "path:$*""#);
+    script(&own, "vmk-snap", r#"echo "snap:$*""#);
+    let run = |args: &[&str]| Command::new(&vmk).env("PATH", &path).args(args).assert();
+    run(&["info", "--json"])
+        .success()
+        .stdout("own:info --json\n");
+    run(&["status"]).success().stdout("own:info\n");
+    run(&["run", "-x"]).success().stdout("own:run -x\n");
+    run(&["snap", "run"]).success().stdout("snap:run\n");
+    run(&["dsnap", "list"])
+        .success()
+        .stdout("snap:--base dsnap list\n");
+}
+
+#[test]
+fn unknown_command_suggests_the_closest() {
+    let tmp = tempfile::tempdir().unwrap();
+    Command::cargo_bin("vmk")
+        .unwrap()
+        .env("PATH", tmp.path())
+        .arg("rnu")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no such command: `rnu`"))
+        .stderr(predicate::str::contains("Did you mean `run`?"));
+}
+
+#[test]
+fn list_shows_builtins_aliases_and_plugins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugin = script(tmp.path(), "vmk-hello", "true");
+    script(tmp.path(), "vmk-notexec.txt", "true");
+    let list = |args: &[&str]| {
+        let out = Command::cargo_bin("vmk")
+            .unwrap()
+            .env("PATH", tmp.path())
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        String::from_utf8(out).unwrap()
+    };
+    let plain = list(&["--list"]);
+    for needle in [
+        "snap",
+        "dsnap",
+        "vmk-snap --base dsnap",
+        "ssh",
+        "Plugins",
+        "hello",
+    ] {
+        assert!(plain.contains(needle), "missing {needle} in:\n{plain}");
+    }
+    assert!(!plain.contains("notexec"));
+    let verbose = list(&["-v", "--list"]);
+    assert!(verbose.contains(&plugin.display().to_string()), "{verbose}");
+    let help = list(&["help"]);
+    assert!(help.contains("Plugins") && help.contains("Usage"), "{help}");
+}
+
+#[test]
+fn help_command_shows_the_tools_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vmk = vmk_in(tmp.path());
+    script(tmp.path(), "vmk-sshkey", r#"echo "sshkey:$*""#);
+    let empty = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(&vmk)
+            .env("PATH", empty.path())
+            .args(args)
+            .assert()
+    };
+    run(&["help", "hello-missing"]).code(2);
+    run(&["help", "ssh"])
+        .success()
+        .stdout("sshkey:ssh --help\n");
+}
