@@ -37,11 +37,12 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct GlobalOpts {
     /// Use FILE as this VM's config instead of ./vm-config (its directory is the VM directory)
-    #[arg(short = 'c', long = "config", value_name = "FILE", global = true, env = ENV_CONFIG)]
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true, env = ENV_CONFIG,
+          hide_env_values = true)]
     pub config: Option<PathBuf>,
 
     /// Dry run: print what would be run (shell-quoted), run nothing
-    #[arg(short = 'D', long = "dry-run", global = true, env = ENV_DRY_RUN,
+    #[arg(short = 'D', long = "dry-run", global = true, env = ENV_DRY_RUN, hide_env_values = true,
           value_parser = clap::builder::FalseyValueParser::new(), action = ArgAction::SetTrue)]
     pub dry_run: bool,
 

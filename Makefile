@@ -1,0 +1,49 @@
+# vmk: build, install, test. See README.md.
+PREFIX ?= /usr/local
+BINDIR = $(PREFIX)/bin
+MANDIR = $(PREFIX)/share/man/man1
+SHAREDIR = $(PREFIX)/share/vmk
+BASHDIR = $(PREFIX)/share/bash-completion/completions
+ZSHDIR = $(PREFIX)/share/zsh/site-functions
+FISHDIR = $(PREFIX)/share/fish/vendor_completions.d
+TOOLS = vmk vmk-run vmk-snap vmk-clone vmk-mount vmk-sshkey vmk-ayinstall vmk-completions
+CARGO ?= cargo
+
+.PHONY: all build deps install man test check demo clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+# System packages (Debian/Ubuntu, root).
+deps:
+	./scripts/install-deps
+
+install: build
+	install -d $(BINDIR) $(MANDIR) $(SHAREDIR) $(BASHDIR) $(ZSHDIR) $(FISHDIR)
+	for t in $(TOOLS); do install -m 0755 target/release/$$t $(BINDIR)/$$t; done
+	install -m 0644 man/*.1 $(MANDIR)/
+	cp -r autoinst $(SHAREDIR)/
+	target/release/vmk-completions bash > $(BASHDIR)/vmk
+	target/release/vmk-completions zsh > $(ZSHDIR)/_vmk
+	target/release/vmk-completions fish > $(FISHDIR)/vmk.fish
+
+# Regenerate man/ from the clap definitions (a test fails when it is stale).
+man:
+	$(CARGO) run -q -p vmk-docgen --bin vmk-mangen -- man
+
+# The test command README.md gives; .ci/run runs it too.
+test:
+	$(CARGO) test --workspace
+
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The main job on a guest vmk builds itself (see scripts/demo).
+demo: build
+	./scripts/demo
+
+clean:
+	$(CARGO) clean
