@@ -9,6 +9,8 @@
 
 use std::path::Path;
 
+pub mod btrfs;
+
 pub use libtest_mimic::Failed;
 
 /// Something a system test needs from the machine.
