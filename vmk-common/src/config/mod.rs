@@ -1,10 +1,729 @@
 //! Configuration: the six sources of SPEC §2, parsed (never executed) into a typed [`VmConfig`].
 //!
-//! (Being written: see issue 2.)
+//! Reading happens in stages, each of which reports `file:line: KEY: what was expected`:
+//! 1. bytes → [`RawConfig`] ([`raw`]): lines kept verbatim, so `vmk set` can edit one value;
+//! 2. the sources merged in order, later wins: `/etc/vmk-config`, `~/.vmkrc`, `./vmkrc`,
+//!    `./vm-config` (or `-c FILE`, whose directory is then the VM directory), the environment
+//!    (`VMK_*` keys of the table only: control variables such as `VMK` and `VMK_OPT_*` are
+//!    ignored), then the command line's overrides. Each value is checked against the key
+//!    table ([`keys`]) where it is assigned, so an error points at the line that made it;
+//! 3. the merged text → a typed [`VmConfig`], then [`VmConfig::validate`] for rules that
+//!    involve several keys (ports that overflow, a MAC format that gives no MAC for VMK_VNC).
+//!
+//! Decisions (SPEC §2 leaves them open):
+//! - An empty value means "unset": the default applies (`VMK_ISO=` is no ISO).
+//! - `${NAME}`/`$NAME` expand to a key assigned earlier, in this file or an earlier source.
+//!   A name assigned nowhere falls back to the process environment for names outside `VMK_`
+//!   (so `~/.vmkrc` may say `VMK_ISO_DIR=$HOME/iso`); anything else is an error, never "".
+//! - Assignments of names without `VMK_` are kept (they can be referenced) and logged at
+//!   debug level; an unknown `VMK_` name is an error with the closest known key.
+//! - Relative paths are relative to the VM directory, whichever file set them; a leading
+//!   `~/` is the home directory.
+//! - `VMK_DISK1`…`VMK_DISK6` when empty: a file `disk1`…`disk6` in the VM directory is
+//!   attached when it exists (see [`VmConfig::extra_disks`]).
+//! - `VMK_ISO` is a path when it contains a `/`, else a file name in `VMK_ISO_DIR` (or in the
+//!   VM directory when `VMK_ISO_DIR` is empty).
+//! - `VMK_QEMU` is a path when it contains a `/`, else a program looked up on PATH.
+
+pub mod keys;
+pub mod raw;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use keys::{closest_key, key, keys, validate_value, KeyKind, KeySpec};
+pub use raw::{Assignment, LineKind, Piece, Quoting, RawConfig, RawLine};
+pub use values::{Accel, CacheMode, DiskBus, DiskFormat, MacFormat, MemSize, NetType, Size};
+
+/// The system-wide config file.
+pub const SYSTEM_FILE: &str = "/etc/vmk-config";
+/// The user's config file, in the home directory.
+pub const USER_FILE_NAME: &str = ".vmkrc";
+/// The config shared by VMs beside each other, in the VM directory.
+pub const GROUP_FILE_NAME: &str = "vmkrc";
+/// The VM's own config, in the VM directory.
+pub const VM_FILE_NAME: &str = "vm-config";
 
 /// A configuration error: names the file, line and key, and says what was expected.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+///
+/// Displayed as `vm-config:7: VMK_MEM: expected a memory size like 2048, 2G or 512M, got "lots"`;
+/// parts that are unknown are left out. Tools exit with status 2 on it (see [`crate::cli`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
+    /// Where the value came from: a file as named to the user, `environment` or `command line`.
+    pub file: Option<String>,
+    /// Line in `file`, from 1.
+    pub line: Option<usize>,
+    /// The key concerned.
+    pub key: Option<String>,
+    /// What is wrong and, where there is something to do, what to do.
     pub message: String,
 }
+
+impl ConfigError {
+    /// An error with only a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            line: None,
+            key: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error about a whole file.
+    pub fn file(file: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: Some(file.into()),
+            ..ConfigError::new(message)
+        }
+    }
+
+    /// An error at a line of a file.
+    pub fn at(file: impl Into<String>, line: usize, message: impl Into<String>) -> Self {
+        ConfigError {
+            line: Some(line),
+            ..ConfigError::file(file, message)
+        }
+    }
+
+    /// The same error, about `key`.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The same error, located where `origin` says the value came from.
+    pub fn with_origin(mut self, origin: &Origin) -> Self {
+        match origin {
+            Origin::File { path, line } => {
+                self.file = Some(path.clone());
+                self.line = Some(*line);
+            }
+            Origin::Env => self.file = Some("environment".into()),
+            Origin::CommandLine => self.file = Some("command line".into()),
+            Origin::Default => {}
+        }
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}:")?;
+            if let Some(line) = self.line {
+                write!(f, "{line}:")?;
+            }
+            f.write_str(" ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The key table's default.
+    Default,
+    /// A line of a config file (`path` as shown to the user).
+    File {
+        /// The file as named in messages.
+        path: String,
+        /// Line, from 1.
+        line: usize,
+    },
+    /// A `VMK_*` environment variable.
+    Env,
+    /// An override from the command line.
+    CommandLine,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File { path, line } => write!(f, "{path}:{line}"),
+            Origin::Env => f.write_str("environment"),
+            Origin::CommandLine => f.write_str("command line"),
+        }
+    }
+}
+
+/// What [`load`] reads.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// `-c FILE`: this VM's config (must exist); its directory is the VM directory.
+    pub config_file: Option<PathBuf>,
+    /// The VM directory when no `config_file` is given (default: the current directory).
+    pub dir: Option<PathBuf>,
+    /// Values from the command line, applied last: (`VMK_KEY`, value).
+    pub overrides: Vec<(String, String)>,
+    /// The system-wide file instead of `/etc/vmk-config` (tests).
+    pub system_file: Option<PathBuf>,
+    /// The user's file instead of `~/.vmkrc` (tests).
+    pub user_file: Option<PathBuf>,
+    /// Whether `VMK_*` environment variables count (and `$NAME` may fall back to the environment).
+    pub env: bool,
+    /// Use these variables instead of the process environment (tests).
+    pub env_vars: Option<BTreeMap<String, String>>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            config_file: None,
+            dir: None,
+            overrides: Vec::new(),
+            system_file: None,
+            user_file: None,
+            env: true,
+            env_vars: None,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Everything as a tool run by a user reads it: all six sources.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        if !self.env {
+            return None;
+        }
+        match &self.env_vars {
+            Some(vars) => vars.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        }
+    }
+}
+
+/// One merged value and where it came from.
+#[derive(Debug, Clone)]
+struct Setting {
+    value: String,
+    origin: Origin,
+}
+
+/// Reads all sources and returns the checked, typed config.
+pub fn load(opts: &LoadOptions) -> Result<VmConfig, ConfigError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| ConfigError::new(format!("cannot find the current directory: {e}")))?;
+    let (dir, config_file, vm_display, required) = match &opts.config_file {
+        Some(file) => {
+            let abs = absolute(&cwd, file);
+            let dir = abs
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/"));
+            (dir, abs, file.display().to_string(), true)
+        }
+        None => {
+            let dir = opts
+                .dir
+                .as_ref()
+                .map(|d| absolute(&cwd, d))
+                .unwrap_or_else(|| cwd.clone());
+            let display = match &opts.dir {
+                None => VM_FILE_NAME.to_string(),
+                Some(d) => d.join(VM_FILE_NAME).display().to_string(),
+            };
+            (dir.clone(), dir.join(VM_FILE_NAME), display, false)
+        }
+    };
+    let home = opts.env_var("HOME").map(PathBuf::from);
+    let system = opts
+        .system_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_FILE));
+    let user = opts
+        .user_file
+        .clone()
+        .or_else(|| home.as_ref().map(|h| h.join(USER_FILE_NAME)));
+    let group_display = match (&opts.config_file, &opts.dir) {
+        (None, None) => GROUP_FILE_NAME.to_string(),
+        _ => dir.join(GROUP_FILE_NAME).display().to_string(),
+    };
+
+    let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
+    let mut sources: Vec<(PathBuf, String, bool)> =
+        vec![(system.clone(), system.display().to_string(), false)];
+    if let Some(user) = user {
+        sources.push((user.clone(), user.display().to_string(), false));
+    }
+    sources.push((dir.join(GROUP_FILE_NAME), group_display, false));
+    sources.push((config_file.clone(), vm_display.clone(), required));
+    for (path, display, required) in sources {
+        let Some(raw) = read_source(&path, &display, required)? else {
+            continue;
+        };
+        merge_file(&raw, &mut settings, opts)?;
+    }
+    for spec in keys() {
+        if let Some(value) = opts.env_var(spec.name) {
+            validate_value(spec.name, &value).map_err(|e| e.with_origin(&Origin::Env))?;
+            settings.insert(
+                spec.name.to_string(),
+                Setting {
+                    value,
+                    origin: Origin::Env,
+                },
+            );
+        }
+    }
+    for (k, value) in &opts.overrides {
+        if key(k).is_none() {
+            return Err(
+                ConfigError::new(keys::unknown_key_message(k)).with_origin(&Origin::CommandLine)
+            );
+        }
+        validate_value(k, value).map_err(|e| e.with_origin(&Origin::CommandLine))?;
+        settings.insert(
+            k.clone(),
+            Setting {
+                value: value.clone(),
+                origin: Origin::CommandLine,
+            },
+        );
+    }
+    let cfg = VmConfig::from_settings(dir, config_file, vm_display, home, &settings)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    std::path::absolute(cwd.join(p)).unwrap_or_else(|_| cwd.join(p))
+}
+
+/// Reads and parses one source; `None` when an optional file does not exist.
+fn read_source(
+    path: &Path,
+    display: &str,
+    required: bool,
+) -> Result<Option<RawConfig>, ConfigError> {
+    match std::fs::read(path) {
+        Ok(bytes) => RawConfig::parse(&bytes, display).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            log::trace!("no config file {display}");
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::file(
+            display,
+            "no such config file: give an existing file with -c, or run `vmk newconfig`",
+        )),
+        Err(e) => Err(ConfigError::file(display, format!("cannot read it: {e}"))),
+    }
+}
+
+/// Adds a file's assignments, expanded and checked, to `settings`.
+fn merge_file(
+    raw: &RawConfig,
+    settings: &mut BTreeMap<String, Setting>,
+    opts: &LoadOptions,
+) -> Result<(), ConfigError> {
+    for (line, a) in raw.assignments() {
+        let origin = Origin::File {
+            path: raw.path().to_string(),
+            line,
+        };
+        let value = a
+            .expand(|name| {
+                settings.get(name).map(|s| s.value.clone()).or_else(|| {
+                    if name.starts_with("VMK_") {
+                        None
+                    } else {
+                        opts.env_var(name)
+                    }
+                })
+            })
+            .map_err(|name| {
+                ConfigError::new(format!(
+                    "${{{name}}} is not set: only keys assigned earlier (or, outside VMK_, environment variables) can be referenced"
+                ))
+                .with_key(&a.key)
+                .with_origin(&origin)
+            })?;
+        if a.key.starts_with("VMK_") {
+            if key(&a.key).is_none() {
+                return Err(
+                    ConfigError::new(keys::unknown_key_message(&a.key)).with_origin(&origin)
+                );
+            }
+            validate_value(&a.key, &value).map_err(|e| e.with_origin(&origin))?;
+        } else {
+            log::debug!(
+                "{origin}: {} is not a vmk key; kept for ${{{}}} references",
+                a.key,
+                a.key
+            );
+        }
+        settings.insert(a.key.clone(), Setting { value, origin });
+    }
+    Ok(())
+}
+
+/// One VM's configuration, typed and checked. Empty optional keys are `None`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmConfig {
+    /// The VM directory (absolute).
+    pub dir: PathBuf,
+    /// The VM's config file (absolute; it may not exist when no `-c` was given).
+    pub config_file: PathBuf,
+    /// The config file as shown in messages.
+    #[serde(skip)]
+    pub config_display: String,
+    /// VMK_NAME.
+    pub name: Option<String>,
+    /// VMK_TAG.
+    pub tag: Option<String>,
+    /// VMK_VNC: the VM's number.
+    pub vnc: u8,
+    /// VMK_MEM.
+    pub mem: MemSize,
+    /// VMK_CPU.
+    pub cpus: u32,
+    /// VMK_DISK0 (absolute).
+    pub disk0_path: Option<PathBuf>,
+    /// VMK_DISK0_FORMAT; `None` means detect.
+    pub disk0_format: Option<DiskFormat>,
+    /// VMK_DISK0_CACHE.
+    pub disk0_cache: CacheMode,
+    /// VMK_DISK_CACHE.
+    pub disk_cache: CacheMode,
+    /// VMK_DISK_BUS.
+    pub disk_bus: DiskBus,
+    /// VMK_DISK1…VMK_DISK6 as configured (absolute); index 0 is disk1.
+    pub disks: [Option<PathBuf>; 6],
+    /// VMK_ISO as written (see [`VmConfig::iso`]).
+    pub iso_name: Option<String>,
+    /// VMK_ISO_DIR (absolute).
+    pub iso_dir: Option<PathBuf>,
+    /// VMK_KERNEL (absolute).
+    pub kernel: Option<PathBuf>,
+    /// VMK_INITRD (absolute).
+    pub initrd: Option<PathBuf>,
+    /// VMK_APPEND.
+    pub append: Option<String>,
+    /// VMK_ARCH; `None` means detect (x86_64 for choosing qemu).
+    pub arch: Option<String>,
+    /// VMK_ACCEL.
+    pub accel: Accel,
+    /// VMK_MACHINE.
+    pub machine: Option<String>,
+    /// VMK_CPU_MODEL.
+    pub cpu_model: Option<String>,
+    /// VMK_NET_TYPE.
+    pub net_type: NetType,
+    /// VMK_BRIDGE.
+    pub bridge: String,
+    /// VMK_MAC_BASE_FORMAT.
+    pub mac_format: MacFormat,
+    /// VMK_IP.
+    pub ip: Option<IpAddr>,
+    /// VMK_HOSTNAME.
+    pub hostname: Option<String>,
+    /// VMK_TELNET_BASE.
+    pub telnet_base: u16,
+    /// VMK_SSH_BASE.
+    pub ssh_base: u16,
+    /// VMK_LISTEN.
+    pub listen: IpAddr,
+    /// VMK_QEMU: a path (absolute) when it holds a `/`, else a program name for PATH.
+    pub qemu: Option<PathBuf>,
+    /// VMK_INST_DISK0.
+    pub inst_disk0: Size,
+    /// VMK_INST_DISK.
+    pub inst_disk: Size,
+    /// VMK_INST_APPEND.
+    pub inst_append: Option<String>,
+    /// VMK_EXTRA_ARGS, split into words.
+    pub extra_args: Vec<String>,
+    /// VMK_SSH_CREDENTIAL.
+    pub ssh_credential: bool,
+    /// VMK_CLOUD_INIT.
+    pub cloud_init: bool,
+    /// Assignments of names outside `VMK_` (kept for references; not used by vmk).
+    #[serde(skip)]
+    pub other: BTreeMap<String, String>,
+    /// Where each key that is not at its default came from.
+    #[serde(skip)]
+    pub origins: BTreeMap<String, Origin>,
+}
+
+/// Reads typed values out of the merged settings, with errors located at their origin.
+struct Typed<'a> {
+    settings: &'a BTreeMap<String, Setting>,
+    dir: &'a Path,
+    home: Option<&'a Path>,
+}
+
+impl Typed<'_> {
+    /// The value of `key` (its default when unset or empty), and where it came from.
+    fn text(&self, key: &str) -> (String, Origin) {
+        match self.settings.get(key) {
+            Some(s) if !s.value.is_empty() => (s.value.clone(), s.origin.clone()),
+            _ => (
+                keys::key(key).map(|k| k.default).unwrap_or("").to_string(),
+                Origin::Default,
+            ),
+        }
+    }
+
+    fn opt_text(&self, key: &str) -> Option<String> {
+        Some(self.text(key).0).filter(|v| !v.is_empty())
+    }
+
+    fn parse<T>(&self, key: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        let (value, origin) = self.text(key);
+        f(&value).map_err(|expected| {
+            ConfigError::new(format!("expected {expected}, got \"{value}\""))
+                .with_key(key)
+                .with_origin(&origin)
+        })
+    }
+
+    fn opt<T>(
+        &self,
+        key: &str,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.opt_text(key) {
+            None => Ok(None),
+            Some(_) => self.parse(key, f).map(Some),
+        }
+    }
+
+    fn parsed<T: std::str::FromStr<Err = String>>(&self, key: &str) -> Result<T, ConfigError> {
+        self.parse(key, |s| s.parse())
+    }
+
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        self.opt_text(key)
+            .map(|v| resolve_path(self.dir, self.home, &v))
+    }
+}
+
+/// A config path made absolute: `~/x` in the home directory, `x` in the VM directory.
+pub fn resolve_path(dir: &Path, home: Option<&Path>, value: &str) -> PathBuf {
+    match (value.strip_prefix("~/"), home) {
+        (Some(rest), Some(home)) => home.join(rest),
+        _ => dir.join(value),
+    }
+}
+
+impl VmConfig {
+    /// Loads the config the way a tool invoked with `globals` should (all six sources).
+    pub fn load_for(globals: &crate::cli::GlobalOpts) -> Result<VmConfig, ConfigError> {
+        load(&LoadOptions {
+            config_file: globals.config.clone(),
+            ..LoadOptions::new()
+        })
+    }
+
+    fn from_settings(
+        dir: PathBuf,
+        config_file: PathBuf,
+        config_display: String,
+        home: Option<PathBuf>,
+        settings: &BTreeMap<String, Setting>,
+    ) -> Result<VmConfig, ConfigError> {
+        let t = Typed {
+            settings,
+            dir: &dir,
+            home: home.as_deref(),
+        };
+        let disk = |i: usize| t.path(&format!("VMK_DISK{i}"));
+        let qemu = t.opt_text("VMK_QEMU").map(|q| {
+            if q.contains('/') {
+                resolve_path(&dir, home.as_deref(), &q)
+            } else {
+                PathBuf::from(q)
+            }
+        });
+        let cfg = VmConfig {
+            name: t.opt("VMK_NAME", values::parse_word)?,
+            tag: t.opt_text("VMK_TAG"),
+            vnc: t.parse("VMK_VNC", values::parse_vnc)?,
+            mem: t.parsed("VMK_MEM")?,
+            cpus: t.parse("VMK_CPU", values::parse_cpus)?,
+            disk0_path: t.path("VMK_DISK0"),
+            disk0_format: t.opt("VMK_DISK0_FORMAT", |s| s.parse())?,
+            disk0_cache: t.parsed("VMK_DISK0_CACHE")?,
+            disk_cache: t.parsed("VMK_DISK_CACHE")?,
+            disk_bus: t.parsed("VMK_DISK_BUS")?,
+            disks: [disk(1), disk(2), disk(3), disk(4), disk(5), disk(6)],
+            iso_name: t.opt_text("VMK_ISO"),
+            iso_dir: t.path("VMK_ISO_DIR"),
+            kernel: t.path("VMK_KERNEL"),
+            initrd: t.path("VMK_INITRD"),
+            append: t.opt_text("VMK_APPEND"),
+            arch: t.opt("VMK_ARCH", values::parse_word)?,
+            accel: t.parsed("VMK_ACCEL")?,
+            machine: t.opt("VMK_MACHINE", values::parse_word)?,
+            cpu_model: t.opt_text("VMK_CPU_MODEL"),
+            net_type: t.parsed("VMK_NET_TYPE")?,
+            bridge: t.parse("VMK_BRIDGE", values::parse_word)?,
+            mac_format: t.parsed("VMK_MAC_BASE_FORMAT")?,
+            ip: t.opt("VMK_IP", values::parse_ip)?,
+            hostname: t.opt("VMK_HOSTNAME", values::parse_hostname)?,
+            telnet_base: t.parse("VMK_TELNET_BASE", values::parse_port)?,
+            ssh_base: t.parse("VMK_SSH_BASE", values::parse_port)?,
+            listen: t.parse("VMK_LISTEN", values::parse_ip)?,
+            qemu,
+            inst_disk0: t.parsed("VMK_INST_DISK0")?,
+            inst_disk: t.parsed("VMK_INST_DISK")?,
+            inst_append: t.opt_text("VMK_INST_APPEND"),
+            extra_args: t
+                .opt("VMK_EXTRA_ARGS", values::parse_words)?
+                .unwrap_or_default(),
+            ssh_credential: t.parse("VMK_SSH_CREDENTIAL", values::parse_bool)?,
+            cloud_init: t.parse("VMK_CLOUD_INIT", values::parse_bool)?,
+            other: settings
+                .iter()
+                .filter(|(k, _)| !k.starts_with("VMK_"))
+                .map(|(k, s)| (k.clone(), s.value.clone()))
+                .collect(),
+            origins: settings
+                .iter()
+                .filter(|(k, s)| k.starts_with("VMK_") && !s.value.is_empty())
+                .map(|(k, s)| (k.clone(), s.origin.clone()))
+                .collect(),
+            dir,
+            config_file,
+            config_display,
+        };
+        Ok(cfg)
+    }
+
+    /// A config with every key at its default, for the VM directory `dir` (tests, `newconfig`).
+    pub fn defaults(dir: &Path) -> VmConfig {
+        VmConfig::from_settings(
+            dir.to_path_buf(),
+            dir.join(VM_FILE_NAME),
+            VM_FILE_NAME.into(),
+            None,
+            &BTreeMap::new(),
+        )
+        .expect("the defaults of the key table are valid")
+    }
+
+    /// Where `key`'s value came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(message)
+            .with_key(key)
+            .with_origin(&self.origin(key))
+    }
+
+    /// Checks the rules that involve several keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let vnc = u32::from(self.vnc);
+        for (key, base) in [
+            ("VMK_TELNET_BASE", self.telnet_base),
+            ("VMK_SSH_BASE", self.ssh_base),
+        ] {
+            if u32::from(base) + vnc > u32::from(u16::MAX) {
+                return Err(self.error(
+                    key,
+                    format!("{base} + VMK_VNC ({vnc}) is above the highest port, 65535"),
+                ));
+            }
+        }
+        if let Err(expected) = self.mac_format.mac(vnc) {
+            return Err(self.error("VMK_MAC_BASE_FORMAT", format!("expected {expected}")));
+        }
+        if self.initrd.is_some() && self.kernel.is_none() {
+            return Err(self.error(
+                "VMK_INITRD",
+                "is set but VMK_KERNEL is not: set VMK_KERNEL too, or empty VMK_INITRD",
+            ));
+        }
+        if self.append.is_some() && self.kernel.is_none() {
+            log::debug!(
+                "VMK_APPEND is set but VMK_KERNEL is not: it is used only with direct kernel boot"
+            );
+        }
+        Ok(())
+    }
+
+    /// The name for qemu's `-name`: VMK_NAME, else the VM directory's name.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "vmk".into())
+        })
+    }
+
+    /// The VNC TCP port: 5900 + VMK_VNC.
+    pub fn vnc_port(&self) -> u16 {
+        5900 + u16::from(self.vnc)
+    }
+
+    /// The serial console TCP port: VMK_TELNET_BASE + VMK_VNC.
+    pub fn telnet_port(&self) -> u16 {
+        self.telnet_base + u16::from(self.vnc)
+    }
+
+    /// The host port forwarded to the guest's ssh with user networking: VMK_SSH_BASE + VMK_VNC.
+    pub fn ssh_port(&self) -> u16 {
+        self.ssh_base + u16::from(self.vnc)
+    }
+
+    /// The VM's MAC address, made from VMK_MAC_BASE_FORMAT and VMK_VNC (checked by `validate`).
+    pub fn mac(&self) -> String {
+        self.mac_format
+            .mac(u32::from(self.vnc))
+            .unwrap_or_else(|_| "52:54:00:00:00:00".into())
+    }
+
+    /// The first disk image, or an error that says how to get one.
+    pub fn disk0(&self) -> Result<&Path, ConfigError> {
+        self.disk0_path.as_deref().ok_or_else(|| {
+            ConfigError::new(format!(
+                "VMK_DISK0 is not set in {}: set it or run `vmk mkdisk0`",
+                self.config_display
+            ))
+        })
+    }
+
+    /// The extra disks, disk1…disk6 in order: each VMK_DISKn, or when that is empty the file
+    /// `diskN` in the VM directory if it exists.
+    pub fn extra_disks(&self) -> Vec<PathBuf> {
+        (1..=6)
+            .filter_map(|i| match &self.disks[i - 1] {
+                Some(p) => Some(p.clone()),
+                None => Some(self.dir.join(format!("disk{i}"))).filter(|p| p.exists()),
+            })
+            .collect()
+    }
+
+    /// The install medium: VMK_ISO when it holds a `/` (relative to the VM directory), else
+    /// that file name in VMK_ISO_DIR (or in the VM directory when VMK_ISO_DIR is empty).
+    pub fn iso(&self) -> Option<PathBuf> {
+        let name = self.iso_name.as_deref()?;
+        Some(if name.contains('/') {
+            self.dir.join(name)
+        } else {
+            self.iso_dir.as_deref().unwrap_or(&self.dir).join(name)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

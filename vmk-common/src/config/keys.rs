@@ -1,0 +1,441 @@
+//! The one table of config keys: name, kind, default and help for every `VMK_*` key.
+//!
+//! Everything that lists or checks keys reads this table: the loader, `vmk set`, `vmk info`,
+//! `vmk newconfig`, the man pages. Adding a key means adding a row here and a field in
+//! [`super::VmConfig`].
+
+use super::values::{
+    self, Accel, CacheMode, DiskBus, DiskFormat, MacFormat, MemSize, NetType, Size,
+};
+use super::ConfigError;
+
+/// What kind of value a key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Free text.
+    Text,
+    /// One word without spaces or commas (names, machine types, bridges).
+    Word,
+    /// A host name.
+    Hostname,
+    /// A memory size ([`MemSize`]).
+    Mem,
+    /// A disk size ([`Size`]).
+    Size,
+    /// A [`CacheMode`].
+    Cache,
+    /// A [`DiskBus`].
+    Bus,
+    /// A [`DiskFormat`].
+    Format,
+    /// An [`Accel`].
+    Accel,
+    /// A [`NetType`].
+    Net,
+    /// yes or no.
+    Bool,
+    /// A TCP port.
+    Port,
+    /// The VM number, 0 to 99.
+    Vnc,
+    /// A cpu count.
+    Cpus,
+    /// A [`MacFormat`].
+    MacFormat,
+    /// An IP address.
+    Ip,
+    /// A file or directory; relative to the VM directory, `~/` is the home directory.
+    Path,
+    /// Words split like a shell would (without running anything).
+    Words,
+}
+
+impl KeyKind {
+    /// Checks a non-empty value; `Err` says what was expected.
+    pub fn check(self, value: &str) -> Result<(), values::Expected> {
+        match self {
+            KeyKind::Text | KeyKind::Path => Ok(()),
+            KeyKind::Word => values::parse_word(value).map(drop),
+            KeyKind::Hostname => values::parse_hostname(value).map(drop),
+            KeyKind::Mem => value.parse::<MemSize>().map(drop),
+            KeyKind::Size => value.parse::<Size>().map(drop),
+            KeyKind::Cache => value.parse::<CacheMode>().map(drop),
+            KeyKind::Bus => value.parse::<DiskBus>().map(drop),
+            KeyKind::Format => value.parse::<DiskFormat>().map(drop),
+            KeyKind::Accel => value.parse::<Accel>().map(drop),
+            KeyKind::Net => value.parse::<NetType>().map(drop),
+            KeyKind::Bool => values::parse_bool(value).map(drop),
+            KeyKind::Port => values::parse_port(value).map(drop),
+            KeyKind::Vnc => values::parse_vnc(value).map(drop),
+            KeyKind::Cpus => values::parse_cpus(value).map(drop),
+            KeyKind::MacFormat => value.parse::<MacFormat>().map(drop),
+            KeyKind::Ip => values::parse_ip(value).map(drop),
+            KeyKind::Words => values::parse_words(value).map(drop),
+        }
+    }
+}
+
+/// One config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    /// `VMK_…`.
+    pub name: &'static str,
+    /// What it holds.
+    pub kind: KeyKind,
+    /// Its default as it would be written in a config; empty when it has none.
+    pub default: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+macro_rules! key {
+    ($name:literal, $kind:ident, $default:literal, $help:literal) => {
+        KeySpec {
+            name: $name,
+            kind: KeyKind::$kind,
+            default: $default,
+            help: $help,
+        }
+    };
+}
+
+static KEYS: &[KeySpec] = &[
+    key!(
+        "VMK_NAME",
+        Word,
+        "",
+        "identifier, qemu -name (default: the VM directory's name)"
+    ),
+    key!("VMK_TAG", Text, "", "free text shown by `vmk info`"),
+    key!(
+        "VMK_VNC",
+        Vnc,
+        "1",
+        "the VM's number: VNC display and base of its ports, MAC and hostname"
+    ),
+    key!(
+        "VMK_MEM",
+        Mem,
+        "1024",
+        "memory, qemu -m: 2048 (MiB), 2G, 512M"
+    ),
+    key!("VMK_CPU", Cpus, "2", "number of cpus, qemu -smp"),
+    key!(
+        "VMK_DISK0",
+        Path,
+        "",
+        "first disk image (required to run; `vmk mkdisk0` creates it)"
+    ),
+    key!(
+        "VMK_DISK0_FORMAT",
+        Format,
+        "",
+        "qcow2 or raw; detected from the image when empty"
+    ),
+    key!(
+        "VMK_DISK0_CACHE",
+        Cache,
+        "none",
+        "qemu cache mode of disk0: none, writeback, writethrough, directsync, unsafe"
+    ),
+    key!(
+        "VMK_DISK_CACHE",
+        Cache,
+        "none",
+        "qemu cache mode of disk1…disk6"
+    ),
+    key!(
+        "VMK_DISK_BUS",
+        Bus,
+        "virtio",
+        "bus of all disks: virtio, scsi (virtio-scsi), ide, nvme"
+    ),
+    key!(
+        "VMK_DISK1",
+        Path,
+        "",
+        "extra disk image 1 (when empty: the file disk1 in the VM directory, if it exists)"
+    ),
+    key!(
+        "VMK_DISK2",
+        Path,
+        "",
+        "extra disk image 2 (when empty: the file disk2, if it exists)"
+    ),
+    key!(
+        "VMK_DISK3",
+        Path,
+        "",
+        "extra disk image 3 (when empty: the file disk3, if it exists)"
+    ),
+    key!(
+        "VMK_DISK4",
+        Path,
+        "",
+        "extra disk image 4 (when empty: the file disk4, if it exists)"
+    ),
+    key!(
+        "VMK_DISK5",
+        Path,
+        "",
+        "extra disk image 5 (when empty: the file disk5, if it exists)"
+    ),
+    key!(
+        "VMK_DISK6",
+        Path,
+        "",
+        "extra disk image 6 (when empty: the file disk6, if it exists)"
+    ),
+    key!(
+        "VMK_ISO",
+        Text,
+        "",
+        "install medium: a path, or a file name looked up in VMK_ISO_DIR"
+    ),
+    key!("VMK_ISO_DIR", Path, "", "directory holding install media"),
+    key!("VMK_KERNEL", Path, "", "kernel for direct kernel boot"),
+    key!("VMK_INITRD", Path, "", "initrd for direct kernel boot"),
+    key!(
+        "VMK_APPEND",
+        Text,
+        "",
+        "kernel command line for direct kernel boot"
+    ),
+    key!(
+        "VMK_ARCH",
+        Word,
+        "",
+        "architecture of the install medium (x86_64…); detected when empty"
+    ),
+    key!(
+        "VMK_ACCEL",
+        Accel,
+        "auto",
+        "kvm, tcg, or auto (kvm when /dev/kvm is usable, else tcg)"
+    ),
+    key!("VMK_MACHINE", Word, "", "qemu machine type (default q35)"),
+    key!(
+        "VMK_CPU_MODEL",
+        Text,
+        "",
+        "qemu cpu model, with flags if needed (default: host under kvm)"
+    ),
+    key!(
+        "VMK_NET_TYPE",
+        Net,
+        "user",
+        "user (NAT, ssh port forwarded), bridge (qemu-bridge-helper), none"
+    ),
+    key!(
+        "VMK_BRIDGE",
+        Word,
+        "br0",
+        "host bridge for VMK_NET_TYPE=bridge"
+    ),
+    key!(
+        "VMK_MAC_BASE_FORMAT",
+        MacFormat,
+        "52:54:00:00:00:%02x",
+        "printf format turned into the MAC with VMK_VNC"
+    ),
+    key!(
+        "VMK_IP",
+        Ip,
+        "",
+        "address of a bridged VM, when neighbour lookup can't find it"
+    ),
+    key!("VMK_HOSTNAME", Hostname, "", "host name of a bridged VM"),
+    key!(
+        "VMK_TELNET_BASE",
+        Port,
+        "9990",
+        "serial console TCP port = base + VMK_VNC"
+    ),
+    key!(
+        "VMK_SSH_BASE",
+        Port,
+        "10020",
+        "user networking: host port forwarded to guest port 22 = base + VMK_VNC"
+    ),
+    key!(
+        "VMK_LISTEN",
+        Ip,
+        "127.0.0.1",
+        "address for VNC, serial console and forwarded ports"
+    ),
+    key!(
+        "VMK_QEMU",
+        Path,
+        "",
+        "qemu binary (default: qemu-kvm, then qemu-system-<arch> on PATH)"
+    ),
+    key!("VMK_INST_DISK0", Size, "30G", "size of a new disk0"),
+    key!(
+        "VMK_INST_DISK",
+        Size,
+        "100G",
+        "size of new extra disks disk1…disk6"
+    ),
+    key!(
+        "VMK_INST_APPEND",
+        Text,
+        "",
+        "kernel arguments for installation"
+    ),
+    key!(
+        "VMK_EXTRA_ARGS",
+        Words,
+        "",
+        "extra qemu arguments, split like shell words, appended last"
+    ),
+    key!(
+        "VMK_SSH_CREDENTIAL",
+        Bool,
+        "yes",
+        "give vm-key.pub to systemd guests as an SMBIOS credential for root"
+    ),
+    key!(
+        "VMK_CLOUD_INIT",
+        Bool,
+        "no",
+        "attach a cloud-init seed image"
+    ),
+];
+
+/// Every config key, in documentation order.
+pub fn keys() -> &'static [KeySpec] {
+    KEYS
+}
+
+/// The key called `name`.
+pub fn key(name: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The known key closest to `name`, when one is close enough to be a typo.
+pub fn closest_key(name: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| (strsim::jaro_winkler(name, k.name), k.name))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n)
+}
+
+/// The message for an unknown `VMK_` key, with the closest known one.
+pub fn unknown_key_message(name: &str) -> String {
+    match closest_key(name) {
+        Some(k) => format!("unknown key {name} (did you mean {k}?)"),
+        None => format!("unknown key {name} (`vmk help` lists the keys)"),
+    }
+}
+
+/// Checks one value for one key, as `vmk set` needs before writing it.
+///
+/// Empty values are accepted (they mean "unset": the default applies). Keys that do not start
+/// with `VMK_` are accepted as they are (they only serve `${NAME}` references). The error names
+/// the key but no file; callers that know where the value came from use
+/// [`ConfigError::with_origin`].
+pub fn validate_value(name: &str, value: &str) -> Result<(), ConfigError> {
+    if !name.starts_with("VMK_") {
+        return Ok(());
+    }
+    let spec = key(name).ok_or_else(|| ConfigError::new(unknown_key_message(name)))?;
+    if value.is_empty() {
+        return Ok(());
+    }
+    spec.kind.check(value).map_err(|expected| {
+        ConfigError::new(format!("expected {expected}, got \"{value}\"")).with_key(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sane() {
+        let mut names: Vec<&str> = keys().iter().map(|k| k.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), keys().len(), "duplicate key");
+        for k in keys() {
+            assert!(k.name.starts_with("VMK_"));
+            assert!(!k.help.is_empty());
+            if !k.default.is_empty() {
+                validate_value(k.name, k.default)
+                    .unwrap_or_else(|e| panic!("default of {}: {e}", k.name));
+            }
+        }
+        for spec_key in [
+            "VMK_NAME",
+            "VMK_TAG",
+            "VMK_VNC",
+            "VMK_MEM",
+            "VMK_CPU",
+            "VMK_DISK0",
+            "VMK_DISK0_FORMAT",
+            "VMK_DISK0_CACHE",
+            "VMK_DISK_CACHE",
+            "VMK_DISK_BUS",
+            "VMK_ISO",
+            "VMK_ISO_DIR",
+            "VMK_KERNEL",
+            "VMK_INITRD",
+            "VMK_APPEND",
+            "VMK_ARCH",
+            "VMK_ACCEL",
+            "VMK_MACHINE",
+            "VMK_CPU_MODEL",
+            "VMK_NET_TYPE",
+            "VMK_BRIDGE",
+            "VMK_MAC_BASE_FORMAT",
+            "VMK_IP",
+            "VMK_HOSTNAME",
+            "VMK_TELNET_BASE",
+            "VMK_SSH_BASE",
+            "VMK_LISTEN",
+            "VMK_QEMU",
+            "VMK_INST_DISK0",
+            "VMK_INST_DISK",
+            "VMK_INST_APPEND",
+            "VMK_EXTRA_ARGS",
+            "VMK_DISK1",
+            "VMK_DISK6",
+            "VMK_SSH_CREDENTIAL",
+            "VMK_CLOUD_INIT",
+        ] {
+            assert!(key(spec_key).is_some(), "{spec_key} missing");
+        }
+    }
+
+    #[test]
+    fn single_values() {
+        validate_value("VMK_MEM", "2G").unwrap();
+        validate_value("VMK_MEM", "").unwrap();
+        validate_value("MY_VAR", "anything $(at all)").unwrap();
+        assert_eq!(
+            validate_value("VMK_MEM", "lots").unwrap_err().to_string(),
+            "VMK_MEM: expected a memory size like 2048, 2G or 512M, got \"lots\""
+        );
+        assert_eq!(
+            validate_value("VMK_MEMM", "1").unwrap_err().to_string(),
+            "unknown key VMK_MEMM (did you mean VMK_MEM?)"
+        );
+        assert_eq!(
+            validate_value("VMK_DISK_CAHCE", "1")
+                .unwrap_err()
+                .to_string(),
+            "unknown key VMK_DISK_CAHCE (did you mean VMK_DISK_CACHE?)"
+        );
+        assert!(validate_value("VMK_ZZZZZZZZZZZZZZZZZZZZZ", "1")
+            .unwrap_err()
+            .to_string()
+            .contains("vmk help"));
+        assert!(validate_value("VMK_NET_TYPE", "tap")
+            .unwrap_err()
+            .to_string()
+            .contains("user, bridge, none"));
+        assert!(validate_value("VMK_NAME", "a,b").is_err());
+        assert!(validate_value("VMK_EXTRA_ARGS", "-device 'x").is_err());
+    }
+}

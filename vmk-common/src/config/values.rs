@@ -1,0 +1,601 @@
+//! The typed values a config key can hold, each parsed from the text of one assignment.
+//!
+//! Every parser returns `Err(expected)` with a phrase saying what was expected
+//! ("a memory size like 2048, 2G or 512M"); the caller adds file, line, key and the value.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+/// What a failed parse expected, e.g. "a memory size like 2048, 2G or 512M".
+pub type Expected = String;
+
+/// Splits "2G" into (2, Some('g')); a plain number gives no suffix.
+fn split_size(s: &str) -> Option<(u64, Option<char>)> {
+    let s = s.trim().to_ascii_lowercase();
+    // "4GiB" and "4GB" mean 4G
+    let s = match s.strip_suffix("ib").or_else(|| s.strip_suffix('b')) {
+        Some(rest) if rest.ends_with(|c: char| c.is_ascii_alphabetic()) => rest,
+        _ => &s,
+    };
+    let (num, suffix) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], Some(c)),
+        _ => (s, None),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((num.parse().ok()?, suffix))
+}
+
+/// A memory size in MiB, as qemu's `-m` takes it: `2048` (MiB), `2G`, `512M`, `1T`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemSize {
+    mib: u64,
+}
+
+impl MemSize {
+    /// A size of `mib` MiB.
+    pub const fn from_mib(mib: u64) -> Self {
+        MemSize { mib }
+    }
+    /// The size in MiB (the unit of `-m`).
+    pub fn mib(self) -> u64 {
+        self.mib
+    }
+}
+
+impl FromStr for MemSize {
+    type Err = Expected;
+    fn from_str(s: &str) -> Result<Self, Expected> {
+        let expected = || "a memory size like 2048, 2G or 512M".to_string();
+        let (n, suffix) = split_size(s).ok_or_else(expected)?;
+        let mib = match suffix {
+            None | Some('m') => Some(n),
+            Some('g') => n.checked_mul(1024),
+            Some('t') => n.checked_mul(1024 * 1024),
+            _ => None,
+        }
+        .ok_or_else(expected)?;
+        if mib == 0 {
+            return Err("a memory size above zero, like 2048, 2G or 512M".into());
+        }
+        Ok(MemSize { mib })
+    }
+}
+
+impl fmt::Display for MemSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.mib)
+    }
+}
+
+impl Serialize for MemSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.mib)
+    }
+}
+
+/// A disk image size in bytes, written like `30G`, `512M`, `1T` or a plain byte count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size {
+    bytes: u64,
+}
+
+impl Size {
+    /// A size of `bytes` bytes.
+    pub const fn from_bytes(bytes: u64) -> Self {
+        Size { bytes }
+    }
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.bytes
+    }
+}
+
+impl FromStr for Size {
+    type Err = Expected;
+    fn from_str(s: &str) -> Result<Self, Expected> {
+        let expected = || "a disk size like 30G, 512M or 1T".to_string();
+        let (n, suffix) = split_size(s).ok_or_else(expected)?;
+        let mult: u64 = match suffix {
+            None => 1,
+            Some('k') => 1 << 10,
+            Some('m') => 1 << 20,
+            Some('g') => 1 << 30,
+            Some('t') => 1 << 40,
+            _ => return Err(expected()),
+        };
+        let bytes = n.checked_mul(mult).ok_or_else(expected)?;
+        if bytes == 0 {
+            return Err("a disk size above zero, like 30G".into());
+        }
+        Ok(Size { bytes })
+    }
+}
+
+impl fmt::Display for Size {
+    /// The largest unit that divides the size exactly (`30G`), as qemu-img takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, shift) in [('T', 40), ('G', 30), ('M', 20), ('K', 10)] {
+            if self.bytes >= (1 << shift) && self.bytes % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", self.bytes >> shift);
+            }
+        }
+        write!(f, "{}", self.bytes)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Declares a config enum: its variants, their spellings in the config and `expected`.
+macro_rules! config_enum {
+    ($(#[$m:meta])* $name:ident, $expected:literal, { $($(#[$vm:meta])* $var:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $var),+ }
+
+        impl $name {
+            /// Every value, in the order the documentation lists them.
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            /// The spelling used in configs and on qemu's command line.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Expected;
+            fn from_str(s: &str) -> Result<Self, Expected> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($text => Ok($name::$var),)+
+                    _ => Err($expected.to_string()),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+config_enum!(
+    /// A qemu disk cache mode (`cache=` of `-drive`).
+    CacheMode, "one of none, writeback, writethrough, directsync, unsafe", {
+    /// O_DIRECT, no host page cache: safe and the default.
+    None = "none",
+    /// Host page cache, flushes honoured.
+    Writeback = "writeback",
+    /// Host page cache, every write flushed.
+    Writethrough = "writethrough",
+    /// O_DIRECT and every write flushed.
+    Directsync = "directsync",
+    /// Flushes ignored: fastest, for throwaway installs.
+    Unsafe = "unsafe",
+});
+
+config_enum!(
+    /// The bus disks are attached to.
+    DiskBus, "one of virtio, scsi, ide, nvme", {
+    /// virtio-blk-pci.
+    Virtio = "virtio",
+    /// virtio-scsi-pci with scsi-hd disks.
+    Scsi = "scsi",
+    /// ide-hd (AHCI on q35).
+    Ide = "ide",
+    /// nvme controllers, one per disk.
+    Nvme = "nvme",
+});
+
+config_enum!(
+    /// A disk image format.
+    DiskFormat, "one of qcow2, raw (or empty to detect it)", {
+    /// qcow2.
+    Qcow2 = "qcow2",
+    /// A raw image.
+    Raw = "raw",
+});
+
+impl DiskFormat {
+    /// qcow2 when the file starts with the qcow2 magic `QFI\xfb`, else raw.
+    pub fn detect(path: &Path) -> std::io::Result<DiskFormat> {
+        let mut magic = [0u8; 4];
+        let mut file = std::fs::File::open(path)?;
+        let mut got = 0;
+        while got < magic.len() {
+            match file.read(&mut magic[got..])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(Self::from_magic(&magic[..got]))
+    }
+
+    /// The format that the first bytes of an image announce.
+    pub fn from_magic(bytes: &[u8]) -> DiskFormat {
+        if bytes.starts_with(b"QFI\xfb") {
+            DiskFormat::Qcow2
+        } else {
+            DiskFormat::Raw
+        }
+    }
+}
+
+config_enum!(
+    /// The accelerator qemu uses.
+    Accel, "one of kvm, tcg, auto", {
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm = "kvm",
+    /// Software emulation.
+    Tcg = "tcg",
+    /// kvm when /dev/kvm is usable, else tcg with a warning.
+    Auto = "auto",
+});
+
+config_enum!(
+    /// How the VM is networked.
+    NetType, "one of user, bridge, none", {
+    /// qemu user networking (NAT), the ssh port forwarded from the host.
+    User = "user",
+    /// A tap on a host bridge through qemu-bridge-helper.
+    Bridge = "bridge",
+    /// No network card.
+    None = "none",
+});
+
+/// A yes/no value: yes, no, true, false, 1, 0, on, off.
+pub fn parse_bool(s: &str) -> Result<bool, Expected> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "yes" | "y" | "true" | "1" | "on" => Ok(true),
+        "no" | "n" | "false" | "0" | "off" => Ok(false),
+        _ => Err("yes or no".into()),
+    }
+}
+
+/// A TCP port number.
+pub fn parse_port(s: &str) -> Result<u16, Expected> {
+    s.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| "a port number from 1 to 65535".into())
+}
+
+/// The VM's number (VNC display, base of its ports and MAC): 0 to 99.
+pub fn parse_vnc(s: &str) -> Result<u8, Expected> {
+    s.trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|n| *n <= 99)
+        .ok_or_else(|| "a VM number from 0 to 99".into())
+}
+
+/// A cpu count for `-smp`: 1 to 1024.
+pub fn parse_cpus(s: &str) -> Result<u32, Expected> {
+    s.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1024).contains(n))
+        .ok_or_else(|| "a cpu count from 1 to 1024".into())
+}
+
+/// An IP address to listen on or to reach the VM at.
+pub fn parse_ip(s: &str) -> Result<std::net::IpAddr, Expected> {
+    s.trim()
+        .parse()
+        .map_err(|_| "an IP address like 127.0.0.1 or ::1".into())
+}
+
+/// A word for qemu names, machine types, architectures, bridges: no spaces or commas.
+pub fn parse_word(s: &str) -> Result<String, Expected> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+:@".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a single word of letters, digits and . _ - + : @".into())
+    }
+}
+
+/// A host name: letters, digits, dots and dashes.
+pub fn parse_hostname(s: &str) -> Result<String, Expected> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !s.starts_with(['-', '.']);
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("a host name of letters, digits, dots and dashes".into())
+    }
+}
+
+/// `VMK_EXTRA_ARGS`: split into words like a shell would, without running anything.
+pub fn parse_words(s: &str) -> Result<Vec<String>, Expected> {
+    shlex::split(s).ok_or_else(|| "qemu arguments with balanced quotes".into())
+}
+
+/// A printf format with one integer conversion that makes the VM's MAC from its number,
+/// e.g. `52:54:00:00:00:%02x`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MacFormat {
+    format: String,
+    prefix: String,
+    conversion: Conversion,
+    suffix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Conversion {
+    zero_pad: bool,
+    width: usize,
+    radix: Radix,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Radix {
+    Hex,
+    HexUpper,
+    Decimal,
+}
+
+impl MacFormat {
+    /// The format as written in the config.
+    pub fn as_str(&self) -> &str {
+        &self.format
+    }
+
+    /// The MAC address for VM number `n`, checked to be six hex bytes.
+    pub fn mac(&self, n: u32) -> Result<String, Expected> {
+        let c = &self.conversion;
+        let digits = match c.radix {
+            Radix::Hex => format!("{n:x}"),
+            Radix::HexUpper => format!("{n:X}"),
+            Radix::Decimal => n.to_string(),
+        };
+        let pad = if c.zero_pad { '0' } else { ' ' };
+        let padding: String = std::iter::repeat(pad)
+            .take(c.width.saturating_sub(digits.len()))
+            .collect();
+        let mac = format!("{}{padding}{digits}{}", self.prefix, self.suffix);
+        if is_mac(&mac) {
+            Ok(mac.to_ascii_lowercase())
+        } else {
+            Err(format!(
+                "a format that gives a MAC address like 52:54:00:00:00:01, but VM number {n} gives \"{mac}\""
+            ))
+        }
+    }
+}
+
+impl Default for MacFormat {
+    fn default() -> Self {
+        "52:54:00:00:00:%02x"
+            .parse()
+            .expect("the default MAC format parses")
+    }
+}
+
+impl FromStr for MacFormat {
+    type Err = Expected;
+    fn from_str(s: &str) -> Result<Self, Expected> {
+        let expected =
+            || "a printf format with one %x, %02x or %d, like 52:54:00:00:00:%02x".to_string();
+        let (prefix, rest) = s.split_once('%').ok_or_else(expected)?;
+        let zero_pad = rest.starts_with('0');
+        let width_len = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+        let width = if width_len == 0 {
+            0
+        } else {
+            rest[..width_len].parse().map_err(|_| expected())?
+        };
+        let mut after = rest[width_len..].chars();
+        let radix = match after.next() {
+            Some('x') => Radix::Hex,
+            Some('X') => Radix::HexUpper,
+            Some('d') | Some('u') | Some('i') => Radix::Decimal,
+            _ => return Err(expected()),
+        };
+        let suffix: String = after.collect();
+        if suffix.contains('%') || prefix.contains('%') || width > 17 {
+            return Err(expected());
+        }
+        let fmt = MacFormat {
+            format: s.to_string(),
+            prefix: prefix.to_string(),
+            conversion: Conversion {
+                zero_pad,
+                width,
+                radix,
+            },
+            suffix,
+        };
+        fmt.mac(1)?;
+        Ok(fmt)
+    }
+}
+
+impl fmt::Display for MacFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.format)
+    }
+}
+
+impl Serialize for MacFormat {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.format)
+    }
+}
+
+/// Six two-digit hex bytes separated by colons.
+pub fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_sizes() {
+        for (s, mib) in [
+            ("2048", 2048),
+            ("2G", 2048),
+            ("2g", 2048),
+            ("512M", 512),
+            ("512m", 512),
+            ("1T", 1 << 20),
+            ("4GiB", 4096),
+            (" 1024 ", 1024),
+        ] {
+            assert_eq!(s.parse::<MemSize>().unwrap().mib(), mib, "{s}");
+        }
+        for s in [
+            "lots",
+            "",
+            "2X",
+            "G",
+            "-1",
+            "0",
+            "1.5G",
+            "2 G",
+            "99999999999999999T",
+        ] {
+            let e = s.parse::<MemSize>().unwrap_err();
+            assert!(e.contains("memory size"), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn disk_sizes() {
+        assert_eq!("30G".parse::<Size>().unwrap().bytes(), 30 << 30);
+        assert_eq!("512m".parse::<Size>().unwrap().bytes(), 512 << 20);
+        assert_eq!("1T".parse::<Size>().unwrap().bytes(), 1 << 40);
+        assert_eq!("4096".parse::<Size>().unwrap().bytes(), 4096);
+        assert_eq!("30G".parse::<Size>().unwrap().to_string(), "30G");
+        assert_eq!("1536M".parse::<Size>().unwrap().to_string(), "1536M");
+        for s in ["big", "0", "", "3Q", "1.5G"] {
+            assert!(s.parse::<Size>().unwrap_err().contains("disk size"), "{s}");
+        }
+    }
+
+    #[test]
+    fn enums() {
+        for m in CacheMode::ALL {
+            assert_eq!(m.as_str().parse::<CacheMode>().unwrap(), *m);
+        }
+        assert_eq!(
+            "Writeback".parse::<CacheMode>().unwrap(),
+            CacheMode::Writeback
+        );
+        assert!("fast"
+            .parse::<CacheMode>()
+            .unwrap_err()
+            .contains("writethrough"));
+        assert_eq!("NVME".parse::<DiskBus>().unwrap(), DiskBus::Nvme);
+        assert!("usb".parse::<DiskBus>().is_err());
+        assert_eq!("raw".parse::<DiskFormat>().unwrap(), DiskFormat::Raw);
+        assert!("vmdk".parse::<DiskFormat>().is_err());
+        assert_eq!("auto".parse::<Accel>().unwrap(), Accel::Auto);
+        assert!("hvf".parse::<Accel>().is_err());
+        assert_eq!("bridge".parse::<NetType>().unwrap(), NetType::Bridge);
+        assert!("tap".parse::<NetType>().is_err());
+    }
+
+    #[test]
+    fn disk_format_magic() {
+        assert_eq!(
+            DiskFormat::from_magic(b"QFI\xfb\0\0\0\x03"),
+            DiskFormat::Qcow2
+        );
+        assert_eq!(DiskFormat::from_magic(b"QFI"), DiskFormat::Raw);
+        assert_eq!(DiskFormat::from_magic(b"\0\0\0\0"), DiskFormat::Raw);
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("q");
+        std::fs::write(&q, b"QFI\xfbrest").unwrap();
+        assert_eq!(DiskFormat::detect(&q).unwrap(), DiskFormat::Qcow2);
+        let r = dir.path().join("r");
+        std::fs::write(&r, b"").unwrap();
+        assert_eq!(DiskFormat::detect(&r).unwrap(), DiskFormat::Raw);
+        assert!(DiskFormat::detect(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn small_values() {
+        assert!(parse_bool("Yes").unwrap());
+        assert!(!parse_bool("0").unwrap());
+        assert_eq!(parse_bool("maybe").unwrap_err(), "yes or no");
+        assert_eq!(parse_port("9990").unwrap(), 9990);
+        for p in ["0", "65536", "x", "-1"] {
+            assert!(parse_port(p).is_err(), "{p}");
+        }
+        assert_eq!(parse_vnc("99").unwrap(), 99);
+        assert!(parse_vnc("100").is_err());
+        assert!(parse_vnc("a").is_err());
+        assert_eq!(parse_cpus("4").unwrap(), 4);
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_ip("::1").unwrap().is_loopback());
+        assert!(parse_ip("localhost").is_err());
+        assert!(parse_word("pc-q35-7.2").is_ok());
+        assert!(parse_word("q35,smm=off").is_err());
+        assert!(parse_hostname("vm1.example.org").is_ok());
+        assert!(parse_hostname("bad host").is_err());
+        assert_eq!(
+            parse_words("-device 'a b' \"c\"").unwrap(),
+            ["-device", "a b", "c"]
+        );
+        assert!(parse_words("'open").is_err());
+        assert_eq!(
+            parse_words("$(touch /x); rm").unwrap(),
+            ["$(touch", "/x);", "rm"]
+        );
+    }
+
+    #[test]
+    fn mac_formats() {
+        let f = MacFormat::default();
+        assert_eq!(f.mac(1).unwrap(), "52:54:00:00:00:01");
+        assert_eq!(f.mac(99).unwrap(), "52:54:00:00:00:63");
+        let d: MacFormat = "52:54:00:12:34:%02d".parse().unwrap();
+        assert_eq!(d.mac(7).unwrap(), "52:54:00:12:34:07");
+        let short = "52:54:00:12:%x:00".parse::<MacFormat>().unwrap_err();
+        assert!(short.contains("gives \"52:54:00:12:1:00\""), "{short}");
+        let up: MacFormat = "52:54:00:AB:CD:%02X".parse().unwrap();
+        assert_eq!(up.mac(10).unwrap(), "52:54:00:ab:cd:0a");
+        for bad in [
+            "52:54:00:00:00:01",
+            "%s",
+            "52:54:00:00:00:%02x%02x",
+            "52:54:%02x",
+            "52:54:00:00:00:%2q",
+        ] {
+            assert!(bad.parse::<MacFormat>().is_err(), "{bad}");
+        }
+        // valid for 1 but not for 200 (three decimal digits)
+        let dec: MacFormat = "52:54:00:00:00:%02d".parse().unwrap();
+        assert!(dec.mac(99).is_ok());
+        assert!(dec.mac(100).is_err());
+    }
+}
