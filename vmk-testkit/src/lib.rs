@@ -10,6 +10,8 @@
 use std::path::Path;
 
 pub mod btrfs;
+pub mod guest;
+pub mod qemu_guard;
 
 pub use libtest_mimic::Failed;
 

@@ -1,0 +1,904 @@
+//! Real guests for real boots: a busybox initramfs (boots to its first line in ~2 s under
+//! TCG) and a debootstrapped Debian disk image (systemd, sshd, ACPI power-down), both built
+//! once into a cache directory and shared by every test process.
+//!
+//! Builds are serialised with `flock` on a lock file per fixture and written under a
+//! temporary name that is renamed into place only when complete, so a killed build never
+//! leaves something that looks finished, and concurrent test binaries build a fixture once.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Text the busybox guest prints on the console as soon as `/init` starts.
+pub const BUSYBOX_HELLO: &str = "vmk-busybox-guest: hello";
+/// Printed by the busybox guest when it is idle with a shell on the console.
+pub const BUSYBOX_READY: &str = "vmk-busybox-guest: ready";
+/// Printed by the Debian guest's `/etc/issue` before its serial login prompt.
+pub const DEBIAN_READY: &str = "vmk-debian-guest ready";
+
+/// Bump when the busybox initramfs layout or `/init` changes: it is part of the cache key.
+const BUSYBOX_VERSION: u32 = 2;
+/// Bump when the Debian configuration steps change: part of the image's cache key (the
+/// debootstrap tree itself is keyed by the package list only and is reused).
+const DEBIAN_CONFIG_VERSION: u32 = 1;
+const DEBIAN_SUITE: &str = "bookworm";
+const DEBIAN_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "udev",
+    "iproute2",
+    "linux-image-cloud-amd64",
+    "kmod",
+    "qemu-guest-agent",
+];
+const DEBIAN_IMAGE_SIZE: &str = "2G";
+/// Kernel modules the busybox guest loads (with their dependencies): virtio devices,
+/// SCSI disks, and the ACPI power button so `system_powerdown` works.
+const BUSYBOX_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_scsi",
+    "sd_mod",
+    "button",
+    "evdev",
+];
+
+/// The tiny initramfs guest. Boot it with `-kernel kernel -initrd initrd -append append`.
+///
+/// Its `/init` mounts proc/sys/dev, prints [`BUSYBOX_HELLO`], loads the virtio modules,
+/// prints `vmk-busybox-guest: block <disks>`, brings up `eth0` when present (printing
+/// `vmk-busybox-guest: eth0 up` and, with DHCP, `vmk-busybox-guest: eth0 <addr/len>`),
+/// starts `acpid` (ACPI power button → `poweroff -f`), then:
+/// - with `vmk.cmd="CMD"` (or `vmk.cmd=WORD`) on the kernel command line: runs CMD with
+///   `sh -c`, prints `vmk-busybox-guest: exit <status>` and powers off;
+/// - with `vmk.poweroff`: powers off at once;
+/// - otherwise: prints [`BUSYBOX_READY`] and keeps a shell on the console (it never stops
+///   by itself, so run/kill/stop tests see a live VM).
+#[derive(Debug, Clone)]
+pub struct BusyboxGuest {
+    /// The host's kernel (a copy in the cache, matching the modules in the initrd).
+    pub kernel: PathBuf,
+    /// The newc cpio initramfs.
+    pub initrd: PathBuf,
+    /// Kernel arguments: serial console on ttyS0, reboot at once on panic.
+    pub append: String,
+}
+
+/// The Debian guest (bookworm, systemd, sshd, systemd-networkd with DHCP, qemu-guest-agent).
+///
+/// Boot a *copy* of `image` (see [`DebianGuest::copy_image`]) as a raw virtio disk with
+/// `-kernel kernel -initrd initrd -append append`. Hostname `vmk-guest`; root has no
+/// password (locked): log in with ssh, giving root's key as an SMBIOS credential
+/// (`-smbios type=11,value=io.systemd.credential:ssh.authorized_keys.root=<key>`).
+/// The serial console shows [`DEBIAN_READY`] before its login prompt.
+#[derive(Debug, Clone)]
+pub struct DebianGuest {
+    /// Raw ext4 image of the root filesystem (cached original: never boot it read-write).
+    pub image: PathBuf,
+    /// The guest's own kernel (its modules are inside the image).
+    pub kernel: PathBuf,
+    /// The guest's own initramfs.
+    pub initrd: PathBuf,
+    /// Kernel arguments: `console=ttyS0 root=/dev/vda rw`.
+    pub append: String,
+}
+
+impl DebianGuest {
+    /// Copies the cached image to `dest` (sparse, reflinked where the filesystem can),
+    /// for a test to boot. An existing empty `dest` (e.g. made NOCOW) is written in place.
+    pub fn copy_image(&self, dest: &Path) -> Result<()> {
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg("--reflink=auto")
+            .arg(&self.image)
+            .arg(dest))
+        .with_context(|| format!("copying the debian guest image to {}", dest.display()))
+    }
+}
+
+/// Where fixtures are cached: `$VMK_TEST_CACHE`, else `<workspace>/target/vmk-test-cache`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("VMK_TEST_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join("target")
+        .join("vmk-test-cache")
+}
+
+/// Builds (once, cached) and returns the busybox initramfs guest.
+pub fn busybox_guest() -> Result<BusyboxGuest> {
+    let kernel = crate::find_host_kernel().context(
+        "unmet requirement: no readable kernel /boot/vmlinuz-* to boot the busybox guest",
+    )?;
+    let busybox = find_static_busybox()?;
+    let version = kernel_version(&kernel)?;
+    let modules_dir = Path::new("/lib/modules").join(&version);
+    let mut key = Fnv::new();
+    key.add(&BUSYBOX_VERSION.to_le_bytes());
+    key.add(version.as_bytes());
+    key.add(&file_stamp(&kernel));
+    key.add(&file_stamp(&busybox));
+    key.add(&file_stamp(&modules_dir.join("modules.dep")));
+    let append = "console=ttyS0 panic=-1".to_string();
+    let dir = cached("busybox", &key.hex(), |tmp| {
+        build_busybox(tmp, &kernel, &busybox, &modules_dir)
+    })?;
+    Ok(BusyboxGuest {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.cpio"),
+        append,
+    })
+}
+
+/// Builds (once, cached; about 2–4 minutes) and returns the Debian guest.
+pub fn debian_guest() -> Result<DebianGuest> {
+    let mut pkg_key = Fnv::new();
+    pkg_key.add(DEBIAN_SUITE.as_bytes());
+    for p in DEBIAN_PACKAGES {
+        pkg_key.add(p.as_bytes());
+        pkg_key.add(b",");
+    }
+    let mut key = pkg_key.clone();
+    key.add(&DEBIAN_CONFIG_VERSION.to_le_bytes());
+    let dir = cached("debian", &key.hex(), |tmp| {
+        let root = cached("debootstrap", &pkg_key.hex(), debootstrap)?;
+        build_debian_image(tmp, &root)
+    })?;
+    Ok(DebianGuest {
+        image: dir.join("disk.img"),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        append: "console=ttyS0 root=/dev/vda rw".to_string(),
+    })
+}
+
+/// Polls `path` (a console log) every 20 ms until a line contains `needle`; returns how
+/// long that took. On timeout the error shows the log's last lines.
+pub fn wait_for_file_line(path: &Path, needle: &str, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let text = fs::read(path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if text.lines().any(|l| l.contains(needle)) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "`{needle}` did not appear in {} within {:?}; its last lines:\n{}",
+                path.display(),
+                timeout,
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("binding 127.0.0.1:0 to find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+// ---------------------------------------------------------------------------------------
+// Cache plumbing
+
+/// Returns `<cache>/<kind>-<key>`, building it with `build(tmp_dir)` under an exclusive
+/// lock when it does not exist yet. Other entries of the same kind are removed afterwards.
+fn cached(kind: &str, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let cache = cache_dir();
+    let done = cache.join(format!("{kind}-{key}"));
+    if done.is_dir() {
+        return Ok(done);
+    }
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let lock_path = cache.join(format!("{kind}.lock"));
+    let lock = File::create(&lock_path)
+        .with_context(|| format!("creating lock file {}", lock_path.display()))?;
+    eprintln!("vmk-testkit: waiting for the {kind} build lock");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    if done.is_dir() {
+        return Ok(done); // another process built it while we waited
+    }
+    let tmp = cache.join(format!("{kind}-{key}.tmp"));
+    remove_tree(&tmp)?;
+    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let start = Instant::now();
+    eprintln!("vmk-testkit: building {kind} fixture in {}", tmp.display());
+    build(&tmp).with_context(|| format!("building the {kind} test fixture"))?;
+    fs::rename(&tmp, &done)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), done.display()))?;
+    eprintln!(
+        "vmk-testkit: built {kind} fixture {} in {:.1?}",
+        done.display(),
+        start.elapsed()
+    );
+    prune_old(&cache, kind, &done);
+    Ok(done)
+}
+
+/// Removes stale `<kind>-*` entries other than `keep` (we hold the kind's lock).
+fn prune_old(cache: &Path, kind: &str, keep: &Path) {
+    let prefix = format!("{kind}-");
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        // Only `<kind>-<16 hex>` (and its .tmp), so "debian-" never matches "debootstrap-".
+        let hex = rest.trim_end_matches(".tmp");
+        if path != keep && hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            eprintln!("vmk-testkit: removing old fixture {}", path.display());
+            if let Err(e) = remove_tree(&path) {
+                eprintln!("vmk-testkit: warning: {e:#}");
+            }
+        }
+    }
+}
+
+/// Removes a directory tree left by a (possibly killed) build: first unmounts whatever
+/// debootstrap may have left mounted inside it, then deletes without crossing filesystems.
+fn remove_tree(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut mounts = mounts_under(path);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    run(Command::new("rm")
+        .arg("-rf")
+        .arg("--one-file-system")
+        .arg(path))
+    .with_context(|| format!("removing stale {}", path.display()))
+}
+
+fn mounts_under(path: &Path) -> Vec<PathBuf> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(path))
+        .collect()
+}
+
+/// Runs a command, failing with its name and status when it does not succeed.
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Size and mtime of a file, so a changed input changes the cache key.
+fn file_stamp(path: &Path) -> Vec<u8> {
+    let mut v = path.as_os_str().as_encoded_bytes().to_vec();
+    if let Ok(m) = fs::metadata(path) {
+        v.extend_from_slice(&m.len().to_le_bytes());
+        v.extend_from_slice(&m.mtime().to_le_bytes());
+    }
+    v
+}
+
+/// FNV-1a 64: a hash that stays the same across Rust versions (cache keys on disk).
+#[derive(Clone)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn add(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 ^= 0xff; // separator, so ("ab","c") != ("a","bc")
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Busybox guest
+
+fn find_static_busybox() -> Result<PathBuf> {
+    let candidates = ["/bin/busybox", "/usr/bin/busybox"];
+    let Some(found) = candidates.iter().map(Path::new).find(|p| p.is_file()) else {
+        bail!("unmet requirement: no busybox found: apt-get install busybox-static");
+    };
+    if has_interpreter(found)? {
+        bail!(
+            "unmet requirement: {} is dynamically linked and cannot run in an initramfs: \
+             apt-get install busybox-static",
+            found.display()
+        );
+    }
+    Ok(found.to_path_buf())
+}
+
+/// True when an ELF64 file has a PT_INTERP header (is dynamically linked).
+fn has_interpreter(path: &Path) -> Result<bool> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut data))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        bail!("{} is not a 64-bit ELF executable", path.display());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    Ok((0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        data.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) == 3)
+    }))
+}
+
+fn kernel_version(kernel: &Path) -> Result<String> {
+    kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .map(str::to_string)
+        .with_context(|| format!("cannot tell the kernel version of {}", kernel.display()))
+}
+
+fn build_busybox(tmp: &Path, kernel: &Path, busybox: &Path, modules_dir: &Path) -> Result<()> {
+    fs::copy(kernel, tmp.join("vmlinuz"))
+        .with_context(|| format!("copying {}", kernel.display()))?;
+    let mut cpio = Cpio::default();
+    for d in [
+        "bin", "dev", "etc", "lib", "proc", "sys", "tmp", "root", "run", "var", "var/log",
+    ] {
+        cpio.dir(d);
+    }
+    cpio.char_dev("dev/console", 5, 1);
+    cpio.char_dev("dev/null", 1, 3);
+    let bb = fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    cpio.file("bin/busybox", 0o755, bb);
+    cpio.symlink("sbin", "bin");
+    cpio.symlink("var/run", "../run"); // acpid writes its pidfile there
+    cpio.dir("usr");
+    cpio.symlink("usr/bin", "../bin");
+    cpio.symlink("usr/sbin", "../bin");
+    for applet in busybox_applets(busybox)? {
+        if applet != "busybox" {
+            cpio.symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+    let modules = module_closure(modules_dir)?;
+    cpio.dir("lib/modules");
+    let mut order = String::new();
+    for rel in &modules {
+        let name = module_name(rel);
+        let data = read_module(&modules_dir.join(rel))?;
+        cpio.file(&format!("lib/modules/{name}.ko"), 0o644, data);
+        order.push_str(&name);
+        order.push('\n');
+    }
+    cpio.file("etc/vmk-modules", 0o644, order.into_bytes());
+    cpio.file("init", 0o755, BUSYBOX_INIT.as_bytes().to_vec());
+    cpio.file(
+        "etc/udhcpc.script",
+        0o755,
+        UDHCPC_SCRIPT.as_bytes().to_vec(),
+    );
+    cpio.dir("etc/acpi");
+    cpio.dir("etc/acpi/PWRF");
+    cpio.file(
+        "etc/acpi/PWRF/00000080",
+        0o755,
+        b"#!/bin/sh\necho 'vmk-busybox-guest: power button'\nsync\npoweroff -f\n".to_vec(),
+    );
+    cpio.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+    );
+    cpio.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
+    let out = tmp.join("initrd.cpio");
+    let mut f = io::BufWriter::new(File::create(&out)?);
+    cpio.write(&mut f)
+        .with_context(|| format!("writing {}", out.display()))?;
+    f.flush()?;
+    Ok(())
+}
+
+const BUSYBOX_INIT: &str = r#"#!/bin/sh
+# vmk test guest: see vmk_testkit::guest::BusyboxGuest
+export PATH=/bin HOME=/root PS1='vmk-busybox# '
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+echo "vmk-busybox-guest: hello"
+for m in $(cat /etc/vmk-modules); do
+  insmod /lib/modules/$m.ko 2>/dev/null || echo "vmk-busybox-guest: insmod $m failed"
+done
+hostname vmk-busybox; ip link set lo up
+sleep 0.2; echo "vmk-busybox-guest: block $(ls /sys/block | grep -v -e loop -e ram | tr '\n' ' ')"
+if [ -e /sys/class/net/eth0 ] && ip link set eth0 up; then
+  echo "vmk-busybox-guest: eth0 up"
+  if udhcpc -i eth0 -n -q -t 5 -T 1 -s /etc/udhcpc.script >/dev/null 2>&1; then
+    echo "vmk-busybox-guest: eth0 $(ip -4 -o addr show eth0 | awk '{print $4}')"
+  fi
+fi
+[ -e /dev/input/event0 ] && acpid -c /etc/acpi
+cmd=$(sed -n 's/.*vmk\.cmd="\([^"]*\)".*/\1/p' /proc/cmdline)
+[ -n "$cmd" ] || cmd=$(sed -n 's/.*vmk\.cmd=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$cmd" ]; then
+  sh -c "$cmd"; echo "vmk-busybox-guest: exit $?"; sync; poweroff -f
+fi
+case " $(cat /proc/cmdline) " in *" vmk.poweroff "*) sync; poweroff -f;; esac
+echo "vmk-busybox-guest: ready"
+while true; do setsid cttyhack sh -l; sleep 1; done
+"#;
+
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface" ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    : > /etc/resolv.conf; for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done ;;
+esac
+exit 0
+"#;
+
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
+    let out = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("running {} --list", busybox.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed", busybox.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// `kernel/drivers/net/virtio_net.ko.xz` → `virtio_net`.
+fn module_name(rel: &str) -> String {
+    let file = rel.rsplit('/').next().unwrap_or(rel);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// The wanted modules present in modules.dep, with their dependencies, deps first.
+/// Modules that are built into this kernel are simply absent, which is fine.
+fn module_closure(modules_dir: &Path) -> Result<Vec<String>> {
+    let dep_file = modules_dir.join("modules.dep");
+    let Ok(text) = fs::read_to_string(&dep_file) else {
+        eprintln!(
+            "vmk-testkit: warning: no {}: the busybox guest gets no virtio modules",
+            dep_file.display()
+        );
+        return Ok(Vec::new());
+    };
+    let deps: BTreeMap<String, (String, Vec<String>)> = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| {
+            let d = d.split_whitespace().map(str::to_string).collect();
+            (module_name(m), (m.to_string(), d))
+        })
+        .collect();
+    let mut order = Vec::new();
+    for want in BUSYBOX_MODULES {
+        if let Some((path, _)) = deps.get(*want) {
+            visit(path, &deps, &mut order);
+        }
+    }
+    Ok(order)
+}
+
+fn visit(path: &str, deps: &BTreeMap<String, (String, Vec<String>)>, order: &mut Vec<String>) {
+    if order.iter().any(|p| p == path) {
+        return;
+    }
+    if let Some((_, ds)) = deps.get(&module_name(path)) {
+        for d in ds {
+            visit(d, deps, order);
+        }
+    }
+    order.push(path.to_string());
+}
+
+/// Reads a module, decompressing `.ko.xz`/`.ko.zst`/`.ko.gz` (busybox insmod may not).
+fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        Some("xz")
+    } else if name.ends_with(".zst") {
+        Some("zstd")
+    } else if name.ends_with(".gz") {
+        Some("gzip")
+    } else {
+        None
+    };
+    let Some(tool) = tool else {
+        return fs::read(path).with_context(|| format!("reading {}", path.display()));
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .with_context(|| format!("running {tool} to decompress {}", path.display()))?;
+    if !out.status.success() {
+        bail!("{tool} -dc {} failed", path.display());
+    }
+    Ok(out.stdout)
+}
+
+/// A newc ("070701") cpio archive built in memory: what the kernel unpacks as initramfs.
+/// Written here rather than with cpio(1) so device nodes need no mknod and no root.
+#[derive(Default)]
+struct Cpio {
+    entries: Vec<(String, u32, u32, Vec<u8>)>, // name, mode, rdev (major<<8|minor), data
+}
+
+impl Cpio {
+    fn dir(&mut self, name: &str) {
+        self.entries.push((name.into(), 0o040_755, 0, Vec::new()));
+    }
+    fn file(&mut self, name: &str, perm: u32, data: Vec<u8>) {
+        self.entries.push((name.into(), 0o100_000 | perm, 0, data));
+    }
+    fn symlink(&mut self, name: &str, target: &str) {
+        self.entries
+            .push((name.into(), 0o120_777, 0, target.as_bytes().to_vec()));
+    }
+    fn char_dev(&mut self, name: &str, major: u32, minor: u32) {
+        self.entries
+            .push((name.into(), 0o020_600, (major << 8) | minor, Vec::new()));
+    }
+
+    fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        let mut offset = 0usize;
+        let trailer = ("TRAILER!!!".to_string(), 0, 0, Vec::new());
+        for (ino, (name, mode, rdev, data)) in self.entries.iter().chain([&trailer]).enumerate() {
+            let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
+            let header = format!(
+                "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+                ino + 1,
+                mode,
+                0,
+                0,
+                nlink,
+                0,
+                data.len(),
+                0,
+                0,
+                rdev >> 8,
+                rdev & 0xff,
+                name.len() + 1,
+                0
+            );
+            w.write_all(header.as_bytes())?;
+            w.write_all(name.as_bytes())?;
+            w.write_all(&[0])?;
+            offset += header.len() + name.len() + 1;
+            offset += pad(w, offset)?;
+            w.write_all(data)?;
+            offset += data.len();
+            offset += pad(w, offset)?;
+        }
+        Ok(())
+    }
+}
+
+fn pad(w: &mut impl Write, offset: usize) -> io::Result<usize> {
+    let n = (4 - offset % 4) % 4;
+    w.write_all(&[0u8; 3][..n])?;
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------
+// Debian guest
+
+/// The Debian mirror apt uses on this machine (first non-security Debian URI), else
+/// deb.debian.org; `VMK_TEST_DEBIAN_MIRROR` overrides.
+fn debian_mirror() -> String {
+    if let Some(m) = std::env::var_os("VMK_TEST_DEBIAN_MIRROR").filter(|m| !m.is_empty()) {
+        return m.to_string_lossy().into_owned();
+    }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "list" || e == "sources"))
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .find_map(|text| mirror_in(&text))
+        .unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
+}
+
+/// Finds a Debian archive URI in a sources.list or deb822 .sources text.
+fn mirror_in(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| {
+            let l = l.strip_prefix("URIs:").unwrap_or(l);
+            l.split_whitespace().map(str::to_string).collect::<Vec<_>>()
+        })
+        .find(|w| {
+            (w.starts_with("http://") || w.starts_with("https://"))
+                && w.trim_end_matches('/').ends_with("/debian")
+        })
+}
+
+fn debootstrap(root: &Path) -> Result<()> {
+    let mirror = debian_mirror();
+    eprintln!("vmk-testkit: debootstrap {DEBIAN_SUITE} from {mirror} (takes a few minutes)");
+    run(Command::new("debootstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", DEBIAN_PACKAGES.join(",")))
+        .arg(DEBIAN_SUITE)
+        .arg(root)
+        .arg(&mirror))
+    .with_context(|| {
+        format!(
+            "debootstrap failed (output above): check that {mirror} is reachable and you are root"
+        )
+    })?;
+    // Downloaded .debs are not needed in the image.
+    if let Ok(rd) = fs::read_dir(root.join("var/cache/apt/archives")) {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "deb") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
+    let stage = out.join("root");
+    eprintln!("vmk-testkit: copying the debootstrap tree to configure it");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(debootstrapped)
+        .arg(&stage))?;
+    configure_debian(&stage)?;
+    copy_newest(&stage.join("boot"), "vmlinuz-", &out.join("vmlinuz"))?;
+    copy_newest(&stage.join("boot"), "initrd.img-", &out.join("initrd.img"))?;
+    eprintln!("vmk-testkit: making the ext4 image");
+    let image = out.join("disk.img");
+    run(Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg("-d")
+        .arg(&stage)
+        .arg("-L")
+        .arg("vmkroot")
+        .arg(&image)
+        .arg(DEBIAN_IMAGE_SIZE))
+    .context("mkfs.ext4 -d failed (needs e2fsprogs ≥ 1.43)")?;
+    remove_tree(&stage)
+}
+
+fn write(root: &Path, rel: &str, mode: u32, text: &str) -> Result<()> {
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    // A symlink in the tree (e.g. /etc/resolv.conf) must be replaced, not followed.
+    if path.is_symlink() {
+        fs::remove_file(&path)?;
+    }
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn systemctl(root: &Path, verb: &str, units: &[&str]) -> Result<()> {
+    run(Command::new("systemctl")
+        .arg(format!("--root={}", root.display()))
+        .arg(verb)
+        .args(units))
+    .with_context(|| format!("systemctl {verb} {units:?} in the guest root"))
+}
+
+fn configure_debian(root: &Path) -> Result<()> {
+    eprintln!("vmk-testkit: configuring the guest root");
+    write(root, "etc/hostname", 0o644, "vmk-guest\n")?;
+    write(
+        root,
+        "etc/hosts",
+        0o644,
+        "127.0.0.1 localhost\n127.0.1.1 vmk-guest\n::1 localhost ip6-localhost ip6-loopback\n",
+    )?;
+    write(root, "etc/fstab", 0o644, "/dev/vda / ext4 rw 0 1\n")?;
+    write(
+        root,
+        "etc/issue",
+        0o644,
+        &format!("{DEBIAN_READY} (\\l)\n\n"),
+    )?;
+    write(
+        root,
+        "etc/systemd/network/80-vmk-dhcp.network",
+        0o644,
+        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
+    )?;
+    write(
+        root,
+        "etc/ssh/sshd_config.d/vmk.conf",
+        0o644,
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n",
+    )?;
+    write(root, "etc/resolv.conf", 0o644, "nameserver 10.0.2.3\n")?;
+    lock_root_password(root)?;
+    // Empty: systemd makes a fresh machine-id on each boot of each copy.
+    write(root, "etc/machine-id", 0o444, "")?;
+    let dbus_id = root.join("var/lib/dbus/machine-id");
+    if dbus_id.is_file() && !dbus_id.is_symlink() {
+        fs::remove_file(&dbus_id)?;
+    }
+    systemctl(
+        root,
+        "enable",
+        &[
+            "systemd-networkd.service",
+            "ssh.service",
+            "serial-getty@ttyS0.service",
+        ],
+    )?;
+    // Nothing in a test VM should wait for the network or reach the internet on a timer.
+    systemctl(
+        root,
+        "mask",
+        &[
+            "systemd-networkd-wait-online.service",
+            "apt-daily.timer",
+            "apt-daily-upgrade.timer",
+        ],
+    )
+}
+
+/// Root gets no password at all (`*`): logins are by ssh key only.
+fn lock_root_password(root: &Path) -> Result<()> {
+    let shadow = root.join("etc/shadow");
+    let text =
+        fs::read_to_string(&shadow).with_context(|| format!("reading {}", shadow.display()))?;
+    let text: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("root:") {
+            Some(rest) => {
+                let after = rest.split_once(':').map_or("", |(_, a)| a);
+                format!("root:*:{after}\n")
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(&shadow, text).with_context(|| format!("writing {}", shadow.display()))
+}
+
+fn copy_newest(dir: &Path, prefix: &str, dest: &Path) -> Result<()> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    found.sort();
+    let src = found
+        .pop()
+        .with_context(|| format!("no {prefix}* in the guest's {}", dir.display()))?;
+    fs::copy(&src, dest).with_context(|| format!("copying {}", src.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_drop_path_and_compression() {
+        assert_eq!(
+            module_name("kernel/drivers/net/virtio_net.ko"),
+            "virtio_net"
+        );
+        assert_eq!(module_name("kernel/x/net-failover.ko.zst"), "net_failover");
+    }
+
+    #[test]
+    fn mirror_from_both_source_formats() {
+        let deb822 = "Types: deb\n# http://snapshot.debian.org/archive/debian/x\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n";
+        assert_eq!(
+            mirror_in(deb822).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+        let list = "deb [arch=amd64] http://ftp.de.debian.org/debian/ bookworm main\n";
+        assert_eq!(
+            mirror_in(list).as_deref(),
+            Some("http://ftp.de.debian.org/debian/")
+        );
+        assert_eq!(
+            mirror_in("URIs: http://deb.debian.org/debian-security\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn cpio_entries_are_aligned_and_terminated() {
+        let mut c = Cpio::default();
+        c.dir("etc");
+        c.file("etc/a", 0o644, b"hello".to_vec());
+        c.symlink("b", "etc/a");
+        let mut out = Vec::new();
+        c.write(&mut out).unwrap();
+        assert_eq!(out.len() % 4, 0);
+        assert!(out.starts_with(b"070701"));
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("etc/a\0") && text.contains("hello") && text.contains("TRAILER!!!\0")
+        );
+        // Second header starts on a 4-byte boundary right after "etc\0" padded.
+        let second = out.windows(6).skip(1).position(|w| w == b"070701").unwrap() + 1;
+        assert_eq!(second % 4, 0);
+    }
+
+    #[test]
+    fn fnv_keys_are_stable() {
+        let mut a = Fnv::new();
+        a.add(b"ab");
+        a.add(b"c");
+        let mut b = Fnv::new();
+        b.add(b"a");
+        b.add(b"bc");
+        assert_ne!(a.hex(), b.hex());
+        assert_eq!(a.hex().len(), 16);
+    }
+
+    #[test]
+    fn host_busybox_static_check() {
+        // /bin/sh on Debian is dynamically linked.
+        if Path::new("/bin/dash").exists() {
+            assert!(has_interpreter(Path::new("/bin/dash")).unwrap());
+        }
+    }
+}
