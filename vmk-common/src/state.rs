@@ -177,9 +177,8 @@ pub fn write_pidfile(path: &Path, pid: u32) -> Result<()> {
         fs::rename(&tmp, path)
     };
     write()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
-            e
         })
         .with_context(|| format!("writing pidfile {}", path.display()))
 }

@@ -121,7 +121,6 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let loops = self.loop_devices();
         for attempt in 0..20 {
             if !self.is_mounted() {
                 break;
@@ -135,10 +134,9 @@ impl Drop for LoopFs {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
-        for dev in loops {
-            if Path::new(&dev).exists() {
-                let _ = Command::new("losetup").arg("-d").arg(&dev).status();
-            }
+        // `mount -o loop` sets autoclear; detach only what is still attached.
+        for dev in self.loop_devices() {
+            let _ = run(Command::new("losetup").arg("-d").arg(&dev));
         }
         if self.is_mounted() {
             // Never delete the temp dir through a live mount.

@@ -1,0 +1,283 @@
+//! System tests of vmk_common::fileops on real filesystems (loop-mounted btrfs, ext4,
+//! tmpfs): reflink, NOCOW, refusals, and that failures leave nothing behind.
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{ensure, Context, Result};
+use vmk_common::fileops::{
+    create_nocow_file, fs_kind, is_nocow, reflink_copy, set_nocow, CopyMethod, CopyOptions,
+    FileopsError, FsKind,
+};
+use vmk_testkit::btrfs::LoopFs;
+use vmk_testkit::{run_system_tests, Need, SystemTest};
+
+const MIB: u64 = 1 << 20;
+
+/// A file of `size` bytes with varied content, NOCOW when asked (set while empty).
+fn make_image(path: &Path, size: u64, nocow: bool) -> Result<()> {
+    if nocow {
+        ensure!(
+            create_nocow_file(path, 0)?,
+            "no NOCOW on {}",
+            path.display()
+        );
+    }
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let block: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
+    let mut off = 0;
+    while off < size {
+        f.write_all_at(&block[..(size - off).min(MIB) as usize], off)?;
+        off += MIB;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+fn checksum(path: &Path) -> Result<u64> {
+    Ok(vmk_common::state::fnv1a64(&fs::read(path)?))
+}
+
+fn lsattr_has_c(path: &Path) -> Result<bool> {
+    let out = Command::new("lsattr").arg(path).output()?;
+    ensure!(out.status.success(), "lsattr failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let attrs = text.split_whitespace().next().unwrap_or("");
+    Ok(attrs.contains('C'))
+}
+
+/// Files in `dir` (names), to prove nothing (no temporary file) was left.
+fn names(dir: &Path) -> Result<Vec<String>> {
+    let mut v: Vec<String> = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    v.sort();
+    v.retain(|n| n != "lost+found");
+    Ok(v)
+}
+
+fn nocow_reflink_shares_data_and_keeps_attributes() -> Result<()> {
+    let fs_ = LoopFs::btrfs(512 * MIB)?;
+    let dir = fs_.path();
+    ensure!(fs_kind(dir)? == FsKind::Btrfs);
+    let src = dir.join("disk0.raw");
+    make_image(&src, 64 * MIB, true)?;
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o640))?;
+    let mtime = UNIX_EPOCH + Duration::from_secs(1_234_567_890);
+    fs::File::options()
+        .write(true)
+        .open(&src)?
+        .set_modified(mtime)?;
+    let before = checksum(&src)?;
+    let src_meta = fs::metadata(&src)?;
+
+    let out = reflink_copy(&src, &dir.join("copy.raw"), &CopyOptions::default())?;
+    ensure!(out.method == CopyMethod::Reflink, "{out:?}");
+    ensure!(out.bytes == 64 * MIB);
+    let dst = dir.join("copy.raw");
+    ensure!(is_nocow(&dst)?, "copy lost NOCOW");
+    ensure!(lsattr_has_c(&dst)?, "lsattr shows no C on the copy");
+    ensure!(checksum(&dst)? == before, "content differs");
+    let m = fs::metadata(&dst)?;
+    ensure!(m.mode() & 0o7777 == 0o640, "mode {:o}", m.mode());
+    ensure!(m.modified()? == mtime, "mtime not kept");
+    ensure!(m.ino() != src_meta.ino());
+
+    sync()?;
+    let du = Command::new("btrfs")
+        .args(["filesystem", "du", "--raw"])
+        .arg(&src)
+        .arg(&dst)
+        .output()?;
+    let du = String::from_utf8_lossy(&du.stdout);
+    // columns: Total, Exclusive, Set shared, Filename
+    for line in du.lines().filter(|l| l.contains(".raw")) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        ensure!(cols[1] == "0", "data not shared: {line}");
+        ensure!(cols[0].parse::<u64>()? == 64 * MIB, "{line}");
+    }
+    ensure!(
+        du.lines().filter(|l| l.contains(".raw")).count() == 2,
+        "{du}"
+    );
+
+    // writing to the copy leaves the source as it was
+    let f = fs::OpenOptions::new().write(true).open(&dst)?;
+    f.write_all_at(b"changed in the copy", 4096)?;
+    f.sync_all()?;
+    ensure!(
+        checksum(&src)? == before,
+        "source changed after writing the copy"
+    );
+    ensure!(checksum(&dst)? != before);
+    ensure!(
+        fs::metadata(&src)?.modified()? == mtime,
+        "source mtime changed"
+    );
+
+    // DST may be a directory
+    fs::create_dir(dir.join("sub"))?;
+    let out = reflink_copy(&src, &dir.join("sub"), &CopyOptions::default())?;
+    ensure!(out.dst == dir.join("sub/disk0.raw"));
+    ensure!(checksum(&out.dst)? == before);
+    ensure!(
+        names(dir)? == ["copy.raw", "disk0.raw", "sub"],
+        "{:?}",
+        names(dir)?
+    );
+    Ok(())
+}
+
+fn plain_reflink_and_set_nocow_rules() -> Result<()> {
+    let fs_ = LoopFs::btrfs(256 * MIB)?;
+    let dir = fs_.path();
+    let src = dir.join("plain.img");
+    make_image(&src, 3 * MIB, false)?;
+    ensure!(!is_nocow(&src)?);
+    let out = reflink_copy(&src, &dir.join("plain2.img"), &CopyOptions::default())?;
+    ensure!(out.method == CopyMethod::Reflink);
+    ensure!(!is_nocow(&dir.join("plain2.img"))?);
+    // NOCOW cannot be added to a file with data
+    let e = set_nocow(&src).unwrap_err();
+    ensure!(matches!(e, FileopsError::NocowNotEmpty { .. }), "{e}");
+    // create_nocow_file: NOCOW and sized, refuses an existing file
+    let d = dir.join("disk1.qcow2");
+    ensure!(create_nocow_file(&d, 10 * MIB)?);
+    ensure!(fs::metadata(&d)?.len() == 10 * MIB && lsattr_has_c(&d)?);
+    ensure!(create_nocow_file(&d, MIB).is_err());
+    ensure!(fs::metadata(&d)?.len() == 10 * MIB);
+    Ok(())
+}
+
+fn refusals_leave_everything_untouched() -> Result<()> {
+    let fs_ = LoopFs::btrfs(256 * MIB)?;
+    let dir = fs_.path();
+    let src = dir.join("disk0");
+    make_image(&src, 2 * MIB, true)?;
+    fs::hard_link(&src, dir.join("hardlink"))?;
+    std::os::unix::fs::symlink(&src, dir.join("symlink"))?;
+    fs::write(dir.join("other"), b"keep me")?;
+    let before = checksum(&src)?;
+    let force = CopyOptions {
+        force: true,
+        ..Default::default()
+    };
+    for target in ["disk0", "hardlink", "symlink"] {
+        let e = reflink_copy(&src, &dir.join(target), &force).unwrap_err();
+        ensure!(matches!(e, FileopsError::SameFile { .. }), "{target}: {e}");
+    }
+    let e = reflink_copy(&dir.join("hardlink"), &src, &force).unwrap_err();
+    ensure!(matches!(e, FileopsError::SameFile { .. }), "{e}");
+    let e = reflink_copy(&src, &dir.join("other"), &CopyOptions::default()).unwrap_err();
+    ensure!(matches!(e, FileopsError::DestinationExists { .. }), "{e}");
+    ensure!(e.to_string().contains("--force"), "{e}");
+    ensure!(fs::read(dir.join("other"))? == b"keep me");
+    ensure!(checksum(&src)? == before);
+    ensure!(names(dir)? == ["disk0", "hardlink", "other", "symlink"]);
+    // with force the existing file is replaced
+    reflink_copy(&src, &dir.join("other"), &force)?;
+    ensure!(checksum(&dir.join("other"))? == before);
+    ensure!(names(dir)? == ["disk0", "hardlink", "other", "symlink"]);
+    Ok(())
+}
+
+fn ext4_cannot_reflink_clear_error_no_file() -> Result<()> {
+    let fs_ = LoopFs::new("ext4", 64 * MIB)?;
+    let dir = fs_.path();
+    let src = dir.join("disk0");
+    make_image(&src, 4 * MIB, false)?;
+    let before = checksum(&src)?;
+    let e = reflink_copy(&src, &dir.join("copy"), &CopyOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    ensure!(
+        matches!(e, FileopsError::ReflinkUnsupported { .. }),
+        "{msg}"
+    );
+    ensure!(
+        msg.contains("ext2/3/4") && msg.contains("btrfs or XFS") && msg.contains("--full-copy"),
+        "{msg}"
+    );
+    ensure!(names(dir)? == ["disk0"], "left behind: {:?}", names(dir)?);
+    let e = set_nocow(&src).unwrap_err();
+    ensure!(matches!(e, FileopsError::NocowUnsupported { .. }), "{e}");
+    ensure!(!is_nocow(&src)?);
+    // with allow_full_copy it copies, and says how
+    let o = CopyOptions {
+        allow_full_copy: true,
+        ..Default::default()
+    };
+    let out = reflink_copy(&src, &dir.join("copy"), &o)?;
+    ensure!(out.method == CopyMethod::FullCopy);
+    ensure!(checksum(&dir.join("copy"))? == before && checksum(&src)? == before);
+    ensure!(names(dir)? == ["copy", "disk0"]);
+    Ok(())
+}
+
+fn full_copy_into_full_fs_fails_cleanly() -> Result<()> {
+    let big = LoopFs::new("ext4", 64 * MIB)?;
+    let tiny = LoopFs::new("tmpfs", 4 * MIB)?;
+    let src = big.path().join("disk0");
+    make_image(&src, 16 * MIB, false)?;
+    let before = checksum(&src)?;
+    let o = CopyOptions {
+        allow_full_copy: true,
+        ..Default::default()
+    };
+    let e = reflink_copy(&src, tiny.path(), &o).unwrap_err();
+    let msg = e.to_string();
+    ensure!(msg.contains("No space left on device"), "{msg}");
+    ensure!(
+        names(tiny.path())?.is_empty(),
+        "left behind: {:?}",
+        names(tiny.path())?
+    );
+    ensure!(checksum(&src)? == before);
+    // and without allow_full_copy: the clear refusal, across filesystems
+    let e = reflink_copy(&src, tiny.path(), &CopyOptions::default()).unwrap_err();
+    ensure!(matches!(e, FileopsError::ReflinkUnsupported { .. }), "{e}");
+    ensure!(names(tiny.path())?.is_empty());
+    Ok(())
+}
+
+fn sync() -> Result<()> {
+    Command::new("sync").status().context("sync")?;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let btrfs = &[Need::Root, Need::Btrfs, Need::Program("lsattr")];
+    run_system_tests(vec![
+        SystemTest::new(
+            "nocow_reflink_shares_data_and_keeps_attributes",
+            btrfs,
+            nocow_reflink_shares_data_and_keeps_attributes,
+        ),
+        SystemTest::new(
+            "plain_reflink_and_set_nocow_rules",
+            btrfs,
+            plain_reflink_and_set_nocow_rules,
+        ),
+        SystemTest::new(
+            "refusals_leave_everything_untouched",
+            btrfs,
+            refusals_leave_everything_untouched,
+        ),
+        SystemTest::new(
+            "ext4_cannot_reflink_clear_error_no_file",
+            &[Need::Root, Need::Program("mkfs.ext4")],
+            ext4_cannot_reflink_clear_error_no_file,
+        ),
+        SystemTest::new(
+            "full_copy_into_full_fs_fails_cleanly",
+            &[Need::Root, Need::Program("mkfs.ext4")],
+            full_copy_into_full_fs_fails_cleanly,
+        ),
+    ])
+}
