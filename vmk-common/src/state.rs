@@ -222,7 +222,21 @@ pub fn split_qemu_opts(value: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// The arguments of process `pid`, or `None` when it is gone (a zombie has none either).
+/// A live process shows an empty cmdline for a moment while it execs (the kernel sets the
+/// new argv after the parent of a vfork-style spawn already runs again), and for good
+/// when it is a kernel thread or a zombie: retry briefly, then give up.
 fn process_argv(pid: u32) -> io::Result<Option<Vec<Vec<u8>>>> {
+    for _ in 0..25 {
+        match read_argv(pid)? {
+            Some(argv) => return Ok(Some(argv)),
+            None if process_gone(pid) => return Ok(None),
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    Ok(None)
+}
+
+fn read_argv(pid: u32) -> io::Result<Option<Vec<Vec<u8>>>> {
     match fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(raw) if raw.is_empty() => Ok(None),
         Ok(raw) => Ok(Some(

@@ -12,7 +12,7 @@ use vmk_common::fileops::{
     create_nocow_file, fs_kind, is_nocow, reflink_copy, set_nocow, CopyMethod, CopyOptions,
     FileopsError, FsKind,
 };
-use vmk_testkit::btrfs::LoopFs;
+use vmk_testkit::btrfs::{LoopBtrfs, LoopFs};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 const MIB: u64 = 1 << 20;
@@ -64,7 +64,7 @@ fn names(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn nocow_reflink_shares_data_and_keeps_attributes() -> Result<()> {
-    let fs_ = LoopFs::btrfs(512 * MIB)?;
+    let fs_ = LoopBtrfs::new(512 * MIB)?;
     let dir = fs_.path();
     ensure!(fs_kind(dir)? == FsKind::Btrfs);
     let src = dir.join("disk0.raw");

@@ -117,7 +117,8 @@ fn real_qemu_is_recognised_for_its_image_only() -> Result<()> {
     let pid = qemu.pid();
     ensure!(
         is_vm_qemu(pid, &image)?,
-        "qemu not recognised for its image"
+        "qemu not recognised for its image: cmdline {:?}",
+        fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).into_owned())
     );
     ensure!(
         !is_vm_qemu(pid, &other)?,

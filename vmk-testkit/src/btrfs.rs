@@ -16,8 +16,23 @@ pub struct LoopFs {
     mnt: PathBuf,
 }
 
-/// A loop-mounted btrfs: see [`LoopFs`].
-pub type LoopBtrfs = LoopFs;
+/// A loop-mounted btrfs (unmounted and detached when dropped); derefs to [`LoopFs`].
+#[derive(Debug)]
+pub struct LoopBtrfs(LoopFs);
+
+impl LoopBtrfs {
+    /// A fresh btrfs of `size` bytes (at least about 120 MiB for mkfs.btrfs).
+    pub fn new(size: u64) -> Result<LoopBtrfs> {
+        LoopFs::new("btrfs", size).map(LoopBtrfs)
+    }
+}
+
+impl std::ops::Deref for LoopBtrfs {
+    type Target = LoopFs;
+    fn deref(&self) -> &LoopFs {
+        &self.0
+    }
+}
 
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
