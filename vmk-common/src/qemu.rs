@@ -44,16 +44,8 @@ pub enum Mode {
     Foreground,
 }
 
-/// Where the runtime files of this VM go; computed by [`crate::state`], not here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuntimePaths {
-    /// `-pidfile`.
-    pub pidfile: PathBuf,
-    /// The QMP unix socket.
-    pub qmp_socket: PathBuf,
-    /// The serial console log (appended to).
-    pub console_log: PathBuf,
-}
+/// Where the runtime files of this VM go: computed by [`crate::state`], not here.
+pub use crate::state::RuntimePaths;
 
 /// What the builder asks of the machine it runs on.
 pub trait Host {
@@ -867,6 +859,7 @@ mod tests {
     fn missing_disk0_says_what_to_do() {
         let cfg = VmConfig::defaults(Path::new("/vm"));
         let paths = RuntimePaths {
+            image: "/vm/disk0".into(),
             pidfile: "p".into(),
             qmp_socket: "q".into(),
             console_log: "l".into(),

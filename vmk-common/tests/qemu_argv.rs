@@ -52,6 +52,7 @@ fn config() -> VmConfig {
 
 fn paths(prefix: &str) -> RuntimePaths {
     RuntimePaths {
+        image: format!("/vm/{prefix}sles15.qcow2").into(),
         pidfile: format!("/vm/{prefix}sles15.qcow2.pid").into(),
         qmp_socket: format!("/run/vmk/{prefix}sles15.qmp").into(),
         console_log: format!("/vm/{prefix}sles15.qcow2.console.log").into(),
@@ -177,6 +178,7 @@ fn comma_in_a_file_name_stays_one_file() {
         &cfg,
         Mode::Run,
         &RuntimePaths {
+            image: "/vm/a,b.qcow2".into(),
             pidfile: "/vm/a,b.qcow2.pid".into(),
             qmp_socket: "/run/a,b.qmp".into(),
             console_log: "/vm/a,b.log,server=off".into(),
