@@ -1,0 +1,114 @@
+//! The boot plumbing end to end: a config in a VM directory → the typed qemu command line
+//! → a real qemu-system-x86_64 (TCG) booting the busybox guest, whose console output must
+//! reach the console log. Fast (a few seconds), so it catches a broken command line long
+//! before the slower Debian-guest tests do.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use vmk_common::config::{self, LoadOptions, VmConfig};
+use vmk_common::qemu::{Mode, QemuCommand};
+use vmk_common::state::RuntimePaths;
+use vmk_testkit::guest::{self, BusyboxGuest};
+use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::{run_system_tests, Need, SystemTest};
+
+/// Under TCG on 2 busy cores the busybox guest prints its first line in 2–10 s.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() -> std::process::ExitCode {
+    let needs = &[Need::Qemu, Need::Busybox, Need::Kernel];
+    run_system_tests(vec![
+        SystemTest::new(
+            "busybox_guest_boots_to_its_first_line",
+            needs,
+            boots_to_first_line,
+        ),
+        SystemTest::new("guest_poweroff_ends_qemu", needs, poweroff_ends_qemu),
+    ])
+}
+
+/// A VM directory with a vm-config for direct kernel boot of the busybox guest, an empty
+/// raw disk0, no network, TCG; only this file is read (no /etc/vmk-config, ~/.vmkrc or
+/// environment), so the test means the same on every machine.
+fn vm_config(dir: &Path, g: &BusyboxGuest, append: &str) -> Result<VmConfig> {
+    let telnet = guest::free_port()?;
+    let disk = dir.join("disk0.raw");
+    std::fs::File::create(&disk)?.set_len(64 << 20)?;
+    let text = format!(
+        "VMK_NAME=smoke\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_MEM=256M\nVMK_CPU=1\n\
+         VMK_ACCEL=tcg\nVMK_NET_TYPE=none\nVMK_VNC=1\nVMK_TELNET_BASE={}\n\
+         VMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{append}'\n",
+        telnet - 1,
+        g.kernel.display(),
+        g.initrd.display(),
+    );
+    std::fs::write(dir.join("vm-config"), text)?;
+    let none = dir.join("no-such-file");
+    let opts = LoadOptions {
+        dir: Some(dir.to_path_buf()),
+        system_file: Some(none.clone()),
+        user_file: Some(none),
+        env: false,
+        ..LoadOptions::default()
+    };
+    config::load(&opts).context("loading the smoke test's vm-config")
+}
+
+/// Starts qemu as `vmk run` would (daemonized, serial on a telnet port, console logged)
+/// and guards the pid from its pidfile.
+fn start(dir: &Path, append: &str) -> Result<(QemuGuard, RuntimePaths)> {
+    let g = guest::busybox_guest()?;
+    let cfg = vm_config(dir, &g, append)?;
+    let paths = RuntimePaths::new(dir, Path::new("disk0.raw"))?;
+    paths.prepare()?;
+    let mut qemu = QemuCommand::from_config(&cfg, Mode::Run, &paths)?;
+    qemu.vnc = None; // no display: nothing to collide with other tests' VNC ports
+    eprintln!("{}", qemu.shell_quoted());
+    let out = qemu
+        .to_command()
+        .stdin(Stdio::null())
+        .output()
+        .context("starting qemu")?;
+    ensure!(
+        out.status.success(),
+        "qemu -daemonize failed with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guard = QemuGuard::from_pidfile(&paths.pidfile)?;
+    Ok((guard, paths))
+}
+
+fn boots_to_first_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut guard, paths) = start(dir.path(), "console=ttyS0 panic=-1")?;
+    let took = guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_HELLO, BOOT_TIMEOUT)?;
+    eprintln!("first guest line after {took:.1?}");
+    guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_READY, BOOT_TIMEOUT)?;
+    // No network card was asked for, and disk0 is the only disk.
+    let log = std::fs::read_to_string(&paths.console_log)?;
+    ensure!(
+        !log.contains("vmk-busybox-guest: eth0"),
+        "the guest has a NIC:\n{log}"
+    );
+    ensure!(
+        log.contains("vmk-busybox-guest: block vda "),
+        "disk0 is not vda:\n{log}"
+    );
+    ensure!(guard.is_running(), "qemu stopped while the guest idles");
+    guard.kill();
+    Ok(())
+}
+
+fn poweroff_ends_qemu() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut guard, paths) = start(dir.path(), "console=ttyS0 panic=-1 vmk.poweroff")?;
+    guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_HELLO, BOOT_TIMEOUT)?;
+    guard
+        .wait_exit(BOOT_TIMEOUT)
+        .context("the guest powered off but qemu kept running")?;
+    Ok(())
+}
