@@ -2,10 +2,14 @@
 //! so a broken fixture fails here with a clear message rather than as a boot timeout in
 //! some other tool's test.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{guest, run_system_tests, Need, SystemTest};
 
 fn main() -> std::process::ExitCode {
@@ -19,6 +23,16 @@ fn main() -> std::process::ExitCode {
             "debian_guest_is_built",
             &[Need::Root, Need::Debootstrap, Need::Program("debugfs")],
             debian_guest_is_built,
+        ),
+        SystemTest::new(
+            "busybox_guest_runs_a_command_and_powers_off",
+            &[Need::Qemu, Need::Busybox, Need::Kernel],
+            busybox_guest_runs_a_command,
+        ),
+        SystemTest::new(
+            "debian_guest_boots_to_ssh_and_powers_off",
+            &[Need::Root, Need::Debootstrap, Need::Qemu, Need::Ssh],
+            debian_guest_boots_to_ssh,
         ),
     ])
 }
@@ -144,4 +158,173 @@ fn debugfs(image: &Path, request: &str) -> Result<String> {
         bail!("debugfs -R {request:?}: {stderr}");
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// qemu under TCG with no defaults, the serial console in `log`, a QMP socket `qmp`.
+fn qemu(log: &Path, qmp: &Path) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-nodefaults",
+        "-machine",
+        "q35,accel=tcg",
+        "-display",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", log.display()))
+    .arg("-qmp")
+    .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// Sends QMP commands (after the capabilities handshake), reading one answer each.
+fn qmp(socket: &Path, commands: &[&str]) -> Result<()> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to QMP at {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // greeting
+    for cmd in ["qmp_capabilities"].iter().chain(commands) {
+        writeln!(&stream, "{{\"execute\":\"{cmd}\"}}")?;
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            ensure!(!line.is_empty(), "QMP closed the connection");
+            if line.contains("\"return\"") {
+                break;
+            }
+            ensure!(!line.contains("\"error\""), "QMP {cmd}: {line}");
+        }
+    }
+    Ok(())
+}
+
+fn busybox_guest_runs_a_command() -> Result<()> {
+    let g = guest::busybox_guest()?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("console.log");
+    let append = format!("{} vmk.cmd=\"echo marker-$((6*7))\"", g.append);
+    let child = qemu(&log, &dir.path().join("qmp"))
+        .args(["-m", "256", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&g.kernel)
+        .arg("-initrd")
+        .arg(&g.initrd)
+        .arg("-append")
+        .arg(append)
+        .spawn()
+        .context("starting qemu")?;
+    let mut guard = QemuGuard::from_child(child);
+    let hello = guest::wait_for_file_line(&log, guest::BUSYBOX_HELLO, Duration::from_secs(60))?;
+    guest::wait_for_file_line(&log, "marker-42", Duration::from_secs(60))?;
+    guest::wait_for_file_line(&log, "vmk-busybox-guest: exit 0", Duration::from_secs(10))?;
+    let status = guard.wait_exit(Duration::from_secs(30))?;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "qemu ended with {status:?}"
+    );
+    eprintln!("busybox guest: first line after {hello:.1?}");
+    Ok(())
+}
+
+fn debian_guest_boots_to_ssh() -> Result<()> {
+    let g = guest::debian_guest()?;
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("disk0.raw");
+    g.copy_image(&disk)?;
+    let key = dir.path().join("key");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ""])
+        .arg("-f")
+        .arg(&key)
+        .output()?;
+    ensure!(out.status.success(), "ssh-keygen failed");
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    let port = guest::free_port()?;
+    let log = dir.path().join("console.log");
+    let qmp_socket = dir.path().join("qmp");
+    let start = Instant::now();
+    let child = qemu(&log, &qmp_socket)
+        .args(["-m", "1024", "-smp", "2", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .arg("-nic")
+        .arg(format!(
+            "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22"
+        ))
+        .arg("-smbios")
+        .arg(format!(
+            "type=11,value=io.systemd.credential:ssh.authorized_keys.root={}",
+            public.trim()
+        ))
+        .arg("-kernel")
+        .arg(&g.kernel)
+        .arg("-initrd")
+        .arg(&g.initrd)
+        .arg("-append")
+        .arg(&g.append)
+        .spawn()
+        .context("starting qemu")?;
+    let mut guard = QemuGuard::from_child(child);
+    guest::wait_for_file_line(&log, guest::DEBIAN_READY, Duration::from_secs(180))?;
+    let ready = start.elapsed();
+    let hostname = ssh_retry(&key, port, "hostname", Duration::from_secs(90))?;
+    ensure!(
+        hostname.trim() == "vmk-guest",
+        "guest hostname: {hostname:?}"
+    );
+    let ssh_after = start.elapsed();
+    qmp(&qmp_socket, &["system_powerdown"])?;
+    let t = Instant::now();
+    guard
+        .wait_exit(Duration::from_secs(90))
+        .context("the guest ignored ACPI power-down")?;
+    eprintln!(
+        "debian guest: login prompt after {ready:.1?}, ssh after {ssh_after:.1?}, \
+         powered off {:.1?} after system_powerdown",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+/// Runs `cmd` over ssh as root until it succeeds or `timeout` passes; returns its stdout.
+fn ssh_retry(key: &Path, port: u16, cmd: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = Command::new("ssh")
+            .args([
+                "-q",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=5",
+            ])
+            .arg("-i")
+            .arg(key)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("root@127.0.0.1")
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .context("running ssh")?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "ssh to the guest failed for {timeout:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
