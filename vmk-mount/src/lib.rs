@@ -1,20 +1,34 @@
-//! vmk-mount: Mount, change and prepare VM disk images.
+//! vmk-mount: Mount, change and prepare VM disk images: mount/umount, putfile, chroot,
+//! zypper, fixnet, prep (virt-sysprep), and new NOCOW qcow2 disks.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
 
-use clap::Parser;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
 use vmk_common::cli::{GlobalOpts, Tool};
+use vmk_common::config::{Size, VmConfig};
+
+pub mod guestfiles;
+pub mod image;
+pub mod signals;
+
+use image::{Backend, MountRequest, MountState, TempMount};
 
 /// Mount, change and prepare VM disk images.
 #[derive(Parser, Debug)]
-#[command(name = "vmk-mount", version, about = "Mount, change and prepare VM disk images")]
+#[command(
+    name = "vmk-mount",
+    version,
+    about = "Mount, change and prepare VM disk images"
+)]
 pub struct Args {
     #[command(flatten)]
     pub global: GlobalOpts,
 
-    /// The command and its arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    /// The command
+    #[command(subcommand)]
+    pub cmd: Cmd,
 }
 
 impl Tool for Args {
@@ -23,8 +37,472 @@ impl Tool for Args {
     }
 }
 
+/// Options of every command that mounts the image.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MountOpts {
+    /// How to mount: kernel (root: loop device, qemu-storage-daemon for qcow2) or guestmount
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: Backend,
+    /// Mount even when a running qemu uses the image (risks corrupting it)
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The commands of vmk-mount.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Mount disk0 (or IMAGE) at ./mnt-disk0 (or DIR), with the filesystems of its fstab
+    Mount {
+        #[command(flatten)]
+        opts: MountOpts,
+        /// The image (default: disk0)
+        image: Option<PathBuf>,
+        /// The mount point (default: mnt-<image name> in the VM directory)
+        dir: Option<PathBuf>,
+    },
+    /// Undo `vmk mount`: unmount, detach the loop device, stop the export daemon
+    Umount {
+        /// The mount point or image (default: disk0's mount)
+        dir: Option<PathBuf>,
+    },
+    /// Copy files into the stopped image's /root/vm
+    Putfile {
+        #[command(flatten)]
+        opts: MountOpts,
+        /// Files to copy
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Open a shell (or run CMD) chrooted into the image; everything is undone on exit
+    Chroot {
+        #[command(flatten)]
+        opts: MountOpts,
+        /// Command to run instead of a shell
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Run zypper --root on the mounted image
+    #[command(visible_alias = "zypp")]
+    Zypper {
+        #[command(flatten)]
+        opts: MountOpts,
+        /// zypper's arguments
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Remove MAC-bound persistent network rules from the image
+    Fixnet {
+        #[command(flatten)]
+        opts: MountOpts,
+    },
+    /// Run virt-sysprep on the stopped disk0 (extra arguments go to virt-sysprep)
+    Prep {
+        /// virt-sysprep's arguments
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Create disk0 as a NOCOW qcow2 file of VMK_INST_DISK0 size (refuses to overwrite)
+    Mkdisk0,
+    /// Create the extra disks (VMK_DISK1…6, else disk1…diskN) as NOCOW qcow2 of VMK_INST_DISK size
+    Mkdisks {
+        /// How many when no VMK_DISKn is set (disk1…diskN)
+        #[arg(short = 'n', long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=6))]
+        count: u8,
+    },
+}
+
 /// Runs vmk-mount.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    eprintln!("vmk-mount: not implemented yet");
-    Ok(ExitCode::from(vmk_common::cli::EXIT_FAILURE))
+pub fn run(args: Args) -> Result<ExitCode> {
+    let cfg = VmConfig::load_for(&args.global)?;
+    cfg.validate()?;
+    let dry = args.global.dry_run;
+    match args.cmd {
+        Cmd::Mount { opts, image, dir } => mount(&cfg, &opts, image.as_deref(), dir, dry),
+        Cmd::Umount { dir } => umount(&cfg, dir.as_deref(), dry),
+        Cmd::Putfile { opts, files } => putfile(&cfg, &opts, &files, dry),
+        Cmd::Chroot { opts, command } => chroot(&cfg, &opts, &command, dry),
+        Cmd::Zypper { opts, args } => zypper(&cfg, &opts, &args, dry),
+        Cmd::Fixnet { opts } => fixnet(&cfg, &opts, dry),
+        Cmd::Prep { args } => prep(&cfg, &args, dry),
+        Cmd::Mkdisk0 => {
+            let path = cfg.disk0()?.to_path_buf();
+            mkdisks(&[path], cfg.inst_disk0, dry)
+        }
+        Cmd::Mkdisks { count } => {
+            let configured: Vec<PathBuf> = cfg.disks.iter().flatten().cloned().collect();
+            let paths = if configured.is_empty() {
+                (1..=count)
+                    .map(|i| cfg.dir.join(format!("disk{i}")))
+                    .collect()
+            } else {
+                configured
+            };
+            mkdisks(&paths, cfg.inst_disk, dry)
+        }
+    }
+}
+
+fn default_dir(cfg: &VmConfig, image: &Path) -> PathBuf {
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk0".into());
+    let name = if Some(image) == cfg.disk0_path.as_deref() {
+        "disk0".into()
+    } else {
+        name
+    };
+    cfg.dir.join(format!("mnt-{name}"))
+}
+
+fn mount(
+    cfg: &VmConfig,
+    opts: &MountOpts,
+    image: Option<&Path>,
+    dir: Option<PathBuf>,
+    dry: bool,
+) -> Result<ExitCode> {
+    let req = MountRequest::new(cfg, image, opts.backend, opts.force)?;
+    let dir = dir.unwrap_or_else(|| default_dir(cfg, &req.image));
+    if dry {
+        let chosen = image::choose(&req)?;
+        vmk_common::outln!(
+            "mount {} at {} with the {chosen:?} backend",
+            req.image.display(),
+            dir.display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let signals = signals::Interrupts::install()?;
+    let state = image::mount_at(&req, &dir, &signals)?;
+    eprintln!(
+        "vmk-mount: mounted; undo with `vmk umount` (state in {})",
+        image::state_file(&req.image).display()
+    );
+    vmk_common::outln!("{}", state.dir.display())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Finds the mount state for `arg` (a mount point or an image), default disk0's.
+fn find_state(cfg: &VmConfig, arg: Option<&Path>) -> Result<MountState> {
+    let disk0 = cfg.disk0()?;
+    let Some(arg) = arg else {
+        return MountState::load(disk0)?.with_context(|| {
+            format!(
+                "{} is not mounted by vmk (no {})",
+                disk0.display(),
+                image::state_file(disk0).display()
+            )
+        });
+    };
+    let abs = std::path::absolute(arg).with_context(|| format!("resolving {}", arg.display()))?;
+    if let Some(s) = MountState::load(&abs)? {
+        return Ok(s);
+    }
+    for entry in std::fs::read_dir(&cfg.dir)
+        .with_context(|| format!("reading {}", cfg.dir.display()))?
+        .flatten()
+    {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "mount") {
+            if let Ok(s) = std::fs::read_to_string(&p)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| MountState::parse(&t))
+            {
+                if s.dir == abs {
+                    return Ok(s);
+                }
+            }
+        }
+    }
+    bail!(
+        "{} is not a mount made by vmk (no state file found in {})",
+        arg.display(),
+        cfg.dir.display()
+    )
+}
+
+fn umount(cfg: &VmConfig, dir: Option<&Path>, dry: bool) -> Result<ExitCode> {
+    let mut state = find_state(cfg, dir)?;
+    if dry {
+        vmk_common::outln!("{}", state.to_text())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _signals = signals::Interrupts::install()?;
+    state.undo()?;
+    eprintln!("vmk-mount: unmounted {}", state.image.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn putfile(cfg: &VmConfig, opts: &MountOpts, files: &[PathBuf], dry: bool) -> Result<ExitCode> {
+    for f in files {
+        if !f.is_file() {
+            bail!("{} is not a file (putfile copies files)", f.display());
+        }
+    }
+    let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
+    if dry {
+        vmk_common::outln!(
+            "copy {} files into {}:/root/vm",
+            files.len(),
+            req.image.display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = TempMount::mount(&req)?;
+    let put = guestfiles::put_files(m.root(), files)?;
+    m.signals().check()?;
+    m.unmount()?;
+    for p in put {
+        vmk_common::outln!("{}", p.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fixnet(cfg: &VmConfig, opts: &MountOpts, dry: bool) -> Result<ExitCode> {
+    let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
+    if dry {
+        vmk_common::outln!(
+            "remove {:?} from {}",
+            guestfiles::MAC_BOUND_RULES,
+            req.image.display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = TempMount::mount(&req)?;
+    let removed = guestfiles::fix_net(m.root())?;
+    m.unmount()?;
+    if removed.is_empty() {
+        eprintln!("vmk-mount: no MAC-bound network rules found");
+    }
+    for p in removed {
+        vmk_common::outln!("removed {}", p.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bind mounts for a chroot, undone in reverse by the guard.
+#[derive(Debug, Default)]
+struct Binds(Vec<PathBuf>);
+
+impl Binds {
+    fn bind(&mut self, src: &Path, dst: &Path, extra: &[&str]) -> Result<()> {
+        let out = Command::new("mount")
+            .args(extra)
+            .arg(src)
+            .arg(dst)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mounting {} on {}: {}",
+                src.display(),
+                dst.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.0.push(dst.to_path_buf());
+        Ok(())
+    }
+
+    fn undo(&mut self) -> Result<()> {
+        while let Some(d) = self.0.last().cloned() {
+            // Recursive binds (/dev, /sys) may carry submounts: detach them all.
+            let out = Command::new("umount").arg("-R").arg(&d).output();
+            if !out.is_ok_and(|o| o.status.success()) && image::is_mountpoint(&d) {
+                image::umount(&d)?;
+            }
+            self.0.pop();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Binds {
+    fn drop(&mut self) {
+        if let Err(e) = self.undo() {
+            log::error!("{e:#}");
+        }
+    }
+}
+
+/// Binds /dev, /proc, /sys and resolv.conf into `root`.
+fn bind_system(root: &Path, binds: &mut Binds) -> Result<()> {
+    binds.bind(
+        Path::new("/dev"),
+        &root.join("dev"),
+        &["--rbind", "--make-rslave"],
+    )?;
+    binds.bind(Path::new("proc"), &root.join("proc"), &["-t", "proc"])?;
+    binds.bind(
+        Path::new("/sys"),
+        &root.join("sys"),
+        &["--rbind", "--make-rslave"],
+    )?;
+    let resolv = root.join("etc/resolv.conf");
+    match resolv.symlink_metadata() {
+        Ok(m) if m.file_type().is_file() && Path::new("/etc/resolv.conf").exists() => {
+            binds.bind(Path::new("/etc/resolv.conf"), &resolv, &["--bind"])?
+        }
+        _ => log::info!("the guest's /etc/resolv.conf is not a plain file: not bound"),
+    }
+    Ok(())
+}
+
+fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Result<ExitCode> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("chroot needs root");
+    }
+    let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
+    if dry {
+        vmk_common::outln!(
+            "chroot into {} ({})",
+            req.image.display(),
+            command.join(" ")
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = TempMount::mount(&req)?;
+    let mut binds = Binds::default();
+    bind_system(m.root(), &mut binds)?;
+    m.signals().check()?;
+    let mut c = Command::new("chroot");
+    c.arg(m.root());
+    if command.is_empty() {
+        let shell = ["bin/bash", "bin/sh"]
+            .into_iter()
+            .find(|s| m.root().join(s).exists())
+            .context("the image has no /bin/sh")?;
+        eprintln!(
+            "vmk-mount: shell in {}; exit it to unmount",
+            req.image.display()
+        );
+        c.arg(format!("/{shell}")).arg("-l");
+    } else {
+        c.args(command);
+    }
+    // Ctrl-C goes to the shell; vmk only notes it (signals are caught) and cleans up after.
+    let status = c.status().context("running chroot");
+    m.signals().clear();
+    binds.undo()?;
+    m.unmount()?;
+    Ok(exit_code(status?))
+}
+
+fn zypper(cfg: &VmConfig, opts: &MountOpts, args: &[String], dry: bool) -> Result<ExitCode> {
+    let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
+    if dry {
+        vmk_common::outln!(
+            "zypper --root <mounted {}> {}",
+            req.image.display(),
+            args.join(" ")
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if Command::new("zypper")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        bail!("zypper is not installed on this host (it runs here with --root on the image)");
+    }
+    let m = TempMount::mount(&req)?;
+    let status = Command::new("zypper")
+        .arg("--root")
+        .arg(m.root())
+        .args(args)
+        .status();
+    m.signals().clear();
+    m.unmount()?;
+    Ok(exit_code(status.context("running zypper")?))
+}
+
+fn prep(cfg: &VmConfig, args: &[String], dry: bool) -> Result<ExitCode> {
+    let req = MountRequest::new(cfg, None, Backend::Guestmount, false)?;
+    let users = image::qemu_users(&req.image);
+    if !users.is_empty() {
+        bail!(
+            "{} is in use by a running qemu (pid {users:?}): stop the VM first",
+            req.image.display()
+        );
+    }
+    if MountState::load(&req.image)?.is_some() {
+        bail!("{} is mounted: run `vmk umount` first", req.image.display());
+    }
+    let mut c = Command::new("virt-sysprep");
+    c.arg("-a")
+        .arg(&req.image)
+        .arg(format!("--format={}", req.format.as_str()))
+        .args(args);
+    if std::env::var_os("LIBGUESTFS_BACKEND").is_none() {
+        c.env("LIBGUESTFS_BACKEND", "direct");
+    }
+    if req.force_tcg && std::env::var_os("LIBGUESTFS_BACKEND_SETTINGS").is_none() {
+        c.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
+    }
+    if dry {
+        vmk_common::outln!("{c:?}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = c
+        .status()
+        .context("running virt-sysprep (install libguestfs-tools)")?;
+    Ok(exit_code(status))
+}
+
+/// Creates each path as an empty NOCOW file, then a qcow2 of `size` in it. Refuses when any
+/// exists, before creating anything.
+pub fn mkdisks(paths: &[PathBuf], size: Size, dry: bool) -> Result<ExitCode> {
+    for p in paths {
+        if p.symlink_metadata().is_ok() {
+            bail!(
+                "{} exists: refusing to overwrite a disk image (remove it first)",
+                p.display()
+            );
+        }
+    }
+    for p in paths {
+        if dry {
+            vmk_common::outln!("qemu-img create -f qcow2 {} {}", p.display(), size.bytes())?;
+            continue;
+        }
+        let nocow = vmk_common::fileops::create_nocow_file(p, 0)
+            .with_context(|| format!("creating {}", p.display()))?;
+        if !nocow {
+            log::warn!("{}: this filesystem takes no NOCOW flag", p.display());
+        }
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(p)
+            .arg(size.bytes().to_string())
+            .output()
+            .context("running qemu-img (install qemu-utils)")?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(p);
+            bail!(
+                "qemu-img create {} failed: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        eprintln!(
+            "vmk-mount: created {} ({size}, qcow2{})",
+            p.display(),
+            if nocow { ", NOCOW" } else { "" }
+        );
+        vmk_common::outln!("{}", p.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Passes a child's exit status through (a signal death becomes 128+signal).
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
+        (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
+        _ => ExitCode::FAILURE,
+    }
 }

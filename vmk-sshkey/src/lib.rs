@@ -1,20 +1,39 @@
-//! vmk-sshkey: SSH into VMs: keys, ssh, scp, sshfs.
+//! vmk-sshkey: SSH into VMs: the VM's own key pair, ssh, waitssh, scp and sshfs as root@ the
+//! VM, and two ways to put the key into a guest that does not take it as a credential.
 
-use std::process::ExitCode;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
 
-use clap::Parser;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use vmk_common::cli::{GlobalOpts, Tool};
+use vmk_common::config::VmConfig;
+
+pub mod ssh;
+pub mod target;
+pub mod wait;
+
+use ssh::{key_file, quoted, Auth};
 
 /// SSH into VMs: keys, ssh, scp, sshfs.
 #[derive(Parser, Debug)]
-#[command(name = "vmk-sshkey", version, about = "SSH into VMs: keys, ssh, scp, sshfs")]
+#[command(
+    name = "vmk-sshkey",
+    version,
+    about = "SSH into VMs: keys, ssh, scp, sshfs"
+)]
 pub struct Args {
     #[command(flatten)]
     pub global: GlobalOpts,
 
-    /// The command and its arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    /// The command
+    #[command(subcommand)]
+    pub cmd: Cmd,
 }
 
 impl Tool for Args {
@@ -23,8 +42,330 @@ impl Tool for Args {
     }
 }
 
+/// Key types `sshkeygen` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyType {
+    /// Ed25519 (default).
+    Ed25519,
+    /// RSA (3072 bits), for old guests.
+    Rsa,
+}
+
+/// The commands of vmk-sshkey.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create this VM's key pair vm-key/vm-key.pub (refuses to overwrite)
+    Sshkeygen {
+        /// Key type
+        #[arg(short = 't', long = "type", value_enum, default_value = "ed25519")]
+        key_type: KeyType,
+    },
+    /// Put vm-key.pub into the stopped image's /root/.ssh/authorized_keys (mounting it)
+    Sshkeyput {
+        /// Mount backend
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: vmk_mount::image::Backend,
+        /// Mount even when a qemu seems to use the image
+        #[arg(long)]
+        force: bool,
+    },
+    /// Append vm-key.pub to root's authorized_keys in the running VM (ssh asks for the password)
+    Scpkeyput,
+    /// ssh into the VM as root; with a command, run it and pass its exit status through
+    Ssh {
+        /// Command to run in the guest (interactive shell when empty)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Wait until ssh into the VM works, then run the command (if any) and pass its status
+    #[command(visible_alias = "sshwait")]
+    Waitssh {
+        /// Give up after this many seconds
+        #[arg(short = 't', long, default_value_t = 300, value_name = "SECONDS")]
+        timeout: u64,
+        /// Print how long the wait took (banner and login) on stderr
+        #[arg(long)]
+        times: bool,
+        /// Command to run in the guest once ssh works
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Copy files into the VM: scp FILES… GUESTPATH
+    Scp {
+        /// Copy directories recursively
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Use the legacy scp protocol (for guests without an sftp server)
+        #[arg(short = 'O', long)]
+        legacy: bool,
+        /// Files to copy, then the destination path in the guest
+        #[arg(required = true, num_args = 2.., value_name = "FILES… GUESTPATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Mount the VM's / (or GUESTPATH) over sshfs at DIR (default ./mnt-ssh)
+    Sshfs {
+        /// Where to mount (created when missing); unmount with `fusermount -u DIR`
+        dir: Option<PathBuf>,
+        /// Directory in the guest
+        #[arg(long, default_value = "/")]
+        guest_path: String,
+    },
+}
+
 /// Runs vmk-sshkey.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    eprintln!("vmk-sshkey: not implemented yet");
-    Ok(ExitCode::from(vmk_common::cli::EXIT_FAILURE))
+pub fn run(args: Args) -> Result<ExitCode> {
+    let cfg = VmConfig::load_for(&args.global)?;
+    cfg.validate()?;
+    let dry = args.global.dry_run;
+    match args.cmd {
+        Cmd::Sshkeygen { key_type } => sshkeygen(&cfg, key_type, dry),
+        Cmd::Sshkeyput { backend, force } => sshkeyput(&cfg, backend, force, dry),
+        Cmd::Scpkeyput => scpkeyput(&cfg, dry),
+        Cmd::Ssh { command } => ssh_run(&cfg, &command, dry),
+        Cmd::Waitssh {
+            timeout,
+            times,
+            command,
+        } => waitssh(&cfg, Duration::from_secs(timeout), times, &command, dry),
+        Cmd::Scp {
+            recursive,
+            legacy,
+            mut paths,
+        } => {
+            let dest = paths.pop().expect("clap requires two paths");
+            scp(&cfg, &paths, &dest, recursive, legacy, dry)
+        }
+        Cmd::Sshfs { dir, guest_path } => sshfs(&cfg, dir, &guest_path, dry),
+    }
+}
+
+/// The VM's private key, or an error that says how to make one.
+fn existing_key(cfg: &VmConfig) -> Result<PathBuf> {
+    let key = key_file(&cfg.dir);
+    if !key.exists() {
+        bail!(
+            "no ssh key {}: run `vmk sshkeygen` (then boot, or `vmk sshkeyput` for guests without systemd credentials)",
+            key.display()
+        );
+    }
+    Ok(key)
+}
+
+fn sshkeygen(cfg: &VmConfig, key_type: KeyType, dry: bool) -> Result<ExitCode> {
+    let key = key_file(&cfg.dir);
+    let public = cfg.dir.join("vm-key.pub");
+    for f in [&key, &public] {
+        if f.symlink_metadata().is_ok() {
+            bail!(
+                "{} exists: refusing to overwrite this VM's key (remove vm-key and vm-key.pub first)",
+                f.display()
+            );
+        }
+    }
+    let mut c = Command::new("ssh-keygen");
+    c.arg("-q").arg("-N").arg("").arg("-f").arg(&key);
+    c.arg("-C").arg(format!("vmk-{}", cfg.display_name()));
+    match key_type {
+        KeyType::Ed25519 => c.args(["-t", "ed25519"]),
+        KeyType::Rsa => c.args(["-t", "rsa", "-b", "3072"]),
+    };
+    if dry {
+        vmk_common::outln!("{}", quoted(&c))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = c
+        .stdin(Stdio::null())
+        .status()
+        .context("running ssh-keygen (install openssh-client)")?;
+    if !status.success() {
+        bail!("ssh-keygen failed ({status})");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", key.display()))?;
+    vmk_common::outln!("{}", public.display())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The public key's text (one line).
+fn public_key(cfg: &VmConfig) -> Result<String> {
+    let public = cfg.dir.join("vm-key.pub");
+    let text = std::fs::read_to_string(&public)
+        .with_context(|| format!("reading {} (run `vmk sshkeygen`)", public.display()))?;
+    let line = text.trim();
+    if line.is_empty() || line.contains('\n') {
+        bail!("{} is not a single public key line", public.display());
+    }
+    Ok(line.to_string())
+}
+
+fn sshkeyput(
+    cfg: &VmConfig,
+    backend: vmk_mount::image::Backend,
+    force: bool,
+    dry: bool,
+) -> Result<ExitCode> {
+    let key = public_key(cfg)?;
+    if dry {
+        eprintln!(
+            "would mount {} and append vm-key.pub to /root/.ssh/authorized_keys",
+            cfg.disk0()?.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let req = vmk_mount::image::MountRequest::for_disk0(cfg, backend, force)?;
+    let mounted = vmk_mount::image::TempMount::mount(&req)?;
+    let added = vmk_mount::guestfiles::append_authorized_key(mounted.root(), &key)?;
+    mounted.unmount()?;
+    if added {
+        eprintln!(
+            "vmk-sshkey: added vm-key.pub to root's authorized_keys in {}",
+            req.image.display()
+        );
+    } else {
+        eprintln!("vmk-sshkey: vm-key.pub was already in root's authorized_keys");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scpkeyput(cfg: &VmConfig, dry: bool) -> Result<ExitCode> {
+    let key = public_key(cfg)?;
+    let t = target::target(cfg)?;
+    // Append only when missing; create ~/.ssh with the right modes.
+    let script = "umask 077; mkdir -p ~/.ssh && k=$(cat) && { grep -qxF \"$k\" ~/.ssh/authorized_keys 2>/dev/null || printf '%s\\n' \"$k\" >> ~/.ssh/authorized_keys; }";
+    let mut c = ssh::ssh_command(
+        &key_file(&cfg.dir),
+        &t,
+        Auth::Password,
+        Some(10),
+        false,
+        &[script.to_string()],
+    );
+    if dry {
+        vmk_common::outln!("{}", quoted(&c))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running ssh (install openssh-client)")?;
+    child
+        .stdin
+        .take()
+        .context("ssh's stdin")?
+        .write_all(format!("{key}\n").as_bytes())
+        .context("sending the key to ssh")?;
+    let status = child.wait().context("waiting for ssh")?;
+    Ok(exit_code(status))
+}
+
+/// Passes a child's exit status through (a signal death becomes 128+signal, like a shell).
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
+        (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Replaces this process with `c` (so ssh's status, signals and terminal are its own).
+fn exec(mut c: Command) -> Result<ExitCode> {
+    let program: OsString = c.get_program().to_owned();
+    let err = c.exec();
+    Err(err).with_context(|| format!("running {}", program.to_string_lossy()))
+}
+
+fn ssh_run(cfg: &VmConfig, command: &[String], dry: bool) -> Result<ExitCode> {
+    let key = existing_key(cfg)?;
+    let t = target::target(cfg)?;
+    let interactive = command.is_empty();
+    let c = ssh::ssh_command(&key, &t, Auth::Key, Some(10), interactive, command);
+    if dry {
+        vmk_common::outln!("{}", quoted(&c))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    log::debug!("{}", quoted(&c));
+    exec(c)
+}
+
+fn waitssh(
+    cfg: &VmConfig,
+    timeout: Duration,
+    times: bool,
+    command: &[String],
+    dry: bool,
+) -> Result<ExitCode> {
+    let key = existing_key(cfg)?;
+    let t = target::target(cfg)?;
+    if dry {
+        let c = ssh::ssh_command(&key, &t, Auth::KeyBatch, Some(2), false, &["true".into()]);
+        eprintln!("would poll {t} for sshd, then: {}", quoted(&c));
+        if !command.is_empty() {
+            let c = ssh::ssh_command(&key, &t, Auth::Key, Some(10), false, command);
+            vmk_common::outln!("{}", quoted(&c))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let w = wait::wait_for_ssh(&key, &t, timeout)?;
+    if times {
+        eprintln!(
+            "vmk-sshkey: sshd banner after {:.3}s, login after {:.3}s",
+            w.banner.as_secs_f64(),
+            w.login.as_secs_f64()
+        );
+    }
+    if command.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    exec(ssh::ssh_command(
+        &key,
+        &t,
+        Auth::Key,
+        Some(10),
+        false,
+        command,
+    ))
+}
+
+fn scp(
+    cfg: &VmConfig,
+    files: &[PathBuf],
+    dest: &Path,
+    recursive: bool,
+    legacy: bool,
+    dry: bool,
+) -> Result<ExitCode> {
+    let key = existing_key(cfg)?;
+    let t = target::target(cfg)?;
+    let dest = dest.to_str().context("the guest path is not valid UTF-8")?;
+    let c = ssh::scp_command(&key, &t, recursive, legacy, files, dest);
+    if dry {
+        vmk_common::outln!("{}", quoted(&c))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    exec(c)
+}
+
+fn sshfs(cfg: &VmConfig, dir: Option<PathBuf>, guest_path: &str, dry: bool) -> Result<ExitCode> {
+    let key = existing_key(cfg)?;
+    let t = target::target(cfg)?;
+    let dir = dir.unwrap_or_else(|| cfg.dir.join("mnt-ssh"));
+    let c = ssh::sshfs_command(&key, &t, guest_path, &dir);
+    if dry {
+        vmk_common::outln!("{}", quoted(&c))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut c = c;
+    let status = c.status().context("running sshfs (install sshfs)")?;
+    if !status.success() {
+        bail!("sshfs failed ({status})");
+    }
+    eprintln!(
+        "vmk-sshkey: guest {guest_path} mounted at {}; unmount with `fusermount -u {}`",
+        dir.display(),
+        dir.display()
+    );
+    vmk_common::outln!("{}", dir.display())?;
+    Ok(ExitCode::SUCCESS)
 }

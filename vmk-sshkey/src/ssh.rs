@@ -1,0 +1,189 @@
+//! The ssh, scp and sshfs command lines for this VM: its own key, no user ssh config, and
+//! host-key checks off for this throwaway VM's address only.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::target::Target;
+
+/// The VM's private key file in its directory.
+pub fn key_file(dir: &Path) -> PathBuf {
+    dir.join("vm-key")
+}
+
+/// How a command authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// With vm-key only, never asking anything (scripts, waitssh).
+    KeyBatch,
+    /// With vm-key; ssh may still ask (e.g. a passphrase) on a terminal.
+    Key,
+    /// With a password, asked by ssh (scpkeyput).
+    Password,
+}
+
+/// `-o` options shared by ssh, scp and sshfs (without `-p`/`-P`, which differ).
+pub fn common_options(key: &Path, auth: Auth, connect_timeout: Option<u32>) -> Vec<OsString> {
+    let mut o: Vec<OsString> = vec!["-F".into(), "/dev/null".into()];
+    let mut opt = |s: String| {
+        o.push("-o".into());
+        o.push(s.into());
+    };
+    match auth {
+        Auth::KeyBatch | Auth::Key => {
+            let mut id = OsString::from("IdentityFile=");
+            id.push(key.as_os_str());
+            opt(id.to_string_lossy().into_owned());
+            opt("IdentitiesOnly=yes".into());
+        }
+        Auth::Password => {
+            opt("PubkeyAuthentication=no".into());
+            opt("PreferredAuthentications=keyboard-interactive,password".into());
+        }
+    }
+    opt("StrictHostKeyChecking=no".into());
+    opt("UserKnownHostsFile=/dev/null".into());
+    opt("GlobalKnownHostsFile=/dev/null".into());
+    opt("LogLevel=ERROR".into());
+    opt(format!(
+        "BatchMode={}",
+        if auth == Auth::KeyBatch { "yes" } else { "no" }
+    ));
+    if let Some(t) = connect_timeout {
+        opt(format!("ConnectTimeout={t}"));
+    }
+    o
+}
+
+/// `ssh … -p PORT root@HOST [-t] [-- CMD…]`.
+pub fn ssh_command(
+    key: &Path,
+    target: &Target,
+    auth: Auth,
+    connect_timeout: Option<u32>,
+    tty: bool,
+    remote: &[String],
+) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(common_options(key, auth, connect_timeout));
+    c.arg("-p").arg(target.port.to_string());
+    if tty {
+        c.arg("-t");
+    }
+    c.arg(target.login());
+    if !remote.is_empty() {
+        c.arg("--");
+        c.args(remote);
+    }
+    c
+}
+
+/// `scp … -P PORT [-r] FILES… root@HOST:GUESTPATH`.
+pub fn scp_command(
+    key: &Path,
+    target: &Target,
+    recursive: bool,
+    legacy: bool,
+    files: &[PathBuf],
+    guest_path: &str,
+) -> Command {
+    let mut c = Command::new("scp");
+    c.args(common_options(key, Auth::Key, Some(10)));
+    c.arg("-P").arg(target.port.to_string());
+    if recursive {
+        c.arg("-r");
+    }
+    if legacy {
+        c.arg("-O");
+    }
+    c.arg("--");
+    c.args(files);
+    c.arg(target.remote_path(guest_path));
+    c
+}
+
+/// `sshfs root@HOST:/ DIR -p PORT -F /dev/null -o …`.
+pub fn sshfs_command(key: &Path, target: &Target, guest_path: &str, dir: &Path) -> Command {
+    let mut c = Command::new("sshfs");
+    c.arg(target.remote_path(guest_path));
+    c.arg(dir);
+    c.arg("-p").arg(target.port.to_string());
+    // sshfs takes ssh's -F itself and passes unknown -o options on to ssh.
+    c.args(common_options(key, Auth::KeyBatch, Some(10)));
+    c.args(["-o", "reconnect"]);
+    c
+}
+
+/// The command shell-quoted, for `-D` and logs.
+pub fn quoted(c: &Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| {
+            let s = a.to_string_lossy();
+            shlex::try_quote(&s)
+                .map(|q| q.into_owned())
+                .unwrap_or_else(|_| s.into_owned())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Target {
+        Target {
+            host: "127.0.0.1".into(),
+            port: 10021,
+        }
+    }
+
+    #[test]
+    fn ssh_has_no_user_config_and_own_key_only() {
+        let c = ssh_command(
+            Path::new("/vm/vm-key"),
+            &t(),
+            Auth::KeyBatch,
+            Some(2),
+            false,
+            &["exit 7".into()],
+        );
+        let q = quoted(&c);
+        assert!(q.starts_with("ssh -F /dev/null -o IdentityFile=/vm/vm-key -o IdentitiesOnly=yes"));
+        assert!(q.contains("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"), "{q}");
+        assert!(
+            q.contains("-o BatchMode=yes -o ConnectTimeout=2 -p 10021 root@127.0.0.1 -- 'exit 7'")
+        );
+    }
+
+    #[test]
+    fn interactive_ssh_asks_for_a_tty_and_sends_no_command() {
+        let c = ssh_command(Path::new("k"), &t(), Auth::Key, None, true, &[]);
+        let q = quoted(&c);
+        assert!(q.ends_with("-p 10021 -t root@127.0.0.1"), "{q}");
+        assert!(q.contains("BatchMode=no"));
+    }
+
+    #[test]
+    fn scp_targets_the_guest_path() {
+        let c = scp_command(
+            Path::new("k"),
+            &t(),
+            true,
+            false,
+            &[PathBuf::from("a b"), PathBuf::from("c")],
+            "/root/",
+        );
+        assert!(quoted(&c).ends_with("-P 10021 -r -- 'a b' c root@127.0.0.1:/root/"));
+    }
+
+    #[test]
+    fn password_auth_does_not_offer_keys() {
+        let o = common_options(Path::new("k"), Auth::Password, None);
+        let s: Vec<String> = o.iter().map(|x| x.to_string_lossy().into_owned()).collect();
+        assert!(s.contains(&"PubkeyAuthentication=no".to_string()));
+        assert!(!s.iter().any(|x| x.starts_with("IdentityFile")));
+    }
+}
