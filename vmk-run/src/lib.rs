@@ -1,20 +1,42 @@
-//! vmk-run: Run VMs: start, stop, consoles, status.
+//! vmk-run: run VMs — start them in the background or the foreground, attach to their
+//! consoles, show their state, stop them; plus `ps`, `checksetup` and `fixme`.
+//!
+//! The per-instance operations live in [`instance`] as a library, because `vmk snap`
+//! runs its snapshot VM with exactly the same code on another image.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
-use vmk_common::cli::{GlobalOpts, Tool};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use vmk_common::cli::{GlobalOpts, Tool, EXIT_FAILURE};
+use vmk_common::config::VmConfig;
+use vmk_common::outln;
+use vmk_common::qemu::Mode;
+
+pub mod bridge;
+pub mod console;
+pub mod instance;
+pub mod registry;
+pub mod setup;
+pub mod term;
+
+pub use instance::{Instance, StartOptions, Started, StopOutcome};
 
 /// Run VMs: start, stop, consoles, status.
 #[derive(Parser, Debug)]
-#[command(name = "vmk-run", version, about = "Run VMs: start, stop, consoles, status")]
+#[command(
+    name = "vmk-run",
+    version,
+    about = "Run VMs: start, stop, consoles, status"
+)]
 pub struct Args {
     #[command(flatten)]
     pub global: GlobalOpts,
 
-    /// The command and its arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
 }
 
 impl Tool for Args {
@@ -23,8 +45,266 @@ impl Tool for Args {
     }
 }
 
+/// The commands of vmk-run.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Start the VM in the background (serial console on a telnet port, VNC, QMP, pidfile)
+    Run {
+        /// Print pid, ports and files as one JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the VM in the foreground with its serial console on this terminal (Ctrl-A x quits)
+    Runin,
+    /// Show the config values that matter and whether the VM runs
+    #[command(visible_alias = "status")]
+    Info {
+        /// One JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when the VM runs, 1 when not; print nothing
+    Isrunning,
+    /// Kill the VM now: SIGINT, SIGTERM, SIGKILL a second apart, only to this VM's qemu
+    Kill,
+    /// Power the VM off gracefully (ACPI over QMP), kill it after the timeout
+    Stop {
+        /// Seconds to wait for the guest to power off before killing it
+        #[arg(short, long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Attach the terminal to the VM's serial console (Ctrl-] detaches)
+    #[command(visible_alias = "telnet")]
+    Console {
+        /// When stdin is not a terminal: after it ends, leave once the guest has been quiet
+        /// this long (seconds)
+        #[arg(short, long, value_name = "SECONDS", default_value_t = 2.0)]
+        wait: f64,
+    },
+    /// Open a VNC viewer on the VM's display
+    Vnc,
+    /// List this user's running VMs
+    Ps {
+        /// A JSON array on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what this machine offers for this VM (one line each: ok, warn, fail)
+    Checksetup(setup::CheckArgs),
+    /// Make the bridge helper setuid root and allow the bridge in /etc/qemu/bridge.conf (root)
+    Fixme(setup::FixArgs),
+}
+
+fn load(global: &GlobalOpts) -> Result<VmConfig> {
+    Ok(VmConfig::load_for(global)?)
+}
+
+fn disk0_instance(global: &GlobalOpts) -> Result<Instance> {
+    Instance::disk0(load(global)?)
+}
+
 /// Runs vmk-run.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    eprintln!("vmk-run: not implemented yet");
-    Ok(ExitCode::from(vmk_common::cli::EXIT_FAILURE))
+pub fn run(args: Args) -> Result<ExitCode> {
+    let g = &args.global;
+    match args.command {
+        Command::Run { json } => cmd_run(
+            &disk0_instance(g)?,
+            g.dry_run,
+            json,
+            &StartOptions::default(),
+        ),
+        Command::Runin => cmd_runin(&disk0_instance(g)?, g.dry_run, &StartOptions::default()),
+        Command::Info { json } => cmd_info(&disk0_instance(g)?, json),
+        Command::Isrunning => cmd_isrunning(&disk0_instance(g)?),
+        Command::Kill => cmd_kill(&disk0_instance(g)?, g.dry_run),
+        Command::Stop { timeout } => {
+            cmd_stop(&disk0_instance(g)?, Duration::from_secs(timeout), g.dry_run)
+        }
+        Command::Console { wait } => cmd_console(&disk0_instance(g)?, wait),
+        Command::Vnc => cmd_vnc(&disk0_instance(g)?, g.dry_run),
+        Command::Ps { json } => cmd_ps(json),
+        Command::Checksetup(a) => setup::checksetup(g, &a),
+        Command::Fixme(a) => setup::fixme(g, &a),
+    }
+}
+
+/// `run`: start in the background (or print the command with `-D`).
+pub fn cmd_run(
+    inst: &Instance,
+    dry_run: bool,
+    json: bool,
+    opts: &StartOptions<'_>,
+) -> Result<ExitCode> {
+    if dry_run {
+        outln!("{}", instance::dry_run(inst, Mode::Run, opts.adjust)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = instance::start(inst, opts)?;
+    if json {
+        outln!("{}", serde_json::to_string(&started)?)?;
+    } else {
+        for l in instance::describe(inst, &started) {
+            eprintln!("{l}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `runin`: run in the foreground (or print the command with `-D`).
+pub fn cmd_runin(inst: &Instance, dry_run: bool, opts: &StartOptions<'_>) -> Result<ExitCode> {
+    if dry_run {
+        outln!(
+            "{}",
+            instance::dry_run(inst, Mode::Foreground, opts.adjust)?
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    instance::run_foreground(inst, opts)
+}
+
+/// `info`/`status`.
+pub fn cmd_info(inst: &Instance, json: bool) -> Result<ExitCode> {
+    let info = instance::info(inst)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&info)?)?;
+    } else {
+        for l in instance::info_lines(&info) {
+            outln!("{l}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `isrunning`: the exit status says it.
+pub fn cmd_isrunning(inst: &Instance) -> Result<ExitCode> {
+    Ok(if instance::is_running(inst)? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
+/// `kill`.
+pub fn cmd_kill(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
+    if dry_run {
+        match inst.status()? {
+            vmk_common::state::VmStatus::Running { pid } => {
+                outln!("kill -INT {pid}; sleep 1; kill -TERM {pid}; sleep 1; kill -KILL {pid}")?
+            }
+            other => eprintln!("nothing to kill ({other:?})"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    report_stop(inst, instance::kill(inst)?)
+}
+
+/// `stop`.
+pub fn cmd_stop(inst: &Instance, timeout: Duration, dry_run: bool) -> Result<ExitCode> {
+    if dry_run {
+        if let vmk_common::state::VmStatus::Running { pid } = inst.status()? {
+            outln!(
+                "system_powerdown via {}; wait {}s for pid {pid}; then kill",
+                inst.paths.qmp_socket.display(),
+                timeout.as_secs()
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    report_stop(inst, instance::stop(inst, timeout)?)
+}
+
+fn report_stop(inst: &Instance, outcome: StopOutcome) -> Result<ExitCode> {
+    eprintln!("{}: {outcome}", inst.cfg.display_name());
+    if let StopOutcome::StalePidfile { .. } = outcome {
+        if let Some(pid) = instance::find_qemu_using(&inst.image)? {
+            eprintln!(
+                "note: qemu pid {pid} still uses {} but was not started through this pidfile: \
+                 not touched",
+                inst.image.display()
+            );
+            return Ok(ExitCode::from(EXIT_FAILURE));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `console`/`telnet`.
+pub fn cmd_console(inst: &Instance, wait: f64) -> Result<ExitCode> {
+    if !instance::is_running(inst)? {
+        anyhow::bail!(
+            "{} is not running: start it with `{} run`",
+            inst.cfg.display_name(),
+            inst.commands
+        );
+    }
+    let addr = console::connect_addr(inst.cfg.listen, inst.cfg.telnet_port());
+    let banner = format!(
+        "connected to {}'s serial console ({addr}); Ctrl-] detaches",
+        inst.cfg.display_name()
+    );
+    let wait = Duration::try_from_secs_f64(wait.max(0.0)).unwrap_or(Duration::from_secs(2));
+    console::attach(addr, wait, Some(&banner))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Viewers tried by `vnc`, in order; `{}` is `host:display`.
+const VIEWERS: &[(&str, &str)] = &[
+    ("vncviewer", "{}"),
+    ("xtightvncviewer", "{}"),
+    ("gvncviewer", "{}"),
+    ("remote-viewer", "vnc://{hostport}"),
+];
+
+/// `vnc`: exec a viewer.
+pub fn cmd_vnc(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
+    let cfg = &inst.cfg;
+    let host = console::connect_addr(cfg.listen, cfg.vnc_port()).ip();
+    let display = format!("{host}:{}", cfg.vnc);
+    let hostport = format!("{host}:{}", cfg.vnc_port());
+    let found = VIEWERS.iter().find_map(|(name, arg)| {
+        which(name).map(|p| {
+            (
+                p,
+                arg.replace("{hostport}", &hostport).replace("{}", &display),
+            )
+        })
+    });
+    let Some((viewer, arg)) = found else {
+        outln!("{display}")?;
+        eprintln!(
+            "no VNC viewer found (tried {}): connect one to {display} (port {})",
+            VIEWERS.iter().map(|v| v.0).collect::<Vec<_>>().join(", "),
+            cfg.vnc_port()
+        );
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    };
+    if dry_run {
+        outln!("{} {arg}", viewer.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !instance::is_running(inst)? {
+        eprintln!("warning: {} is not running", cfg.display_name());
+    }
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(&viewer).arg(&arg).exec();
+    Err(err).with_context(|| format!("running {}", viewer.display()))
+}
+
+/// `ps`.
+pub fn cmd_ps(json: bool) -> Result<ExitCode> {
+    let running = registry::list()?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&running)?)?;
+    } else {
+        for l in registry::table(&running) {
+            outln!("{l}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A program on PATH.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    use vmk_common::qemu::Host;
+    vmk_common::qemu::RealHost.find_program(name)
 }

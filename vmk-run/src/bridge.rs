@@ -1,0 +1,225 @@
+//! Bridge networking goes through qemu-bridge-helper, which must be setuid root (or run by
+//! root) and finds the bridges it may use in /etc/qemu/bridge.conf. These checks say what
+//! is wrong before qemu fails with a terse message, and `fixme` repairs it.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Where qemu looks for its helper by default (Debian, Ubuntu, Fedora, openSUSE).
+pub const HELPER_CANDIDATES: &[&str] = &[
+    "/usr/lib/qemu/qemu-bridge-helper",
+    "/usr/libexec/qemu-bridge-helper",
+    "/usr/lib/qemu-bridge-helper",
+];
+/// The helper's access control list.
+pub const BRIDGE_CONF: &str = "/etc/qemu/bridge.conf";
+
+/// The files the checks look at (tests point them elsewhere).
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// qemu-bridge-helper, if found.
+    pub helper: Option<PathBuf>,
+    /// bridge.conf.
+    pub conf: PathBuf,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files {
+            helper: HELPER_CANDIDATES
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists()),
+            conf: PathBuf::from(BRIDGE_CONF),
+        }
+    }
+}
+
+/// The state of the helper's permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelperState {
+    /// Not installed.
+    Missing,
+    /// Setuid root (any user may use it).
+    SetuidRoot,
+    /// Not setuid root: only root can use it.
+    RootOnly {
+        /// Its owner's uid.
+        uid: u32,
+        /// Its mode bits.
+        mode: u32,
+    },
+}
+
+/// How the helper at `files.helper` is installed.
+pub fn helper_state(files: &Files) -> HelperState {
+    let Some(h) = &files.helper else {
+        return HelperState::Missing;
+    };
+    match fs::metadata(h) {
+        Err(_) => HelperState::Missing,
+        Ok(m) if m.uid() == 0 && m.mode() & 0o4000 != 0 => HelperState::SetuidRoot,
+        Ok(m) => HelperState::RootOnly {
+            uid: m.uid(),
+            mode: m.mode() & 0o7777,
+        },
+    }
+}
+
+/// The bridges bridge.conf allows (`allow NAME` or `allow all`), following `include` lines
+/// one level deep. A missing file allows nothing.
+pub fn allowed_bridges(conf: &Path) -> Result<Vec<String>> {
+    let text = match fs::read_to_string(conf) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", conf.display())),
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("allow"), Some(b)) => out.push(b.to_string()),
+            (Some("include"), Some(f)) if Path::new(f) != conf => {
+                if let Ok(t) = fs::read_to_string(f) {
+                    for l in t.lines() {
+                        let mut w = l.split('#').next().unwrap_or("").split_whitespace();
+                        if let (Some("allow"), Some(b)) = (w.next(), w.next()) {
+                            out.push(b.to_string());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// True when `bridge` is an existing bridge device in this network namespace.
+pub fn bridge_exists(bridge: &str) -> bool {
+    Path::new("/sys/class/net")
+        .join(bridge)
+        .join("bridge")
+        .is_dir()
+}
+
+/// Fails with what to do when bridge networking on `bridge` cannot work for this user.
+pub fn check_usable(bridge: &str, files: &Files) -> Result<()> {
+    let root = rustix::process::geteuid().is_root();
+    match helper_state(files) {
+        HelperState::Missing => bail!(
+            "VMK_NET_TYPE=bridge needs qemu-bridge-helper (looked for {}): install qemu-system-common",
+            HELPER_CANDIDATES.join(", ")
+        ),
+        HelperState::RootOnly { uid, mode } if !root => bail!(
+            "{} is not setuid root (owner uid {uid}, mode {mode:o}): run `sudo vmk fixme`",
+            files.helper.as_deref().unwrap_or(Path::new("?")).display()
+        ),
+        _ => {}
+    }
+    let allowed = allowed_bridges(&files.conf)?;
+    if !allowed.iter().any(|b| b == bridge || b == "all") {
+        bail!(
+            "{} does not allow bridge {bridge} (needs a line `allow {bridge}`): run `sudo vmk fixme`",
+            files.conf.display()
+        );
+    }
+    if !bridge_exists(bridge) {
+        bail!("bridge {bridge} does not exist: create it (e.g. with NetworkManager or `ip link add {bridge} type bridge`) or set VMK_BRIDGE");
+    }
+    Ok(())
+}
+
+/// Makes the helper setuid root and lets it use `bridge`; returns what was changed.
+pub fn fix(bridge: &str, files: &Files) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    if let Some(helper) = &files.helper {
+        if let HelperState::RootOnly { uid, mode } = helper_state(files) {
+            if uid != 0 {
+                std::os::unix::fs::chown(helper, Some(0), None)
+                    .with_context(|| format!("chown root {}", helper.display()))?;
+            }
+            // qemu packages ship it 0755; setuid root is what they document for users.
+            fs::set_permissions(helper, fs::Permissions::from_mode(0o4755))
+                .with_context(|| format!("chmod 4755 {}", helper.display()))?;
+            changed.push(format!(
+                "{}: owner root, mode 4755 (was uid {uid}, mode {mode:o})",
+                helper.display()
+            ));
+        }
+    }
+    let allowed = allowed_bridges(&files.conf)?;
+    if !allowed.iter().any(|b| b == bridge || b == "all") {
+        if let Some(dir) = files.conf.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut text = fs::read_to_string(&files.conf).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("allow {bridge}\n"));
+        fs::write(&files.conf, text)
+            .with_context(|| format!("writing {}", files.conf.display()))?;
+        fs::set_permissions(&files.conf, fs::Permissions::from_mode(0o644))?;
+        changed.push(format!("{}: added `allow {bridge}`", files.conf.display()));
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_lines_and_includes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inc = tmp.path().join("inc.conf");
+        fs::write(&inc, "allow br7\n").unwrap();
+        let conf = tmp.path().join("bridge.conf");
+        fs::write(
+            &conf,
+            format!(
+                "# comment\nallow br0 # trailing\n\ninclude {}\ndeny x\n",
+                inc.display()
+            ),
+        )
+        .unwrap();
+        assert_eq!(allowed_bridges(&conf).unwrap(), vec!["br0", "br7"]);
+        assert!(allowed_bridges(&tmp.path().join("none"))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn fix_adds_allow_and_setuid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let helper = tmp.path().join("qemu-bridge-helper");
+        fs::write(&helper, "").unwrap();
+        fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+        let files = Files {
+            helper: Some(helper.clone()),
+            conf: tmp.path().join("etc/qemu/bridge.conf"),
+        };
+        let err = check_usable("br9", &files).unwrap_err().to_string();
+        if rustix::process::geteuid().is_root() {
+            assert!(err.contains("allow br9"), "{err}");
+            let changed = fix("br9", &files).unwrap();
+            assert_eq!(changed.len(), 2, "{changed:?}");
+            assert_eq!(helper_state(&files), HelperState::SetuidRoot);
+            assert_eq!(allowed_bridges(&files.conf).unwrap(), vec!["br9"]);
+            assert!(
+                fix("br9", &files).unwrap().is_empty(),
+                "second fix changes nothing"
+            );
+            let err = check_usable("br9", &files).unwrap_err().to_string();
+            assert!(err.contains("bridge br9 does not exist"), "{err}");
+        } else {
+            assert!(err.contains("not setuid root"), "{err}");
+        }
+    }
+}
