@@ -1,20 +1,39 @@
-//! vmk-clone: Clone a VM directory; write and edit vm-config.
+//! vmk-clone: clone a VM directory (`clone -o OUTDIR -n NAME`), print a new config
+//! (`newconfig`) and change one key of ./vm-config (`set KEY VALUE`).
+//!
+//! `vmk clone …` runs `vmk-clone …` (the `clone` subcommand is the default when the first
+//! argument is an option), `vmk newconfig` and `vmk set` run `vmk-clone newconfig|set`.
+
+pub mod clone;
+pub mod newconfig;
+pub mod set;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 use vmk_common::cli::{GlobalOpts, Tool};
+use vmk_common::usage;
 
 /// Clone a VM directory; write and edit vm-config.
 #[derive(Parser, Debug)]
-#[command(name = "vmk-clone", version, about = "Clone a VM directory; write and edit vm-config")]
+#[command(
+    name = "vmk-clone",
+    version,
+    about = "Clone a VM directory; write and edit vm-config",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Without a command, the options are those of `clone`: vmk clone -o OUTDIR -n NAME [-k]"
+)]
 pub struct Args {
     #[command(flatten)]
     pub global: GlobalOpts,
 
-    /// The command and its arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub clone: clone::CloneArgs,
 }
 
 impl Tool for Args {
@@ -23,8 +42,28 @@ impl Tool for Args {
     }
 }
 
+/// The commands of vmk-clone.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// New directory OUTDIR/NAME with this VM's vm-config and a reflink copy of its disks
+    Clone(clone::CloneArgs),
+    /// Print a commented minimal vm-config to stdout
+    Newconfig(newconfig::NewconfigArgs),
+    /// Change one key of ./vm-config (or -c FILE), keeping every other byte
+    Set(set::SetArgs),
+}
+
 /// Runs vmk-clone.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    eprintln!("vmk-clone: not implemented yet");
-    Ok(ExitCode::from(vmk_common::cli::EXIT_FAILURE))
+pub fn run(args: Args) -> Result<ExitCode> {
+    match args.command {
+        Some(Command::Clone(a)) => clone::run(&args.global, &a),
+        Some(Command::Newconfig(a)) => newconfig::run(&a),
+        Some(Command::Set(a)) => set::run(&args.global, &a),
+        None if args.clone.outdir.is_some() || args.clone.name.is_some() => {
+            clone::run(&args.global, &args.clone)
+        }
+        None => Err(usage!(
+            "what to do? `vmk clone -o OUTDIR -n NAME`, `vmk newconfig` or `vmk set KEY VALUE` (see --help)"
+        )),
+    }
 }

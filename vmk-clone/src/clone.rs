@@ -1,0 +1,338 @@
+//! `vmk clone -o OUTDIR -n NAME`: a new VM directory OUTDIR/NAME beside the original, with its
+//! vm-config (VMK_NAME and VMK_VNC changed, every other byte kept) and reflink copies of its
+//! disks, so the clone can run next to the original at once.
+//!
+//! Decisions:
+//! - disk0 and the extra disks that live inside the VM directory are copied (reflink) to the
+//!   same relative paths; disks outside it stay shared and a warning says so.
+//! - VMK_VNC: `--vnc N`, else the first number from 1 that no VM beside the clone in OUTDIR
+//!   uses, that differs from the original's, and whose VNC, console and ssh ports are free.
+//! - Relative paths in vm-config that point outside the copied files (kernel, initrd, ISO
+//!   directory…) are made absolute, so the clone still finds them.
+//! - Whatever fails, the clone directory is removed: no half-made clone stays.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use vmk_common::cli::GlobalOpts;
+use vmk_common::config::{self, KeyKind, RawConfig, VmConfig, VM_FILE_NAME};
+use vmk_common::outln;
+use vmk_common::state::port_is_free;
+use vmk_common::usage;
+use vmk_snap::copy::{copy_file, CopyMode};
+
+/// Options of `clone`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CloneArgs {
+    /// Directory to create the clone in (created when missing)
+    #[arg(short = 'o', long = "outdir", value_name = "OUTDIR")]
+    pub outdir: Option<PathBuf>,
+    /// Name of the clone: its directory OUTDIR/NAME and its VMK_NAME
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Copy the ssh key pair (vm-key, vm-key.pub) too
+    #[arg(short = 'k', long = "keys")]
+    pub keys: bool,
+    /// The clone's VMK_VNC (default: the first free number)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub vnc: Option<u8>,
+    /// Where the filesystem cannot reflink, copy every block instead (slow, uses space)
+    #[arg(long)]
+    pub full_copy: bool,
+}
+
+/// Removes the clone directory unless disarmed.
+struct Cleanup {
+    dir: PathBuf,
+    created_outdir: Option<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            log::warn!(
+                "could not remove the unfinished clone {}: {e}",
+                self.dir.display()
+            );
+        } else {
+            eprintln!(
+                "vmk-clone: removed the unfinished clone {}",
+                self.dir.display()
+            );
+        }
+        if let Some(o) = &self.created_outdir {
+            let _ = fs::remove_dir(o); // only when empty
+        }
+    }
+}
+
+/// One file to copy into the clone, and the config key that names it (if any).
+#[derive(Debug)]
+struct DiskCopy {
+    key: Option<String>,
+    src: PathBuf,
+    rel: PathBuf,
+}
+
+/// Runs `clone`.
+pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
+    let (Some(outdir), Some(name)) = (&a.outdir, &a.name) else {
+        return Err(usage!("clone needs -o OUTDIR and -n NAME"));
+    };
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(usage!(
+            "-n {name:?}: the clone's name must be a plain directory name"
+        ));
+    }
+    config::validate_value("VMK_NAME", name)?;
+    let cfg = VmConfig::load_for(global)?;
+    let src_config = &cfg.config_file;
+    let config_bytes = fs::read(src_config)
+        .with_context(|| format!("reading {} (is this a VM directory?)", cfg.config_display))?;
+    let dest = outdir.join(name);
+    if fs::symlink_metadata(&dest).is_ok() {
+        bail!(
+            "{} already exists: refusing to overwrite a clone (pick another -n, or remove it)",
+            dest.display()
+        );
+    }
+    let (vnc, why) = match a.vnc {
+        Some(n) => (n, "given with --vnc".to_string()),
+        None => pick_vnc(&cfg, outdir)?,
+    };
+    let disks = disks_to_copy(&cfg)?;
+    let mut raw_bytes = config_bytes;
+    for (key, value) in config_changes(&cfg, &raw_bytes, name, vnc, &disks)? {
+        let raw = RawConfig::parse(&raw_bytes, &cfg.config_display)?;
+        raw_bytes = raw.set(&key, &value);
+    }
+    if global.dry_run {
+        outln!(
+            "clone {} to {} (VMK_VNC={vnc})",
+            cfg.dir.display(),
+            dest.display()
+        )?;
+        for d in &disks {
+            outln!(
+                "  copy {} to {}",
+                d.src.display(),
+                dest.join(&d.rel).display()
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let created_outdir = (!outdir.exists()).then(|| outdir.clone());
+    fs::create_dir_all(outdir).with_context(|| format!("creating {}", outdir.display()))?;
+    fs::create_dir(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    let mut cleanup = Cleanup {
+        dir: dest.clone(),
+        created_outdir,
+        armed: true,
+    };
+    // the directory's NOCOW attribute (if any) is inherited by new files in it
+    if vmk_common::fileops::is_nocow(&cfg.dir).unwrap_or(false) {
+        let _ = vmk_common::fileops::set_nocow(&dest);
+    }
+    let mode = CopyMode {
+        force: false,
+        full_copy: a.full_copy,
+    };
+    for d in &disks {
+        let to = dest.join(&d.rel);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        copy_file(&d.src, &to, mode)
+            .with_context(|| format!("copying {} into the clone", d.src.display()))?;
+    }
+    copy_keys(&cfg.dir, &dest, a.keys)?;
+    let config_dest = dest.join(src_config.file_name().unwrap_or(VM_FILE_NAME.as_ref()));
+    fs::write(&config_dest, &raw_bytes)
+        .with_context(|| format!("writing {}", config_dest.display()))?;
+    if let Ok(m) = fs::metadata(src_config) {
+        let _ = fs::set_permissions(&config_dest, m.permissions());
+    }
+    cleanup.armed = false;
+    eprintln!(
+        "vmk-clone: {}: VMK_NAME={name}, VMK_VNC={vnc} ({why})",
+        dest.display()
+    );
+    outln!("{}", dest.display())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// disk0 and the extra disks inside the VM directory, with their paths relative to it.
+fn disks_to_copy(cfg: &VmConfig) -> Result<Vec<DiskCopy>> {
+    let mut out = Vec::new();
+    let disk0 = cfg.dir.join(cfg.disk0()?);
+    if disk0.exists() {
+        let rel = match disk0.strip_prefix(&cfg.dir) {
+            Ok(r) if !r.starts_with("..") => r.to_path_buf(),
+            _ => PathBuf::from(disk0.file_name().context("VMK_DISK0 has no file name")?),
+        };
+        out.push(DiskCopy {
+            key: Some("VMK_DISK0".into()),
+            src: disk0,
+            rel,
+        });
+    } else {
+        log::warn!(
+            "{} does not exist yet: the clone gets the config only",
+            disk0.display()
+        );
+    }
+    for i in 1..=6 {
+        let configured = cfg.disks[i - 1].clone();
+        let path = match &configured {
+            Some(p) => cfg.dir.join(p),
+            None => cfg.dir.join(format!("disk{i}")),
+        };
+        if !path.exists() {
+            continue;
+        }
+        match path.strip_prefix(&cfg.dir) {
+            Ok(rel) if !rel.starts_with("..") => out.push(DiskCopy {
+                key: configured.map(|_| format!("VMK_DISK{i}")),
+                src: path.clone(),
+                rel: rel.to_path_buf(),
+            }),
+            _ => log::warn!(
+                "{} is outside the VM directory: the clone shares it (copy it yourself if both VMs write it)",
+                path.display()
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The keys to set in the clone's config: name, number, disk paths that must name the copies,
+/// and relative paths of other files made absolute.
+fn config_changes(
+    cfg: &VmConfig,
+    bytes: &[u8],
+    name: &str,
+    vnc: u8,
+    disks: &[DiskCopy],
+) -> Result<Vec<(String, String)>> {
+    let raw = RawConfig::parse(bytes, &cfg.config_display)?;
+    let mut changes = vec![
+        ("VMK_NAME".to_string(), name.to_string()),
+        ("VMK_VNC".to_string(), vnc.to_string()),
+    ];
+    let literal = |key: &str| raw.last(key).and_then(|(_, a)| a.literal());
+    for d in disks {
+        if let Some(key) = &d.key {
+            let want = d.rel.to_string_lossy().into_owned();
+            if literal(key).as_deref() != Some(want.as_str()) {
+                changes.push((key.clone(), want));
+            }
+        }
+    }
+    for spec in config::keys() {
+        if spec.kind != KeyKind::Path || spec.name.starts_with("VMK_DISK") {
+            continue;
+        }
+        if let Some(v) = literal(spec.name) {
+            if !v.is_empty() && !v.starts_with('/') && !v.starts_with("~/") {
+                let abs = cfg.dir.join(&v);
+                changes.push((spec.name.to_string(), abs.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    // relative VMK_ISO with a '/' is a path too
+    if let Some(iso) = literal("VMK_ISO") {
+        if iso.contains('/') && !iso.starts_with('/') && !iso.starts_with("~/") {
+            changes.push((
+                "VMK_ISO".into(),
+                cfg.dir.join(&iso).to_string_lossy().into_owned(),
+            ));
+        }
+    }
+    Ok(changes)
+}
+
+/// The first VM number (1…99) that differs from the original's, is not used by a VM beside
+/// the clone in `outdir`, and whose VNC, console and ssh ports are free; with the reason.
+fn pick_vnc(cfg: &VmConfig, outdir: &Path) -> Result<(u8, String)> {
+    let used = numbers_used_in(outdir);
+    for n in 1..=99u8 {
+        if n == cfg.vnc || used.contains(&n) {
+            continue;
+        }
+        let ports = [
+            5900 + u16::from(n),
+            cfg.telnet_base.saturating_add(u16::from(n)),
+            cfg.ssh_base.saturating_add(u16::from(n)),
+        ];
+        if ports.iter().all(|p| port_is_free(cfg.listen, *p)) {
+            return Ok((
+                n,
+                format!(
+                    "the first number not used by the original ({}) nor by a VM in {}, with free ports {}, {} and {}",
+                    cfg.vnc,
+                    outdir.display(),
+                    ports[0],
+                    ports[1],
+                    ports[2]
+                ),
+            ));
+        }
+    }
+    bail!("no free VM number between 1 and 99: give one with --vnc N")
+}
+
+/// VMK_VNC values of the VM directories in `outdir` (as their vm-config says).
+fn numbers_used_in(outdir: &Path) -> Vec<u8> {
+    let Ok(entries) = fs::read_dir(outdir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| fs::read(e.path().join(VM_FILE_NAME)).ok())
+        .filter_map(|b| RawConfig::parse(&b, "vm-config").ok())
+        .filter_map(|r| r.last("VMK_VNC").and_then(|(_, a)| a.literal()))
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// Copies vm-key and vm-key.pub (mode kept) with `-k`; otherwise says the clone has none.
+fn copy_keys(src_dir: &Path, dest: &Path, keys: bool) -> Result<()> {
+    let key = src_dir.join("vm-key");
+    if !keys {
+        if key.exists() {
+            eprintln!(
+                "vmk-clone: the clone has no ssh key: `vmk sshkeygen` in it, or clone with -k"
+            );
+        }
+        return Ok(());
+    }
+    let mut copied = 0;
+    for f in ["vm-key", "vm-key.pub"] {
+        let src = src_dir.join(f);
+        if !src.exists() {
+            continue;
+        }
+        // tiny files: a full copy is fine where reflinks are not
+        let mode = CopyMode {
+            force: false,
+            full_copy: true,
+        };
+        copy_file(&src, &dest.join(f), mode)
+            .with_context(|| format!("copying {}", src.display()))?;
+        copied += 1;
+    }
+    if copied == 0 {
+        bail!(
+            "-k: {} has no vm-key to copy (`vmk sshkeygen` makes one)",
+            src_dir.display()
+        );
+    }
+    Ok(())
+}
