@@ -548,7 +548,9 @@ impl QemuCommand {
                     .kv("drive", &id)
                     .kv("serial", format!("vmk-{id}")),
             };
-            let dev = if i == 0 {
+            // With -kernel, qemu gives bootindex 0 to its linuxboot option ROM: a disk
+            // asking for it too is an error ("bootindex 0 has already been used").
+            let dev = if i == 0 && self.kernel.is_none() {
                 dev.kv("bootindex", "0")
             } else {
                 dev
