@@ -69,7 +69,7 @@ pub enum Command {
     /// Recreate snap-<disk0> from disk0 and start it in the background
     Run(snapvm::RunArgs),
     /// Recreate snap-<disk0> from disk0 and start it with the serial console on this terminal
-    Runin(snapvm::RunArgs),
+    Runin,
     /// Show the snapshot VM's config and state
     #[command(visible_alias = "status")]
     Info(snapvm::InfoArgs),
@@ -81,7 +81,7 @@ pub enum Command {
     Stop(snapvm::StopArgs),
     /// Attach this terminal to the snapshot VM's serial console
     #[command(visible_alias = "telnet")]
-    Console,
+    Console(snapvm::ConsoleArgs),
 }
 
 /// How to copy when the filesystem cannot reflink.
@@ -176,12 +176,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Fsnap(a) => fsnap(global, a),
         Command::Dsnap(a) => dsnap_cmd(global, args.base, a),
         Command::Run(a) => snapvm::run(global, &a, false),
-        Command::Runin(a) => snapvm::run(global, &a, true),
+        Command::Runin => snapvm::run(global, &snapvm::RunArgs::default(), true),
         Command::Info(a) => snapvm::info(global, &a),
         Command::Isrunning => snapvm::is_running(global),
         Command::Kill => snapvm::kill(global),
         Command::Stop(a) => snapvm::stop(global, &a),
-        Command::Console => snapvm::console(global),
+        Command::Console(a) => snapvm::console(global, &a),
     }
 }
 
@@ -268,6 +268,15 @@ impl Target {
             disk0,
             image,
             paths,
+        })
+    }
+
+    /// The pid of the VM running disk0 itself, if one runs.
+    pub fn base_running_pid(&self) -> Result<Option<u32>> {
+        let paths = RuntimePaths::new(&self.cfg.dir, &self.disk0)?;
+        Ok(match state::status(&paths)? {
+            VmStatus::Running { pid } => Some(pid),
+            _ => None,
         })
     }
 

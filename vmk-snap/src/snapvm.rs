@@ -12,19 +12,27 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use vmk_common::cli::GlobalOpts;
 use vmk_common::config::DiskFormat;
-use vmk_common::fileops::FileopsError;
+use vmk_common::fileops::{self, FileopsError};
+use vmk_common::qemu::QemuCommand;
+use vmk_common::state::VmStatus;
+use vmk_run::instance::Adjust;
+use vmk_run::{Instance, StartOptions};
 
 use crate::copy::{copy_file, CopyMode};
 use crate::Target;
 
-/// Options of `snap run` and `snap runin`.
+/// Options of `snap run`.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Print pid, ports and files as one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Options of `snap info`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct InfoArgs {
-    /// Print JSON
+    /// One JSON object on stdout
     #[arg(long)]
     pub json: bool,
 }
@@ -33,8 +41,17 @@ pub struct InfoArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct StopArgs {
     /// Seconds to wait for the guest to power off before killing it
-    #[arg(short, long, default_value_t = 60)]
+    #[arg(short, long, value_name = "SECONDS", default_value_t = 60)]
     pub timeout: u64,
+}
+
+/// Options of `snap console`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsoleArgs {
+    /// When stdin is not a terminal: after it ends, leave once the guest has been quiet this
+    /// long (seconds)
+    #[arg(short, long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub wait: f64,
 }
 
 /// How `snap-<disk0>` was made.
@@ -55,7 +72,7 @@ pub fn qcow2_has_backing(path: &Path) -> bool {
 
 /// Recreates `snap-<disk0>` from disk0: a reflink copy, or where the filesystem cannot
 /// reflink a qcow2 overlay backed by disk0 (saying so). The snapshot VM must not run.
-pub fn recreate_snapshot(t: &Target) -> Result<SnapKind> {
+pub fn recreate_snapshot(t: &Target, base_pid: Option<u32>) -> Result<SnapKind> {
     if !t.disk0.exists() {
         bail!(
             "disk0 {} does not exist: run `vmk mkdisk0` or set VMK_DISK0",
@@ -69,6 +86,12 @@ pub fn recreate_snapshot(t: &Target) -> Result<SnapKind> {
     match copy_file(&t.disk0, &t.image, mode) {
         Ok(_) => Ok(SnapKind::Reflink),
         Err(FileopsError::ReflinkUnsupported { reason, .. }) => {
+            if let Some(pid) = base_pid {
+                bail!(
+                    "cannot reflink {} ({reason}) and a qcow2 overlay backed by it is unsafe while its VM runs (pid {pid}): stop it first",
+                    t.disk0.display()
+                );
+            }
             let format = disk0_format(t)?;
             eprintln!(
                 "vmk-snap: cannot reflink {} ({reason}): booting {} as a qcow2 overlay backed by it instead; disk0 must not change while the snapshot VM runs",
@@ -127,46 +150,99 @@ pub fn create_overlay(disk0: &Path, format: DiskFormat, overlay: &Path) -> Resul
         .with_context(|| format!("renaming the overlay into {}", overlay.display()))
 }
 
-fn pending() -> Result<ExitCode> {
-    bail!("the snapshot VM commands need vmk-run's instance operations, which are not built in yet")
+/// The snapshot VM as a vmk-run instance (hints say `vmk snap …`).
+pub fn instance(t: &Target) -> Result<Instance> {
+    let mut inst = Instance::for_image(t.cfg.clone(), &t.image)?;
+    inst.commands = "vmk snap".to_string();
+    Ok(inst)
 }
 
-/// `snap run` / `snap runin`.
-pub fn run(global: &GlobalOpts, _a: &RunArgs, _foreground: bool) -> Result<ExitCode> {
-    let _ = Target::load(global, false)?;
-    pending()
+fn overlay_adjust(cmd: QemuCommand) -> Result<QemuCommand> {
+    Ok(cmd.disk0_format(DiskFormat::Qcow2))
+}
+
+/// `snap run` / `snap runin`: recreate snap-<disk0> from disk0, then start it.
+pub fn run(global: &GlobalOpts, a: &RunArgs, foreground: bool) -> Result<ExitCode> {
+    let t = Target::load(global, false)?;
+    let inst = instance(&t)?;
+    let kind = if global.dry_run {
+        // say what would boot, touching nothing
+        let can = fileops::fs_kind(t.image.parent().unwrap_or(Path::new(".")))
+            .map(|k| k.can_reflink())
+            .unwrap_or(true);
+        if can {
+            SnapKind::Reflink
+        } else {
+            SnapKind::Overlay
+        }
+    } else {
+        if let VmStatus::Running { pid } = inst.status()? {
+            bail!(
+                "the snapshot VM already runs (pid {pid}) on {}: attach with `vmk snap console`, stop with `vmk snap stop`",
+                t.image.display()
+            );
+        }
+        if let Some(pid) = vmk_run::instance::find_qemu_using(&t.image)? {
+            bail!(
+                "{} is in use by qemu pid {pid}: stop it before recreating the snapshot",
+                t.image.display()
+            );
+        }
+        let base_pid = t.base_running_pid()?;
+        let kind = recreate_snapshot(&t, base_pid)?;
+        if let (Some(pid), SnapKind::Reflink) = (base_pid, kind) {
+            log::warn!(
+                "the VM on {} runs (pid {pid}): the snapshot VM boots a crash-consistent copy of it",
+                t.disk0.display()
+            );
+        }
+        kind
+    };
+    let adjust: Option<Adjust<'_>> = match kind {
+        SnapKind::Overlay => Some(&overlay_adjust),
+        SnapKind::Reflink => None,
+    };
+    let opts = StartOptions {
+        adjust,
+        ..StartOptions::default()
+    };
+    if foreground {
+        vmk_run::cmd_runin(&inst, global.dry_run, &opts)
+    } else {
+        vmk_run::cmd_run(&inst, global.dry_run, a.json, &opts)
+    }
 }
 
 /// `snap info`.
-pub fn info(global: &GlobalOpts, _a: &InfoArgs) -> Result<ExitCode> {
-    let _ = Target::load(global, false)?;
-    pending()
+pub fn info(global: &GlobalOpts, a: &InfoArgs) -> Result<ExitCode> {
+    let t = Target::load(global, false)?;
+    vmk_run::cmd_info(&instance(&t)?, a.json)
 }
 
 /// `snap isrunning`.
 pub fn is_running(global: &GlobalOpts) -> Result<ExitCode> {
     let t = Target::load(global, false)?;
-    Ok(if t.running_pid()?.is_some() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(vmk_common::cli::EXIT_FAILURE)
-    })
+    vmk_run::cmd_isrunning(&instance(&t)?)
 }
 
 /// `snap kill`.
 pub fn kill(global: &GlobalOpts) -> Result<ExitCode> {
-    let _ = Target::load(global, false)?;
-    pending()
+    let t = Target::load(global, false)?;
+    vmk_run::cmd_kill(&instance(&t)?, global.dry_run)
 }
 
 /// `snap stop`.
 pub fn stop(global: &GlobalOpts, a: &StopArgs) -> Result<ExitCode> {
-    let _ = (Target::load(global, false)?, Duration::from_secs(a.timeout));
-    pending()
+    let t = Target::load(global, false)?;
+    vmk_run::cmd_stop(
+        &instance(&t)?,
+        Duration::from_secs(a.timeout),
+        global.dry_run,
+    )
 }
 
 /// `snap console`.
-pub fn console(global: &GlobalOpts) -> Result<ExitCode> {
-    let _ = Target::load(global, false)?;
-    pending()
+pub fn console(global: &GlobalOpts, a: &ConsoleArgs) -> Result<ExitCode> {
+    let t = Target::load(global, false)?;
+    vmk_run::cmd_console(&instance(&t)?, a.wait)
 }
