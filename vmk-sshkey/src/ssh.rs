@@ -152,7 +152,10 @@ mod tests {
         );
         let q = quoted(&c);
         assert!(q.starts_with("ssh -F /dev/null -o IdentityFile=/vm/vm-key -o IdentitiesOnly=yes"));
-        assert!(q.contains("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"), "{q}");
+        assert!(
+            q.contains("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"),
+            "{q}"
+        );
         assert!(
             q.contains("-o BatchMode=yes -o ConnectTimeout=2 -p 10021 root@127.0.0.1 -- 'exit 7'")
         );

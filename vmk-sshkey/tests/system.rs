@@ -1,3 +1,318 @@
+//! Real boots of the Debian guest (TCG): vmk-sshkey's commands against a real sshd, with the
+//! key given as a systemd credential and with the key put into the image by `sshkeyput`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use vmk_common::config::{self, LoadOptions};
+use vmk_common::qemu::{Mode, QemuCommand};
+use vmk_common::state::RuntimePaths;
+use vmk_testkit::guest::{debian_guest, DebianGuest};
+use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::{run_system_tests, Need, SystemTest};
+
+const BOOT_TIMEOUT: &str = "300";
+
+/// A VM directory holding a copy of the Debian guest.
+struct Vm {
+    dir: tempfile::TempDir,
+    guest: DebianGuest,
+}
+
+impl Vm {
+    fn new(vnc: u8, extra: &str) -> Result<Vm> {
+        let guest = debian_guest()?;
+        let dir = tempfile::Builder::new()
+            .prefix("vmk-sshkey-test")
+            .tempdir()?;
+        guest.copy_image(&dir.path().join("disk0"))?;
+        let cfg = format!(
+            "VMK_DISK0=disk0\nVMK_DISK0_FORMAT=raw\nVMK_KERNEL={}\nVMK_INITRD={}\nVMK_APPEND=\"{}\"\n\
+             VMK_ACCEL=tcg\nVMK_VNC={vnc}\nVMK_MEM=768\n{extra}",
+            guest.kernel.display(),
+            guest.initrd.display(),
+            guest.append
+        );
+        fs::write(dir.path().join("vm-config"), cfg)?;
+        Ok(Vm { dir, guest })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Boots disk0 in the background (as `vmk run` does) and guards the qemu.
+    fn boot(&self) -> Result<QemuGuard> {
+        let cfg = config::load(&LoadOptions {
+            config_file: Some(self.path().join("vm-config")),
+            env: false,
+            ..LoadOptions::new()
+        })?;
+        let paths = RuntimePaths::new(self.path(), Path::new("disk0"))?;
+        paths.prepare()?;
+        let status = QemuCommand::from_config(&cfg, Mode::Run, &paths)?
+            .to_command()
+            .status()
+            .context("starting qemu")?;
+        ensure!(status.success(), "qemu failed to start: {status}");
+        QemuGuard::from_pidfile(&paths.pidfile)
+    }
+
+    fn tool(&self, bin: &Path, args: &[&str]) -> Result<Output> {
+        let out = Command::new(bin)
+            .current_dir(self.path())
+            .args(args)
+            .env_remove("VMK_OPT_CONFIG")
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        eprintln!(
+            "$ {} {}\n  -> {:?}\n  stdout: {}\n  stderr: {}",
+            bin.file_name().unwrap().to_string_lossy(),
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(out)
+    }
+
+    fn sshkey(&self, args: &[&str]) -> Result<Output> {
+        self.tool(Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")), args)
+    }
+
+    fn ok(&self, bin: &Path, args: &[&str]) -> Result<String> {
+        let out = self.tool(bin, args)?;
+        if !out.status.success() {
+            bail!(
+                "{} {args:?} failed: {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+/// Another workspace binary next to ours (target/debug/NAME).
+fn sibling_bin(name: &str) -> Result<PathBuf> {
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_vmk-sshkey"));
+    let p = me.with_file_name(name);
+    if !p.is_file() {
+        bail!(
+            "{} is not built: run `cargo build -p {name}` first",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// The version string in a bzImage header (what `uname -r` prints in the guest).
+fn kernel_version(kernel: &Path) -> Result<String> {
+    let b = fs::read(kernel)?;
+    let ptr = u16::from_le_bytes([b[0x20e], b[0x20f]]) as usize + 0x200;
+    let end = b[ptr..]
+        .iter()
+        .position(|&c| c == b' ' || c == 0)
+        .context("no version")?;
+    Ok(String::from_utf8_lossy(&b[ptr..ptr + end]).into_owned())
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn loops_of(image: &Path) -> Result<String> {
+    let out = Command::new("losetup").arg("-a").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&*image.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+fn by_credential() -> Result<()> {
+    let vm = Vm::new(73, "")?;
+    let public = vm.ok(Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")), &["sshkeygen"])?;
+    ensure!(public.ends_with("vm-key.pub"), "sshkeygen printed {public}");
+    let mode = fs::metadata(vm.path().join("vm-key"))?.permissions();
+    ensure!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777 == 0o600);
+    // A second sshkeygen refuses.
+    let again = vm.sshkey(&["sshkeygen"])?;
+    ensure!(
+        again.status.code() == Some(1),
+        "second sshkeygen must refuse"
+    );
+    let before = fs::metadata(vm.path().join("disk0"))?.modified()?;
+
+    let start = Instant::now();
+    let _qemu = vm.boot()?;
+    let out = vm.sshkey(&[
+        "waitssh",
+        "--times",
+        "--timeout",
+        BOOT_TIMEOUT,
+        "--",
+        "uname",
+        "-r",
+    ])?;
+    eprintln!("waitssh returned after {:.1?}", start.elapsed());
+    ensure!(out.status.success(), "waitssh failed");
+    let release = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let expected = kernel_version(&vm.guest.kernel)?;
+    ensure!(
+        release == expected,
+        "guest uname -r {release:?}, kernel is {expected:?}"
+    );
+
+    let out = vm.sshkey(&["ssh", "--", "exit 7"])?;
+    ensure!(
+        out.status.code() == Some(7),
+        "ssh exit 7 gave {:?}",
+        out.status
+    );
+
+    let file = vm.path().join("payload.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&file, data)?;
+    vm.ok(
+        Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")),
+        &["scp", file.to_str().unwrap(), "/root/payload.bin"],
+    )?;
+    let sum = vm.ok(
+        Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")),
+        &["ssh", "--", "sha256sum /root/payload.bin"],
+    )?;
+    ensure!(sum.starts_with(&sha256(&file)?), "sha256 in guest {sum}");
+    // The key came in as a credential: the image was never mounted (no state file, and
+    // disk0's mtime only moved because the guest itself wrote to it).
+    ensure!(!vm.path().join("disk0.mount").exists());
+    let _ = before;
+    Ok(())
+}
+
+fn by_sshkeyput_and_putfile() -> Result<()> {
+    let vm = Vm::new(74, "VMK_SSH_CREDENTIAL=no\n")?;
+    let mount_bin = sibling_bin("vmk-mount")?;
+    let sshkey = PathBuf::from(env!("CARGO_BIN_EXE_vmk-sshkey"));
+    vm.ok(&sshkey, &["sshkeygen"])?;
+    vm.ok(&sshkey, &["sshkeyput", "--backend", "kernel"])?;
+    let image = vm.path().join("disk0");
+    ensure!(
+        !vm.path().join("disk0.mount").exists(),
+        "state file left behind"
+    );
+    ensure!(
+        loops_of(&image)?.is_empty(),
+        "loop device left: {}",
+        loops_of(&image)?
+    );
+    let note = vm.path().join("note.txt");
+    fs::write(&note, "put by vmk putfile\n")?;
+    let put = vm.ok(&mount_bin, &["putfile", note.to_str().unwrap()])?;
+    ensure!(put == "/root/vm/note.txt", "putfile printed {put}");
+    ensure!(
+        loops_of(&image)?.is_empty(),
+        "loop device left after putfile"
+    );
+
+    let _qemu = vm.boot()?;
+    vm.ok(&sshkey, &["waitssh", "--timeout", BOOT_TIMEOUT])?;
+    let text = vm.ok(
+        &sshkey,
+        &[
+            "ssh",
+            "--",
+            "cat /root/vm/note.txt; stat -c %a /root/.ssh/authorized_keys",
+        ],
+    )?;
+    ensure!(text == "put by vmk putfile\n600", "guest said {text:?}");
+    // The credential was off: qemu was not given the key.
+    let cmdline = fs::read(format!("/proc/{}/cmdline", _qemu.pid()))?;
+    ensure!(!String::from_utf8_lossy(&cmdline).contains("ssh.authorized_keys"));
+    Ok(())
+}
+
+fn waitssh_times_out_clearly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    fs::write(
+        dir.path().join("vm-config"),
+        "VMK_DISK0=disk0\nVMK_VNC=75\n",
+    )?;
+    let vm = Vm {
+        dir,
+        guest: DebianGuest {
+            image: PathBuf::new(),
+            kernel: PathBuf::new(),
+            initrd: PathBuf::new(),
+            append: String::new(),
+        },
+    };
+    vm.ok(Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")), &["sshkeygen"])?;
+    let start = Instant::now();
+    let out = vm.sshkey(&["waitssh", "--timeout", "2", "--", "true"])?;
+    let took = start.elapsed();
+    ensure!(out.status.code() == Some(1));
+    ensure!(took < Duration::from_secs(6), "timeout 2 took {took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("did not answer within 2s"), "stderr: {err}");
+    // ssh without a running VM is ssh's own connection failure: 255.
+    let out = vm.sshkey(&["ssh", "--", "true"])?;
+    ensure!(
+        out.status.code() == Some(255),
+        "ssh to nothing gave {:?}",
+        out.status
+    );
+    Ok(())
+}
+
+fn no_key_is_a_clear_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    fs::write(dir.path().join("vm-config"), "VMK_DISK0=disk0\n")?;
+    let out = Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"))
+        .current_dir(dir.path())
+        .args(["ssh", "--", "true"])
+        .output()?;
+    ensure!(out.status.code() == Some(1));
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("vmk sshkeygen"));
+    let dry = Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"))
+        .current_dir(dir.path())
+        .args(["-D", "sshkeygen", "-t", "rsa"])
+        .output()?;
+    let s = String::from_utf8_lossy(&dry.stdout);
+    ensure!(s.contains("-t rsa") && s.contains("vm-key"), "{s}");
+    ensure!(!dir.path().join("vm-key").exists());
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
-    vmk_testkit::run_system_tests(vec![])
+    run_system_tests(vec![
+        SystemTest::new(
+            "no_key_is_a_clear_error",
+            &[Need::Ssh],
+            no_key_is_a_clear_error,
+        ),
+        SystemTest::new(
+            "waitssh_times_out_clearly",
+            &[Need::Ssh],
+            waitssh_times_out_clearly,
+        ),
+        SystemTest::new(
+            "debian_key_by_credential_ssh_waitssh_scp",
+            &[Need::Root, Need::Qemu, Need::Debootstrap, Need::Ssh],
+            by_credential,
+        ),
+        SystemTest::new(
+            "debian_key_by_sshkeyput_and_putfile",
+            &[Need::Root, Need::Qemu, Need::Debootstrap, Need::Ssh],
+            by_sshkeyput_and_putfile,
+        ),
+    ])
 }
