@@ -5,6 +5,7 @@
 //! the medium) is made in Rust by the modules below, so it needs no mkisofs, mkfs.fat,
 //! isoinfo, loop devices or root.
 
+mod bootstrap;
 pub mod clock;
 pub mod cloudinit;
 pub mod fat;
@@ -67,6 +68,8 @@ pub enum Command {
     Mkfloppy(MkfloppyOpts),
     /// Take the installer kernel and initrd off a SUSE-layout ISO
     Loader(LoaderOpts),
+    /// Create a new VM directory with a distribution installed from packages (debootstrap)
+    Bootstrap(bootstrap::BootstrapArgs),
 }
 
 /// Options of both installs.
@@ -222,6 +225,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(Command::Mkiso(o)) => mkiso_cmd(&o),
         Some(Command::Mkfloppy(o)) => mkfloppy_cmd(&o),
         Some(Command::Loader(o)) => loader_cmd(&o),
+        Some(Command::Bootstrap(o)) => bootstrap::run(&global, o),
     }
 }
 

@@ -1,0 +1,406 @@
+//! System tests of `vmk bootstrap`: a Debian VM made from nothing on a throwaway btrfs
+//! boots under TCG and answers ssh — driven by plain qemu (the product's own argv builder)
+//! and by the front door (`vmk snap run && vmk waitssh -- uname -r`); an interrupted
+//! bootstrap leaves nothing behind.
+//!
+//! The VM is bootstrapped once per test binary and shared; tests that boot it hold a lock,
+//! so they never run at the same time (they use the same ports). The debootstrap package
+//! tarball is cached under the test cache (`XDG_CACHE_HOME`), so CI downloads it once.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use vmk_common::config::{self, LoadOptions};
+use vmk_common::qemu::{Mode, QemuCommand};
+use vmk_common::state::RuntimePaths;
+use vmk_testkit::btrfs::LoopBtrfs;
+use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::{Need, SystemTest};
+
+/// An unusual VM number, so a developer's own VMs keep their ports.
+const VNC: u8 = 86;
+const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Debootstrap,
+    Need::Qemu,
+    Need::Ssh,
+    Need::Btrfs,
+];
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// The shared bootstrapped VM (its btrfs is unmounted at the end of `main`).
+struct Shared {
+    fs: LoopBtrfs,
+    dir: PathBuf,
+}
+
+type Slot = Option<Result<Shared, String>>;
+static SHARED: Mutex<Slot> = Mutex::new(None);
+
+fn main() -> ExitCode {
+    // Guests hang under KVM on the test machines (nested virtualisation).
+    std::env::set_var("VMK_ACCEL", "tcg");
+    let code = vmk_testkit::run_system_tests(vec![
+        SystemTest::new("bootstrap_makes_a_complete_vm_directory", NEEDS, files_test),
+        SystemTest::new(
+            "bootstrapped_vm_boots_with_qemu_and_answers_ssh",
+            NEEDS,
+            qemu_ssh_test,
+        ),
+        SystemTest::new(
+            "bootstrapped_vm_vmk_snap_run_and_waitssh",
+            NEEDS,
+            snap_run_test,
+        ),
+        SystemTest::new(
+            "interrupted_bootstrap_leaves_nothing",
+            &[Need::Root, Need::Debootstrap, Need::Btrfs],
+            interrupt_test,
+        ),
+    ]);
+    if let Some(Ok(shared)) = SHARED.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        drop(shared.fs);
+    }
+    code
+}
+
+/// Where the built binaries are: the test binary is target/<profile>/deps/bootstrap-….
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+fn vmk() -> Command {
+    Command::new(bin_dir().join("vmk"))
+}
+
+fn bootstrap_cmd(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin_dir().join("vmk-ayinstall"));
+    cmd.arg("bootstrap")
+        .arg("--vnc")
+        .arg(VNC.to_string())
+        .arg(dir)
+        .env(
+            "XDG_CACHE_HOME",
+            vmk_testkit::guest::cache_dir().join("xdg"),
+        );
+    cmd
+}
+
+/// Bootstraps the shared VM once; later calls wait for it and get the same result.
+/// Returns the lock guard: hold it while booting, so boots never overlap.
+fn shared_vm() -> Result<(std::sync::MutexGuard<'static, Slot>, PathBuf)> {
+    let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        *guard = Some(make_shared().map_err(|e| format!("{e:?}")));
+    }
+    let dir = match guard.as_ref().expect("set") {
+        Ok(s) => s.dir.clone(),
+        Err(e) => bail!("the shared bootstrap failed: {e}"),
+    };
+    Ok((guard, dir))
+}
+
+fn make_shared() -> Result<Shared> {
+    let fs = LoopBtrfs::new(8 << 30)?;
+    let dir = fs.path().join("deb-test");
+    let start = Instant::now();
+    let out = bootstrap_cmd(&dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running vmk-ayinstall bootstrap")?;
+    eprintln!("bootstrap took {:.1?}", start.elapsed());
+    ensure!(
+        out.status.success(),
+        "vmk-ayinstall bootstrap failed: {}",
+        out.status
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        printed.trim() == dir.display().to_string(),
+        "bootstrap printed {printed:?}, not the new directory"
+    );
+    Ok(Shared { fs, dir })
+}
+
+fn load_config(dir: &Path) -> Result<config::VmConfig> {
+    Ok(config::load(&LoadOptions {
+        dir: Some(dir.to_path_buf()),
+        ..LoadOptions::new()
+    })?)
+}
+
+fn files_test() -> Result<()> {
+    let (_lock, dir) = shared_vm()?;
+    for f in [
+        "vm-config",
+        "disk0.raw",
+        "vm-key",
+        "vm-key.pub",
+        "vmlinuz",
+        "initrd.img",
+        "bootstrap.log",
+    ] {
+        ensure!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
+    }
+    ensure!(
+        !dir.join("root").exists(),
+        "the staging root tree was left in the VM directory"
+    );
+    let mode = fs::metadata(dir.join("vm-key"))?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "vm-key has mode {mode:o}");
+    ensure!(
+        vmk_common::fileops::is_nocow(&dir.join("disk0.raw"))?,
+        "disk0.raw on btrfs is not NOCOW"
+    );
+    let leftovers: Vec<String> = fs::read_dir(dir.parent().unwrap())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".vmk-tmp-"))
+        .collect();
+    ensure!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    let cfg = load_config(&dir)?;
+    ensure!(cfg.vnc == VNC, "VMK_VNC is {}", cfg.vnc);
+    ensure!(
+        cfg.name.as_deref() == Some("deb-test"),
+        "VMK_NAME is {:?}",
+        cfg.name
+    );
+    ensure!(cfg.disk0_format == Some(config::DiskFormat::Raw));
+    // The disk is a plain ext4 filesystem holding the configured system.
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /etc/hostname"])
+        .arg(dir.join("disk0.raw"))
+        .output()
+        .context("running debugfs")?;
+    let hostname = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        hostname.trim() == "deb-test",
+        "hostname in the image: {hostname:?}"
+    );
+    Ok(())
+}
+
+/// The running kernel must be the one copied out of the guest's /boot.
+fn guest_kernel_release(dir: &Path) -> Result<String> {
+    let out = Command::new("debugfs")
+        .args(["-R", "ls -p /boot"])
+        .arg(dir.join("disk0.raw"))
+        .output()
+        .context("running debugfs")?;
+    String::from_utf8_lossy(&out.stdout)
+        .split('/')
+        .find_map(|f| f.strip_prefix("vmlinuz-").map(str::to_string))
+        .context("no /boot/vmlinuz-* in the image")
+}
+
+fn qemu_ssh_test() -> Result<()> {
+    let (_lock, dir) = shared_vm()?;
+    let release = guest_kernel_release(&dir)?;
+    // Boot a reflink copy, so the shared disk0 stays as bootstrap made it.
+    let copy = dir.join("test-copy.raw");
+    let _ = fs::remove_file(&copy);
+    vmk_common::fileops::reflink_copy(
+        &dir.join("disk0.raw"),
+        &copy,
+        &vmk_common::fileops::CopyOptions::default(),
+    )?;
+    let mut cfg = load_config(&dir)?;
+    // No SMBIOS credential: the key bootstrap put into /root/.ssh must be enough.
+    cfg.ssh_credential = false;
+    let paths = RuntimePaths::new(&dir, &copy)?;
+    paths.prepare()?;
+    let qemu = QemuCommand::from_config(&cfg, Mode::Run, &paths)?.disk0_override(&copy);
+    eprintln!("starting {}", qemu.shell_quoted());
+    let status = qemu.to_command().status().context("starting qemu")?;
+    ensure!(status.success(), "qemu failed to start: {status}");
+    let _guard = QemuGuard::from_pidfile(&paths.pidfile)?;
+    let start = Instant::now();
+    let out = ssh_until_up(
+        &dir,
+        cfg.ssh_port(),
+        "uname -r; hostname",
+        &paths.console_log,
+    )?;
+    eprintln!("ssh answered {:.1?} after start", start.elapsed());
+    let mut lines = out.lines();
+    ensure!(
+        lines.next() == Some(release.as_str()),
+        "uname -r said {out:?}, expected {release}"
+    );
+    ensure!(lines.next() == Some("deb-test"), "hostname: {out:?}");
+    drop(_guard);
+    fs::remove_file(&copy)?;
+    Ok(())
+}
+
+/// ssh as root with vm-key until the guest answers `cmd`; returns its stdout.
+fn ssh_until_up(dir: &Path, port: u16, cmd: &str, console: &Path) -> Result<String> {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let out = Command::new("ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(dir.join("vm-key"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+            ])
+            .arg(port.to_string())
+            .arg("root@127.0.0.1")
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .context("running ssh")?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no ssh after {BOOT_TIMEOUT:?} ({}); console:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                tail(console)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn snap_run_test() -> Result<()> {
+    let (_lock, dir) = shared_vm()?;
+    let release = guest_kernel_release(&dir)?;
+    let snap = dir.join("snap-disk0.raw");
+    let paths = RuntimePaths::new(&dir, &snap)?;
+    let start = Instant::now();
+    let status = vmk()
+        .args(["snap", "run"])
+        .current_dir(&dir)
+        .status()
+        .context("running vmk snap run")?;
+    // Guard whatever it started, also when it then failed.
+    let guard = QemuGuard::from_pidfile(&paths.pidfile);
+    ensure!(status.success(), "vmk snap run failed: {status}");
+    let _guard = guard?;
+    let mut waitssh = vmk()
+        .args(["waitssh", "--", "uname", "-r"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running vmk waitssh")?;
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let status = loop {
+        if let Some(s) = waitssh.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = waitssh.kill();
+            let _ = waitssh.wait();
+            bail!(
+                "vmk waitssh still waiting after {BOOT_TIMEOUT:?}; console:\n{}",
+                tail(&paths.console_log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut out = String::new();
+    waitssh
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)?;
+    eprintln!(
+        "vmk waitssh answered {:.1?} after vmk snap run",
+        start.elapsed()
+    );
+    ensure!(
+        status.success(),
+        "vmk waitssh failed: {status}; console:\n{}",
+        tail(&paths.console_log)
+    );
+    ensure!(
+        out.trim() == release,
+        "uname -r said {out:?}, expected {release}"
+    );
+    let _ = vmk().args(["snap", "kill"]).current_dir(&dir).status();
+    Ok(())
+}
+
+fn interrupt_test() -> Result<()> {
+    let fs = LoopBtrfs::new(2 << 30)?;
+    let dir = fs.path().join("stopped");
+    let mut child = bootstrap_cmd(&dir)
+        .arg("--no-cache")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running vmk-ayinstall bootstrap")?;
+    // Let debootstrap get going inside the staging directory.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let staged = fs::read_dir(fs.path())?
+            .flatten()
+            .any(|e| e.path().join("root").exists());
+        if staged {
+            std::thread::sleep(Duration::from_secs(3));
+            break;
+        }
+        if let Some(s) = child.try_wait()? {
+            bail!("bootstrap ended ({s}) before it was interrupted");
+        }
+        ensure!(Instant::now() < deadline, "no staging directory after 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!("bootstrap did not stop within 60 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ensure!(!status.success(), "an interrupted bootstrap exited 0");
+    let left: Vec<_> = fs::read_dir(fs.path())?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    ensure!(left.is_empty(), "left behind: {left:?}");
+    let mounts = fs::read_to_string("/proc/self/mountinfo")?;
+    let under = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(fs.path()))
+        .count();
+    ensure!(under == 1, "mounts left under {}", fs.path().display());
+    Ok(())
+}
