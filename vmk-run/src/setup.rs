@@ -1,22 +1,26 @@
 //! `checksetup` and `fixme`: what this machine offers a VM directory, one line per item,
 //! and the repair of what root can repair (the bridge helper and its ACL).
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
 use anyhow::Result;
-use vmk_common::cli::GlobalOpts;
+use vmk_common::cli::{GlobalOpts, EXIT_FAILURE};
+use vmk_common::config::{Accel, NetType, VmConfig};
+use vmk_common::qemu::{self, Host};
+use vmk_common::{fileops, outln, state};
 
-use crate::bridge;
+use crate::{bridge, which, Instance};
 
 /// Options of `checksetup`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CheckArgs {
     /// Check these bridge helper and bridge.conf instead of the system's (tests)
     #[arg(long, hide = true)]
-    pub helper: Option<std::path::PathBuf>,
+    pub helper: Option<PathBuf>,
     /// bridge.conf to check
     #[arg(long, hide = true)]
-    pub bridge_conf: Option<std::path::PathBuf>,
+    pub bridge_conf: Option<PathBuf>,
 }
 
 /// Options of `fixme`.
@@ -27,19 +31,280 @@ pub struct FixArgs {
     pub bridge: Option<String>,
     /// Fix this bridge helper instead of the system's (tests)
     #[arg(long, hide = true)]
-    pub helper: Option<std::path::PathBuf>,
+    pub helper: Option<PathBuf>,
     /// bridge.conf to fix
     #[arg(long, hide = true)]
-    pub bridge_conf: Option<std::path::PathBuf>,
+    pub bridge_conf: Option<PathBuf>,
 }
 
-/// Runs `checksetup`.
-pub fn checksetup(_g: &GlobalOpts, _a: &CheckArgs) -> Result<ExitCode> {
-    anyhow::bail!("checksetup is not implemented yet")
+/// How one check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Works, but not as well as it could, or a feature that is not configured is missing.
+    Warn,
+    /// Something a configured feature needs is missing.
+    Fail,
 }
 
-/// Runs `fixme`.
-pub fn fixme(_g: &GlobalOpts, _a: &FixArgs) -> Result<ExitCode> {
-    let _ = bridge::Files::default();
-    anyhow::bail!("fixme is not implemented yet")
+/// One line of `checksetup`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// ok, warn or fail.
+    pub level: Level,
+    /// What was checked.
+    pub what: String,
+    /// What was found, and what to do.
+    pub detail: String,
+}
+
+fn check(level: Level, what: &str, detail: impl Into<String>) -> Check {
+    Check {
+        level,
+        what: what.to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn files(helper: &Option<PathBuf>, conf: &Option<PathBuf>) -> bridge::Files {
+    let d = bridge::Files::default();
+    bridge::Files {
+        helper: helper.clone().or(d.helper),
+        conf: conf.clone().unwrap_or(d.conf),
+    }
+}
+
+/// Everything `checksetup` looks at, for the VM configured by `cfg`.
+pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
+    let mut out = Vec::new();
+    let host = qemu::RealHost;
+    let arch = cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH);
+    match qemu::select_qemu(cfg.qemu.as_deref(), arch, &host) {
+        Ok(q) => {
+            let version = Command::new(&q)
+                .arg("--version")
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "version unknown".into());
+            out.push(check(
+                Level::Ok,
+                "qemu",
+                format!("{} ({version})", q.display()),
+            ));
+        }
+        Err(e) => out.push(check(Level::Fail, "qemu", e.to_string())),
+    }
+    for tool in ["qemu-img", "qemu-storage-daemon"] {
+        out.push(match which(tool) {
+            Some(p) => check(Level::Ok, tool, p.display().to_string()),
+            None => check(Level::Warn, tool, "not found: install qemu-utils"),
+        });
+    }
+    let kvm = host.kvm_usable();
+    out.push(match (kvm, cfg.accel) {
+        (true, _) => check(Level::Ok, "kvm", "/dev/kvm opens read-write"),
+        (false, Accel::Kvm) => check(
+            Level::Fail,
+            "kvm",
+            "/dev/kvm does not open read-write but VMK_ACCEL=kvm: add yourself to group kvm or set VMK_ACCEL=auto",
+        ),
+        (false, _) => check(
+            Level::Warn,
+            "kvm",
+            "/dev/kvm does not open read-write: VMs run with software emulation (tcg), slowly",
+        ),
+    });
+    match fileops::fs_kind(&cfg.dir) {
+        Ok(kind) if kind.can_reflink() => out.push(check(
+            Level::Ok,
+            "reflink",
+            format!("{} is on {kind:?}: snapshots are reflink copies", cfg.dir.display()),
+        )),
+        Ok(kind) => out.push(check(
+            Level::Warn,
+            "reflink",
+            format!(
+                "{} is on {kind:?}, which cannot reflink: snapshots are full copies (use btrfs or XFS)",
+                cfg.dir.display()
+            ),
+        )),
+        Err(e) => out.push(check(Level::Warn, "reflink", e.to_string())),
+    }
+    out.push(nocow_check(&cfg.dir));
+    out.push(bridge_check(cfg, files));
+    out.push(match which("guestmount") {
+        Some(p) => check(Level::Ok, "guestmount", p.display().to_string()),
+        None => check(
+            Level::Warn,
+            "guestmount",
+            "not found: `vmk mount` of qcow2 needs libguestfs-tools or qemu-storage-daemon",
+        ),
+    });
+    for tool in ["ssh", "ssh-keygen", "scp"] {
+        out.push(match which(tool) {
+            Some(p) => check(Level::Ok, tool, p.display().to_string()),
+            None => check(Level::Warn, tool, "not found: install openssh-client"),
+        });
+    }
+    let mut ports = vec![
+        (
+            "console port",
+            cfg.telnet_port(),
+            format!("VMK_TELNET_BASE + VMK_VNC {}", cfg.vnc),
+        ),
+        (
+            "vnc port",
+            cfg.vnc_port(),
+            format!("5900 + VMK_VNC {}", cfg.vnc),
+        ),
+    ];
+    if cfg.net_type == NetType::User {
+        ports.push((
+            "ssh port",
+            cfg.ssh_port(),
+            format!("VMK_SSH_BASE + VMK_VNC {}", cfg.vnc),
+        ));
+    }
+    let running = cfg
+        .disk0_path
+        .as_ref()
+        .and_then(|d| Instance::for_image(cfg.clone(), d).ok())
+        .is_some_and(|i| crate::instance::is_running(&i).unwrap_or(false));
+    for (what, port, why) in ports {
+        out.push(if state::port_is_free(cfg.listen, port) {
+            check(
+                Level::Ok,
+                what,
+                format!("{}:{port} ({why}) is free", cfg.listen),
+            )
+        } else if running {
+            check(
+                Level::Ok,
+                what,
+                format!("{}:{port} ({why}) is used by this running VM", cfg.listen),
+            )
+        } else {
+            check(
+                Level::Fail,
+                what,
+                format!(
+                    "{}:{port} ({why}) is in use: choose another VMK_VNC",
+                    cfg.listen
+                ),
+            )
+        });
+    }
+    out
+}
+
+fn nocow_check(dir: &Path) -> Check {
+    let probe = dir.join(format!(".vmk-checksetup-{}", std::process::id()));
+    let result = fileops::create_nocow_file(&probe, 0);
+    let _ = std::fs::remove_file(&probe);
+    match result {
+        Ok(true) => check(
+            Level::Ok,
+            "nocow",
+            format!("{} takes NOCOW files", dir.display()),
+        ),
+        Ok(false) => check(
+            Level::Warn,
+            "nocow",
+            format!("{} does not take NOCOW (fine on XFS)", dir.display()),
+        ),
+        Err(e) => check(
+            Level::Warn,
+            "nocow",
+            format!("cannot create a file in {}: {e}", dir.display()),
+        ),
+    }
+}
+
+fn bridge_check(cfg: &VmConfig, files: &bridge::Files) -> Check {
+    let needed = cfg.net_type == NetType::Bridge;
+    let level = if needed { Level::Fail } else { Level::Warn };
+    match bridge::check_usable(&cfg.bridge, files) {
+        Ok(()) => check(
+            Level::Ok,
+            "bridge",
+            format!("qemu-bridge-helper may attach to {}", cfg.bridge),
+        ),
+        Err(e) if needed => check(level, "bridge", format!("{e:#}")),
+        Err(e) => check(
+            level,
+            "bridge",
+            format!("{e:#} (only needed for VMK_NET_TYPE=bridge)"),
+        ),
+    }
+}
+
+/// Runs `checksetup`: exit 1 when a check failed.
+pub fn checksetup(g: &GlobalOpts, a: &CheckArgs) -> Result<ExitCode> {
+    let cfg = VmConfig::load_for(g)?;
+    let all = checks(&cfg, &files(&a.helper, &a.bridge_conf));
+    let mut failed = false;
+    for c in &all {
+        let tag = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => {
+                failed = true;
+                "FAIL"
+            }
+        };
+        outln!("{tag} {:<20} {}", c.what, c.detail)?;
+    }
+    Ok(if failed {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs `fixme`: repairs the bridge helper and bridge.conf (root only).
+pub fn fixme(g: &GlobalOpts, a: &FixArgs) -> Result<ExitCode> {
+    let bridge_name = match &a.bridge {
+        Some(b) => b.clone(),
+        None => VmConfig::load_for(g)?.bridge,
+    };
+    let files = files(&a.helper, &a.bridge_conf);
+    if g.dry_run {
+        outln!(
+            "would make {} setuid root and allow {bridge_name} in {}",
+            files
+                .helper
+                .as_deref()
+                .unwrap_or(Path::new("qemu-bridge-helper"))
+                .display(),
+            files.conf.display()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !rustix::process::geteuid().is_root() {
+        anyhow::bail!("fixme changes system files: run it as root (`sudo vmk fixme`)");
+    }
+    if files.helper.is_none() {
+        anyhow::bail!(
+            "no qemu-bridge-helper found (looked for {}): install qemu-system-common",
+            bridge::HELPER_CANDIDATES.join(", ")
+        );
+    }
+    let changed = bridge::fix(&bridge_name, &files)?;
+    if changed.is_empty() {
+        eprintln!(
+            "nothing to fix: the bridge helper is setuid root and {} allows {bridge_name}",
+            files.conf.display()
+        );
+    }
+    for c in changed {
+        outln!("changed {c}")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
