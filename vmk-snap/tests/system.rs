@@ -1,0 +1,527 @@
+//! System tests of vmk-snap on real filesystems and a real guest: reflink snapshots on a
+//! loop-mounted btrfs share data and keep NOCOW, full copies that are killed or run out of
+//! space leave nothing at the destination, and `snap run` boots snap-<disk0> without ever
+//! writing disk0 (Debian guest under TCG), or a qcow2 overlay where reflinks are impossible.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use vmk_common::fileops::create_nocow_file;
+use vmk_testkit::btrfs::{LoopBtrfs, LoopFs};
+use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::{guest, run_system_tests, Need, SystemTest};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn vmk_snap(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-snap"));
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("VMK_OPT_CONFIG")
+        .env_remove("VMK_OPT_DRY_RUN")
+        .env("HOME", dir);
+    c
+}
+
+fn ok(mut cmd: Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+fn stdout_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A sparse image of `size` bytes with 1 MiB of data every `every` bytes, NOCOW when asked.
+fn make_image(path: &Path, size: u64, every: u64, nocow: bool) -> Result<()> {
+    if nocow {
+        ensure!(
+            create_nocow_file(path, 0)?,
+            "no NOCOW on {}",
+            path.display()
+        );
+    }
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    f.set_len(size)?;
+    let block: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
+    let mut off = 0;
+    let mut n = 0u64;
+    while off < size {
+        let mut b = block.clone();
+        b[..8].copy_from_slice(&n.to_le_bytes());
+        f.write_all_at(&b[..(size - off).min(MIB) as usize], off)?;
+        off += every;
+        n += 1;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let out = ok({
+        let mut c = Command::new("sha256sum");
+        c.arg(path);
+        c
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn lsattr_has_c(path: &Path) -> Result<bool> {
+    let out = ok({
+        let mut c = Command::new("lsattr");
+        c.arg(path);
+        c
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().next().unwrap_or("").contains('C'))
+}
+
+/// (exclusive bytes, shared bytes) of `path` as `btrfs filesystem du` counts them.
+fn btrfs_du(path: &Path) -> Result<(u64, u64)> {
+    ok({
+        let mut c = Command::new("sync");
+        c.arg("-f").arg(path);
+        c
+    })?;
+    let out = ok({
+        let mut c = Command::new("btrfs");
+        c.args(["filesystem", "du", "--raw"]).arg(path);
+        c
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .nth(1)
+        .context("btrfs filesystem du printed no line")?;
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    ensure!(cols.len() >= 4, "unexpected btrfs du line {line:?}");
+    let total: u64 = cols[0].parse()?;
+    let exclusive: u64 = cols[1].parse()?;
+    Ok((exclusive, total - exclusive))
+}
+
+/// A reflink copy of a NOCOW image: NOCOW, identical, all data shared, independent.
+fn check_reflink_copy(orig: &Path, copy: &Path, data: u64) -> Result<()> {
+    ensure!(
+        lsattr_has_c(copy)?,
+        "lsattr shows no C on {}",
+        copy.display()
+    );
+    ensure!(
+        fs::read(orig)? == fs::read(copy)?,
+        "{} differs from {}",
+        copy.display(),
+        orig.display()
+    );
+    let (excl, shared) = btrfs_du(copy)?;
+    ensure!(
+        excl == 0 && shared >= data,
+        "{}: btrfs du shows {excl} exclusive and {shared} shared bytes, expected all {data} shared",
+        copy.display()
+    );
+    let before = fs::read(orig)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(copy)?
+        .write_all_at(b"changed in the copy", 4096)?;
+    ensure!(
+        fs::read(orig)? == before,
+        "writing the copy changed the original"
+    );
+    ensure!(
+        fs::read(orig)? != fs::read(copy)?,
+        "the write did not reach the copy"
+    );
+    Ok(())
+}
+
+fn write_config(dir: &Path, text: &str) -> Result<()> {
+    fs::write(dir.join("vm-config"), text).context("writing vm-config")
+}
+
+fn dsnap_cpfile_fsnap_are_nocow_reflinks() -> Result<()> {
+    let btrfs = LoopBtrfs::new(1024 * MIB)?;
+    let dir = btrfs.path().join("vm");
+    fs::create_dir(&dir)?;
+    let disk0 = dir.join("disk0.img");
+    make_image(&disk0, 256 * MIB, 4 * MIB, true)?; // 64 MiB of data
+    let data = 64 * MIB;
+    write_config(&dir, "VMK_DISK0=disk0.img\nVMK_ACCEL=tcg\n")?;
+    let sum = sha256(&disk0)?;
+
+    // vmk dsnap -m
+    let out = ok(vmk_snap(&dir, &["--base", "dsnap", "-m", "first snapshot"]))?;
+    let snap = PathBuf::from(stdout_line(&out));
+    ensure!(
+        snap.parent() == Some(dir.as_path()),
+        "snapshot not beside disk0: {snap:?}"
+    );
+    let name = snap.file_name().unwrap().to_string_lossy().into_owned();
+    ensure!(
+        name.starts_with("disk0.img-") && name.len() == "disk0.img-".len() + 15,
+        "{name}"
+    );
+    check_reflink_copy(&disk0, &snap, data)?;
+
+    // cpfile into a directory and to a name; fsnap
+    fs::create_dir(dir.join("sub"))?;
+    ok(vmk_snap(&dir, &["cpfile", "disk0.img", "sub"]))?;
+    check_reflink_copy(&disk0, &dir.join("sub/disk0.img"), data)?;
+    ok(vmk_snap(&dir, &["cpfile", "disk0.img", "copy.img"]))?;
+    let again = vmk_snap(&dir, &["cpfile", "disk0.img", "copy.img"]).output()?;
+    ensure!(
+        again.status.code() == Some(1),
+        "cpfile over an existing file must fail"
+    );
+    ensure!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    check_reflink_copy(&disk0, &dir.join("copy.img"), data)?;
+    let out = ok(vmk_snap(&dir, &["fsnap", "copy.img"]))?;
+    ensure!(
+        stdout_line(&out).contains("copy.img-"),
+        "fsnap printed {:?}",
+        stdout_line(&out)
+    );
+
+    // list shows it with its note; --json too
+    let out = ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(list.as_array().map(Vec::len) == Some(1), "{list}");
+    ensure!(
+        list[0]["note"] == "first snapshot" && list[0]["name"] == name.as_str(),
+        "{list}"
+    );
+
+    // revert: disk0 becomes the snapshot again, the current disk0 is kept
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&disk0)?
+        .write_all_at(b"new data", 0)?;
+    let changed = sha256(&disk0)?;
+    ok(vmk_snap(&dir, &["--base", "dsnap", "revert", &name]))?;
+    ensure!(sha256(&disk0)? != changed, "revert did not change disk0");
+    ensure!(lsattr_has_c(&disk0)?, "disk0 lost NOCOW in the revert");
+    let out = ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let kept = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("before revert"))
+        })
+        .context("no snapshot kept before the revert")?;
+    ensure!(sha256(Path::new(kept["path"].as_str().unwrap()))? == changed);
+    // the snapshot was modified by check_reflink_copy (a write at 4096): disk0 equals it now
+    ensure!(fs::read(&disk0)? == fs::read(&snap)?);
+    ensure!(sum != changed);
+
+    // rm removes the snapshot and its note
+    ok(vmk_snap(&dir, &["--base", "dsnap", "rm", &name]))?;
+    ensure!(!snap.exists() && !dir.join(format!("{name}.note")).exists());
+    Ok(())
+}
+
+/// Waits until a temporary copy `.NAME.vmk-tmp-*` in `dir` holds at least `bytes` allocated.
+fn wait_for_temp(dir: &Path, name: &str, bytes: u64, timeout: Duration) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let start = Instant::now();
+    let prefix = format!(".{name}.vmk-tmp-");
+    loop {
+        for e in fs::read_dir(dir)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                if let Ok(m) = e.metadata() {
+                    if m.blocks() * 512 >= bytes {
+                        return Ok(e.path());
+                    }
+                }
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "no temporary copy with {bytes} bytes in {} after {timeout:?}",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn killed_full_copy_leaves_no_destination() -> Result<()> {
+    let ext4 = LoopFs::new("ext4", 6 * GIB)?;
+    let dir = ext4.path();
+    let src = dir.join("big.img");
+    // 4 GiB, data every 64 MiB: 8 MiB each, so the copy takes a while
+    {
+        let f = fs::File::create(&src)?;
+        f.set_len(4 * GIB)?;
+        let block: Vec<u8> = (0..8 * MIB).map(|i| (i % 253) as u8).collect();
+        let mut off = 0;
+        while off < 4 * GIB {
+            f.write_all_at(&block, off)?;
+            off += 64 * MIB;
+        }
+        f.sync_all()?;
+    }
+    let before = sha256(&src)?;
+    let mut child = vmk_snap(dir, &["cpfile", "--full-copy", "big.img", "copy.img"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let tmp = wait_for_temp(dir, "copy.img", 16 * MIB, Duration::from_secs(30));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let status = child.wait()?;
+    let tmp = tmp?;
+    ensure!(!status.success(), "the copy finished before it was killed");
+    ensure!(
+        !dir.join("copy.img").exists(),
+        "a file exists at the destination name"
+    );
+    ensure!(sha256(&src)? == before, "the source changed");
+    eprintln!(
+        "killed midway: {} ({} bytes allocated) stays as a hidden temporary; copy.img absent",
+        tmp.display(),
+        {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(&tmp)?.blocks() * 512
+        }
+    );
+    Ok(())
+}
+
+fn copy_into_full_filesystem_fails_cleanly() -> Result<()> {
+    let big = LoopFs::new("ext4", 512 * MIB)?;
+    let tiny = LoopFs::new("ext4", 32 * MIB)?;
+    let src = big.path().join("data.img");
+    make_image(&src, 128 * MIB, MIB, false)?; // 128 MiB of data
+    let out = vmk_snap(big.path(), &["cpfile", "--full-copy", "data.img"])
+        .arg(tiny.path())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "expected failure, got {}: {err}",
+        out.status
+    );
+    ensure!(
+        err.contains("No space left on device"),
+        "unclear error: {err}"
+    );
+    let left: Vec<String> = fs::read_dir(tiny.path())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect();
+    ensure!(
+        left.is_empty(),
+        "left behind in the full filesystem: {left:?}"
+    );
+    // without --full-copy the error says what to do
+    let out = vmk_snap(big.path(), &["cpfile", "data.img", "again.img"]).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1)
+            && err.contains("cannot share data blocks")
+            && err.contains("--full-copy"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// Debian guest config whose kernel command line makes systemd write a file in the guest and
+/// power off.
+fn debian_config(g: &guest::DebianGuest, vnc: u8) -> String {
+    format!(
+        "VMK_NAME=snap-test\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
+         VMK_VNC={vnc}\nVMK_MEM=1024\nVMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\n\
+         VMK_APPEND=\"{} systemd.run=\\\"/bin/sh -c 'echo written-by-snapshot-vm > /root/vmk-snap-proof; sync'\\\" systemd.run_success_action=poweroff\"\n",
+        g.kernel.display(),
+        g.initrd.display(),
+        g.append
+    )
+}
+
+fn debugfs_cat(image: &Path, file: &str) -> Result<Option<String>> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {file}"))
+        .arg(image)
+        .output()
+        .context("running debugfs")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("File not found") {
+        return Ok(None);
+    }
+    ensure!(out.status.success(), "debugfs failed: {err}");
+    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+fn snap_run_boots_the_snapshot_and_never_writes_disk0() -> Result<()> {
+    let g = guest::debian_guest()?;
+    let btrfs = LoopBtrfs::new(6 * GIB)?;
+    let dir = btrfs.path().join("vm");
+    fs::create_dir(&dir)?;
+    let disk0 = dir.join("disk0.img");
+    ensure!(create_nocow_file(&disk0, 0)?, "no NOCOW on btrfs?");
+    g.copy_image(&disk0)?;
+    ensure!(lsattr_has_c(&disk0)?);
+    write_config(&dir, &debian_config(&g, 60))?;
+    let before = sha256(&disk0)?;
+
+    let out = ok(vmk_snap(&dir, &["run"]))?;
+    let pidfile = dir.join("snap-disk0.img.pid");
+    let mut guard = QemuGuard::from_pidfile(&pidfile)?;
+    let snap = dir.join("snap-disk0.img");
+    ensure!(lsattr_has_c(&snap)?, "snap-disk0.img is not NOCOW");
+    let running = vmk_snap(&dir, &["isrunning"]).status()?;
+    ensure!(running.success(), "snap isrunning says no while it runs");
+    let base = vmk_snap(&dir, &["--base", "dsnap", "list"]).output()?;
+    ensure!(base.status.success());
+    let _ = out;
+    // the guest writes its file, syncs and powers off
+    if let Err(e) = guard.wait_exit(Duration::from_secs(300)) {
+        let log = fs::read_to_string(dir.join("snap-disk0.img.console.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        bail!(
+            "{e}; console log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    drop(guard);
+    let proof = debugfs_cat(&snap, "/root/vmk-snap-proof")?;
+    ensure!(
+        proof.as_deref().map(str::trim) == Some("written-by-snapshot-vm"),
+        "the guest's file is not in snap-disk0.img: {proof:?}"
+    );
+    ensure!(
+        debugfs_cat(&disk0, "/root/vmk-snap-proof")?.is_none(),
+        "the file reached disk0"
+    );
+    ensure!(
+        sha256(&disk0)? == before,
+        "disk0 changed while the snapshot VM ran"
+    );
+    let stopped = vmk_snap(&dir, &["isrunning"]).status()?;
+    ensure!(
+        stopped.code() == Some(1),
+        "snap isrunning says yes after poweroff"
+    );
+    Ok(())
+}
+
+fn snap_run_falls_back_to_a_qcow2_overlay_on_ext4() -> Result<()> {
+    let g = guest::busybox_guest()?;
+    let ext4 = LoopFs::new("ext4", 256 * MIB)?;
+    let dir = ext4.path().join("vm");
+    fs::create_dir(&dir)?;
+    let disk0 = dir.join("disk0.raw");
+    make_image(&disk0, 64 * MIB, 8 * MIB, false)?;
+    write_config(
+        &dir,
+        &format!(
+            "VMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\nVMK_VNC=61\nVMK_MEM=256\n\
+             VMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\nVMK_APPEND=\"{} vmk.cmd=\\\"dd if=/dev/zero of=/dev/vda bs=4096 count=16 conv=fsync\\\"\"\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            g.append
+        ),
+    )?;
+    let before = sha256(&disk0)?;
+    let out = ok(vmk_snap(&dir, &["run"]))?;
+    let mut guard = QemuGuard::from_pidfile(&dir.join("snap-disk0.raw.pid"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains("qcow2 overlay"),
+        "snap run did not say it uses an overlay: {err}"
+    );
+    let info = ok({
+        let mut c = Command::new("qemu-img");
+        c.args(["info", "-U", "--output=json"])
+            .arg(dir.join("snap-disk0.raw"));
+        c
+    })?;
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout)?;
+    ensure!(info["format"] == "qcow2", "{info}");
+    ensure!(
+        info["full-backing-filename"].as_str() == Some(disk0.to_str().unwrap()),
+        "{info}"
+    );
+    guest::wait_for_file_line(
+        &dir.join("snap-disk0.raw.console.log"),
+        "vmk-busybox-guest: exit 0",
+        Duration::from_secs(120),
+    )?;
+    guard.wait_exit(Duration::from_secs(60))?;
+    drop(guard);
+    ensure!(
+        sha256(&disk0)? == before,
+        "the guest's writes reached disk0"
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let btrfs = &[Need::Root, Need::Btrfs, Need::Program("lsattr")];
+    run_system_tests(vec![
+        SystemTest::new(
+            "dsnap_cpfile_fsnap_are_nocow_reflinks",
+            btrfs,
+            dsnap_cpfile_fsnap_are_nocow_reflinks,
+        ),
+        SystemTest::new(
+            "killed_full_copy_leaves_no_destination",
+            &[Need::Root],
+            killed_full_copy_leaves_no_destination,
+        ),
+        SystemTest::new(
+            "copy_into_full_filesystem_fails_cleanly",
+            &[Need::Root],
+            copy_into_full_filesystem_fails_cleanly,
+        ),
+        SystemTest::new(
+            "snap_run_boots_the_snapshot_and_never_writes_disk0",
+            &[
+                Need::Root,
+                Need::Btrfs,
+                Need::Qemu,
+                Need::Debootstrap,
+                Need::Program("debugfs"),
+            ],
+            snap_run_boots_the_snapshot_and_never_writes_disk0,
+        ),
+        SystemTest::new(
+            "snap_run_falls_back_to_a_qcow2_overlay_on_ext4",
+            &[
+                Need::Root,
+                Need::Qemu,
+                Need::Busybox,
+                Need::Kernel,
+                Need::Program("qemu-img"),
+            ],
+            snap_run_falls_back_to_a_qcow2_overlay_on_ext4,
+        ),
+    ])
+}
