@@ -1,1 +1,260 @@
-fn main() {}
+//! vmk-run against real qemu (TCG): the Debian guest from `run` to its login prompt,
+//! `info --json`, `isrunning`, a piped `console`, a graceful `stop`; two busybox VMs side
+//! by side in `ps` and a third refused for its port; `kill` never signalling a pid that is
+//! not the VM's qemu. Every qemu started is guarded by its pid.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use vmk_testkit::guest;
+use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::{run_system_tests, Need, SystemTest};
+
+/// Two slow cores shared with other tests: be generous.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn main() -> std::process::ExitCode {
+    let bb = &[Need::Qemu, Need::Busybox, Need::Kernel];
+    run_system_tests(vec![
+        SystemTest::new(
+            "debian_run_info_console_stop",
+            &[Need::Qemu, Need::Debootstrap],
+            debian_lifecycle,
+        ),
+        SystemTest::new("two_vms_in_ps_and_a_port_clash_refused", bb, two_vms),
+        SystemTest::new("kill_never_signals_an_unrelated_pid", bb, kill_unrelated),
+    ])
+}
+
+fn vmk_run(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmk-run"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("VMK_VNC")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("starting vmk-run")?;
+    if let Some(data) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(data)?;
+    }
+    let out = child.wait_with_output()?;
+    eprintln!(
+        "$ vmk-run {} → {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+fn ok(out: &Output) -> Result<String> {
+    ensure!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn write_config(dir: &Path, body: &str) -> Result<()> {
+    std::fs::write(dir.join("vm-config"), body)?;
+    Ok(())
+}
+
+fn busybox_vm(dir: &Path, vnc: u8) -> Result<PathBuf> {
+    let g = guest::busybox_guest()?;
+    std::fs::File::create(dir.join("disk0.raw"))?.set_len(64 << 20)?;
+    write_config(
+        dir,
+        &format!(
+            "VMK_NAME=bb{vnc}\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_MEM=256M\nVMK_CPU=1\n\
+             VMK_ACCEL=tcg\nVMK_VNC={vnc}\nVMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{}'\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            g.append
+        ),
+    )?;
+    Ok(dir.join("disk0.raw.pid"))
+}
+
+fn debian_lifecycle() -> Result<()> {
+    let g = guest::debian_guest()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    g.copy_image(&dir.join("disk0.img"))?;
+    write_config(
+        dir,
+        &format!(
+            "VMK_NAME=deb\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_MEM=1G\nVMK_CPU=2\n\
+             VMK_ACCEL=tcg\nVMK_VNC=91\nVMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{}'\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            g.append
+        ),
+    )?;
+    let t0 = Instant::now();
+    let out = vmk_run(dir, &["run", "--json"], None)?;
+    let guard = QemuGuard::from_pidfile(&dir.join("disk0.img.pid"));
+    let started: serde_json::Value = serde_json::from_str(&ok(&out)?)?;
+    let mut guard = guard?;
+    let pid = started["pid"].as_u64().context("run --json has no pid")?;
+    ensure!(
+        pid == guard.pid() as u64,
+        "run --json pid {pid} is not the pidfile's"
+    );
+    eprintln!("vmk run returned after {:.2?}", t0.elapsed());
+    let log = dir.join("disk0.img.console.log");
+    let took = guest::wait_for_file_line(&log, "login:", BOOT_TIMEOUT)?;
+    eprintln!("login prompt after {took:.1?}");
+
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&vmk_run(dir, &["info", "--json"], None)?)?)?;
+    ensure!(info["state"] == "running", "info says {}", info["state"]);
+    ensure!(
+        info["pid"].as_u64() == Some(pid),
+        "info pid {}",
+        info["pid"]
+    );
+    ensure!(info["console_port"] == 9990 + 91);
+    ensure!(vmk_run(dir, &["isrunning"], None)?.status.code() == Some(0));
+    ensure!(vmk_run(dir, &["status"], None)?.status.success());
+
+    let out = ok(&vmk_run(dir, &["console", "--wait", "5"], Some(b"\n"))?)?;
+    ensure!(
+        out.contains("login:"),
+        "console gave no login prompt: {out:?}"
+    );
+    ensure!(
+        !out.as_bytes().contains(&255),
+        "telnet negotiation leaked: {out:?}"
+    );
+
+    let t = Instant::now();
+    let out = vmk_run(dir, &["stop", "--timeout", "120"], None)?;
+    ok(&out)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("powered off"),
+        "not a graceful power-off: {stderr}"
+    );
+    eprintln!("stop took {:.1?}", t.elapsed());
+    ensure!(!guard.is_running(), "qemu still runs after stop");
+    ensure!(vmk_run(dir, &["isrunning"], None)?.status.code() == Some(1));
+    ensure!(!dir.join("disk0.img.pid").exists(), "pidfile left behind");
+    ensure!(
+        !dir.join("disk0.img.qmp").exists(),
+        "QMP socket left behind"
+    );
+    Ok(())
+}
+
+fn two_vms() -> Result<()> {
+    let (a, b, c) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    busybox_vm(a.path(), 92)?;
+    busybox_vm(b.path(), 93)?;
+    busybox_vm(c.path(), 93)?;
+    let ra = vmk_run(a.path(), &["run"], None)?;
+    let ga = QemuGuard::from_pidfile(&a.path().join("disk0.raw.pid"));
+    ok(&ra)?;
+    let _ga = ga?;
+    let rb = vmk_run(b.path(), &["run"], None)?;
+    let gb = QemuGuard::from_pidfile(&b.path().join("disk0.raw.pid"));
+    ok(&rb)?;
+    let _gb = gb?;
+
+    let ps: serde_json::Value =
+        serde_json::from_str(&ok(&vmk_run(a.path(), &["ps", "--json"], None)?)?)?;
+    let dirs: Vec<PathBuf> = ps
+        .as_array()
+        .context("ps --json is not an array")?
+        .iter()
+        .filter_map(|e| e["dir"].as_str().map(PathBuf::from))
+        .collect();
+    for d in [a.path(), b.path()] {
+        ensure!(
+            dirs.iter().any(|x| x == d),
+            "ps does not list {}: {dirs:?}",
+            d.display()
+        );
+    }
+    let table = ok(&vmk_run(a.path(), &["ps"], None)?)?;
+    ensure!(table.contains("bb92") && table.contains("bb93"), "{table}");
+
+    let rc = vmk_run(c.path(), &["run"], None)?;
+    let err = String::from_utf8_lossy(&rc.stderr);
+    ensure!(
+        rc.status.code() == Some(1),
+        "the clashing VM was not refused"
+    );
+    ensure!(
+        err.contains("port 10083") && err.contains("VMK_VNC 93"),
+        "the refusal does not name the port and VMK_VNC: {err}"
+    );
+    ensure!(
+        !c.path().join("disk0.raw.pid").exists(),
+        "qemu started for the clashing VM"
+    );
+    ensure!(
+        !c.path().join("disk0.raw.console.log").exists(),
+        "qemu started for the clashing VM"
+    );
+
+    for d in [a.path(), b.path()] {
+        ok(&vmk_run(d, &["kill"], None)?)?;
+    }
+    let ps = ok(&vmk_run(a.path(), &["ps"], None)?)?;
+    ensure!(
+        !ps.contains("bb92") && !ps.contains("bb93"),
+        "killed VMs still listed: {ps}"
+    );
+    Ok(())
+}
+
+fn kill_unrelated() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let pidfile = busybox_vm(dir, 94)?;
+    let out = vmk_run(dir, &["run"], None)?;
+    let guard = QemuGuard::from_pidfile(&pidfile);
+    ok(&out)?;
+    let mut guard = guard?;
+    let mut sleep = Command::new("sleep").arg("300").spawn()?;
+    let _sleep_guard = QemuGuard::from_pid(sleep.id() as i32)?;
+    std::fs::write(&pidfile, format!("{}\n", sleep.id()))?;
+    let out = vmk_run(dir, &["kill"], None)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        err.contains(&format!("pid {}", sleep.id())) && err.contains("stale pidfile"),
+        "kill did not report the stale pidfile: {err}"
+    );
+    ensure!(
+        sleep.try_wait()?.is_none(),
+        "kill signalled the unrelated sleep"
+    );
+    ensure!(!pidfile.exists(), "the stale pidfile was not removed");
+    ensure!(
+        guard.is_running(),
+        "the VM's qemu was killed without its pidfile naming it"
+    );
+    // Put the right pid back: now kill works.
+    std::fs::write(&pidfile, format!("{}\n", guard.pid()))?;
+    ok(&vmk_run(dir, &["kill"], None)?)?;
+    ensure!(!guard.is_running(), "kill left qemu running");
+    ensure!(sleep.try_wait()?.is_none(), "the sleep died");
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    Ok(())
+}
