@@ -555,9 +555,9 @@ fn stop_daemon(pidfile: &Path, fuse: Option<&Path>) -> Result<()> {
         return Ok(());
     };
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = String::from_utf8_lossy(&cmdline).contains("qemu-storage-daemon")
-        && fuse
-            .is_none_or(|f| String::from_utf8_lossy(&cmdline).contains(&*f.display().to_string()));
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let ours = cmdline.contains("qemu-storage-daemon")
+        && fuse.map_or(true, |f| cmdline.contains(&*f.display().to_string()));
     if ours {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -581,9 +581,9 @@ fn mount_guestmount(
     let pidfile = PathBuf::from(pidfile);
     let _ = fs::remove_file(&pidfile);
     let mut c = Command::new("guestmount");
-    c.arg("-a")
+    c.arg(format!("--format={}", req.format.as_str()))
+        .arg("-a")
         .arg(&req.image)
-        .arg(format!("--format={}", req.format.as_str()))
         .arg("-i")
         .arg("--pid-file")
         .arg(&pidfile)

@@ -432,9 +432,9 @@ fn prep(cfg: &VmConfig, args: &[String], dry: bool) -> Result<ExitCode> {
         bail!("{} is mounted: run `vmk umount` first", req.image.display());
     }
     let mut c = Command::new("virt-sysprep");
-    c.arg("-a")
+    c.arg(format!("--format={}", req.format.as_str()))
+        .arg("-a")
         .arg(&req.image)
-        .arg(format!("--format={}", req.format.as_str()))
         .args(args);
     if std::env::var_os("LIBGUESTFS_BACKEND").is_none() {
         c.env("LIBGUESTFS_BACKEND", "direct");
