@@ -669,7 +669,18 @@ fn mirror_in(text: &str) -> Option<String> {
 fn debootstrap(root: &Path) -> Result<()> {
     let mirror = debian_mirror();
     eprintln!("vmk-testkit: debootstrap {DEBIAN_SUITE} from {mirror} (takes a few minutes)");
-    run(Command::new("debootstrap")
+    // A debootstrap whose test was killed would go on writing into a tree that the next
+    // build removes: with setpriv it gets SIGTERM (and unmounts what it mounted in the
+    // tree) when the test that started it dies.
+    let mut cmd = match crate::which("setpriv") {
+        Some(setpriv) => {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "TERM", "debootstrap"]);
+            c
+        }
+        None => Command::new("debootstrap"),
+    };
+    run(cmd
         .arg("--variant=minbase")
         .arg(format!("--include={}", DEBIAN_PACKAGES.join(",")))
         .arg(DEBIAN_SUITE)
