@@ -9,13 +9,14 @@ mod bootstrap;
 pub mod clock;
 pub mod cloudinit;
 pub mod fat;
+pub mod install;
 pub mod iso9660;
 pub mod profile;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::outln;
@@ -90,6 +91,22 @@ pub struct InstallOpts {
     /// Stop after phase 1 (do not boot the installed disk)
     #[arg(long)]
     pub no_phase2: bool,
+
+    /// Stop qemu and fail when a phase runs longer than SECONDS
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+}
+
+impl InstallOpts {
+    fn request(&self) -> install::Request {
+        install::Request {
+            iso: self.iso.clone(),
+            arch: self.arch.clone(),
+            append: self.append.clone(),
+            no_phase2: self.no_phase2,
+            timeout: self.timeout.map(std::time::Duration::from_secs),
+        }
+    }
 }
 
 /// Options of `ayinstall`.
@@ -229,12 +246,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 }
 
-fn ayinstall(_global: &GlobalOpts, _opts: &AyInstallOpts) -> Result<ExitCode> {
-    bail!("ayinstall is not implemented yet")
+fn ayinstall(global: &GlobalOpts, opts: &AyInstallOpts) -> Result<ExitCode> {
+    let flavor = install::Flavor::AutoYast {
+        profile: opts.autoinst.clone(),
+    };
+    run_install(global, flavor, &opts.install)
 }
 
-fn qinstall(_global: &GlobalOpts, _opts: &InstallOpts) -> Result<ExitCode> {
-    bail!("qinstall is not implemented yet")
+fn qinstall(global: &GlobalOpts, opts: &InstallOpts) -> Result<ExitCode> {
+    run_install(global, install::Flavor::Interactive, opts)
+}
+
+fn run_install(
+    global: &GlobalOpts,
+    flavor: install::Flavor,
+    opts: &InstallOpts,
+) -> Result<ExitCode> {
+    let plan = install::plan(global, flavor, &opts.request())?;
+    if global.dry_run {
+        outln!("{}", plan.describe()?.trim_end())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    plan.run()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn profile_cmd(o: &ProfileOpts) -> Result<ExitCode> {

@@ -34,7 +34,8 @@ pub struct IsoImage {
 /// A file or directory in an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IsoEntry {
-    /// The name to show: Rock Ridge when present, else the primary name without `;1`.
+    /// The name to show: Rock Ridge when present, else the primary name in lower case
+    /// without `;1` (as Linux shows it).
     pub name: String,
     /// The primary (ISO 9660) identifier as recorded.
     pub iso_name: String,
@@ -185,9 +186,10 @@ impl IsoImage {
                 continue;
             }
             let iso_name = String::from_utf8_lossy(&raw.id).into_owned();
+            // Without Rock Ridge, show names as Linux does (map=normal): lower case, no `;1`.
             let name = rr
                 .name
-                .unwrap_or_else(|| plain_iso_name(&iso_name).to_string());
+                .unwrap_or_else(|| plain_iso_name(&iso_name).to_ascii_lowercase());
             entries.push(IsoEntry {
                 name,
                 iso_name,

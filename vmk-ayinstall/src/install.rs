@@ -1,0 +1,553 @@
+//! `qinstall` and `ayinstall`: install a guest from a SUSE-layout medium in two phases.
+//!
+//! Phase 1 boots the installer's kernel and initrd (taken off VMK_ISO in Rust) directly, with
+//! the ISO attached as the first CD, `-no-reboot`, and disk0 with cache=unsafe (an install
+//! writes a lot and is redone from scratch if the host crashes). For `ayinstall` the profile
+//! goes on a second CD (`sr1`, `autoyast=device://sr1/autoinst.xml`) and on a floppy. The
+//! installer's reboot into the new system ends qemu.
+//!
+//! Phase 2 boots the VM the way `vmk runin` would (its own config: the installed bootloader,
+//! or VMK_KERNEL when set), with the ISO still attached for the installer's second stage,
+//! and `-no-reboot` again, so the phase ends when the guest powers off or reboots (the
+//! snippet `general/unattended` sets `final_halt`). Then the VM is ready for `vmk run`.
+//! Phase 2 runs in the foreground rather than being handed to `vmk run` so that "both
+//! phases run to the end" is something vmk can see and report, and a script calling
+//! `vmk ayinstall` knows the VM is installed when it returns.
+//!
+//! Both phases show the serial console on the terminal (Ctrl-A x quits qemu) and log it to
+//! the VM's console log; the installer's screen is also on VNC. A phase ended from the host
+//! (monitor `quit`, a signal) stops the install: phase 2 starts only after phase 1 ended by
+//! itself. Everything that can be checked (config, ISO, loader, profile, qemu, disk0 not in
+//! use) is checked before anything is created or booted.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vmk_common::cli::GlobalOpts;
+use vmk_common::config::{CacheMode, DiskFormat, VmConfig};
+use vmk_common::qemu::{Mode, QemuCommand};
+use vmk_common::state::{self, RuntimePaths, VmStatus};
+
+use crate::fat::FloppyBuilder;
+use crate::iso9660::{find_loader, IsoBuilder, IsoImage, Loader};
+use crate::profile;
+
+/// The kernel argument that points AutoYaST at the profile on the second CD.
+pub const AUTOYAST_ARG: &str = "autoyast=device://sr1/autoinst.xml";
+/// Name of the profile file on the second CD and the floppy.
+pub const PROFILE_NAME: &str = "autoinst.xml";
+
+/// Which install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flavor {
+    /// `qinstall`: the installer asks; its screen is on VNC (and the serial console).
+    Interactive,
+    /// `ayinstall`: AutoYaST with this profile.
+    AutoYast {
+        /// The profile; `None` for `autoinst.xml` in the VM directory.
+        profile: Option<PathBuf>,
+    },
+}
+
+/// What the user asked for, beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// `--iso`: overrides VMK_ISO.
+    pub iso: Option<PathBuf>,
+    /// `--arch`: overrides VMK_ARCH.
+    pub arch: Option<String>,
+    /// `--append`: after VMK_INST_APPEND.
+    pub append: Option<String>,
+    /// `--no-phase2`.
+    pub no_phase2: bool,
+    /// `--timeout`: the longest each phase may run.
+    pub timeout: Option<Duration>,
+}
+
+/// A checked install, ready to run: nothing has been created yet.
+#[derive(Debug)]
+pub struct Plan {
+    cfg: VmConfig,
+    flavor: Flavor,
+    iso: PathBuf,
+    loader: Loader,
+    disk0: PathBuf,
+    /// Size of disk0 to create, when it does not exist.
+    create_disk0: Option<u64>,
+    paths: RuntimePaths,
+    append: String,
+    phase2: bool,
+    timeout: Option<Duration>,
+}
+
+/// Checks everything about an install without creating or booting anything.
+pub fn plan(global: &GlobalOpts, flavor: Flavor, req: &Request) -> Result<Plan> {
+    let mut cfg = VmConfig::load_for(global)?;
+    cfg.validate()?;
+    let iso = match &req.iso {
+        Some(p) => p.clone(),
+        None => cfg.iso().ok_or_else(|| {
+            vmk_common::usage!("no install medium: set VMK_ISO in vm-config (or give --iso ISO)")
+        })?,
+    };
+    if !iso.is_file() {
+        bail!(
+            "install medium {} not found: check VMK_ISO and VMK_ISO_DIR (or give --iso ISO)",
+            iso.display()
+        );
+    }
+    let flavor = match flavor {
+        Flavor::AutoYast { profile } => {
+            let profile = profile.unwrap_or_else(|| cfg.dir.join(PROFILE_NAME));
+            profile::check_profile_file(&profile).with_context(|| {
+                format!("{} is not a usable AutoYaST profile", profile.display())
+            })?;
+            Flavor::AutoYast {
+                profile: Some(profile),
+            }
+        }
+        other => other,
+    };
+    let image = IsoImage::open(&iso)?;
+    let arch = req.arch.clone().or_else(|| cfg.arch.clone());
+    let loader = find_loader(&image, arch.as_deref())?;
+    let disk0 = cfg.dir.join(cfg.disk0()?);
+    let create_disk0 = if disk0.exists() {
+        None
+    } else {
+        let parent = disk0.parent().unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            bail!(
+                "cannot create disk0 {}: {} does not exist",
+                disk0.display(),
+                parent.display()
+            );
+        }
+        // The new disk is qcow2 unless the config says raw; qemu must not probe a missing file.
+        cfg.disk0_format.get_or_insert(DiskFormat::Qcow2);
+        Some(cfg.inst_disk0.bytes())
+    };
+    let paths = RuntimePaths::new(&cfg.dir, &disk0)?;
+    match state::status(&paths)? {
+        VmStatus::Running { pid } => bail!(
+            "the VM is running (pid {pid}): stop it first (`vmk stop`), an install rewrites disk0"
+        ),
+        VmStatus::Stale { .. } => {
+            state::clear_stale_pidfile(&paths)?;
+        }
+        VmStatus::Stopped => {}
+    }
+    let append = kernel_args(&flavor, cfg.inst_append.as_deref(), req.append.as_deref());
+    let plan = Plan {
+        phase2: !req.no_phase2,
+        timeout: req.timeout,
+        cfg,
+        flavor,
+        iso,
+        loader,
+        disk0,
+        create_disk0,
+        paths,
+        append,
+    };
+    // Building both command lines finds qemu and checks the disks now, not after phase 1.
+    let dummy = plan.cfg.dir.join(".vmk-install");
+    plan.phase1_command(&dummy)?;
+    plan.phase2_command()?;
+    Ok(plan)
+}
+
+/// The installer's kernel arguments: ours, then VMK_INST_APPEND, then `--append` (the
+/// kernel and linuxrc let later ones win).
+pub fn kernel_args(flavor: &Flavor, inst_append: Option<&str>, extra: Option<&str>) -> String {
+    let mut args = match flavor {
+        // The installer's own console (the last console=) is the screen, on VNC.
+        Flavor::Interactive => vec!["console=ttyS0,115200", "console=tty0"],
+        // Unattended: text mode on the serial console, which vmk shows and logs.
+        Flavor::AutoYast { .. } => vec![
+            AUTOYAST_ARG,
+            "textmode=1",
+            "console=tty0",
+            "console=ttyS0,115200",
+        ],
+    };
+    args.extend(
+        inst_append
+            .into_iter()
+            .chain(extra)
+            .map(str::trim)
+            .filter(|s| !s.is_empty()),
+    );
+    args.join(" ")
+}
+
+impl Plan {
+    /// Files phase 1 needs, in the work directory `work`.
+    fn work_files(work: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+        (
+            work.join("linux"),
+            work.join("initrd"),
+            work.join("autoinst.iso"),
+            work.join("autoinst.img"),
+        )
+    }
+
+    fn phase1_command(&self, work: &Path) -> Result<QemuCommand> {
+        let (kernel, initrd, cd, floppy) = Self::work_files(work);
+        let mut q = QemuCommand::from_config(&self.cfg, Mode::Foreground, &self.paths)?
+            .kernel_boot(&kernel, Some(&initrd), Some(&self.append))
+            .disk0_cache(CacheMode::Unsafe)
+            .add_cdrom(&self.iso)
+            .no_reboot();
+        if let Flavor::AutoYast { .. } = self.flavor {
+            q = q.add_cdrom(&cd).floppy(&floppy);
+        }
+        Ok(q)
+    }
+
+    fn phase2_command(&self) -> Result<QemuCommand> {
+        Ok(
+            QemuCommand::from_config(&self.cfg, Mode::Foreground, &self.paths)?
+                .add_cdrom(&self.iso)
+                .no_reboot(),
+        )
+    }
+
+    /// What `-D` prints: the steps and both qemu command lines.
+    pub fn describe(&self) -> Result<String> {
+        let work = self.cfg.dir.join(".vmk-install-XXXXXX");
+        let mut s = String::new();
+        if let Some(size) = self.create_disk0 {
+            s.push_str(&format!(
+                "# create {} ({} bytes, NOCOW where the filesystem has it)\n",
+                self.disk0.display(),
+                size
+            ));
+        }
+        s.push_str(&format!(
+            "# take {} and {} ({}) off {} into {}\n",
+            self.loader.kernel_path,
+            self.loader.initrd_path,
+            self.loader.arch,
+            self.iso.display(),
+            work.display()
+        ));
+        if let Flavor::AutoYast {
+            profile: Some(profile),
+        } = &self.flavor
+        {
+            s.push_str(&format!(
+                "# put {} on a CD image and a floppy image in {}\n",
+                profile.display(),
+                work.display()
+            ));
+        }
+        s.push_str("# phase 1\n");
+        s.push_str(&self.phase1_command(&work)?.shell_quoted());
+        s.push('\n');
+        if self.phase2 {
+            s.push_str("# phase 2\n");
+            s.push_str(&self.phase2_command()?.shell_quoted());
+            s.push('\n');
+        }
+        Ok(s)
+    }
+
+    /// Runs the install: creates disk0 if needed, prepares phase 1's files, runs both phases.
+    pub fn run(&self) -> Result<()> {
+        let started = Instant::now();
+        let work = tempfile::Builder::new()
+            .prefix(".vmk-install-")
+            .tempdir_in(&self.cfg.dir)
+            .with_context(|| format!("creating a work directory in {}", self.cfg.dir.display()))?;
+        self.prepare(work.path())?;
+        self.paths.prepare()?;
+        say(&format!(
+            "phase 1: installing from {} ({} installer); serial console below, Ctrl-A x quits qemu, log in {}",
+            self.iso.display(),
+            self.loader.arch,
+            self.paths.console_log.display()
+        ));
+        if let Some((ip, n)) = self.phase1_command(work.path())?.vnc {
+            say(&format!(
+                "the installer's screen is on VNC {ip}:{n} (port {})",
+                5900 + u16::from(n)
+            ));
+        }
+        let end = self.run_phase(self.phase1_command(work.path())?, "phase 1")?;
+        drop(work);
+        say(&format!(
+            "phase 1 ended ({end}) after {}",
+            human(started.elapsed())
+        ));
+        if !self.phase2 {
+            say("phase 2 skipped (--no-phase2): boot the installed system with `vmk runin` or `vmk run`");
+            return Ok(());
+        }
+        let p2 = Instant::now();
+        say("phase 2: booting the installed system from disk0");
+        let end = self.run_phase(self.phase2_command()?, "phase 2")?;
+        say(&format!(
+            "phase 2 ended ({end}) after {}; installed in {}: start it with `vmk run`",
+            human(p2.elapsed()),
+            human(started.elapsed())
+        ));
+        Ok(())
+    }
+
+    /// Creates disk0 if missing and writes phase 1's files into `work`.
+    fn prepare(&self, work: &Path) -> Result<()> {
+        if let Some(size) = self.create_disk0 {
+            let format = self.cfg.disk0_format.unwrap_or(DiskFormat::Qcow2);
+            create_disk(&self.disk0, format, size)?;
+            say(&format!(
+                "created {} ({format}, {})",
+                self.disk0.display(),
+                human_size(size)
+            ));
+        }
+        let (kernel, initrd, cd, floppy) = Self::work_files(work);
+        let image = IsoImage::open(&self.iso)?;
+        image.extract(&self.loader.kernel, &kernel)?;
+        image.extract(&self.loader.initrd, &initrd)?;
+        if let Flavor::AutoYast {
+            profile: Some(profile),
+        } = &self.flavor
+        {
+            let text =
+                std::fs::read(profile).with_context(|| format!("reading {}", profile.display()))?;
+            let mut iso = IsoBuilder::new("AUTOINST")?;
+            iso.add_bytes(PROFILE_NAME, text.clone())?;
+            iso.write_file(&cd)?;
+            let mut fd = FloppyBuilder::new("AUTOINST")?;
+            fd.add_bytes(PROFILE_NAME, text)?;
+            fd.write_file(&floppy)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one phase in the foreground until qemu exits; fails when it was ended from the
+    /// host, failed, or ran out of time.
+    fn run_phase(&self, q: QemuCommand, phase: &str) -> Result<String> {
+        log::info!("{phase}: {}", q.shell_quoted());
+        let mut child = q
+            .to_command()
+            .spawn()
+            .with_context(|| format!("starting {}", q.program().display()))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = watch_shutdown(self.paths.qmp_socket.clone(), done.clone());
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let _ = terminate(&mut child);
+                done.store(true, Ordering::Relaxed);
+                bail!(
+                    "{phase} did not end within {}: qemu stopped; see {}",
+                    human(self.timeout.unwrap_or_default()),
+                    self.paths.console_log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        done.store(true, Ordering::Relaxed);
+        let reason = watcher.join().ok().flatten();
+        let _ = std::fs::remove_file(&self.paths.pidfile);
+        judge_end(phase, status, reason.as_deref(), &self.paths.console_log)
+    }
+}
+
+/// Decides whether a phase ended the way an install should: the guest powered off or
+/// rebooted (ends qemu with `-no-reboot`), and qemu exited cleanly.
+fn judge_end(phase: &str, status: ExitStatus, reason: Option<&str>, log: &Path) -> Result<String> {
+    if !status.success() {
+        bail!(
+            "qemu failed in {phase} ({status}); the console log is {}",
+            log.display()
+        );
+    }
+    match reason {
+        Some("guest-shutdown") => Ok("the guest powered off".into()),
+        Some("guest-reset") => Ok("the guest rebooted".into()),
+        Some("guest-panic") => bail!("the guest panicked in {phase}; see {}", log.display()),
+        Some(host) if host.starts_with("host-") => bail!(
+            "{phase} was ended from the host ({host}): the install stops here; run it again to start over"
+        ),
+        Some(other) => Ok(format!("qemu shut down: {other}")),
+        None => {
+            log::warn!("{phase}: could not tell how qemu ended (no SHUTDOWN event seen); assuming the guest did");
+            Ok("qemu exited".into())
+        }
+    }
+}
+
+/// Connects to qemu's QMP socket and returns the `reason` of its SHUTDOWN event, if any,
+/// once the socket closes (qemu exited) or `done` is set before a connection was made.
+fn watch_shutdown(socket: PathBuf, done: Arc<AtomicBool>) -> JoinHandle<Option<String>> {
+    std::thread::spawn(move || {
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if done.load(Ordering::Relaxed) => return None,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let mut writer = stream.try_clone().ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?; // greeting
+        writer
+            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .ok()?;
+        let mut reason = None;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return reason,
+                Ok(_) => {
+                    let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    if msg.get("event").and_then(|e| e.as_str()) == Some("SHUTDOWN") {
+                        reason = msg
+                            .pointer("/data/reason")
+                            .and_then(|r| r.as_str())
+                            .map(str::to_string);
+                        log::debug!("qmp: {line}");
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// SIGTERM, then SIGKILL after 10 s: qemu exits cleanly on SIGTERM.
+fn terminate(child: &mut std::process::Child) -> Result<()> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
+/// Creates a new disk image: a NOCOW file (where the filesystem has the attribute, set
+/// while it is empty), then qcow2 inside it with `qemu-img create`, or a sparse raw file.
+/// Nothing is left behind on failure.
+pub fn create_disk(path: &Path, format: DiskFormat, size: u64) -> Result<()> {
+    match format {
+        DiskFormat::Raw => {
+            vmk_common::fileops::create_nocow_file(path, size)?;
+        }
+        DiskFormat::Qcow2 => {
+            vmk_common::fileops::create_nocow_file(path, 0)?;
+            let out = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(path)
+                .arg(size.to_string())
+                .output();
+            let failed = match &out {
+                Ok(o) if o.status.success() => None,
+                Ok(o) => Some(format!(
+                    "{}: {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => Some(format!(
+                    "{e} (is qemu-img installed? it comes with qemu-utils)"
+                )),
+            };
+            if let Some(why) = failed {
+                let _ = std::fs::remove_file(path);
+                bail!("qemu-img create {} failed: {why}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn say(msg: &str) {
+    eprintln!("vmk-ayinstall: {msg}");
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const G: u64 = 1 << 30;
+    const M: u64 = 1 << 20;
+    if bytes >= G && bytes % G == 0 {
+        format!("{}G", bytes / G)
+    } else if bytes >= M && bytes % M == 0 {
+        format!("{}M", bytes / M)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn kernel_arguments() {
+        let ay = Flavor::AutoYast { profile: None };
+        assert_eq!(
+            kernel_args(&ay, Some("self_update=0"), Some("  ")),
+            "autoyast=device://sr1/autoinst.xml textmode=1 console=tty0 console=ttyS0,115200 self_update=0"
+        );
+        assert_eq!(
+            kernel_args(&Flavor::Interactive, None, Some("vnc=1")),
+            "console=ttyS0,115200 console=tty0 vnc=1"
+        );
+    }
+
+    #[test]
+    fn how_phases_end() {
+        let ok = ExitStatus::from_raw(0);
+        let log = Path::new("c.log");
+        assert!(judge_end("phase 1", ok, Some("guest-shutdown"), log).is_ok());
+        assert!(judge_end("phase 1", ok, Some("guest-reset"), log).is_ok());
+        assert!(judge_end("phase 1", ok, None, log).is_ok());
+        let e = judge_end("phase 1", ok, Some("host-qmp-quit"), log)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ended from the host"), "{e}");
+        assert!(judge_end(
+            "phase 1",
+            ExitStatus::from_raw(1 << 8),
+            Some("guest-shutdown"),
+            log
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(30 << 30), "30G");
+        assert_eq!(human_size(64 << 20), "64M");
+        assert_eq!(human(Duration::from_secs(125)), "2m05s");
+    }
+}
