@@ -1,0 +1,268 @@
+//! vmk-snap as a user runs it, on whatever filesystem the temp dir is (usually one that cannot
+//! reflink, which is the interesting case for messages): refusals, --full-copy, notes, list,
+//! revert, rm, the running-VM warning, --base, and `-D snap run`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command as StdCommand};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+fn vmk_snap(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-snap"));
+    c.current_dir(dir)
+        .env_remove("VMK_OPT_CONFIG")
+        .env_remove("VMK_OPT_DRY_RUN")
+        .env("HOME", dir);
+    c
+}
+
+fn reflinks(dir: &Path) -> bool {
+    vmk_common::fileops::fs_kind(dir).unwrap().can_reflink()
+}
+
+fn vm_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("vm-config"),
+        "VMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\nVMK_VNC=57\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("disk0.img"), b"version 1").unwrap();
+    fs::set_permissions(
+        dir.path().join("disk0.img"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn cpfile_refuses_same_file_and_overwrite_and_explains_missing_reflink() {
+    let dir = vm_dir();
+    let d = dir.path();
+    vmk_snap(d)
+        .args(["cpfile", "disk0.img", "disk0.img"])
+        .assert()
+        .code(1)
+        .stderr(contains("same file"));
+    fs::write(d.join("other"), b"keep").unwrap();
+    vmk_snap(d)
+        .args(["cpfile", "--full-copy", "disk0.img", "other"])
+        .assert()
+        .code(1)
+        .stderr(contains("--force"));
+    assert_eq!(fs::read(d.join("other")).unwrap(), b"keep");
+    if !reflinks(d) {
+        vmk_snap(d)
+            .args(["cpfile", "disk0.img", "copy"])
+            .assert()
+            .code(1)
+            .stderr(contains("cannot reflink").and(contains("--full-copy")));
+        assert!(!d.join("copy").exists());
+    }
+    vmk_snap(d)
+        .args(["cpfile", "--full-copy", "-f", "disk0.img", "other"])
+        .assert()
+        .success()
+        .stdout("");
+    assert_eq!(fs::read(d.join("other")).unwrap(), b"version 1");
+    assert_eq!(
+        fs::metadata(d.join("other")).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    vmk_snap(d)
+        .args(["cpfile", "--full-copy", "/nonexistent/x", "y"])
+        .assert()
+        .code(1);
+    fs::create_dir(d.join("sub")).unwrap();
+    vmk_snap(d)
+        .args(["cpfile", "--full-copy", "sub", "z"])
+        .assert()
+        .code(1)
+        .stderr(contains("not a regular file"));
+}
+
+#[test]
+fn dsnap_notes_list_revert_rm() {
+    let dir = vm_dir();
+    let d = dir.path();
+    let out = vmk_snap(d)
+        .args(["--base", "dsnap", "--full-copy", "-m", "clean install"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let name = Path::new(&snap)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(name.starts_with("disk0.img-2"), "{name}");
+    assert_eq!(
+        fs::read_to_string(format!("{snap}.note")).unwrap(),
+        "clean install\n"
+    );
+    vmk_snap(d)
+        .args(["--base", "dsnap", "list"])
+        .assert()
+        .success()
+        .stdout(
+            contains(name.as_str())
+                .and(contains("clean install"))
+                .and(contains("9B")),
+        );
+    let stamp = name.strip_prefix("disk0.img-").unwrap().to_string();
+    fs::write(d.join("disk0.img"), b"version 2").unwrap();
+    let out = vmk_snap(d)
+        .args(["--base", "dsnap", "revert", "--full-copy", &stamp])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(d.join("disk0.img")).unwrap(), b"version 1");
+    let kept = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(fs::read(&kept).unwrap(), b"version 2");
+    let out = vmk_snap(d)
+        .args(["--base", "dsnap", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    vmk_snap(d)
+        .args(["--base", "dsnap", "rm", &name])
+        .assert()
+        .success();
+    assert!(!Path::new(&snap).exists() && !Path::new(&format!("{snap}.note")).exists());
+    vmk_snap(d)
+        .args(["--base", "dsnap", "rm", "disk0.img"])
+        .assert()
+        .code(1)
+        .stderr(contains("no snapshot"));
+    assert!(d.join("disk0.img").exists());
+    vmk_snap(d)
+        .args(["--base", "dsnap", "list", "--json"])
+        .assert()
+        .success()
+        .stdout(contains("before revert"));
+}
+
+/// A process that looks like this VM's qemu to vmk (argv[0] `qemu-…`, the image as an argument).
+struct FakeQemu(Child);
+
+impl FakeQemu {
+    fn start(dir: &Path, image: &str) -> FakeQemu {
+        let fake = dir.join("qemu-fake");
+        fs::copy("/usr/bin/tail", &fake).unwrap();
+        let child = StdCommand::new(&fake)
+            .arg("-f")
+            .arg(dir.join(image))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pidfile = dir.join(format!("{image}.pid"));
+        fs::write(pidfile, format!("{}\n", child.id())).unwrap();
+        FakeQemu(child)
+    }
+}
+
+impl Drop for FakeQemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn running_vm_warns_on_dsnap_and_blocks_revert() {
+    let dir = vm_dir();
+    let d = dir.path();
+    let _q = FakeQemu::start(d, "disk0.img");
+    let out = vmk_snap(d)
+        .args(["--base", "dsnap", "--full-copy"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runs (pid") && err.contains("crash-consistent"),
+        "{err}"
+    );
+    let snap = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // --freeze without a guest agent socket: warns and still snapshots
+    vmk_snap(d)
+        .args(["--base", "dsnap", "--full-copy", "--freeze"])
+        .assert()
+        .success()
+        .stderr(contains("no guest agent socket"));
+    vmk_snap(d)
+        .args(["--base", "dsnap", "revert", &snap])
+        .assert()
+        .code(1)
+        .stderr(contains("stop it first"));
+    assert_eq!(fs::read(d.join("disk0.img")).unwrap(), b"version 1");
+}
+
+#[test]
+fn base_only_with_dsnap_and_snap_image_must_exist() {
+    let dir = vm_dir();
+    let d = dir.path();
+    vmk_snap(d)
+        .args(["--base", "run"])
+        .assert()
+        .code(2)
+        .stderr(contains("vmk run"));
+    vmk_snap(d)
+        .args(["dsnap"])
+        .assert()
+        .code(1)
+        .stderr(contains("snap-disk0.img").and(contains("vmk snap run")));
+    vmk_snap(d).args(["isrunning"]).assert().code(1).stdout("");
+    fs::write(d.join("vm-config"), "VMK_MEM=lots\n").unwrap();
+    vmk_snap(d)
+        .args(["--base", "dsnap"])
+        .assert()
+        .code(2)
+        .stderr(contains("VMK_MEM"));
+}
+
+#[test]
+fn dry_run_snap_run_boots_snap_image_and_touches_nothing() {
+    let dir = vm_dir();
+    let d = dir.path();
+    let out = vmk_snap(d).args(["-D", "run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let argv = String::from_utf8(out.stdout).unwrap();
+    let snap = d.join("snap-disk0.img");
+    assert!(argv.contains(&format!("file={}", snap.display())), "{argv}");
+    assert!(
+        argv.contains("snap-disk0.img.pid") && argv.contains("snap-disk0.img.qmp"),
+        "{argv}"
+    );
+    assert!(
+        !argv.contains(&format!("file={},", d.join("disk0.img").display())),
+        "{argv}"
+    );
+    let format = if reflinks(d) {
+        "format=raw"
+    } else {
+        "format=qcow2"
+    };
+    assert!(argv.contains(format), "{argv}");
+    assert!(!snap.exists(), "a dry run created the snapshot");
+}
