@@ -1,0 +1,142 @@
+//! vmk-clone as a user runs it: newconfig, set (byte-exact round trip), clone's refusals.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use assert_cmd::Command;
+use predicates::str::contains;
+
+fn vmk_clone(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-clone"));
+    c.current_dir(dir)
+        .env_remove("VMK_OPT_CONFIG")
+        .env_remove("VMK_OPT_DRY_RUN")
+        .env("HOME", dir);
+    c
+}
+
+const ODD: &str = "#!/bin/sh\n# a VM with   odd spacing\n\n   VMK_MEM=\"1024\"   # memory\n\
+export VMK_NAME=box\t# tab before this comment\nVMK_DISK0='disk 0.img'\n#VMK_MEM=9\n\
+\tVMK_VNC=7\nMY_VAR=${VMK_VNC}\nVMK_TAG=\"keep \\\"me\\\"\"\n";
+
+#[test]
+fn set_changes_only_that_value_and_keeps_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vm-config");
+    fs::write(&cfg, ODD).unwrap();
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o600)).unwrap();
+    vmk_clone(dir.path())
+        .args(["set", "VMK_MEM", "4G"])
+        .assert()
+        .success()
+        .stdout("")
+        .stderr(contains("VMK_MEM=4G (was 1024)"));
+    let after = fs::read_to_string(&cfg).unwrap();
+    assert_eq!(after, ODD.replace("VMK_MEM=\"1024\"", "VMK_MEM=\"4G\""));
+    assert_eq!(
+        fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // every key of the table can be set; a short name works
+    vmk_clone(dir.path())
+        .args(["set", "disk_bus", "scsi"])
+        .assert()
+        .success();
+    vmk_clone(dir.path())
+        .args(["set", "VMK_APPEND", "console=ttyS0 quiet"])
+        .assert()
+        .success();
+    let after = fs::read_to_string(&cfg).unwrap();
+    assert!(after.starts_with(&ODD.replace("VMK_MEM=\"1024\"", "VMK_MEM=\"4G\"")));
+    assert!(
+        after.ends_with("VMK_DISK_BUS=scsi\nVMK_APPEND='console=ttyS0 quiet'\n"),
+        "{after}"
+    );
+    // no temporary file left
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn set_refuses_bad_values_and_unknown_keys_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vm-config");
+    fs::write(&cfg, ODD).unwrap();
+    vmk_clone(dir.path())
+        .args(["set", "VMK_MEM", "lots"])
+        .assert()
+        .code(2)
+        .stderr(contains("expected a memory size"));
+    vmk_clone(dir.path())
+        .args(["set", "VMK_VNCC", "3"])
+        .assert()
+        .code(2)
+        .stderr(contains("did you mean VMK_VNC"));
+    vmk_clone(dir.path())
+        .args(["set", "VMK_EXTRA_ARGS", "$(reboot)"])
+        .assert()
+        .success();
+    assert!(fs::read_to_string(&cfg)
+        .unwrap()
+        .contains("VMK_EXTRA_ARGS='$(reboot)'"));
+    vmk_clone(dir.path())
+        .args(["set", "VMK_MEM"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn newconfig_prints_a_config_that_set_can_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = vmk_clone(dir.path()).arg("newconfig").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\nVMK_DISK0=disk0.qcow2\n") && text.contains("#VMK_ACCEL=auto"));
+    fs::write(dir.path().join("vm-config"), &text).unwrap();
+    vmk_clone(dir.path())
+        .args(["set", "VMK_MEM", "2048"])
+        .assert()
+        .success();
+    let after = fs::read_to_string(dir.path().join("vm-config")).unwrap();
+    assert_eq!(after, text.replace("\nVMK_MEM=1024\n", "\nVMK_MEM=2048\n"));
+}
+
+#[test]
+fn clone_needs_outdir_and_name_and_refuses_existing() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("vm-config"), "VMK_DISK0=disk0.img\n").unwrap();
+    fs::write(dir.path().join("disk0.img"), b"data").unwrap();
+    vmk_clone(dir.path()).assert().code(2);
+    vmk_clone(dir.path())
+        .args(["-o", "out"])
+        .assert()
+        .code(2)
+        .stderr(contains("-n NAME"));
+    fs::create_dir_all(dir.path().join("out/taken")).unwrap();
+    vmk_clone(dir.path())
+        .args(["-o", "out", "-n", "taken", "--full-copy"])
+        .assert()
+        .code(1)
+        .stderr(contains("refusing to overwrite"));
+    // `clone` spelled out works the same; the copy is a full copy only when asked
+    vmk_clone(dir.path())
+        .args([
+            "clone",
+            "-o",
+            "out",
+            "-n",
+            "c1",
+            "--full-copy",
+            "--vnc",
+            "42",
+        ])
+        .assert()
+        .success()
+        .stdout(contains("out/c1"));
+    let cfg = fs::read_to_string(dir.path().join("out/c1/vm-config")).unwrap();
+    assert_eq!(cfg, "VMK_DISK0=disk0.img\nVMK_NAME=c1\nVMK_VNC=42\n");
+    assert_eq!(
+        fs::read(dir.path().join("out/c1/disk0.img")).unwrap(),
+        b"data"
+    );
+}

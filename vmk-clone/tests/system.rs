@@ -1,0 +1,171 @@
+//! vmk-clone on a real loop-mounted btrfs: the clone's disk0 is a NOCOW reflink copy, keys keep
+//! mode 0600, the config changes only VMK_NAME and VMK_VNC, and a failed clone leaves nothing.
+
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::{ensure, Context, Result};
+use vmk_common::fileops::create_nocow_file;
+use vmk_testkit::btrfs::{LoopBtrfs, LoopFs};
+use vmk_testkit::{run_system_tests, Need, SystemTest};
+
+const MIB: u64 = 1 << 20;
+
+fn vmk_clone(dir: &Path, args: &[&str]) -> Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_vmk-clone"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("VMK_OPT_CONFIG")
+        .env("HOME", dir)
+        .output()
+        .context("running vmk-clone")
+}
+
+fn run(cmd: &str, args: &[&str], path: &Path) -> Result<String> {
+    let out = Command::new(cmd).args(args).arg(path).output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+const CONFIG: &str = "# the original\nVMK_NAME=orig   # its name\nVMK_DISK0=disk0.img\n\
+VMK_VNC=5\n  VMK_MEM=512\nVMK_ACCEL=tcg\n";
+
+fn make_vm(dir: &Path) -> Result<()> {
+    fs::create_dir(dir)?;
+    let disk0 = dir.join("disk0.img");
+    ensure!(create_nocow_file(&disk0, 64 * MIB)?, "no NOCOW");
+    let f = fs::OpenOptions::new().write(true).open(&disk0)?;
+    let block = vec![0x5au8; MIB as usize];
+    for i in 0..16 {
+        f.write_all_at(&block, i * 4 * MIB)?;
+    }
+    f.sync_all()?;
+    fs::write(dir.join("vm-config"), CONFIG)?;
+    fs::write(dir.join("vm-key"), "PRIVATE\n")?;
+    fs::set_permissions(dir.join("vm-key"), fs::Permissions::from_mode(0o600))?;
+    fs::write(dir.join("vm-key.pub"), "ssh-ed25519 AAAA test\n")?;
+    Ok(())
+}
+
+fn clone_is_a_nocow_reflink_with_its_own_name_and_number() -> Result<()> {
+    let btrfs = LoopBtrfs::new(512 * MIB)?;
+    let vm = btrfs.path().join("orig");
+    make_vm(&vm)?;
+    let out = vmk_clone(&vm, &["-o", "../clones", "-n", "c1", "-k"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "clone failed: {err}");
+    let c1 = btrfs.path().join("clones/c1");
+    let cfg = fs::read_to_string(c1.join("vm-config"))?;
+    let n1: u8 = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("VMK_VNC="))
+        .context("no VMK_VNC")?
+        .parse()?;
+    ensure!(n1 != 5, "the clone got the original's number");
+    ensure!(
+        err.contains(&format!("VMK_VNC={n1} (")),
+        "number not reported: {err}"
+    );
+    ensure!(
+        cfg == CONFIG
+            .replace("VMK_NAME=orig", "VMK_NAME=c1")
+            .replace("VMK_VNC=5", &format!("VMK_VNC={n1}")),
+        "clone config: {cfg:?}"
+    );
+    let copy = c1.join("disk0.img");
+    ensure!(fs::read(&copy)? == fs::read(vm.join("disk0.img"))?);
+    ensure!(run("lsattr", &[], &copy)?
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .contains('C'));
+    run("sync", &["-f"], &copy)?;
+    let du = run("btrfs", &["filesystem", "du", "--raw"], &copy)?;
+    let cols: Vec<u64> = du
+        .lines()
+        .nth(1)
+        .context("no du line")?
+        .split_whitespace()
+        .take(3)
+        .map(|c| c.parse().unwrap_or(u64::MAX))
+        .collect();
+    ensure!(
+        cols[1] == 0 && cols[2] >= 16 * MIB,
+        "btrfs du of the clone: {du}"
+    );
+    ensure!(fs::metadata(c1.join("vm-key"))?.permissions().mode() & 0o777 == 0o600);
+    ensure!(c1.join("vm-key.pub").exists());
+    // writing the clone leaves the original alone
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)?
+        .write_all_at(b"clone", 0)?;
+    ensure!(fs::read(vm.join("disk0.img"))?[..5] == [0x5a; 5]);
+    // a second clone picks another number than c1's
+    let out = vmk_clone(&vm, &["-o", "../clones", "-n", "c2"])?;
+    ensure!(out.status.success());
+    let cfg2 = fs::read_to_string(btrfs.path().join("clones/c2/vm-config"))?;
+    ensure!(
+        !cfg2.contains(&format!("VMK_VNC={n1}\n")) && !cfg2.contains("VMK_VNC=5\n"),
+        "{cfg2}"
+    );
+    ensure!(
+        !btrfs.path().join("clones/c2/vm-key").exists(),
+        "keys copied without -k"
+    );
+    Ok(())
+}
+
+fn failed_clone_leaves_nothing() -> Result<()> {
+    let btrfs = LoopBtrfs::new(512 * MIB)?;
+    let ext4 = LoopFs::new("ext4", 256 * MIB)?;
+    let vm = btrfs.path().join("orig");
+    make_vm(&vm)?;
+    let out = vmk_clone(&vm, &["-o", ext4.path().to_str().unwrap(), "-n", "c1"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "expected failure: {err}");
+    ensure!(err.contains("--full-copy"), "{err}");
+    ensure!(
+        !ext4.path().join("c1").exists(),
+        "the failed clone was left behind"
+    );
+    let out = vmk_clone(
+        &vm,
+        &[
+            "-o",
+            ext4.path().to_str().unwrap(),
+            "-n",
+            "c1",
+            "--full-copy",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(fs::read(ext4.path().join("c1/disk0.img"))? == fs::read(vm.join("disk0.img"))?);
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let needs = &[Need::Root, Need::Btrfs, Need::Program("lsattr")];
+    run_system_tests(vec![
+        SystemTest::new(
+            "clone_is_a_nocow_reflink_with_its_own_name_and_number",
+            needs,
+            clone_is_a_nocow_reflink_with_its_own_name_and_number,
+        ),
+        SystemTest::new(
+            "failed_clone_leaves_nothing",
+            needs,
+            failed_clone_leaves_nothing,
+        ),
+    ])
+}
