@@ -2,14 +2,91 @@
 //! `meta-data`, so that a distribution's cloud image boots with the VM's ssh key for root
 //! and its hostname, ready for `vmk ssh`, with no image surgery.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use vmk_common::config::VmConfig;
 
 use crate::iso9660::IsoBuilder;
 
 /// The volume label cloud-init's NoCloud data source looks for.
 pub const SEED_LABEL: &str = "cidata";
+/// The seed's file name in the VM directory (what VMK_CLOUD_INIT attaches).
+pub const SEED_FILE: &str = "seed.iso";
+/// The VM's public key, given to root.
+pub const KEY_FILE: &str = "vm-key.pub";
+
+/// The guest hostname for a VM: VMK_HOSTNAME, else VMK_NAME or the directory's name made
+/// into a valid host name.
+pub fn hostname_for(cfg: &VmConfig) -> String {
+    if let Some(h) = &cfg.hostname {
+        return h.clone();
+    }
+    let clean: String = cfg
+        .display_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean: String = clean.trim_matches('-').chars().take(63).collect();
+    if clean.is_empty() {
+        "vmk".to_string()
+    } else {
+        clean.trim_end_matches('-').to_string()
+    }
+}
+
+/// The seed for a VM: its hostname, `vmk-<hostname>` as instance id, and the keys in
+/// `vm-key.pub` (a missing key file is an error that says how to make one).
+pub fn seed_for(cfg: &VmConfig) -> Result<Seed> {
+    let hostname = hostname_for(cfg);
+    let key_file = cfg.dir.join(KEY_FILE);
+    Ok(Seed {
+        instance_id: format!("vmk-{hostname}"),
+        hostname,
+        ssh_keys: read_keys(&key_file)?,
+        user_data: None,
+    })
+}
+
+/// The public keys in a `.pub` or authorized_keys file (comments and blank lines skipped).
+pub fn read_keys(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading the public key {} (make one with `vmk sshkeygen`)",
+            path.display()
+        )
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Makes sure `<vm dir>/seed.iso` exists and is newer than `vm-key.pub` and `vm-config`,
+/// writing it when not; returns its path. For `vmk run` with VMK_CLOUD_INIT=yes: attach
+/// the returned path as a CD-ROM.
+pub fn ensure_seed(cfg: &VmConfig) -> Result<PathBuf> {
+    let seed_path = cfg.dir.join(SEED_FILE);
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let seed_time = mtime(&seed_path);
+    let inputs = [cfg.dir.join(KEY_FILE), cfg.config_file.clone()];
+    let fresh = seed_time
+        .is_some_and(|t: SystemTime| inputs.iter().all(|i| mtime(i).map_or(true, |m| m <= t)));
+    if !fresh {
+        seed_for(cfg)?.write_iso(&seed_path)?;
+        log::info!("wrote the cloud-init seed {}", seed_path.display());
+    }
+    Ok(seed_path)
+}
 
 /// What goes into a seed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +214,31 @@ mod tests {
         assert_eq!(
             seed().meta_data(),
             "instance-id: \"vmk-vm3\"\nlocal-hostname: \"vm3\"\n"
+        );
+    }
+
+    #[test]
+    fn hostnames_and_fresh_seeds() {
+        let d = tempfile::Builder::new().prefix("My_VM.").tempdir().unwrap();
+        let mut cfg = VmConfig::defaults(d.path());
+        assert!(
+            hostname_for(&cfg).starts_with("my-vm-"),
+            "{}",
+            hostname_for(&cfg)
+        );
+        cfg.hostname = Some("h1".into());
+        assert_eq!(hostname_for(&cfg), "h1");
+        let err = format!("{:#}", ensure_seed(&cfg).unwrap_err());
+        assert!(err.contains("vmk sshkeygen"), "{err}");
+        std::fs::write(d.path().join(KEY_FILE), "ssh-ed25519 AAAA k\n").unwrap();
+        let seed = ensure_seed(&cfg).unwrap();
+        let before = std::fs::metadata(&seed).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ensure_seed(&cfg).unwrap();
+        assert_eq!(
+            std::fs::metadata(&seed).unwrap().modified().unwrap(),
+            before,
+            "fresh seed kept"
         );
     }
 

@@ -311,87 +311,45 @@ fn profile_cmd(o: &ProfileOpts) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The VM directory: that of `-c FILE`, else the current one.
-fn vm_dir(global: &GlobalOpts) -> Result<PathBuf> {
-    match global.config.as_ref().and_then(|c| c.parent()) {
-        Some(p) if !p.as_os_str().is_empty() => Ok(p.to_path_buf()),
-        _ => std::env::current_dir().context("finding the current directory"),
-    }
-}
-
 fn cloudinit_cmd(global: &GlobalOpts, o: &CloudInitOpts) -> Result<ExitCode> {
-    let dir = vm_dir(global)?;
-    let hostname = match &o.hostname {
-        Some(h) => h.clone(),
-        None => default_hostname(&dir),
+    let cfg = vmk_common::config::VmConfig::load_for(global)?;
+    let mut seed = match o.keys.is_empty() {
+        true => cloudinit::seed_for(&cfg)?,
+        false => cloudinit::Seed {
+            hostname: cloudinit::hostname_for(&cfg),
+            instance_id: String::new(),
+            ssh_keys: o
+                .keys
+                .iter()
+                .map(|k| cloudinit::read_keys(k))
+                .collect::<Result<Vec<_>>>()?
+                .concat(),
+            user_data: None,
+        },
     };
-    let key_files = if o.keys.is_empty() {
-        vec![dir.join("vm-key.pub")]
-    } else {
-        o.keys.clone()
-    };
-    let mut ssh_keys = Vec::new();
-    for file in &key_files {
-        let text = std::fs::read_to_string(file).with_context(|| {
-            format!(
-                "reading the public key {} (make one with `vmk sshkeygen`, or give --key)",
-                file.display()
-            )
-        })?;
-        ssh_keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
+    if let Some(h) = &o.hostname {
+        seed.hostname = h.clone();
+    }
+    seed.instance_id = o
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("vmk-{}", seed.hostname));
+    if let Some(p) = &o.user_data {
+        seed.user_data =
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    let output = o
+        .output
+        .clone()
+        .unwrap_or_else(|| cfg.dir.join(cloudinit::SEED_FILE));
+    seed.write_iso(&output)?;
+    if !cfg.cloud_init {
+        eprintln!(
+            "vmk-ayinstall: attach it with `vmk set VMK_CLOUD_INIT yes` (or boot it as a CD-ROM)"
         );
     }
-    let user_data = match &o.user_data {
-        Some(p) => {
-            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
-    let seed = cloudinit::Seed {
-        instance_id: o
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| format!("vmk-{hostname}")),
-        hostname,
-        ssh_keys,
-        user_data,
-    };
-    let output = o.output.clone().unwrap_or_else(|| dir.join("seed.iso"));
-    seed.write_iso(&output)?;
     outln!("{}", output.display())?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A hostname from the VM directory's name, made valid.
-fn default_hostname(dir: &Path) -> String {
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default();
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect::<String>()
-        .trim_matches('-')
-        .chars()
-        .take(63)
-        .collect();
-    if clean.is_empty() {
-        "vmk".to_string()
-    } else {
-        clean
-    }
 }
 
 /// Splits `DEST=SRC` (a graft point) from a plain `SRC`.
@@ -534,12 +492,5 @@ mod tests {
         let a = Args::try_parse_from(["vmk-ayinstall", "--autoinst", "x", "profile"]).unwrap();
         assert_eq!(vmk_common::cli::exit_status_of(&run(a).unwrap_err()), 2);
         <Args as clap::CommandFactory>::command().debug_assert();
-    }
-
-    #[test]
-    fn hostnames_from_directories() {
-        let d = tempfile::Builder::new().prefix("My_VM.").tempdir().unwrap();
-        let h = default_hostname(d.path());
-        assert!(h.starts_with("my-vm-"), "{h}");
     }
 }

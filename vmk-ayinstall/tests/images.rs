@@ -128,6 +128,22 @@ fn seed_iso_read_by_isoinfo_and_blkid() -> Result<()> {
         meta.contains("local-hostname: \"guest7\""),
         "meta-data: {meta}"
     );
+
+    // Without options: seed.iso in the VM directory, the hostname from vm-config.
+    std::fs::write(d.join("vm-config"), "VMK_HOSTNAME=fromconfig\n")?;
+    let printed = run(bin().current_dir(d).env("HOME", d).arg("seed"))?;
+    ensure!(
+        printed.trim() == d.join("seed.iso").display().to_string(),
+        "{printed}"
+    );
+    let meta = run(Command::new("isoinfo")
+        .args(["-R", "-x", "/meta-data", "-i"])
+        .arg(d.join("seed.iso")))?;
+    ensure!(
+        meta.contains("local-hostname: \"fromconfig\"")
+            && meta.contains("instance-id: \"vmk-fromconfig\""),
+        "meta-data: {meta}"
+    );
     Ok(())
 }
 
@@ -415,6 +431,36 @@ fn assembled_profiles_parse_with_python_xml() -> Result<()> {
         "add-on",
     ];
     ensure!(sections == want, "sections {sections:?}");
+    // `profile --check` agrees, and points into a broken file.
+    let file = dir.path().join("profile.xml");
+    let checked = run(bin().args(["profile", "--check"]).arg(&file))?;
+    ensure!(
+        checked.contains("well-formed profile with general, partitioning"),
+        "{checked}"
+    );
+    std::fs::write(&file, out.replace("</bootloader>", "</bootlader>"))?;
+    let o = bin().args(["profile", "--check"]).arg(&file).output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        o.status.code() == Some(1) && err.contains("profile.xml:") && err.contains("bootlader"),
+        "{err}"
+    );
+    // Two snippets of one section are refused, naming both.
+    let o = bin()
+        .args([
+            "profile",
+            "-s",
+            "users/root-test",
+            "-s",
+            "users/root-and-tester",
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        !o.status.success()
+            && err.contains("users/root-test and users/root-and-tester both set <users>"),
+        "{err}"
+    );
     Ok(())
 }
 
