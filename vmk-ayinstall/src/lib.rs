@@ -53,7 +53,7 @@ impl Tool for Args {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Install from VMK_ISO unattended, with autoinst.xml on a second CD and a floppy
-    Ayinstall(AyInstallOpts),
+    Ayinstall(AyInstallCmd),
     /// Install from VMK_ISO interactively (installer on VNC and the serial console)
     Qinstall(InstallOpts),
     /// Assemble an AutoYaST profile from snippets (or list snippets, or check a profile)
@@ -118,6 +118,23 @@ pub struct AyInstallOpts {
     /// The AutoYaST profile (default: autoinst.xml in the VM directory)
     #[arg(short = 'a', long, value_name = "FILE")]
     pub autoinst: Option<PathBuf>,
+}
+
+/// `ayinstall` as a command: its options, or another command after it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AyInstallCmd {
+    #[command(flatten)]
+    pub opts: AyInstallOpts,
+
+    /// Another command and its arguments: `vmk ayinstall profile …` reaches this tool as
+    /// `vmk-ayinstall ayinstall profile …`, and runs as `vmk-ayinstall profile …`.
+    #[arg(
+        hide = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub nested: Vec<std::ffi::OsString>,
 }
 
 /// Options of `profile`.
@@ -231,7 +248,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     match args.command {
         None => ayinstall(&global, &args.ayinstall),
-        Some(Command::Ayinstall(o)) => ayinstall(&global, &o),
+        Some(Command::Ayinstall(c)) if !c.nested.is_empty() => run_nested(&global, c),
+        Some(Command::Ayinstall(c)) => ayinstall(&global, &c.opts),
         Some(Command::Qinstall(o)) => qinstall(&global, &o),
         Some(Command::Profile(o)) => profile_cmd(&o),
         Some(Command::Snippets) => profile_cmd(&ProfileOpts {
@@ -244,6 +262,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(Command::Loader(o)) => loader_cmd(&o),
         Some(Command::Bootstrap(o)) => bootstrap::run(&global, o),
     }
+}
+
+/// Runs `vmk-ayinstall ayinstall COMMAND …` as `vmk-ayinstall COMMAND …`, keeping the
+/// global options given before `ayinstall`.
+fn run_nested(global: &GlobalOpts, c: AyInstallCmd) -> Result<ExitCode> {
+    if c.opts != AyInstallOpts::default() {
+        return Err(vmk_common::usage!(
+            "install options go after the command, not before it"
+        ));
+    }
+    let argv = std::iter::once("vmk-ayinstall".into()).chain(c.nested);
+    let mut inner = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    if inner.command.is_none() {
+        return Err(vmk_common::usage!(
+            "unexpected arguments after `ayinstall`: see --help"
+        ));
+    }
+    inner.global.config = inner.global.config.or_else(|| global.config.clone());
+    inner.global.dry_run |= global.dry_run;
+    run(inner)
 }
 
 fn ayinstall(global: &GlobalOpts, opts: &AyInstallOpts) -> Result<ExitCode> {
@@ -479,7 +517,7 @@ mod tests {
         assert_eq!(a.ayinstall.autoinst.as_deref(), Some(Path::new("x.xml")));
         let a = Args::try_parse_from(["vmk-ayinstall", "ayinstall", "-a", "y.xml"]).unwrap();
         assert!(
-            matches!(a.command, Some(Command::Ayinstall(ref o)) if o.autoinst.as_deref() == Some(Path::new("y.xml")))
+            matches!(a.command, Some(Command::Ayinstall(ref c)) if c.opts.autoinst.as_deref() == Some(Path::new("y.xml")) && c.nested.is_empty())
         );
         let a =
             Args::try_parse_from(["vmk-ayinstall", "-D", "qinstall", "--iso", "i.iso"]).unwrap();
@@ -491,6 +529,11 @@ mod tests {
         assert!(matches!(a.command, Some(Command::Profile(ref p)) if p.snippets == ["a/b", "c/d"]));
         let a = Args::try_parse_from(["vmk-ayinstall", "--autoinst", "x", "profile"]).unwrap();
         assert_eq!(vmk_common::cli::exit_status_of(&run(a).unwrap_err()), 2);
+        let a =
+            Args::try_parse_from(["vmk-ayinstall", "ayinstall", "profile", "-s", "a/b"]).unwrap();
+        assert!(
+            matches!(a.command, Some(Command::Ayinstall(ref c)) if c.nested == ["profile", "-s", "a/b"])
+        );
         <Args as clap::CommandFactory>::command().debug_assert();
     }
 }
