@@ -63,6 +63,11 @@ fn main() -> std::process::ExitCode {
             &[],
             dry_run,
         ),
+        SystemTest::new(
+            "new_disk0_is_nocow_on_btrfs_and_plain_elsewhere",
+            &[Need::Root, Need::Btrfs, Need::Program("qemu-img")],
+            new_disk0_is_nocow,
+        ),
     ])
 }
 
@@ -664,5 +669,49 @@ fn dry_run() -> Result<()> {
         "{text}"
     );
     let _ = std::io::stderr().flush();
+    Ok(())
+}
+
+/// The disk0 an install creates: qcow2 (or sparse raw) of the asked size, NOCOW on btrfs,
+/// created without the attribute on a filesystem that has none.
+fn new_disk0_is_nocow() -> Result<()> {
+    use vmk_ayinstall::install::create_disk;
+    use vmk_common::config::DiskFormat;
+    use vmk_common::fileops::is_nocow;
+    let btrfs = vmk_testkit::btrfs::LoopBtrfs::new(256 << 20)?;
+    let tmpfs = vmk_testkit::btrfs::LoopFs::new("tmpfs", 64 << 20)?;
+    for (fs, nocow) in [(btrfs.path(), true), (tmpfs.path(), false)] {
+        let q = fs.join("disk0.qcow2");
+        create_disk(&q, DiskFormat::Qcow2, 30 << 30)?;
+        ensure!(
+            is_nocow(&q)? == nocow,
+            "{}: NOCOW should be {nocow}",
+            q.display()
+        );
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&q)
+            .output()?;
+        let info = String::from_utf8_lossy(&info.stdout);
+        ensure!(
+            info.contains("\"format\": \"qcow2\"")
+                && info.contains(&format!("\"virtual-size\": {}", 30u64 << 30)),
+            "{info}"
+        );
+        ensure!(
+            create_disk(&q, DiskFormat::Qcow2, 1 << 20).is_err(),
+            "an existing disk is never overwritten"
+        );
+        let r = fs.join("disk0.raw");
+        create_disk(&r, DiskFormat::Raw, 1 << 30)?;
+        let meta = fs::metadata(&r)?;
+        ensure!(
+            meta.len() == 1 << 30 && is_nocow(&r)? == nocow,
+            "raw disk0 on {}",
+            fs.display()
+        );
+        use std::os::unix::fs::MetadataExt;
+        ensure!(meta.blocks() < 1024, "raw disk0 is sparse");
+    }
     Ok(())
 }
