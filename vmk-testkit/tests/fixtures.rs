@@ -217,7 +217,7 @@ fn busybox_guest_runs_a_command() -> Result<()> {
         .spawn()
         .context("starting qemu")?;
     let mut guard = QemuGuard::from_child(child);
-    let hello = guest::wait_for_file_line(&log, guest::BUSYBOX_HELLO, Duration::from_secs(60))?;
+    let hello = guest::wait_for_file_line(&log, guest::BUSYBOX_HELLO, Duration::from_secs(120))?;
     guest::wait_for_file_line(&log, "marker-42", Duration::from_secs(60))?;
     guest::wait_for_file_line(&log, "vmk-busybox-guest: exit 0", Duration::from_secs(10))?;
     let status = guard.wait_exit(Duration::from_secs(30))?;
