@@ -487,11 +487,16 @@ pub fn run(global: &GlobalOpts, args: BootstrapArgs) -> Result<ExitCode> {
         human_duration(start.elapsed()),
         times.join(", ")
     );
+    let ports = config::load(&LoadOptions {
+        dir: Some(plan.dir.clone()),
+        ..LoadOptions::new()
+    })
+    .map(|c| format!("; ssh on {}:{}", c.listen, c.ssh_port()))
+    .unwrap_or_default();
     eprintln!(
-        "vmk-ayinstall: next: cd {} && vmk run && vmk waitssh   (VM number {}; ssh on 127.0.0.1:{})",
+        "vmk-ayinstall: next: cd {} && vmk run && vmk waitssh   (VM number {}{ports})",
         plan.dir.display(),
         plan.vnc,
-        config::VmConfig::defaults(&plan.dir).ssh_base + u16::from(plan.vnc),
     );
     outln!("{}", plan.dir.display())?;
     Ok(ExitCode::SUCCESS)
@@ -695,16 +700,14 @@ fn build(
                 plan.dir.display()
             )));
         }
-        return Err(match tail {
-            Some(t) if !t.is_empty() => e.context(format!("the last lines of its log:\n{t}")),
-            _ => e,
-        })
-        .with_context(|| {
-            format!(
-                "bootstrapping {} failed (nothing was left behind)",
-                plan.dir.display()
-            )
-        });
+        let mut message = format!(
+            "bootstrapping {} failed (nothing was left behind)",
+            plan.dir.display()
+        );
+        if let Some(t) = tail.filter(|t| !t.is_empty()) {
+            message.push_str(&format!("; the end of its log:\n{t}\n"));
+        }
+        return Err(e.context(message));
     }
     staging.remove_tree(&root)?;
     staging.persist(&plan.dir)?;
@@ -865,7 +868,7 @@ impl Runner<'_> {
                 if status.success() {
                     return Ok(());
                 }
-                bail!("{what} failed ({status}): {shown}");
+                bail!("{what} failed ({status})");
             }
             if self.interrupted.load(Ordering::SeqCst) {
                 stop_group(&mut child);
@@ -1076,7 +1079,8 @@ fn configure(plan: &Plan, runner: &Runner, root: &Path) -> Result<()> {
             "serial-getty@ttyS0.service",
         ]),
     )?;
-    // A VM without network must not wait 2 minutes at boot; nothing should reach out on a timer.
+    // A VM without network must not wait 2 minutes at boot; nothing should reach out on a
+    // timer; e2scrub (LVM snapshots of ext4) has nothing to do here and costs a minute under TCG.
     runner.run(
         "systemctl mask",
         command("chroot").arg(root).args([
@@ -1085,6 +1089,8 @@ fn configure(plan: &Plan, runner: &Runner, root: &Path) -> Result<()> {
             "systemd-networkd-wait-online.service",
             "apt-daily.timer",
             "apt-daily-upgrade.timer",
+            "e2scrub_reap.service",
+            "e2scrub_all.timer",
         ]),
     )
 }
@@ -1263,7 +1269,7 @@ VMK_INITRD=initrd.img
 VMK_APPEND={append}
 ",
         name = plan.name,
-        name_q = q(&plan.name),
+        name_q = config::raw::quote(&plan.name, config::Quoting::Bare),
         hostname = plan.hostname,
         when = when,
         suite = plan.suite,

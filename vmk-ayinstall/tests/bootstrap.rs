@@ -79,12 +79,25 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// A built binary of the workspace; `cargo test -p vmk-ayinstall` alone does not build the
+/// front door and the other tools, `cargo build --bins` (or `make test`) does.
+fn tool(name: &str) -> Command {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        panic!(
+            "{} is not built: run `cargo build --bins` first",
+            path.display()
+        );
+    }
+    Command::new(path)
+}
+
 fn vmk() -> Command {
-    Command::new(bin_dir().join("vmk"))
+    tool("vmk")
 }
 
 fn bootstrap_cmd(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin_dir().join("vmk-ayinstall"));
+    let mut cmd = tool("vmk-ayinstall");
     cmd.arg("bootstrap")
         .arg("--vnc")
         .arg(VNC.to_string())
