@@ -41,6 +41,8 @@ use crate::profile;
 
 /// The kernel argument that points AutoYaST at the profile on the second CD.
 pub const AUTOYAST_ARG: &str = "autoyast=device://sr1/autoinst.xml";
+const PHASE1: &str = "phase 1";
+const PHASE2: &str = "phase 2";
 /// Name of the profile file on the second CD and the floppy.
 pub const PROFILE_NAME: &str = "autoinst.xml";
 
@@ -281,7 +283,7 @@ impl Plan {
                 5900 + u16::from(n)
             ));
         }
-        let end = self.run_phase(self.phase1_command(work.path())?, "phase 1")?;
+        let end = self.run_phase(self.phase1_command(work.path())?, PHASE1)?;
         drop(work);
         say(&format!(
             "phase 1 ended ({end}) after {}",
@@ -293,7 +295,7 @@ impl Plan {
         }
         let p2 = Instant::now();
         say("phase 2: booting the installed system from disk0");
-        let end = self.run_phase(self.phase2_command()?, "phase 2")?;
+        let end = self.run_phase(self.phase2_command()?, PHASE2)?;
         say(&format!(
             "phase 2 ended ({end}) after {}; installed in {}: start it with `vmk run`",
             human(p2.elapsed()),
@@ -367,8 +369,11 @@ impl Plan {
 }
 
 /// Decides whether a phase ended the way an install should: the guest powered off or
-/// rebooted (ends qemu with `-no-reboot`), and qemu exited cleanly.
+/// rebooted (ends qemu with `-no-reboot`), and qemu exited cleanly. Phase 1 ended from the
+/// host is a failure; phase 2 may be (a profile without `final_halt` ends at a login
+/// prompt, and the user quits qemu there), so it is only reported.
 fn judge_end(phase: &str, status: ExitStatus, reason: Option<&str>, log: &Path) -> Result<String> {
+    let first = phase == PHASE1;
     if !status.success() {
         bail!(
             "qemu failed in {phase} ({status}); the console log is {}",
@@ -379,6 +384,9 @@ fn judge_end(phase: &str, status: ExitStatus, reason: Option<&str>, log: &Path) 
         Some("guest-shutdown") => Ok("the guest powered off".into()),
         Some("guest-reset") => Ok("the guest rebooted".into()),
         Some("guest-panic") => bail!("the guest panicked in {phase}; see {}", log.display()),
+        Some(host) if host.starts_with("host-") && !first => Ok(format!(
+            "stopped from the host ({host}); if the second stage had not finished, `vmk runin` lets it finish"
+        )),
         Some(host) if host.starts_with("host-") => bail!(
             "{phase} was ended from the host ({host}): the install stops here; run it again to start over"
         ),
@@ -531,6 +539,7 @@ mod tests {
         assert!(judge_end("phase 1", ok, Some("guest-shutdown"), log).is_ok());
         assert!(judge_end("phase 1", ok, Some("guest-reset"), log).is_ok());
         assert!(judge_end("phase 1", ok, None, log).is_ok());
+        assert!(judge_end(PHASE2, ok, Some("host-qmp-quit"), log).is_ok());
         let e = judge_end("phase 1", ok, Some("host-qmp-quit"), log)
             .unwrap_err()
             .to_string();
