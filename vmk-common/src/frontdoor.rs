@@ -81,7 +81,7 @@ pub const ALIASES: &[Alias] = &[
     alias("scp", "sshkey", &["scp"]),
     alias("sshfs", "sshkey", &["sshfs"]),
     alias("qinstall", "ayinstall", &["qinstall"]),
-    alias("ayinstall", "ayinstall", &["ayinstall"]),
+    alias("cloudinit", "ayinstall", &["cloudinit"]),
     alias("bootstrap", "ayinstall", &["bootstrap"]),
 ];
 
