@@ -268,7 +268,8 @@ fn debian_guest_boots_to_ssh() -> Result<()> {
         .spawn()
         .context("starting qemu")?;
     let mut guard = QemuGuard::from_child(child);
-    guest::wait_for_file_line(&log, guest::DEBIAN_READY, Duration::from_secs(180))?;
+    // 15 s on an idle machine, 85 s seen at a load of 15 on 2 cores.
+    guest::wait_for_file_line(&log, guest::DEBIAN_READY, Duration::from_secs(300))?;
     let ready = start.elapsed();
     let hostname = ssh_retry(&key, port, "hostname", Duration::from_secs(90))?;
     ensure!(
