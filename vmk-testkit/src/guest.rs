@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -167,24 +167,44 @@ pub fn debian_guest() -> Result<DebianGuest> {
 }
 
 /// Polls `path` (a console log) every 20 ms until a line contains `needle`; returns how
-/// long that took. On timeout the error shows the log's last lines.
+/// long that took. Reads only what was appended since the last poll, so long logs stay
+/// cheap; the file may appear late or be truncated. On timeout the error shows the log's
+/// last lines.
 pub fn wait_for_file_line(path: &Path, needle: &str, timeout: Duration) -> Result<Duration> {
     let start = Instant::now();
+    let needle = needle.as_bytes();
+    let mut offset = 0u64;
+    let mut pending: Vec<u8> = Vec::new(); // the current, unfinished line and newer bytes
+    let mut tail: std::collections::VecDeque<String> = Default::default();
     loop {
-        let text = fs::read(path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if text.lines().any(|l| l.contains(needle)) {
+        if let Ok(mut f) = File::open(path) {
+            if f.metadata().is_ok_and(|m| m.len() < offset) {
+                offset = 0; // truncated: start over
+                pending.clear();
+            }
+            f.seek(io::SeekFrom::Start(offset))?;
+            offset += f.read_to_end(&mut pending)? as u64;
+        }
+        if !needle.is_empty() && pending.windows(needle.len()).any(|w| w == needle) {
             return Ok(start.elapsed());
         }
+        if let Some(last_nl) = pending.iter().rposition(|b| *b == b'\n') {
+            for line in pending[..last_nl].split(|b| *b == b'\n') {
+                tail.push_back(String::from_utf8_lossy(line).into_owned());
+                if tail.len() > 25 {
+                    tail.pop_front();
+                }
+            }
+            pending.drain(..=last_nl);
+        }
         if start.elapsed() >= timeout {
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            tail.push_back(String::from_utf8_lossy(&pending).into_owned());
             bail!(
-                "`{needle}` did not appear in {} within {:?}; its last lines:\n{}",
+                "`{}` did not appear in {} within {:?}; its last lines:\n{}",
+                String::from_utf8_lossy(needle),
                 path.display(),
                 timeout,
-                tail.join("\n")
+                Vec::from(tail).join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -891,6 +911,33 @@ mod tests {
         // Second header starts on a 4-byte boundary right after "etc\0" padded.
         let second = out.windows(6).skip(1).position(|w| w == b"070701").unwrap() + 1;
         assert_eq!(second % 4, 0);
+    }
+
+    #[test]
+    fn waits_for_a_line_written_later_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut f = File::create(&log).unwrap();
+                for piece in ["boot\nvmk-busy", "box-guest: hel", "lo\nmore\n"] {
+                    std::thread::sleep(Duration::from_millis(50));
+                    f.write_all(piece.as_bytes()).unwrap();
+                }
+            })
+        };
+        let took = wait_for_file_line(&log, BUSYBOX_HELLO, Duration::from_secs(10)).unwrap();
+        assert!(took >= Duration::from_millis(100));
+        writer.join().unwrap();
+        let err = wait_for_file_line(&log, "never", Duration::from_millis(50)).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("never")
+                && msg.contains("vmk-busybox-guest: hello")
+                && msg.contains("more"),
+            "{msg}"
+        );
     }
 
     #[test]
