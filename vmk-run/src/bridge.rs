@@ -110,7 +110,12 @@ pub fn bridge_exists(bridge: &str) -> bool {
 
 /// Fails with what to do when bridge networking on `bridge` cannot work for this user.
 pub fn check_usable(bridge: &str, files: &Files) -> Result<()> {
-    let root = rustix::process::geteuid().is_root();
+    check_usable_as(bridge, files, rustix::process::geteuid().is_root())
+}
+
+/// [`check_usable`] for a user who is root (`root`) or not: root may run a helper that is
+/// not setuid, but even root's helper obeys bridge.conf.
+pub fn check_usable_as(bridge: &str, files: &Files, root: bool) -> Result<()> {
     match helper_state(files) {
         HelperState::Missing => bail!(
             "VMK_NET_TYPE=bridge needs qemu-bridge-helper (looked for {}): install qemu-system-common",
@@ -221,5 +226,111 @@ mod tests {
         } else {
             assert!(err.contains("not setuid root"), "{err}");
         }
+    }
+
+    fn helper_with_mode(dir: &Path, mode: u32) -> PathBuf {
+        let helper = dir.join("qemu-bridge-helper");
+        fs::write(&helper, "").unwrap();
+        fs::set_permissions(&helper, fs::Permissions::from_mode(mode)).unwrap();
+        helper
+    }
+
+    #[test]
+    fn missing_helper_says_what_to_install() {
+        let tmp = tempfile::tempdir().unwrap();
+        for helper in [None, Some(tmp.path().join("gone"))] {
+            let files = Files {
+                helper,
+                conf: tmp.path().join("bridge.conf"),
+            };
+            assert_eq!(helper_state(&files), HelperState::Missing);
+            let err = check_usable_as("br0", &files, true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("install qemu-system-common"), "{err}");
+        }
+    }
+
+    #[test]
+    fn helper_not_setuid_refuses_users_but_not_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let helper = helper_with_mode(tmp.path(), 0o755);
+        let conf = tmp.path().join("bridge.conf");
+        fs::write(&conf, "allow all\n").unwrap();
+        let files = Files {
+            helper: Some(helper.clone()),
+            conf,
+        };
+        assert!(matches!(
+            helper_state(&files),
+            HelperState::RootOnly { mode: 0o755, .. }
+        ));
+        let err = check_usable_as("vmk-no-br0", &files, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is not setuid root") && err.contains("mode 755"),
+            "{err}"
+        );
+        assert!(err.contains("sudo vmk fixme"), "{err}");
+        assert!(err.contains(&helper.display().to_string()), "{err}");
+        // Root passes the helper check and reaches the next one.
+        let err = check_usable_as("vmk-no-br0", &files, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bridge vmk-no-br0 does not exist"), "{err}");
+    }
+
+    #[test]
+    fn setuid_helper_passes_for_users_when_owned_by_root() {
+        if !rustix::process::geteuid().is_root() {
+            return; // a file owned by root needs root to make
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let helper = helper_with_mode(tmp.path(), 0o4755);
+        let conf = tmp.path().join("bridge.conf");
+        fs::write(&conf, "allow vmk-no-br1\n").unwrap();
+        let files = Files {
+            helper: Some(helper),
+            conf,
+        };
+        assert_eq!(helper_state(&files), HelperState::SetuidRoot);
+        let err = check_usable_as("vmk-no-br1", &files, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn bridge_conf_missing_or_without_allow_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let helper = helper_with_mode(tmp.path(), 0o755);
+        let conf = tmp.path().join("etc-qemu/bridge.conf");
+        let files = Files {
+            helper: Some(helper),
+            conf: conf.clone(),
+        };
+        let want = format!(
+            "{} does not allow bridge vmk-nobr5 (needs a line `allow vmk-nobr5`): run `sudo vmk fixme`",
+            conf.display()
+        );
+        // Missing.
+        let err = check_usable_as("vmk-nobr5", &files, true)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, want);
+        // Present, allowing other bridges only (and br5 only in a comment).
+        fs::create_dir_all(conf.parent().unwrap()).unwrap();
+        fs::write(&conf, "allow br0\n# allow vmk-nobr5\nallow vmk-nobr50\n").unwrap();
+        let err = check_usable_as("vmk-nobr5", &files, true)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, want);
+        // `allow all` lets it through to the existence check.
+        fs::write(&conf, "allow all\n").unwrap();
+        let err = check_usable_as("vmk-nobr5", &files, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("bridge vmk-nobr5 does not exist"), "{err}");
     }
 }
