@@ -202,6 +202,9 @@ pub struct QemuCommand {
     pub daemonize: bool,
     /// QMP socket.
     pub qmp_socket: Option<PathBuf>,
+    /// The guest agent's socket (virtio-serial port `org.qemu.guest_agent.0`), used to
+    /// freeze guest filesystems around a snapshot.
+    pub qga_socket: Option<PathBuf>,
     /// `-vnc LISTEN:N`; `None` for no display at all.
     pub vnc: Option<(IpAddr, u8)>,
     /// The serial console.
@@ -326,6 +329,7 @@ impl QemuCommand {
             pidfile: Some(abs(&paths.pidfile)),
             daemonize: mode == Mode::Run,
             qmp_socket: Some(abs(&paths.qmp_socket)),
+            qga_socket: Some(abs(&paths.qga_socket())),
             vnc: Some((cfg.listen, cfg.vnc)),
             serial,
             disk_bus: cfg.disk_bus,
@@ -456,6 +460,21 @@ impl QemuCommand {
                     .kv("wait", "off"),
             );
             a.pair("-mon", "chardev=qmp,mode=control");
+        }
+        if let Some(sock) = &self.qga_socket {
+            a.pair(
+                "-chardev",
+                Opts::word("socket")
+                    .kv("id", "qga0")
+                    .kv("path", sock)
+                    .kv("server", "on")
+                    .kv("wait", "off"),
+            );
+            a.pair("-device", "virtio-serial-pci,id=vmk-serial-bus");
+            a.pair(
+                "-device",
+                "virtserialport,bus=vmk-serial-bus.0,chardev=qga0,name=org.qemu.guest_agent.0",
+            );
         }
         self.display(&mut a);
         self.serial(&mut a);

@@ -66,6 +66,11 @@ impl RuntimePaths {
         })
     }
 
+    /// The guest agent's socket: beside the QMP socket, so it fits the same length limit.
+    pub fn qga_socket(&self) -> PathBuf {
+        self.qmp_socket.with_extension("qga")
+    }
+
     /// Creates the directory of the QMP socket when it is a per-user runtime directory
     /// (mode 0700), and checks that such a directory belongs to us.
     pub fn prepare(&self) -> Result<()> {

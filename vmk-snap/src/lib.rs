@@ -323,7 +323,7 @@ fn dsnap_take(global: &GlobalOpts, t: &Target, a: &DsnapArgs) -> Result<ExitCode
     };
     let take = || dsnap::take(&t.image, a.note.as_deref(), mode);
     let out = match running {
-        Some(_) if a.freeze => qga::with_frozen(&qga::socket_for(&t.paths.pidfile), take)?,
+        Some(_) if a.freeze => qga::with_frozen(&t.paths.qga_socket(), take)?,
         Some(pid) => {
             log::warn!(
                 "the VM using {} runs (pid {pid}): the snapshot is crash-consistent, like after a power cut (--freeze asks its guest agent to freeze filesystems first)",

@@ -1,15 +1,14 @@
 //! Best-effort filesystem freeze through the QEMU guest agent, so a snapshot of a running VM
 //! is consistent when the guest runs qemu-guest-agent.
 //!
-//! The agent's socket is `<vm dir>/<image>.qga` (beside the QMP socket). The qemu command
-//! line must provide it (`-chardev socket,path=…,server=on,wait=off,id=qga0 -device
-//! virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0`); when the
-//! socket does not exist, freezing is skipped with a warning and the snapshot is only
-//! crash-consistent, like a power cut.
+//! The agent's socket is `RuntimePaths::qga_socket` (beside the QMP socket), which the
+//! qemu command line of every vmk VM provides; when the socket does not exist (a VM started
+//! by an older vmk), freezing is skipped with a warning and the snapshot is only
+//! crash-consistent, like a power cut. When the guest runs no agent, the freeze times out.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -17,11 +16,9 @@ use serde_json::{json, Value};
 
 /// How long one agent command may take (a freeze waits for the guest to flush).
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The guest agent socket of the instance whose pidfile is `pidfile` (`x.pid` → `x.qga`).
-pub fn socket_for(pidfile: &Path) -> PathBuf {
-    pidfile.with_extension("qga")
-}
+/// How long the first answer may take: a guest without an agent never answers, and the
+/// snapshot should not wait long for it.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A connection to the guest agent.
 #[derive(Debug)]
@@ -35,17 +32,20 @@ impl Agent {
     pub fn connect(path: &Path) -> Result<Agent> {
         let stream = UnixStream::connect(path)
             .with_context(|| format!("connecting to the guest agent at {}", path.display()))?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_read_timeout(Some(SYNC_TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
         let mut agent = Agent {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
         };
         let id = u64::from(std::process::id()) << 16 | u64::from(rand16());
-        let reply = agent.execute("guest-sync-delimited", Some(json!({ "id": id })))?;
+        let reply = agent
+            .execute("guest-sync-delimited", Some(json!({ "id": id })))
+            .context("no guest agent answered (is qemu-guest-agent running in the guest?)")?;
         if reply != json!(id) {
             bail!("the guest agent answered guest-sync with {reply}, expected {id}");
         }
+        agent.writer.set_read_timeout(Some(TIMEOUT))?;
         Ok(agent)
     }
 
