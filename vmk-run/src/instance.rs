@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use vmk_ayinstall::cloudinit;
 use vmk_common::config::{DiskFormat, NetType, VmConfig};
 use vmk_common::qemu::{self, Mode, Network, QemuCommand, Serial};
 use vmk_common::qmp;
@@ -213,10 +214,19 @@ pub fn command(inst: &Instance, mode: Mode, adjust: Option<Adjust<'_>>) -> Resul
     if disk0 != inst.image {
         cmd = cmd.disk0_override(&inst.image);
     }
+    if cfg.cloud_init {
+        // Only the path here, so that a dry run writes nothing; `preflight` makes the seed.
+        cmd = cmd.add_cdrom(seed_path(&cfg));
+    }
     match adjust {
         Some(f) => f(cmd),
         None => Ok(cmd),
     }
+}
+
+/// The cloud-init NoCloud seed VMK_CLOUD_INIT=yes attaches: `seed.iso` in the VM directory.
+pub fn seed_path(cfg: &VmConfig) -> PathBuf {
+    cfg.dir.join(cloudinit::SEED_FILE)
 }
 
 /// The format a file name suggests: `.qcow2` → qcow2, anything else raw.
@@ -272,6 +282,9 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     check_ports(inst, cmd)?;
     if let Network::Bridge { bridge, .. } = &cmd.network {
         bridge::check_usable(bridge, &bridge::Files::default())?;
+    }
+    if inst.cfg.cloud_init {
+        cloudinit::ensure_seed(&inst.cfg).context("VMK_CLOUD_INIT=yes needs a cloud-init seed")?;
     }
     Ok(())
 }
@@ -665,6 +678,8 @@ pub struct Info {
     pub ssh_key: bool,
     /// `vm-key.pub` present.
     pub ssh_pubkey: bool,
+    /// The cloud-init seed attached as a CD (VMK_CLOUD_INIT=yes), made when the VM starts.
+    pub cloud_init_seed: Option<PathBuf>,
     /// running, stopped or stale.
     pub state: String,
     /// qemu's pid when running (or the stale pidfile's pid).
@@ -737,6 +752,7 @@ pub fn info(inst: &Instance) -> Result<Info> {
         ssh_port: (cfg.net_type == NetType::User).then(|| cfg.ssh_port()),
         ssh_key: cfg.dir.join("vm-key").exists(),
         ssh_pubkey: cfg.dir.join("vm-key.pub").exists(),
+        cloud_init_seed: cfg.cloud_init.then(|| seed_path(cfg)),
         state: state_name.to_string(),
         pid,
         qmp_status,
@@ -817,6 +833,13 @@ pub fn info_lines(i: &Info) -> Vec<String> {
                 (true, false) => "vm-key only (vm-key.pub missing)".into(),
                 (false, true) => "vm-key.pub only (vm-key missing)".into(),
             },
+        ),
+        (
+            "cloud-init",
+            opt(i
+                .cloud_init_seed
+                .as_ref()
+                .map(|p| format!("seed {}", p.display()))),
         ),
         ("console log", i.console_log.display().to_string()),
     ];

@@ -80,27 +80,10 @@ pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
     let mut out = Vec::new();
     let host = qemu::RealHost;
     let arch = cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH);
-    match qemu::select_qemu(cfg.qemu.as_deref(), arch, &host) {
-        Ok(q) => {
-            let version = Command::new(&q)
-                .arg("--version")
-                .output()
-                .ok()
-                .and_then(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .next()
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| "version unknown".into());
-            out.push(check(
-                Level::Ok,
-                "qemu",
-                format!("{} ({version})", q.display()),
-            ));
-        }
-        Err(e) => out.push(check(Level::Fail, "qemu", e.to_string())),
-    }
+    out.push(match qemu::select_qemu(cfg.qemu.as_deref(), arch, &host) {
+        Ok(q) => qemu_check(&q),
+        Err(e) => check(Level::Fail, "qemu", e.to_string()),
+    });
     for tool in ["qemu-img", "qemu-storage-daemon"] {
         out.push(match which(tool) {
             Some(p) => check(Level::Ok, tool, p.display().to_string()),
@@ -125,13 +108,13 @@ pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
         Ok(kind) if kind.can_reflink() => out.push(check(
             Level::Ok,
             "reflink",
-            format!("{} is on {kind:?}: snapshots are reflink copies", cfg.dir.display()),
+            format!("{} is on {kind}: snapshots are reflink copies", cfg.dir.display()),
         )),
         Ok(kind) => out.push(check(
             Level::Warn,
             "reflink",
             format!(
-                "{} is on {kind:?}, which cannot reflink: snapshots are full copies (use btrfs or XFS)",
+                "{} is on {kind}, which cannot reflink: snapshots are full copies (use btrfs or XFS)",
                 cfg.dir.display()
             ),
         )),
@@ -139,6 +122,9 @@ pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
     }
     out.push(nocow_check(&cfg.dir));
     out.push(bridge_check(cfg, files));
+    if cfg.cloud_init {
+        out.push(cloud_init_check(cfg));
+    }
     out.push(match which("guestmount") {
         Some(p) => check(Level::Ok, "guestmount", p.display().to_string()),
         None => check(
@@ -204,6 +190,52 @@ pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
     out
 }
 
+/// The qemu binary runs and says its version (VMK_QEMU may name a file that is not there).
+fn qemu_check(q: &Path) -> Check {
+    match Command::new(q).arg("--version").output() {
+        Err(e) => check(
+            Level::Fail,
+            "qemu",
+            format!(
+                "{} cannot be run ({e}): install qemu or fix VMK_QEMU",
+                q.display()
+            ),
+        ),
+        Ok(o) => {
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            match stdout.lines().next().filter(|_| o.status.success()) {
+                Some(v) => check(Level::Ok, "qemu", format!("{} ({v})", q.display())),
+                None => check(
+                    Level::Warn,
+                    "qemu",
+                    format!("{} (`--version` failed: {})", q.display(), o.status),
+                ),
+            }
+        }
+    }
+}
+
+/// VMK_CLOUD_INIT=yes: the seed is made from vm-key.pub when the VM starts.
+fn cloud_init_check(cfg: &VmConfig) -> Check {
+    let key = cfg.dir.join(vmk_ayinstall::cloudinit::KEY_FILE);
+    match vmk_ayinstall::cloudinit::seed_for(cfg).and_then(|s| s.validate()) {
+        Ok(()) => check(
+            Level::Ok,
+            "cloud-init",
+            format!(
+                "seed {} from {}",
+                crate::instance::seed_path(cfg).display(),
+                key.display()
+            ),
+        ),
+        Err(e) => check(
+            Level::Fail,
+            "cloud-init",
+            format!("VMK_CLOUD_INIT=yes but no seed can be made: {e:#}"),
+        ),
+    }
+}
+
 fn nocow_check(dir: &Path) -> Check {
     let probe = dir.join(format!(".vmk-checksetup-{}", std::process::id()));
     let result = fileops::create_nocow_file(&probe, 0);
@@ -217,7 +249,10 @@ fn nocow_check(dir: &Path) -> Check {
         Ok(false) => check(
             Level::Warn,
             "nocow",
-            format!("{} does not take NOCOW (fine on XFS)", dir.display()),
+            format!(
+                "{} does not take NOCOW (it matters on btrfs only)",
+                dir.display()
+            ),
         ),
         Err(e) => check(
             Level::Warn,

@@ -127,3 +127,270 @@ fn stale_pidfile_is_reported_and_removed_by_kill() {
     );
     assert!(!pidfile.exists());
 }
+
+/// A fake qemu that writes its arguments, one per line, to `argv` beside itself and fails.
+fn recording_vm(dir: &Path, extra: &str) {
+    vm(dir, extra);
+    std::fs::write(
+        dir.join("qemu-fake"),
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/argv\"\necho 'fake: recorded' >&2\nexit 1\n",
+    )
+    .unwrap();
+}
+
+const PUBKEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc2bXl0ZXN0a2V5Zm9yY2xvdWRpbml0c2VlZA vmk-test\n";
+
+#[test]
+fn cloud_init_seed_is_made_and_attached_as_a_cd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    recording_vm(
+        dir,
+        "VMK_NET_TYPE=none\nVMK_TELNET_BASE=9901\nVMK_CLOUD_INIT=yes\n",
+    );
+    std::fs::write(dir.join("disk0.qcow2"), b"QFI\xfb").unwrap();
+    let seed = dir.join("seed.iso");
+
+    // The dry run names the seed but writes nothing.
+    let out = vmk_run(dir)
+        .env("VMK_VNC", "94")
+        .args(["-D", "run"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let cd = format!(
+        "file={},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+        seed.display()
+    );
+    assert!(stdout.contains(&cd), "{stdout}");
+    assert!(stdout.contains("ide-cd,drive=cd0"), "{stdout}");
+    assert!(!seed.exists(), "a dry run wrote the seed");
+
+    // Without vm-key.pub: refused before qemu, saying how to make the key.
+    vmk_run(dir)
+        .env("VMK_VNC", "94")
+        .arg("run")
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("VMK_CLOUD_INIT")
+                .and(predicate::str::contains("vmk sshkeygen")),
+        );
+    assert!(!dir.join("argv").exists(), "qemu ran without a seed");
+
+    std::fs::write(dir.join("vm-key.pub"), PUBKEY).unwrap();
+    vmk_run(dir)
+        .env("VMK_VNC", "94")
+        .arg("run")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("fake: recorded"));
+    let argv = std::fs::read_to_string(dir.join("argv")).unwrap();
+    assert!(argv.lines().any(|l| l == cd), "{argv}");
+    assert!(seed.is_file());
+
+    // Read back by an independent tool.
+    if let Ok(o) = std::process::Command::new("isoinfo")
+        .args(["-R", "-x", "/user-data", "-i"])
+        .arg(&seed)
+        .output()
+    {
+        assert!(o.status.success(), "isoinfo failed");
+        let user_data = String::from_utf8(o.stdout).unwrap();
+        assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
+        assert!(user_data.contains(PUBKEY.trim()), "{user_data}");
+        let o = std::process::Command::new("isoinfo")
+            .args(["-d", "-i"])
+            .arg(&seed)
+            .output()
+            .unwrap();
+        let pvd = String::from_utf8_lossy(&o.stdout);
+        assert!(pvd.contains("Volume id: cidata"), "{pvd}");
+    } else {
+        eprintln!("warning: no isoinfo (genisoimage): the seed's content is not read back");
+    }
+
+    // runin attaches it too; info names it.
+    let out = vmk_run(dir)
+        .env("VMK_VNC", "94")
+        .args(["-D", "runin"])
+        .assert()
+        .success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains(&cd));
+    let out = vmk_run(dir)
+        .env("VMK_VNC", "94")
+        .args(["info", "--json"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["cloud_init_seed"], seed.display().to_string());
+}
+
+#[test]
+fn bridge_run_is_refused_before_qemu_when_the_helper_may_not_use_the_bridge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    vm(
+        dir,
+        "VMK_NET_TYPE=bridge\nVMK_BRIDGE=vmk-nobr7\nVMK_TELNET_BASE=9902\n",
+    );
+    std::fs::write(dir.join("disk0.qcow2"), b"QFI\xfb").unwrap();
+    let out = vmk_run(dir)
+        .env("VMK_VNC", "95")
+        .args(["-D", "run"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout.contains("-netdev 'bridge,id=net0,br=vmk-nobr7'")
+            && stdout.contains("mac=52:54:00:00:00:5f"),
+        "{stdout}"
+    );
+    // Whatever this machine's bridge.conf says, vmk-nobr7 is not a bridge here.
+    vmk_run(dir)
+        .env("VMK_VNC", "95")
+        .arg("run")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("vmk-nobr7").and(predicate::str::contains("bridge")));
+    assert!(!dir.join("fake-called").exists());
+}
+
+/// `vmk-run checksetup ARGS` on VMK_VNC 96 (other tests hold ports of 97): the exit
+/// status and the lines split into (level, what, detail).
+#[allow(clippy::type_complexity)]
+fn checksetup_lines(
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Option<i32>, String, Vec<(String, String, String)>) {
+    let out = vmk_run(dir)
+        .env("VMK_VNC", "96")
+        .envs(env.iter().copied())
+        .arg("checksetup")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines = stdout
+        .lines()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let level = w.next().unwrap_or_default().to_string();
+            let what = w.next().unwrap_or_default().to_string();
+            (level, what, w.collect::<Vec<_>>().join(" "))
+        })
+        .collect();
+    (out.status.code(), stdout, lines)
+}
+
+#[test]
+fn checksetup_one_line_per_check_and_the_exit_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A fake qemu that answers --version.
+    let fake = dir.join("qemu-fake");
+    // Bases that put the derived ports (base + VMK_VNC 96) on ports free right now.
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port() - 96
+    };
+    vm(
+        dir,
+        &format!("VMK_TELNET_BASE={}\nVMK_SSH_BASE={}\n", free(), free()),
+    );
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'QEMU emulator version 9.9.9 (fake)'\n",
+    )
+    .unwrap();
+    let helper = dir.join("qemu-bridge-helper");
+    std::fs::write(&helper, "").unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = dir.join("bridge.conf");
+    let files = [
+        "--helper",
+        helper.to_str().unwrap(),
+        "--bridge-conf",
+        conf.to_str().unwrap(),
+    ];
+
+    let (code, _, lines) = checksetup_lines(dir, &[], &files);
+    for (level, what, detail) in &lines {
+        assert!(
+            ["ok", "warn", "FAIL"].contains(&level.as_str()),
+            "bad level in {level} {what} {detail}"
+        );
+    }
+    let find = |lines: &[(String, String, String)], what: &str| {
+        lines
+            .iter()
+            .find(|l| l.1 == what)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what} line in {lines:?}"))
+    };
+    for what in [
+        "qemu", "kvm", "reflink", "nocow", "bridge", "ssh", "console", "vnc",
+    ] {
+        find(&lines, what);
+    }
+    let qemu = find(&lines, "qemu");
+    assert_eq!(qemu.0, "ok");
+    assert!(
+        qemu.2.contains("QEMU emulator version 9.9.9 (fake)"),
+        "{qemu:?}"
+    );
+    // The filesystem is named as users know it, not as a Rust value.
+    let reflink = find(&lines, "reflink");
+    assert!(
+        !reflink.2.contains("Other {") && !reflink.2.contains("magic:"),
+        "{reflink:?}"
+    );
+    // Bridge networking is not configured: a bridge problem is only a warning.
+    let bridge = find(&lines, "bridge");
+    assert_eq!(bridge.0, "warn", "{bridge:?}");
+    assert!(
+        bridge.2.contains("only needed for VMK_NET_TYPE=bridge"),
+        "{bridge:?}"
+    );
+    assert!(lines.iter().all(|l| l.0 != "FAIL"), "{lines:?}");
+    assert_eq!(code, Some(0), "{lines:?}");
+
+    // Configured for a bridge that bridge.conf does not allow: FAIL and exit 1.
+    std::fs::write(&conf, "allow br0\n").unwrap();
+    let (code, stdout, _) = checksetup_lines(
+        dir,
+        &[("VMK_NET_TYPE", "bridge"), ("VMK_BRIDGE", "vmk-nobr8")],
+        &files,
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL bridge"))
+        .unwrap_or_else(|| panic!("no FAIL bridge line: {stdout}"));
+    assert!(
+        line.contains("allow vmk-nobr8") && line.contains("sudo vmk fixme"),
+        "{line}"
+    );
+    assert!(
+        !stdout.contains("ssh port"),
+        "no ssh forward when bridged: {stdout}"
+    );
+
+    // VMK_CLOUD_INIT=yes without vm-key.pub: FAIL, saying how to make the key.
+    let (code, stdout, _) = checksetup_lines(dir, &[("VMK_CLOUD_INIT", "yes")], &files);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL cloud-init") && l.contains("vmk sshkeygen")),
+        "{stdout}"
+    );
+
+    // A missing qemu is a failure.
+    std::fs::remove_file(&fake).unwrap();
+    let (code, _, lines) = checksetup_lines(dir, &[], &files);
+    assert_eq!(find(&lines, "qemu").0, "FAIL", "{lines:?}");
+    assert_eq!(code, Some(1));
+}
