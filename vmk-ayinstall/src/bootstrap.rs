@@ -70,9 +70,10 @@ Examples:
   vmk bootstrap --packages vim,git --size 8G --vnc 5 deb2
   cd deb2 && vmk run && vmk waitssh -- uname -a
 
-Needs root (debootstrap installs packages as root). The packages debootstrap downloads are
-kept in ~/.cache/vmk (a tarball per release, architecture and package list), so the next
-bootstrap of the same kind needs no download (--no-cache: neither use nor fill it).")]
+Needs root (debootstrap installs packages as root). The freshly installed system is kept in
+~/.cache/vmk (a tar of about 400 MB per release, architecture, mirror and package list), so
+the next bootstrap of the same kind takes seconds, not minutes; each VM still gets its own
+ssh host keys, machine-id and vm-key (--no-cache: neither use nor fill the cache).")]
 pub struct BootstrapArgs {
     /// The distribution to install
     #[arg(long, value_enum, default_value_t = Distro::Debian)]
@@ -103,7 +104,7 @@ pub struct BootstrapArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
 
-    /// Neither use nor fill the cache of downloaded packages in ~/.cache/vmk
+    /// Neither use nor fill the cache of installed systems in ~/.cache/vmk
     #[arg(long)]
     pub no_cache: bool,
 
@@ -561,7 +562,19 @@ fn print_plan(plan: &Plan) -> Result<()> {
             plan.mirror.clone(),
         ]
     };
+    let tree = plan.cache.as_deref().map(tree_cache_path);
     match &plan.cache {
+        Some(_) if tree.as_deref().is_some_and(Path::is_file) => {
+            let tree = tree.as_deref().expect("checked");
+            steps.push(vec![
+                "tar".into(),
+                "-x".into(),
+                "-f".into(),
+                tree.display().to_string(),
+                "-C".into(),
+                root.display().to_string(),
+            ]);
+        }
         Some(tarball) => {
             if !tarball.is_file() {
                 let mut a = vec!["debootstrap".to_string()];
@@ -944,9 +957,118 @@ fn log_tail(log: &Path, n: usize) -> Option<String> {
 // ---------------------------------------------------------------------------------------
 // The phases
 
-/// Installs the packages into `root`: downloaded into the cached tarball first (when it is
-/// missing), then installed from it; or straight from the mirror with --no-cache.
+/// Installs the system into `root`: from the cached installed tree when there is one, else
+/// with debootstrap (then caching the tree, unless --no-cache).
 fn debootstrap(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -> Result<()> {
+    let tree = plan.cache.as_deref().map(tree_cache_path);
+    if let Some(tree) = tree.as_deref().filter(|t| t.is_file()) {
+        runner
+            .progress
+            .note(&format!("using the cached system in {}", tree.display()));
+        runner.progress.detail("unpacking");
+        fs::create_dir(root).with_context(|| format!("creating {}", root.display()))?;
+        runner
+            .run(
+                "tar -x",
+                command("tar")
+                    .args(TAR_OPTIONS)
+                    .arg("-x")
+                    .arg("-f")
+                    .arg(tree)
+                    .arg("-C")
+                    .arg(root),
+            )
+            .with_context(|| {
+                format!(
+                    "if the cached system is damaged, remove {} (or use --no-cache)",
+                    tree.display()
+                )
+            })?;
+        return fresh_identity(runner, root);
+    }
+    install_packages(plan, runner, staging, root)?;
+    if let (Some(tree), Some(tarball)) = (&tree, &plan.cache) {
+        match save_tree(runner, root, tree) {
+            // The installed tree holds everything the package tarball did.
+            Ok(()) => {
+                let _ = fs::remove_file(tarball);
+            }
+            Err(e) if e.is::<Interrupted>() => return Err(e),
+            Err(e) => runner.progress.note(&format!(
+                "warning: could not cache the installed system ({e:#})"
+            )),
+        }
+    }
+    fresh_identity(runner, root)
+}
+
+/// tar options that keep owners, modes, device nodes and file capabilities.
+const TAR_OPTIONS: &[&str] = &[
+    "--numeric-owner",
+    "-p",
+    "--xattrs",
+    "--xattrs-include=*",
+    "--acls",
+];
+
+/// The cached installed tree that belongs to a package tarball: `…-root.tar` beside it.
+fn tree_cache_path(tarball: &Path) -> PathBuf {
+    let name = tarball.file_name().unwrap_or_default().to_string_lossy();
+    let stem = name.strip_suffix(".tgz").unwrap_or(&name);
+    tarball.with_file_name(format!("{stem}-root.tar"))
+}
+
+/// Saves the freshly installed tree (before any per-VM change) to the cache.
+fn save_tree(runner: &Runner, root: &Path, tree: &Path) -> Result<()> {
+    runner.progress.detail("caching the installed system");
+    let tmp = tree.with_file_name(format!(
+        "{}.tmp-{}",
+        tree.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = runner
+        .run(
+            "tar -c",
+            command("tar")
+                .args(TAR_OPTIONS)
+                .args(["--one-file-system", "-c", "-f"])
+                .arg(&tmp)
+                .arg("-C")
+                .arg(root)
+                .arg("."),
+        )
+        .and_then(|()| {
+            fs::rename(&tmp, tree)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), tree.display()))
+        });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// What must differ between VMs made from the same cached tree: ssh host keys (made anew)
+/// and the random seed (dropped); the machine-id is emptied by [`configure`].
+fn fresh_identity(runner: &Runner, root: &Path) -> Result<()> {
+    let ssh = root.join("etc/ssh");
+    if let Ok(rd) = fs::read_dir(&ssh) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    let _ = fs::remove_file(root.join("var/lib/systemd/random-seed"));
+    runner.run(
+        "ssh-keygen -A",
+        command("chroot").arg(root).args(["ssh-keygen", "-A"]),
+    )
+}
+
+/// debootstrap: the packages downloaded into the package tarball first (when it is
+/// missing), then installed from it; or straight from the mirror with --no-cache.
+fn install_packages(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -> Result<()> {
     let common = plan.debootstrap_common();
     let install_from = match &plan.cache {
         None => None,
@@ -1660,6 +1782,10 @@ mod tests {
         let ts = timestamp();
         assert_eq!(ts.len(), 23, "{ts}");
         assert!(ts.starts_with("20"));
+        assert_eq!(
+            tree_cache_path(Path::new("/c/vmk/debootstrap-bookworm-amd64-0123.tgz")),
+            Path::new("/c/vmk/debootstrap-bookworm-amd64-0123-root.tar")
+        );
         let p = staging_path(Path::new("/vms/deb"), 3);
         assert!(p.to_string_lossy().starts_with("/vms/deb.vmk-tmp-"));
         assert!(p.to_string_lossy().ends_with("-3"));

@@ -4,8 +4,10 @@
 //! bootstrap leaves nothing behind.
 //!
 //! The VM is bootstrapped once per test binary and shared; tests that boot it hold a lock,
-//! so they never run at the same time (they use the same ports). The debootstrap package
-//! tarball is cached under the test cache (`XDG_CACHE_HOME`), so CI downloads it once.
+//! so they never run at the same time (they use the same ports). bootstrap's cache of the
+//! installed system lives under the test cache (`XDG_CACHE_HOME`), so only a cold cache runs
+//! the full debootstrap (about 3 minutes); later runs unpack it (seconds). The interrupt
+//! test always runs debootstrap itself (`--no-cache`).
 
 use std::fs;
 use std::io::Read;
