@@ -302,18 +302,59 @@ impl MountState {
     }
 }
 
-/// The pids of running qemu processes that use `image`.
+/// The pids of running qemu processes that use `image`, directly or through the snapshot
+/// VM's qcow2 overlay `snap-<image>` backed by it.
 pub fn qemu_users(image: &Path) -> Vec<u32> {
     let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let mut images = vec![image.to_path_buf()];
+    if let Some(overlay) = snap_overlay_of(image) {
+        images.push(overlay);
+    }
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
-        .filter(|&pid| vmk_common::state::is_vm_qemu(pid, image).unwrap_or(false))
+        .filter(|&pid| {
+            images
+                .iter()
+                .any(|i| vmk_common::state::is_vm_qemu(pid, i).unwrap_or(false))
+        })
         .collect()
+}
+
+/// `snap-<image>` beside `image` when it is a qcow2 overlay whose backing file is `image`.
+fn snap_overlay_of(image: &Path) -> Option<PathBuf> {
+    let mut name = std::ffi::OsString::from("snap-");
+    name.push(image.file_name()?);
+    let snap = image.with_file_name(name);
+    let backing = qcow2_backing_file(&snap)?;
+    let backing = snap.parent()?.join(backing);
+    let same = fs::canonicalize(&backing).ok()? == fs::canonicalize(image).ok()?;
+    same.then_some(snap)
+}
+
+/// The backing file name in a qcow2 header, if any.
+pub fn qcow2_backing_file(path: &Path) -> Option<PathBuf> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::ffi::OsStringExt;
+    let mut f = fs::File::open(path).ok()?;
+    let mut h = [0u8; 20];
+    f.read_exact(&mut h).ok()?;
+    if &h[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let offset = u64::from_be_bytes(h[8..16].try_into().ok()?);
+    let size = u32::from_be_bytes(h[16..20].try_into().ok()?) as usize;
+    if offset == 0 || size == 0 || size > 4096 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut name = vec![0u8; size];
+    f.read_exact(&mut name).ok()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(name)))
 }
 
 /// Refuses (or asks, on a terminal) when the image is mounted already or used by a qemu.
@@ -969,6 +1010,27 @@ mod tests {
             Path::new("/vm/disk0.mount")
         );
         assert!(MountState::parse("backend=kernel\n").is_err());
+    }
+
+    #[test]
+    fn overlay_backing_file_is_read_from_the_qcow2_header() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("disk0");
+        fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "disk0"])
+            .arg(d.path().join("snap-disk0"))
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            eprintln!("qemu-img not usable: skipped");
+            return;
+        }
+        assert_eq!(
+            qcow2_backing_file(&d.path().join("snap-disk0")),
+            Some(PathBuf::from("disk0"))
+        );
+        assert_eq!(snap_overlay_of(&base), Some(d.path().join("snap-disk0")));
+        assert_eq!(qcow2_backing_file(&base), None);
     }
 
     #[test]

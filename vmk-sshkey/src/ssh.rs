@@ -140,6 +140,13 @@ mod tests {
         }
     }
 
+    fn argv(c: &Command) -> String {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     #[test]
     fn ssh_has_no_user_config_and_own_key_only() {
         let c = ssh_command(
@@ -150,23 +157,28 @@ mod tests {
             false,
             &["exit 7".into()],
         );
-        let q = quoted(&c);
-        assert!(q.starts_with("ssh -F /dev/null -o IdentityFile=/vm/vm-key -o IdentitiesOnly=yes"));
+        let a = argv(&c);
         assert!(
-            q.contains("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"),
-            "{q}"
+            a.starts_with("-F /dev/null -o IdentityFile=/vm/vm-key -o IdentitiesOnly=yes"),
+            "{a}"
         );
         assert!(
-            q.contains("-o BatchMode=yes -o ConnectTimeout=2 -p 10021 root@127.0.0.1 -- 'exit 7'")
+            a.contains("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"),
+            "{a}"
         );
+        assert!(
+            a.ends_with("-o BatchMode=yes -o ConnectTimeout=2 -p 10021 root@127.0.0.1 -- exit 7"),
+            "{a}"
+        );
+        assert!(quoted(&c).ends_with("-- 'exit 7'"));
     }
 
     #[test]
     fn interactive_ssh_asks_for_a_tty_and_sends_no_command() {
         let c = ssh_command(Path::new("k"), &t(), Auth::Key, None, true, &[]);
-        let q = quoted(&c);
-        assert!(q.ends_with("-p 10021 -t root@127.0.0.1"), "{q}");
-        assert!(q.contains("BatchMode=no"));
+        let a = argv(&c);
+        assert!(a.ends_with("-p 10021 -t root@127.0.0.1"), "{a}");
+        assert!(a.contains("BatchMode=no"));
     }
 
     #[test]
@@ -179,7 +191,8 @@ mod tests {
             &[PathBuf::from("a b"), PathBuf::from("c")],
             "/root/",
         );
-        assert!(quoted(&c).ends_with("-P 10021 -r -- 'a b' c root@127.0.0.1:/root/"));
+        assert!(argv(&c).ends_with("-P 10021 -r -- a b c root@127.0.0.1:/root/"));
+        assert!(quoted(&c).ends_with("-- 'a b' c root@127.0.0.1:/root/"));
     }
 
     #[test]

@@ -54,13 +54,11 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
         }
         if banner.is_none() {
             spinner.set("waiting for sshd");
-            if probe_banner(target, (deadline - now).min(BANNER_TIMEOUT))? {
-                banner = Some(start.elapsed());
-                log::info!("sshd at {target} answered after {:.2?}", start.elapsed());
-            } else {
-                std::thread::sleep(PROBE_INTERVAL);
-                continue;
+            if !wait_for_banner(target, deadline)? {
+                continue; // the deadline passed: report above
             }
+            banner = Some(start.elapsed());
+            log::info!("sshd at {target} answered after {:.2?}", start.elapsed());
         }
         spinner.set("logging in");
         let left = deadline.saturating_duration_since(Instant::now()).as_secs();
@@ -93,6 +91,42 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
         std::thread::sleep(PROBE_INTERVAL);
     }
 }
+
+/// Starts a banner probe every [`PROBE_INTERVAL`] (each in its own thread, so a probe
+/// stuck on a connection the guest does not answer yet delays nothing) until one sees a
+/// banner (true) or `deadline` passes (false).
+fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
+    // Resolve once, so that a bad host name fails at once rather than in every thread.
+    (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", target.host))?;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let outstanding = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        if outstanding.load(std::sync::atomic::Ordering::SeqCst) < MAX_PROBES {
+            let (tx, t, n) = (tx.clone(), target.clone(), outstanding.clone());
+            let wait = (deadline - now).min(BANNER_TIMEOUT);
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                if probe_banner(&t, wait).unwrap_or(false) {
+                    let _ = tx.send(());
+                }
+                n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let step = PROBE_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
+        if rx.recv_timeout(step).is_ok() {
+            return Ok(true);
+        }
+    }
+}
+
+/// Probes in flight at most (each lasts up to [`BANNER_TIMEOUT`]).
+const MAX_PROBES: usize = 4;
 
 /// One probe: true when a connection to `target` gets an `SSH-` banner within `wait`.
 pub fn probe_banner(target: &Target, wait: Duration) -> Result<bool> {

@@ -79,6 +79,19 @@ impl Vm {
         Ok(out)
     }
 
+    /// Starts the VM through the front door (`vmk run` or `vmk snap run`) and guards its qemu.
+    fn vmk_run(&self, snap: bool) -> Result<QemuGuard> {
+        let vmk = sibling_bin("vmk")?;
+        sibling_bin(if snap { "vmk-snap" } else { "vmk-run" })?;
+        let args: &[&str] = if snap { &["snap", "run"] } else { &["run"] };
+        let out = self.tool(&vmk, args);
+        let pidfile = self.path().join(if snap { "snap-disk0.pid" } else { "disk0.pid" });
+        let guard = QemuGuard::from_pidfile(&pidfile);
+        let out = out?;
+        ensure!(out.status.success(), "vmk {args:?} failed");
+        guard
+    }
+
     fn sshkey(&self, args: &[&str]) -> Result<Output> {
         self.tool(Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")), args)
     }
@@ -153,7 +166,7 @@ fn by_credential() -> Result<()> {
     let before = fs::metadata(vm.path().join("disk0"))?.modified()?;
 
     let start = Instant::now();
-    let _qemu = vm.boot()?;
+    let _qemu = vm.vmk_run(true)?;
     let out = vm.sshkey(&[
         "waitssh",
         "--times",
@@ -223,7 +236,7 @@ fn by_sshkeyput_and_putfile() -> Result<()> {
         "loop device left after putfile"
     );
 
-    let _qemu = vm.boot()?;
+    let _qemu = vm.vmk_run(false)?;
     vm.ok(&sshkey, &["waitssh", "--timeout", BOOT_TIMEOUT])?;
     let text = vm.ok(
         &sshkey,
