@@ -236,7 +236,7 @@ fn scpkeyput(cfg: &VmConfig, dry: bool) -> Result<ExitCode> {
         &key_file(&cfg.dir),
         &t,
         Auth::Password,
-        Some(10),
+        Some(ssh::CONNECT_TIMEOUT),
         false,
         &[script.to_string()],
     );
@@ -279,7 +279,14 @@ fn ssh_run(cfg: &VmConfig, command: &[String], dry: bool) -> Result<ExitCode> {
     let key = existing_key(cfg)?;
     let t = target::target(cfg)?;
     let interactive = command.is_empty();
-    let c = ssh::ssh_command(&key, &t, Auth::Key, Some(10), interactive, command);
+    let c = ssh::ssh_command(
+        &key,
+        &t,
+        Auth::Key,
+        Some(ssh::CONNECT_TIMEOUT),
+        interactive,
+        command,
+    );
     if dry {
         vmk_common::outln!("{}", quoted(&c))?;
         return Ok(ExitCode::SUCCESS);
@@ -301,7 +308,14 @@ fn waitssh(
         let c = ssh::ssh_command(&key, &t, Auth::KeyBatch, Some(2), false, &["true".into()]);
         eprintln!("would poll {t} for sshd, then: {}", quoted(&c));
         if !command.is_empty() {
-            let c = ssh::ssh_command(&key, &t, Auth::Key, Some(10), false, command);
+            let c = ssh::ssh_command(
+                &key,
+                &t,
+                Auth::Key,
+                Some(ssh::CONNECT_TIMEOUT),
+                false,
+                command,
+            );
             vmk_common::outln!("{}", quoted(&c))?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -321,7 +335,7 @@ fn waitssh(
         &key,
         &t,
         Auth::Key,
-        Some(10),
+        Some(ssh::CONNECT_TIMEOUT),
         false,
         command,
     ))

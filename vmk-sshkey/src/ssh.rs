@@ -7,6 +7,10 @@ use std::process::Command;
 
 use crate::target::Target;
 
+/// ssh's ConnectTimeout (seconds; it covers the banner exchange too). Generous: a guest
+/// under software emulation on a busy host can take seconds to fork sshd.
+pub const CONNECT_TIMEOUT: u32 = 30;
+
 /// The VM's private key file in its directory.
 pub fn key_file(dir: &Path) -> PathBuf {
     dir.join("vm-key")
@@ -89,7 +93,7 @@ pub fn scp_command(
     guest_path: &str,
 ) -> Command {
     let mut c = Command::new("scp");
-    c.args(common_options(key, Auth::Key, Some(10)));
+    c.args(common_options(key, Auth::Key, Some(CONNECT_TIMEOUT)));
     c.arg("-P").arg(target.port.to_string());
     if recursive {
         c.arg("-r");
@@ -110,7 +114,7 @@ pub fn sshfs_command(key: &Path, target: &Target, guest_path: &str, dir: &Path) 
     c.arg(dir);
     c.arg("-p").arg(target.port.to_string());
     // sshfs takes ssh's -F itself and passes unknown -o options on to ssh.
-    c.args(common_options(key, Auth::KeyBatch, Some(10)));
+    c.args(common_options(key, Auth::KeyBatch, Some(CONNECT_TIMEOUT)));
     c.args(["-o", "reconnect"]);
     c
 }

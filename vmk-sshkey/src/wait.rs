@@ -66,7 +66,7 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
             key,
             target,
             Auth::KeyBatch,
-            Some(left.clamp(1, 5) as u32),
+            Some(left.clamp(1, u64::from(crate::ssh::CONNECT_TIMEOUT)) as u32),
             false,
             &["true".to_string()],
         )

@@ -7,9 +7,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use vmk_common::config::{self, LoadOptions};
-use vmk_common::qemu::{Mode, QemuCommand};
-use vmk_common::state::RuntimePaths;
 use vmk_testkit::guest::{debian_guest, DebianGuest};
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
@@ -44,23 +41,6 @@ impl Vm {
         self.dir.path()
     }
 
-    /// Boots disk0 in the background (as `vmk run` does) and guards the qemu.
-    fn boot(&self) -> Result<QemuGuard> {
-        let cfg = config::load(&LoadOptions {
-            config_file: Some(self.path().join("vm-config")),
-            env: false,
-            ..LoadOptions::new()
-        })?;
-        let paths = RuntimePaths::new(self.path(), Path::new("disk0"))?;
-        paths.prepare()?;
-        let status = QemuCommand::from_config(&cfg, Mode::Run, &paths)?
-            .to_command()
-            .status()
-            .context("starting qemu")?;
-        ensure!(status.success(), "qemu failed to start: {status}");
-        QemuGuard::from_pidfile(&paths.pidfile)
-    }
-
     fn tool(&self, bin: &Path, args: &[&str]) -> Result<Output> {
         let out = Command::new(bin)
             .current_dir(self.path())
@@ -85,7 +65,9 @@ impl Vm {
         sibling_bin(if snap { "vmk-snap" } else { "vmk-run" })?;
         let args: &[&str] = if snap { &["snap", "run"] } else { &["run"] };
         let out = self.tool(&vmk, args);
-        let pidfile = self.path().join(if snap { "snap-disk0.pid" } else { "disk0.pid" });
+        let pidfile = self
+            .path()
+            .join(if snap { "snap-disk0.pid" } else { "disk0.pid" });
         let guard = QemuGuard::from_pidfile(&pidfile);
         let out = out?;
         ensure!(out.status.success(), "vmk {args:?} failed");
@@ -204,6 +186,19 @@ fn by_credential() -> Result<()> {
         &["ssh", "--", "sha256sum /root/payload.bin"],
     )?;
     ensure!(sum.starts_with(&sha256(&file)?), "sha256 in guest {sum}");
+    // sshfs: the guest's / at ./mnt-ssh.
+    if vmk_testkit::which("sshfs").is_some() {
+        let mnt = vm.ok(Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")), &["sshfs"])?;
+        let host = fs::read_to_string(Path::new(&mnt).join("etc/hostname"));
+        let st = Command::new("fusermount").arg("-u").arg(&mnt).status();
+        ensure!(
+            host?.trim() == "vmk-guest",
+            "sshfs showed the wrong /etc/hostname"
+        );
+        ensure!(st?.success(), "fusermount -u {mnt} failed");
+    } else {
+        eprintln!("SKIPPED part: sshfs not installed");
+    }
     // The key came in as a credential: the image was never mounted (no state file, and
     // disk0's mtime only moved because the guest itself wrote to it).
     ensure!(!vm.path().join("disk0.mount").exists());
