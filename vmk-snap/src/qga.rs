@@ -6,10 +6,10 @@
 //! by an older vmk), freezing is skipped with a warning and the snapshot is only
 //! crash-consistent, like a power cut. When the guest runs no agent, the freeze times out.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -39,14 +39,64 @@ impl Agent {
             writer: stream,
         };
         let id = u64::from(std::process::id()) << 16 | u64::from(rand16());
-        let reply = agent
-            .execute("guest-sync-delimited", Some(json!({ "id": id })))
+        agent
+            .sync(id)
             .context("no guest agent answered (is qemu-guest-agent running in the guest?)")?;
-        if reply != json!(id) {
-            bail!("the guest agent answered guest-sync with {reply}, expected {id}");
-        }
         agent.writer.set_read_timeout(Some(TIMEOUT))?;
         Ok(agent)
+    }
+
+    /// Sends `guest-sync-delimited` with `id` and skips everything until its answer.
+    ///
+    /// Commands sent by earlier clients that gave up (e.g. while the guest was booting) stay
+    /// queued in the virtio port, and their answers arrive at the next client first: only
+    /// the answer carrying our `id` after the 0xFF delimiter ends the stale stream. The 0xFF
+    /// sent first makes the agent drop a partial command an earlier client left behind.
+    fn sync(&mut self, id: u64) -> Result<()> {
+        let mut msg = vec![0xFF];
+        serde_json::to_writer(
+            &mut msg,
+            &json!({ "execute": "guest-sync-delimited", "arguments": { "id": id } }),
+        )?;
+        msg.push(b'\n');
+        self.writer
+            .write_all(&msg)
+            .context("sending guest-sync-delimited to the guest agent")?;
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        let mut skipped = 0;
+        loop {
+            let mut buf = Vec::new();
+            let n = match self.reader.read_until(b'\n', &mut buf) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    bail!("no answer to guest-sync-delimited within {SYNC_TIMEOUT:?}")
+                }
+                Err(e) => {
+                    return Err(e)
+                        .context("waiting for the guest agent to answer guest-sync-delimited")
+                }
+            };
+            if n == 0 {
+                bail!("the guest agent closed the connection during guest-sync-delimited");
+            }
+            if let Some(at) = buf.iter().rposition(|b| *b == 0xFF) {
+                let reply: Option<Value> = serde_json::from_slice(&buf[at + 1..]).ok();
+                if reply.as_ref().and_then(|r| r.get("return")) == Some(&json!(id)) {
+                    if skipped > 0 {
+                        log::info!(
+                            "skipped {skipped} guest agent answer(s) meant for earlier clients"
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+            skipped += 1;
+            if Instant::now() >= deadline {
+                bail!(
+                    "the guest agent did not answer guest-sync-delimited {id} within {SYNC_TIMEOUT:?} ({skipped} other answers)"
+                );
+            }
+        }
     }
 
     /// Runs one command and returns its `return` value.
@@ -128,4 +178,101 @@ pub fn with_frozen<T>(socket: &Path, f: impl FnOnce() -> Result<T>) -> Result<T>
         ),
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A fake agent: answers what a real one would, after `stale` answers to commands of
+    /// earlier clients (as a booting guest delivers them); returns the commands it got
+    /// ("0xFF" for the parser-reset byte before a sync).
+    fn fake_agent(listener: UnixListener, stale: &'static [&'static [u8]]) -> Vec<String> {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut out = stream;
+        let mut got = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if reader.read_until(b'\n', &mut line).unwrap() == 0 {
+                return got;
+            }
+            let text = line.strip_prefix(&[0xFF]).unwrap_or(&line);
+            let cmd: Value = serde_json::from_slice(text).unwrap();
+            let name = cmd["execute"].as_str().unwrap().to_string();
+            let reply = match name.as_str() {
+                "guest-sync-delimited" => {
+                    if line[0] == 0xFF {
+                        got.push("0xFF".to_string());
+                    }
+                    for s in stale {
+                        out.write_all(s).unwrap();
+                    }
+                    let mut r = vec![0xFF];
+                    r.extend(format!("{{\"return\": {}}}\n", cmd["arguments"]["id"]).bytes());
+                    r
+                }
+                "guest-fsfreeze-freeze" | "guest-fsfreeze-thaw" => b"{\"return\": 2}\n".to_vec(),
+                _ => {
+                    b"{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"nope\"}}\n".to_vec()
+                }
+            };
+            got.push(name);
+            out.write_all(&reply).unwrap();
+        }
+    }
+
+    #[test]
+    fn sync_skips_answers_meant_for_earlier_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vm.qga");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let agent = std::thread::spawn(move || {
+            fake_agent(
+                listener,
+                &[
+                    b"{\"return\": {}}\n",
+                    b"\xff{\"return\": 12345}\n",
+                    b"{\"return\": \"thawed\"}\n",
+                    b"\xff{\"error\": {\"desc\": \"x\"}}\n",
+                ],
+            )
+        });
+        let ran = with_frozen(&sock, || Ok("copied")).unwrap();
+        assert_eq!(ran, "copied");
+        let got = agent.join().unwrap();
+        assert_eq!(
+            got,
+            [
+                "0xFF",
+                "guest-sync-delimited",
+                "guest-fsfreeze-freeze",
+                "guest-fsfreeze-thaw"
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_carry_the_agents_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vm.qga");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let agent = std::thread::spawn(move || fake_agent(listener, &[]));
+        let mut a = Agent::connect(&sock).unwrap();
+        let err = a.execute("guest-exec", None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("refused guest-exec: nope"),
+            "{err:#}"
+        );
+        drop(a);
+        agent.join().unwrap();
+    }
+
+    #[test]
+    fn without_a_socket_the_copy_runs_unfrozen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = with_frozen(&dir.path().join("absent.qga"), || Ok(7)).unwrap();
+        assert_eq!(ran, 7);
+    }
 }

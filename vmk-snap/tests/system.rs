@@ -1,7 +1,9 @@
 //! System tests of vmk-snap on real filesystems and a real guest: reflink snapshots on a
 //! loop-mounted btrfs share data and keep NOCOW, full copies that are killed or run out of
 //! space leave nothing at the destination, and `snap run` boots snap-<disk0> without ever
-//! writing disk0 (Debian guest under TCG), or a qcow2 overlay where reflinks are impossible.
+//! writing disk0 (Debian guest under TCG), or a qcow2 overlay where reflinks are impossible;
+//! `dsnap --freeze` of a running Debian guest freezes and thaws its filesystems through
+//! qemu-guest-agent, and of a guest without an agent only warns and takes the snapshot.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use vmk_common::fileops::create_nocow_file;
+use vmk_common::state::RuntimePaths;
+use vmk_snap::qga;
 use vmk_testkit::btrfs::{LoopBtrfs, LoopFs};
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{guest, run_system_tests, Need, SystemTest};
@@ -483,6 +487,300 @@ fn snap_run_falls_back_to_a_qcow2_overlay_on_ext4() -> Result<()> {
     Ok(())
 }
 
+/// `vmk-run`, built beside `vmk-snap` (a binary of another package: `cargo build -p vmk-run`).
+fn vmk_run(dir: &Path, args: &[&str]) -> Result<Command> {
+    let bin = Path::new(env!("CARGO_BIN_EXE_vmk-snap")).with_file_name("vmk-run");
+    ensure!(
+        bin.exists(),
+        "{} is not built: run `cargo build -p vmk-run` (or the whole workspace) first",
+        bin.display()
+    );
+    let mut c = Command::new(bin);
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("VMK_OPT_CONFIG")
+        .env_remove("VMK_OPT_DRY_RUN")
+        .env_remove("VMK_VNC")
+        .env("HOME", dir)
+        .stdin(Stdio::null());
+    Ok(c)
+}
+
+/// A VM started with `vmk-run run` in `dir`: stopped with `vmk-run kill` when dropped, and
+/// killed by its pid (the guard) should that fail.
+struct RunningVm {
+    dir: PathBuf,
+    guard: Option<QemuGuard>,
+}
+
+impl RunningVm {
+    fn start(dir: &Path, image: &str) -> Result<RunningVm> {
+        let out = vmk_run(dir, &["run"])?
+            .output()
+            .context("running vmk-run run")?;
+        // guard first: a failing `run` may still have started qemu
+        let guard = QemuGuard::from_pidfile(&dir.join(format!("{image}.pid")));
+        ensure!(
+            out.status.success(),
+            "vmk-run run failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(RunningVm {
+            dir: dir.to_path_buf(),
+            guard: Some(guard?),
+        })
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.guard.as_mut().is_some_and(QemuGuard::is_running)
+    }
+
+    /// `vmk-run ACTION` (stop or kill); fails unless qemu is gone afterwards.
+    fn stop_with(mut self, action: &str) -> Result<String> {
+        let out = ok(vmk_run(&self.dir, &[action])?)?;
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let mut guard = self.guard.take().expect("guard present until stopped");
+        guard
+            .wait_exit(Duration::from_secs(10))
+            .with_context(|| format!("qemu still runs after `vmk-run {action}` ({said})"))?;
+        Ok(said)
+    }
+
+    fn console_tail(&self, image: &str) -> String {
+        let log =
+            fs::read_to_string(self.dir.join(format!("{image}.console.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if self.guard.is_some() {
+            if let Ok(mut c) = vmk_run(&self.dir, &["kill"]) {
+                let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+            }
+        }
+        // the guard (if any) kills whatever is left by its pid
+    }
+}
+
+/// Polls `guest-ping` until the guest agent answers; returns how long that took.
+fn wait_for_agent(socket: &Path, vm: &mut RunningVm, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last = String::from("no attempt");
+    let mut attempts = 0;
+    while start.elapsed() < timeout {
+        ensure!(
+            vm.is_running(),
+            "qemu exited while waiting for the guest agent"
+        );
+        attempts += 1;
+        match qga::Agent::connect(socket).and_then(|mut a| a.execute("guest-ping", None)) {
+            Ok(_) => {
+                eprintln!("guest-ping answered at attempt {attempts}");
+                return Ok(start.elapsed());
+            }
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    bail!("the guest agent did not answer guest-ping within {timeout:?}: {last}")
+}
+
+fn agent(socket: &Path, command: &str) -> Result<serde_json::Value> {
+    qga::Agent::connect(socket)?.execute(command, None)
+}
+
+/// The only `disk0.img-*` snapshot image in `dir`.
+fn only_snapshot(dir: &Path) -> Result<PathBuf> {
+    let snaps: Vec<PathBuf> = fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("disk0.img-") && !n.ends_with(".note")
+        })
+        .collect();
+    ensure!(
+        snaps.len() == 1,
+        "expected one snapshot in {}: {snaps:?}",
+        dir.display()
+    );
+    Ok(snaps.into_iter().next().unwrap())
+}
+
+fn dsnap_freeze_through_the_guest_agent() -> Result<()> {
+    let g = guest::debian_guest()?;
+    let btrfs = LoopBtrfs::new(6 * GIB)?;
+    let dir = btrfs.path().join("vm");
+    fs::create_dir(&dir)?;
+    let disk0 = dir.join("disk0.img");
+    ensure!(create_nocow_file(&disk0, 0)?, "no NOCOW on btrfs?");
+    g.copy_image(&disk0)?;
+    ensure!(lsattr_has_c(&disk0)?, "disk0 is not NOCOW");
+    write_config(
+        &dir,
+        &format!(
+            "VMK_NAME=freeze-test\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
+             VMK_VNC=64\nVMK_MEM=1024\nVMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\n\
+             VMK_APPEND=\"{}\"\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            g.append
+        ),
+    )?;
+    let socket = RuntimePaths::new(&dir, &disk0)?.qga_socket();
+    let mut vm = RunningVm::start(&dir, "disk0.img")?;
+    let took = wait_for_agent(&socket, &mut vm, Duration::from_secs(240)).map_err(|e| {
+        anyhow::anyhow!("{e:#}; console log tail:\n{}", vm.console_tail("disk0.img"))
+    })?;
+    eprintln!("guest agent answered guest-ping {took:.1?} after vmk-run run");
+    let status = agent(&socket, "guest-fsfreeze-status")?;
+    ensure!(
+        status == "thawed",
+        "fsfreeze status before the snapshot: {status}"
+    );
+    // a client that gave up leaves commands behind; their answers reach the next client
+    // (dsnap) first, which must skip them
+    for _ in 0..3 {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
+        s.write_all(b"{\"execute\": \"guest-get-time\"}\n{\"execute\": \"guest-ping\"}\n")?;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    let t0 = Instant::now();
+    let out = vmk_snap(&dir, &["--base", "dsnap", "--freeze", "-m", "frozen", "-v"]).output()?;
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "dsnap --freeze failed ({}): {err}",
+        out.status
+    );
+    eprintln!("dsnap --freeze took {took:.2?}; it said:\n{err}");
+    let frozen = count_after(&err, "guest agent froze ")
+        .with_context(|| format!("dsnap did not report a freeze: {err}"))?;
+    let thawed = count_after(&err, "guest agent thawed ")
+        .with_context(|| format!("dsnap did not report a thaw: {err}"))?;
+    ensure!(frozen >= 1, "the agent froze {frozen} filesystems");
+    ensure!(thawed == frozen, "froze {frozen} but thawed {thawed}");
+
+    let snap = PathBuf::from(stdout_line(&out));
+    ensure!(snap == only_snapshot(&dir)?, "dsnap printed {snap:?}");
+    ensure!(lsattr_has_c(&snap)?, "the snapshot is not NOCOW");
+    // the guest still runs and writes disk0, so compare extents, not contents: everything
+    // the snapshot holds is shared (reflinked), nothing of it was copied
+    let (excl, shared) = btrfs_du(&snap)?;
+    ensure!(
+        shared > 0 && excl < shared / 100,
+        "snapshot: {excl} exclusive and {shared} shared bytes: not a reflink copy"
+    );
+    eprintln!(
+        "snapshot {}: {shared} bytes shared, {excl} exclusive",
+        snap.display()
+    );
+    let list = ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout)?;
+    ensure!(list[0]["note"] == "frozen", "{list}");
+
+    // the guest is thawed and alive
+    ensure!(
+        agent(&socket, "guest-ping")?.is_object(),
+        "guest-ping after the snapshot"
+    );
+    let status = agent(&socket, "guest-fsfreeze-status")?;
+    ensure!(
+        status == "thawed",
+        "fsfreeze status after the snapshot: {status}"
+    );
+    ensure!(vm.is_running(), "qemu died");
+    let said = vm.stop_with("kill")?;
+    eprintln!("vmk-run kill: {said}");
+
+    // the frozen snapshot is a clean filesystem: fsck finds nothing to repair
+    let fsck = Command::new("e2fsck").args(["-fn"]).arg(&snap).output()?;
+    ensure!(
+        fsck.status.success(),
+        "e2fsck -fn of the snapshot found problems ({}): {}{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    Ok(())
+}
+
+/// The number after `prefix` in `text` (e.g. "guest agent froze 1 filesystem(s)" → 1).
+fn count_after(text: &str, prefix: &str) -> Option<u64> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn dsnap_freeze_without_an_agent_warns_and_snapshots() -> Result<()> {
+    let g = guest::busybox_guest()?;
+    let btrfs = LoopBtrfs::new(512 * MIB)?;
+    let dir = btrfs.path().join("vm");
+    fs::create_dir(&dir)?;
+    let disk0 = dir.join("disk0.img");
+    make_image(&disk0, 64 * MIB, 8 * MIB, true)?;
+    write_config(
+        &dir,
+        &format!(
+            "VMK_NAME=noagent\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
+             VMK_VNC=65\nVMK_MEM=256\nVMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\n\
+             VMK_APPEND=\"{}\"\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            g.append
+        ),
+    )?;
+    let mut vm = RunningVm::start(&dir, "disk0.img")?;
+    guest::wait_for_file_line(
+        &dir.join("disk0.img.console.log"),
+        guest::BUSYBOX_READY,
+        Duration::from_secs(120),
+    )?;
+    let socket = RuntimePaths::new(&dir, &disk0)?.qga_socket();
+    ensure!(
+        socket.exists(),
+        "no guest agent socket at {}",
+        socket.display()
+    );
+
+    let t0 = Instant::now();
+    let out = vmk_snap(&dir, &["--base", "dsnap", "--freeze"]).output()?;
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "dsnap --freeze failed ({}): {err}",
+        out.status
+    );
+    eprintln!("dsnap --freeze without an agent took {took:.2?}; it said:\n{err}");
+    ensure!(
+        err.contains("no guest agent answered") && err.contains("without freezing"),
+        "no warning about the missing agent: {err}"
+    );
+    ensure!(
+        took < Duration::from_secs(8),
+        "took {took:?} (sync timeout is 3 s)"
+    );
+    let snap = PathBuf::from(stdout_line(&out));
+    ensure!(snap == only_snapshot(&dir)?, "dsnap printed {snap:?}");
+    ensure!(lsattr_has_c(&snap)?, "the snapshot is not NOCOW");
+    ensure!(vm.is_running(), "qemu died");
+    let said = vm.stop_with("kill")?;
+    eprintln!("vmk-run kill: {said}");
+    // the guest never writes disk0: the snapshot is a full reflink copy of it
+    check_reflink_copy(&disk0, &snap, 8 * MIB)?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let btrfs = &[Need::Root, Need::Btrfs, Need::Program("lsattr")];
     run_system_tests(vec![
@@ -522,6 +820,30 @@ fn main() -> std::process::ExitCode {
                 Need::Program("qemu-img"),
             ],
             snap_run_falls_back_to_a_qcow2_overlay_on_ext4,
+        ),
+        SystemTest::new(
+            "dsnap_freeze_through_the_guest_agent",
+            &[
+                Need::Root,
+                Need::Btrfs,
+                Need::Qemu,
+                Need::Debootstrap,
+                Need::Program("lsattr"),
+                Need::Program("e2fsck"),
+            ],
+            dsnap_freeze_through_the_guest_agent,
+        ),
+        SystemTest::new(
+            "dsnap_freeze_without_an_agent_warns_and_snapshots",
+            &[
+                Need::Root,
+                Need::Btrfs,
+                Need::Qemu,
+                Need::Busybox,
+                Need::Kernel,
+                Need::Program("lsattr"),
+            ],
+            dsnap_freeze_without_an_agent_warns_and_snapshots,
         ),
     ])
 }
