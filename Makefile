@@ -35,7 +35,7 @@ man:
 
 # The test command README.md gives; .ci/run runs it too.
 test:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 check:
 	$(CARGO) fmt --all -- --check

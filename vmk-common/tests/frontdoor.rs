@@ -1,7 +1,6 @@
 //! The `vmk` front door, run as a real binary with plugin scripts on a temporary PATH.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -10,15 +9,19 @@ use predicates::prelude::*;
 /// Writes an executable shell script.
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    vmk_testkit::write_executable(&path, &format!("#!/bin/sh\n{body}\n")).unwrap();
     path
 }
 
 /// A copy of the real `vmk` in a directory of its own, so its "own directory" is known.
 fn vmk_in(dir: &Path) -> PathBuf {
     let vmk = dir.join("vmk");
-    fs::copy(assert_cmd::cargo::cargo_bin("vmk"), &vmk).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg(assert_cmd::cargo::cargo_bin("vmk"))
+        .arg(&vmk)
+        .status()
+        .unwrap();
+    assert!(status.success());
     vmk
 }
 

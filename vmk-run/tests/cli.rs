@@ -9,8 +9,7 @@ use predicates::prelude::*;
 
 fn vm(dir: &Path, extra: &str) {
     let fake = dir.join("qemu-fake");
-    std::fs::write(&fake, "#!/bin/sh\necho called >> \"$(dirname \"$0\")/fake-called\"\necho 'fake: boom' >&2\nexit 1\n").unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    vmk_testkit::write_executable(&fake, "#!/bin/sh\necho called >> \"$(dirname \"$0\")/fake-called\"\necho 'fake: boom' >&2\nexit 1\n").unwrap();
     std::fs::write(
         dir.join("vm-config"),
         format!(

@@ -160,3 +160,29 @@ pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
         std::process::ExitCode::SUCCESS
     }
 }
+
+/// Writes an executable file (mode 0755) without this process ever holding it open for
+/// writing: a `cat` child writes it. Tests run in threads; when one thread forks while
+/// another holds a freshly written executable open, running that file fails with "Text
+/// file busy" (ETXTBSY). Writing through a child process closes that race.
+pub fn write_executable(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sh")
+        .args(["-c", r#"cat > "$1" && chmod 0755 "$1""#, "sh"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(contents.as_bytes())?;
+    let status = child.wait()?;
+    anyhow::ensure!(
+        status.success(),
+        "writing {} failed: {status}",
+        path.display()
+    );
+    Ok(())
+}
