@@ -38,7 +38,9 @@ case $run_cmd in
     "snap run") kill_cmd="snap kill" ;;
     *) kill_cmd=kill ;;
 esac
+probe_pid=
 cleanup() {
+    [ -n "$probe_pid" ] && kill "$probe_pid" 2>/dev/null
     [ -n "${vmdir:-}" ] && (cd "$vmdir" && $vmk $kill_cmd >/dev/null 2>&1 || true)
     [ -n "$tmp" ] && rm -rf "$tmp"
 }
@@ -73,7 +75,7 @@ echo "bench: $vmk $run_cmd in $vmdir, ssh on $host:$port, $runs runs" >&2
 # Prints the time of the first SSH banner on host:port (polls every 10 ms).
 probe() {
     while :; do
-        b=$(socat -T1 -u "TCP:$host:$port,connect-timeout=1" - 2>/dev/null | head -c 4 || true)
+        b=$(socat -T20 -u "TCP:$host:$port,connect-timeout=1" - 2>/dev/null | head -c 4 || true)
         if [ "$b" = "SSH-" ]; then now; return; fi
         sleep 0.01
     done
@@ -100,6 +102,7 @@ while [ "$i" -le "$runs" ]; do
     "$vmk" ssh -- true
     t2=$(now)
     wait "$probe_pid" 2>/dev/null || true
+    probe_pid=
     t_banner=$(cat "$probe_out")
     rm -f "$probe_out"
     # waitssh's own "banner after X s" is relative to its start (just after run returned).

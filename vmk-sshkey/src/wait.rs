@@ -1,8 +1,11 @@
 //! `waitssh`: notice a booting guest's sshd within a few tens of milliseconds.
 //!
 //! A plain TCP connect is not enough with user networking: qemu accepts connections on the
-//! forwarded port long before the guest listens. So each probe connects and waits briefly
-//! for sshd's `SSH-` banner; a closed connection or a silent one is retried after ~50 ms.
+//! forwarded port long before the guest listens. So each probe connects and waits for sshd's
+//! `SSH-` banner; a refused (closed) connection is retried after ~50 ms, and a silent one
+//! is kept (sshd on a slow guest may be starting for it) while another probe starts beside
+//! it every 1.5 s. Probing must not flood a slow guest: every connection sshd accepts costs
+//! the guest a new sshd process.
 //! Once a banner arrives, `ssh … true` proves that the key is accepted (it may be a moment
 //! behind the banner while the guest still sets up its credentials).
 
@@ -20,7 +23,7 @@ use crate::target::Target;
 /// Pause between probes.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// How long one probe waits for the banner on an accepted connection.
-const BANNER_TIMEOUT: Duration = Duration::from_millis(1500);
+const BANNER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What waiting found.
 #[derive(Debug, Clone, Copy)]
@@ -92,30 +95,40 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
     }
 }
 
-/// Starts a banner probe every [`PROBE_INTERVAL`] (each in its own thread, so a probe
-/// stuck on a connection the guest does not answer yet delays nothing) until one sees a
-/// banner (true) or `deadline` passes (false).
+/// Probes until one sees a banner (true) or `deadline` passes (false).
+///
+/// A refused probe (the guest's network is up, sshd is not) ends at once and the next one
+/// starts [`PROBE_INTERVAL`] later. A probe that gets no answer keeps waiting (up to
+/// [`BANNER_TIMEOUT`]), since sshd on a slow guest may have accepted it and be starting a
+/// process for it; giving up on it would only make the guest start another. Meanwhile, one
+/// more probe starts every [`STALL_INTERVAL`] (at most [`MAX_PROBES`] in flight), so a
+/// connection stuck before the guest's network came up delays nothing.
 fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     // Resolve once, so that a bad host name fails at once rather than in every thread.
     (target.host.as_str(), target.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving {}", target.host))?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let outstanding = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let in_flight = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut last_start: Option<Instant> = None;
     loop {
         let now = Instant::now();
         if now >= deadline {
             return Ok(false);
         }
-        if outstanding.load(std::sync::atomic::Ordering::SeqCst) < MAX_PROBES {
-            let (tx, t, n) = (tx.clone(), target.clone(), outstanding.clone());
+        let n = in_flight.load(Ordering::SeqCst);
+        let stalled = last_start.is_some_and(|t| now - t >= STALL_INTERVAL);
+        if n == 0 || (n < MAX_PROBES && stalled) {
+            let (tx, t, count) = (tx.clone(), target.clone(), in_flight.clone());
             let wait = (deadline - now).min(BANNER_TIMEOUT);
-            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            count.fetch_add(1, Ordering::SeqCst);
+            last_start = Some(now);
             std::thread::spawn(move || {
                 if probe_banner(&t, wait).unwrap_or(false) {
                     let _ = tx.send(());
                 }
-                n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                count.fetch_sub(1, Ordering::SeqCst);
             });
         }
         let step = PROBE_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
@@ -125,8 +138,10 @@ fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
     }
 }
 
-/// Probes in flight at most (each lasts up to [`BANNER_TIMEOUT`]).
-const MAX_PROBES: usize = 4;
+/// Probes in flight at most.
+const MAX_PROBES: usize = 3;
+/// When the newest probe got no answer for this long, another one starts beside it.
+const STALL_INTERVAL: Duration = Duration::from_millis(1500);
 
 /// One probe: true when a connection to `target` gets an `SSH-` banner within `wait`.
 pub fn probe_banner(target: &Target, wait: Duration) -> Result<bool> {
