@@ -130,8 +130,9 @@ fn stale_pidfile_is_reported_and_removed_by_kill() {
 /// A fake qemu that writes its arguments, one per line, to `argv` beside itself and fails.
 fn recording_vm(dir: &Path, extra: &str) {
     vm(dir, extra);
-    std::fs::write(
-        dir.join("qemu-fake"),
+    // Rewritten through a child process, like `vm`'s (no ETXTBSY).
+    vmk_testkit::write_executable(
+        &dir.join("qemu-fake"),
         "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/argv\"\necho 'fake: recorded' >&2\nexit 1\n",
     )
     .unwrap();
@@ -299,7 +300,7 @@ fn checksetup_one_line_per_check_and_the_exit_status() {
         dir,
         &format!("VMK_TELNET_BASE={}\nVMK_SSH_BASE={}\n", free(), free()),
     );
-    std::fs::write(
+    vmk_testkit::write_executable(
         &fake,
         "#!/bin/sh\necho 'QEMU emulator version 9.9.9 (fake)'\n",
     )
