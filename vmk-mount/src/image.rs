@@ -46,7 +46,8 @@ pub enum Chosen {
 }
 
 impl Chosen {
-    fn as_str(self) -> &'static str {
+    /// The backend's name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Chosen::Kernel => "kernel",
             Chosen::Guestmount => "guestmount",

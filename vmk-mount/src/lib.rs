@@ -167,9 +167,10 @@ fn mount(
     if dry {
         let chosen = image::choose(&req)?;
         vmk_common::outln!(
-            "mount {} at {} with the {chosen:?} backend",
+            "mount {} at {} with the {} backend",
             req.image.display(),
-            dir.display()
+            dir.display(),
+            chosen.as_str()
         )?;
         return Ok(ExitCode::SUCCESS);
     }
