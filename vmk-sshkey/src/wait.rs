@@ -97,62 +97,111 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
 
 /// Probes until one sees a banner (true) or `deadline` passes (false).
 ///
-/// A refused probe (the guest's network is up, sshd is not) ends at once and the next one
-/// starts [`PROBE_INTERVAL`] later. A probe that gets no answer keeps waiting (up to
-/// [`BANNER_TIMEOUT`]), since sshd on a slow guest may have accepted it and be starting a
-/// process for it; giving up on it would only make the guest start another. Meanwhile, one
-/// more probe starts every [`STALL_INTERVAL`] (at most [`MAX_PROBES`] in flight), so a
-/// connection stuck before the guest's network came up delays nothing.
+/// Until something answers (a refused or closed connection: the guest's network is up),
+/// probes are cheap to abandon, since the guest never saw them: one starts every
+/// [`EARLY_INTERVAL`] and each gives up after [`EARLY_TIMEOUT`], so sshd is noticed within
+/// about that interval of becoming reachable. Once the guest answers, a refused probe is
+/// retried after [`PROBE_INTERVAL`], and a silent one is kept (up to [`BANNER_TIMEOUT`]):
+/// sshd on a slow guest may be starting a process for it, and giving up would only make
+/// it start another. Beside a silent probe another starts every [`STALL_INTERVAL`], at
+/// most [`MAX_PROBES`] in flight.
 fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // Resolve once, so that a bad host name fails at once rather than in every thread.
     (target.host.as_str(), target.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving {}", target.host))?;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::channel::<Probe>();
     let in_flight = std::sync::Arc::new(AtomicUsize::new(0));
     let mut last_start: Option<Instant> = None;
+    let mut answered = false;
     loop {
         let now = Instant::now();
         if now >= deadline {
             return Ok(false);
         }
         let n = in_flight.load(Ordering::SeqCst);
-        let stalled = last_start.is_some_and(|t| now - t >= STALL_INTERVAL);
-        if n == 0 || (n < MAX_PROBES && stalled) {
+        let since = last_start.map(|t| now - t);
+        let start = if answered {
+            n == 0 || (n < MAX_PROBES && since.is_some_and(|d| d >= STALL_INTERVAL))
+        } else {
+            n == 0 || since.is_some_and(|d| d >= EARLY_INTERVAL)
+        };
+        if start {
             let (tx, t, count) = (tx.clone(), target.clone(), in_flight.clone());
-            let wait = (deadline - now).min(BANNER_TIMEOUT);
+            let limit = if answered {
+                BANNER_TIMEOUT
+            } else {
+                EARLY_TIMEOUT
+            };
+            let wait = (deadline - now).min(limit);
             count.fetch_add(1, Ordering::SeqCst);
             last_start = Some(now);
             std::thread::spawn(move || {
-                if probe_banner(&t, wait).unwrap_or(false) {
-                    let _ = tx.send(());
-                }
+                let _ = tx.send(probe(&t, wait).unwrap_or(Probe::Silent));
                 count.fetch_sub(1, Ordering::SeqCst);
             });
         }
         let step = PROBE_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
-        if rx.recv_timeout(step).is_ok() {
-            return Ok(true);
+        let mut got = rx.recv_timeout(step).ok();
+        while let Some(p) = got {
+            match p {
+                Probe::Banner => return Ok(true),
+                Probe::Closed if !answered => {
+                    log::debug!("{target} answers (no sshd yet): patient probing");
+                    answered = true;
+                }
+                _ => {}
+            }
+            got = rx.try_recv().ok();
         }
     }
 }
 
-/// Probes in flight at most.
+/// Probes in flight at most once the guest answers.
 const MAX_PROBES: usize = 3;
-/// When the newest probe got no answer for this long, another one starts beside it.
+/// Once the guest answers: when the newest probe got no answer for this long, another one
+/// starts beside it.
 const STALL_INTERVAL: Duration = Duration::from_millis(1500);
+/// Before the guest answers at all: a new probe this often…
+const EARLY_INTERVAL: Duration = Duration::from_millis(150);
+/// …each abandoned after this long.
+const EARLY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// What one probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// sshd's `SSH-` banner.
+    Banner,
+    /// Accepted, then closed without a banner: with user networking, qemu forwarded the
+    /// connection and the guest refused it, so the guest's network is up.
+    Closed,
+    /// Refused at once (with user networking: qemu is not running (yet)).
+    Refused,
+    /// Nothing within the wait: the guest's network may not be up (or sshd is slow).
+    Silent,
+}
 
 /// One probe: true when a connection to `target` gets an `SSH-` banner within `wait`.
 pub fn probe_banner(target: &Target, wait: Duration) -> Result<bool> {
+    Ok(probe(target, wait)? == Probe::Banner)
+}
+
+/// One probe of `target`, waiting up to `wait` for the banner.
+pub fn probe(target: &Target, wait: Duration) -> Result<Probe> {
     let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving {}", target.host))?
         .collect();
+    let mut outcome = Probe::Silent;
     for addr in addrs {
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, wait.max(Duration::from_millis(100)))
-        else {
-            continue;
+        let mut s = match TcpStream::connect_timeout(&addr, wait.max(Duration::from_millis(100))) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                outcome = Probe::Refused;
+                continue;
+            }
+            Err(_) => continue,
         };
         let deadline = Instant::now() + wait;
         let mut buf = [0u8; 4];
@@ -163,15 +212,30 @@ pub fn probe_banner(target: &Target, wait: Duration) -> Result<bool> {
                 break;
             }
             match s.read(&mut buf[got..]) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => {
+                    outcome = Probe::Closed;
+                    break;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(_) => {
+                    outcome = Probe::Closed;
+                    break;
+                }
                 Ok(n) => got += n,
             }
         }
         if &buf[..got] == b"SSH-" {
-            return Ok(true);
+            return Ok(Probe::Banner);
         }
     }
-    Ok(false)
+    Ok(outcome)
 }
 
 /// A spinner on stderr when it is a terminal; nothing otherwise.
