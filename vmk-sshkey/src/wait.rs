@@ -40,6 +40,8 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
     let deadline = start + timeout;
     let spinner = Spinner::new(target);
     let mut banner = None;
+    // Whether the guest's network ever answered: then probing stays patient.
+    let mut answered = false;
     let mut last_ssh_error = String::new();
     loop {
         let now = Instant::now();
@@ -57,7 +59,7 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
         }
         if banner.is_none() {
             spinner.set("waiting for sshd");
-            if !wait_for_banner(target, deadline)? {
+            if !wait_for_banner(target, deadline, &mut answered)? {
                 continue; // the deadline passed: report above
             }
             banner = Some(start.elapsed());
@@ -89,9 +91,9 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
         }
         last_ssh_error = String::from_utf8_lossy(&out.stderr).trim().to_string();
         log::debug!("ssh true: {:?}: {last_ssh_error}", out.status);
-        // sshd may have gone again (a reboot): probe the banner again.
-        banner = None;
-        std::thread::sleep(PROBE_INTERVAL);
+        // sshd answered: retry the login itself, each attempt one sshd process on the guest
+        // (no burst of probes against an sshd that is busy, or throttling: MaxStartups).
+        std::thread::sleep(LOGIN_RETRY);
     }
 }
 
@@ -105,7 +107,7 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
 /// sshd on a slow guest may be starting a process for it, and giving up would only make
 /// it start another. Beside a silent probe another starts every [`STALL_INTERVAL`], at
 /// most [`MAX_PROBES`] in flight.
-fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
+fn wait_for_banner(target: &Target, deadline: Instant, answered: &mut bool) -> Result<bool> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // Resolve once, so that a bad host name fails at once rather than in every thread.
     (target.host.as_str(), target.port)
@@ -114,7 +116,6 @@ fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
     let (tx, rx) = std::sync::mpsc::channel::<Probe>();
     let in_flight = std::sync::Arc::new(AtomicUsize::new(0));
     let mut last_start: Option<Instant> = None;
-    let mut answered = false;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -122,14 +123,14 @@ fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
         }
         let n = in_flight.load(Ordering::SeqCst);
         let since = last_start.map(|t| now - t);
-        let start = if answered {
+        let start = if *answered {
             n == 0 || (n < MAX_PROBES && since.is_some_and(|d| d >= STALL_INTERVAL))
         } else {
             n == 0 || since.is_some_and(|d| d >= EARLY_INTERVAL)
         };
         if start {
             let (tx, t, count) = (tx.clone(), target.clone(), in_flight.clone());
-            let limit = if answered {
+            let limit = if *answered {
                 BANNER_TIMEOUT
             } else {
                 EARLY_TIMEOUT
@@ -147,9 +148,9 @@ fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
         while let Some(p) = got {
             match p {
                 Probe::Banner => return Ok(true),
-                Probe::Closed if !answered => {
+                Probe::Closed if !*answered => {
                     log::debug!("{target} answers (no sshd yet): patient probing");
-                    answered = true;
+                    *answered = true;
                 }
                 _ => {}
             }
@@ -158,13 +159,15 @@ fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
     }
 }
 
+/// Pause between failed logins once sshd answered.
+const LOGIN_RETRY: Duration = Duration::from_millis(500);
 /// Probes in flight at most once the guest answers.
 const MAX_PROBES: usize = 3;
 /// Once the guest answers: when the newest probe got no answer for this long, another one
 /// starts beside it.
 const STALL_INTERVAL: Duration = Duration::from_millis(1500);
 /// Before the guest answers at all: a new probe this often…
-const EARLY_INTERVAL: Duration = Duration::from_millis(150);
+const EARLY_INTERVAL: Duration = Duration::from_millis(250);
 /// …each abandoned after this long.
 const EARLY_TIMEOUT: Duration = Duration::from_millis(1000);
 
