@@ -1,4 +1,4 @@
-//! `waitssh`: notice a booting guest's sshd within a few tens of milliseconds.
+//! `waitssh`: notice a booting guest's sshd quickly without flooding it.
 //!
 //! A plain TCP connect is not enough with user networking: qemu accepts connections on the
 //! forwarded port long before the guest listens. So each probe connects and waits for sshd's
@@ -40,8 +40,6 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
     let deadline = start + timeout;
     let spinner = Spinner::new(target);
     let mut banner = None;
-    // Whether the guest's network ever answered: then probing stays patient.
-    let mut answered = false;
     let mut last_ssh_error = String::new();
     loop {
         let now = Instant::now();
@@ -59,7 +57,7 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
         }
         if banner.is_none() {
             spinner.set("waiting for sshd");
-            if !wait_for_banner(target, deadline, &mut answered)? {
+            if !wait_for_banner(target, deadline)? {
                 continue; // the deadline passed: report above
             }
             banner = Some(start.elapsed());
@@ -99,15 +97,13 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
 
 /// Probes until one sees a banner (true) or `deadline` passes (false).
 ///
-/// Until something answers (a refused or closed connection: the guest's network is up),
-/// probes are cheap to abandon, since the guest never saw them: one starts every
-/// [`EARLY_INTERVAL`] and each gives up after [`EARLY_TIMEOUT`], so sshd is noticed within
-/// about that interval of becoming reachable. Once the guest answers, a refused probe is
-/// retried after [`PROBE_INTERVAL`], and a silent one is kept (up to [`BANNER_TIMEOUT`]):
-/// sshd on a slow guest may be starting a process for it, and giving up would only make
-/// it start another. Beside a silent probe another starts every [`STALL_INTERVAL`], at
-/// most [`MAX_PROBES`] in flight.
-fn wait_for_banner(target: &Target, deadline: Instant, answered: &mut bool) -> Result<bool> {
+/// A refused probe is retried after [`PROBE_INTERVAL`]. A silent one is kept (up to
+/// [`BANNER_TIMEOUT`]), never abandoned early: with user networking qemu keeps trying to
+/// deliver an abandoned connection to the guest and does so once its network is up, and
+/// sshd on a slow guest spends seconds on each; a burst of them hits sshd's MaxStartups
+/// and gets the real login dropped (seen under TCG). Beside a silent probe another starts
+/// every [`STALL_INTERVAL`], at most [`MAX_PROBES`] in flight.
+fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // Resolve once, so that a bad host name fails at once rather than in every thread.
     (target.host.as_str(), target.port)
@@ -122,20 +118,10 @@ fn wait_for_banner(target: &Target, deadline: Instant, answered: &mut bool) -> R
             return Ok(false);
         }
         let n = in_flight.load(Ordering::SeqCst);
-        let since = last_start.map(|t| now - t);
-        let start = if *answered {
-            n == 0 || (n < MAX_PROBES && since.is_some_and(|d| d >= STALL_INTERVAL))
-        } else {
-            n == 0 || since.is_some_and(|d| d >= EARLY_INTERVAL)
-        };
-        if start {
+        let stalled = last_start.is_some_and(|t| now - t >= STALL_INTERVAL);
+        if n == 0 || (n < MAX_PROBES && stalled) {
             let (tx, t, count) = (tx.clone(), target.clone(), in_flight.clone());
-            let limit = if *answered {
-                BANNER_TIMEOUT
-            } else {
-                EARLY_TIMEOUT
-            };
-            let wait = (deadline - now).min(limit);
+            let wait = (deadline - now).min(BANNER_TIMEOUT);
             count.fetch_add(1, Ordering::SeqCst);
             last_start = Some(now);
             std::thread::spawn(move || {
@@ -146,13 +132,8 @@ fn wait_for_banner(target: &Target, deadline: Instant, answered: &mut bool) -> R
         let step = PROBE_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
         let mut got = rx.recv_timeout(step).ok();
         while let Some(p) = got {
-            match p {
-                Probe::Banner => return Ok(true),
-                Probe::Closed if !*answered => {
-                    log::debug!("{target} answers (no sshd yet): patient probing");
-                    *answered = true;
-                }
-                _ => {}
+            if p == Probe::Banner {
+                return Ok(true);
             }
             got = rx.try_recv().ok();
         }
@@ -161,15 +142,10 @@ fn wait_for_banner(target: &Target, deadline: Instant, answered: &mut bool) -> R
 
 /// Pause between failed logins once sshd answered.
 const LOGIN_RETRY: Duration = Duration::from_millis(500);
-/// Probes in flight at most once the guest answers.
+/// Probes in flight at most.
 const MAX_PROBES: usize = 3;
-/// Once the guest answers: when the newest probe got no answer for this long, another one
-/// starts beside it.
+/// When the newest probe got no answer for this long, another one starts beside it.
 const STALL_INTERVAL: Duration = Duration::from_millis(1500);
-/// Before the guest answers at all: a new probe this often…
-const EARLY_INTERVAL: Duration = Duration::from_millis(250);
-/// …each abandoned after this long.
-const EARLY_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// What one probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
