@@ -11,6 +11,10 @@
 //! Everything is built in `DIR.vmk-tmp-*` beside DIR and renamed to DIR only when complete:
 //! a failure or Ctrl-C leaves nothing behind (mounts that debootstrap may have left are
 //! detached before the staging tree is removed, and removal never crosses filesystems).
+//!
+//! The steps that make a Debian system and turn it into a bootable image ([`debootstrap`],
+//! [`configure_root`], [`copy_kernel`], [`make_ext4_image`]) are public, so that the test
+//! fixture `vmk_testkit::guest::debian_guest` is built by this very code.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -172,11 +176,8 @@ struct Plan {
     name: String,
     /// The guest's hostname.
     hostname: String,
-    suite: String,
-    mirror: String,
-    /// Debian architecture (amd64, arm64…).
-    arch: String,
-    packages: Vec<String>,
+    /// What debootstrap installs.
+    debian: DebianRoot,
     size: Size,
     vnc: u8,
     /// The package tarball to use or fill, unless --no-cache.
@@ -208,7 +209,7 @@ impl Plan {
             }
         }
         let suite = args.suite.clone().unwrap_or_else(|| DEFAULT_SUITE.into());
-        let mirror = args.mirror.clone().unwrap_or_else(host_debian_mirror);
+        let mirror = args.mirror.clone().unwrap_or_else(apt_mirror);
         let cache = (!args.no_cache).then(|| {
             cache_dir().join(format!(
                 "debootstrap-{suite}-{arch}-{}.tgz",
@@ -223,17 +224,34 @@ impl Plan {
             },
             dir,
             name,
-            suite,
-            mirror,
-            arch,
-            packages,
+            debian: DebianRoot {
+                suite,
+                arch,
+                mirror,
+                packages,
+            },
             size: args.size,
             cache,
         })
     }
+}
 
-    /// The debootstrap arguments shared by every run: variant, arch, packages.
-    fn debootstrap_common(&self) -> Vec<String> {
+/// A Debian system to install with debootstrap: release, architecture, mirror, packages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebianRoot {
+    /// The release (bookworm, trixie…).
+    pub suite: String,
+    /// Debian architecture (amd64, arm64…), see [`debian_arch`].
+    pub arch: String,
+    /// Package mirror URL, see [`apt_mirror`].
+    pub mirror: String,
+    /// Packages besides debootstrap's minbase (the kernel among them, for a bootable system).
+    pub packages: Vec<String>,
+}
+
+impl DebianRoot {
+    /// The debootstrap options shared by every run: variant, arch, packages.
+    pub fn debootstrap_args(&self) -> Vec<String> {
         vec![
             "--variant=minbase".into(),
             format!("--arch={}", self.arch),
@@ -313,7 +331,7 @@ fn hostname_from(name: &str) -> String {
 }
 
 /// The Debian name of this machine's architecture.
-fn debian_arch() -> Result<String> {
+pub fn debian_arch() -> Result<String> {
     Ok(match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -341,7 +359,7 @@ fn kernel_package(arch: &str) -> String {
 
 /// The Debian mirror apt uses on this machine (its first Debian archive URI), else
 /// deb.debian.org.
-fn host_debian_mirror() -> String {
+pub fn apt_mirror() -> String {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
@@ -483,7 +501,7 @@ pub fn run(global: &GlobalOpts, args: BootstrapArgs) -> Result<ExitCode> {
         .collect();
     eprintln!(
         "vmk-ayinstall: bootstrapped Debian {} into {} in {} ({})",
-        plan.suite,
+        plan.debian.suite,
         plan.dir.display(),
         human_duration(start.elapsed()),
         times.join(", ")
@@ -553,13 +571,13 @@ fn command(program: &str) -> Command {
 fn print_plan(plan: &Plan) -> Result<()> {
     let stage = staging_path(&plan.dir, 0);
     let root = stage.join("root");
-    let common = plan.debootstrap_common();
+    let common = plan.debian.debootstrap_args();
     let mut steps: Vec<Vec<String>> = Vec::new();
     let tail = |root: &Path| {
         vec![
-            plan.suite.clone(),
+            plan.debian.suite.clone(),
             root.display().to_string(),
-            plan.mirror.clone(),
+            plan.debian.mirror.clone(),
         ]
     };
     let tree = plan.cache.as_deref().map(tree_cache_path);
@@ -673,24 +691,15 @@ fn build(
     };
     let outcome = (|| -> Result<()> {
         phase("debootstrap", &mut || {
-            debootstrap(plan, &runner, &staging.path, &root)
+            install_system(plan, &runner, &staging.path, &root)
         })?;
-        phase("configure", &mut || configure(plan, &runner, &root))?;
+        phase("configure", &mut || {
+            configure_root(&root, &plan.hostname, &runner)
+        })?;
         phase("ssh key", &mut || {
             ssh_key(plan, &runner, &staging.path, &root)
         })?;
-        phase("kernel", &mut || {
-            copy_newest(
-                &root.join("boot"),
-                "vmlinuz-",
-                &staging.path.join("vmlinuz"),
-            )?;
-            copy_newest(
-                &root.join("boot"),
-                "initrd.img-",
-                &staging.path.join("initrd.img"),
-            )
-        })?;
+        phase("kernel", &mut || copy_kernel(&root, &staging.path))?;
         phase("disk0", &mut || {
             make_disk(plan, &runner, &staging.path, &root)
         })?;
@@ -722,7 +731,7 @@ fn build(
         }
         return Err(e.context(message));
     }
-    staging.remove_tree(&root)?;
+    remove_tree(&root)?;
     staging.persist(&plan.dir)?;
     Ok(timings)
 }
@@ -753,35 +762,6 @@ impl Staging {
         bail!("cannot find a free staging name beside {}", dir.display())
     }
 
-    /// Removes `path` inside the staging tree: detaches mounts under it first, and never
-    /// crosses into another filesystem.
-    fn remove_tree(&self, path: &Path) -> Result<()> {
-        if !path.exists() {
-            return Ok(());
-        }
-        let mut mounts = mounts_under(path);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-        for m in &mounts {
-            if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
-                log::warn!("unmounting {}: {e}", m.display());
-            }
-        }
-        let status = command("rm")
-            .arg("-rf")
-            .arg("--one-file-system")
-            .arg("--")
-            .arg(path)
-            .status()
-            .context("running rm")?;
-        if !status.success() {
-            bail!(
-                "removing {} failed ({status}): remove it by hand",
-                path.display()
-            );
-        }
-        Ok(())
-    }
-
     /// Moves the finished staging directory to `dir` (an absent or empty directory).
     fn persist(mut self, dir: &Path) -> Result<()> {
         fs::set_permissions(&self.path, fs::Permissions::from_mode(0o755))
@@ -802,11 +782,40 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.keep {
-            if let Err(e) = self.remove_tree(&self.path.clone()) {
+            if let Err(e) = remove_tree(&self.path) {
                 eprintln!("vmk-ayinstall: warning: {e:#}");
             }
         }
     }
+}
+
+/// Removes a staging tree (of a build that may have been killed): detaches the mounts
+/// debootstrap may have left under it first, and never crosses into another filesystem.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut mounts = mounts_under(path);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for m in &mounts {
+        if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
+            log::warn!("unmounting {}: {e}", m.display());
+        }
+    }
+    let status = command("rm")
+        .arg("-rf")
+        .arg("--one-file-system")
+        .arg("--")
+        .arg(path)
+        .status()
+        .context("running rm")?;
+    if !status.success() {
+        bail!(
+            "removing {} failed ({status}): remove it by hand",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Mount points at or below `path` (from /proc/self/mountinfo, octal escapes decoded).
@@ -844,6 +853,13 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Runs the external commands of the public steps (`vmk bootstrap` logs them and stops
+/// them on Ctrl-C; a test fixture may simply let their output through).
+pub trait CommandRunner {
+    /// Runs `cmd` to its end; `what` names it in the error when it fails.
+    fn run(&self, what: &str, cmd: &mut Command) -> Result<()>;
+}
+
 /// Runs child commands with their output in the log file, in their own process group so
 /// that Ctrl-C reaches only us; on Ctrl-C the whole group is stopped.
 struct Runner<'a> {
@@ -852,7 +868,7 @@ struct Runner<'a> {
     interrupted: &'a AtomicBool,
 }
 
-impl Runner<'_> {
+impl CommandRunner for Runner<'_> {
     fn run(&self, what: &str, cmd: &mut Command) -> Result<()> {
         let mut log = OpenOptions::new()
             .create(true)
@@ -891,7 +907,9 @@ impl Runner<'_> {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
 
+impl Runner<'_> {
     /// Shows what the child wrote since `offset`: its last line as the spinner's detail,
     /// every line with -v.
     fn pump(&self, offset: &mut u64, partial: &mut Vec<u8>) {
@@ -959,7 +977,7 @@ fn log_tail(log: &Path, n: usize) -> Option<String> {
 
 /// Installs the system into `root`: from the cached installed tree when there is one, else
 /// with debootstrap (then caching the tree, unless --no-cache).
-fn debootstrap(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -> Result<()> {
+fn install_system(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -> Result<()> {
     let tree = plan.cache.as_deref().map(tree_cache_path);
     if let Some(tree) = tree.as_deref().filter(|t| t.is_file()) {
         runner
@@ -1069,7 +1087,6 @@ fn fresh_identity(runner: &Runner, root: &Path) -> Result<()> {
 /// debootstrap: the packages downloaded into the package tarball first (when it is
 /// missing), then installed from it; or straight from the mirror with --no-cache.
 fn install_packages(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -> Result<()> {
-    let common = plan.debootstrap_common();
     let install_from = match &plan.cache {
         None => None,
         Some(tarball) if tarball.is_file() => {
@@ -1090,28 +1107,40 @@ fn install_packages(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -
             }
         },
     };
+    let debian = &plan.debian;
     runner.progress.detail(&format!(
         "installing Debian {} from {}",
-        plan.suite, plan.mirror
+        debian.suite, debian.mirror
     ));
-    let mut cmd = command("debootstrap");
-    cmd.args(&common);
-    if let Some(t) = &install_from {
-        cmd.arg(format!("--unpack-tarball={}", t.display()));
-    }
-    cmd.arg(&plan.suite).arg(root).arg(&plan.mirror);
-    runner
-        .run("debootstrap", &mut cmd)
-        .with_context(|| match &install_from {
+    debootstrap(debian, root, install_from.as_deref(), runner).with_context(
+        || match &install_from {
             Some(t) => format!(
                 "if the cached package tarball is stale, remove {} (or use --no-cache)",
                 t.display()
             ),
             None => format!(
                 "check that {} is reachable and has {}",
-                plan.mirror, plan.suite
+                debian.mirror, debian.suite
             ),
-        })?;
+        },
+    )
+}
+
+/// Installs `debian` into `root` with debootstrap: from the mirror, or from a package
+/// tarball made by `debootstrap --make-tarball`. The downloaded .debs are dropped.
+pub fn debootstrap(
+    debian: &DebianRoot,
+    root: &Path,
+    tarball: Option<&Path>,
+    runner: &dyn CommandRunner,
+) -> Result<()> {
+    let mut cmd = command("debootstrap");
+    cmd.args(debian.debootstrap_args());
+    if let Some(t) = tarball {
+        cmd.arg(format!("--unpack-tarball={}", t.display()));
+    }
+    cmd.arg(&debian.suite).arg(root).arg(&debian.mirror);
+    runner.run("debootstrap", &mut cmd)?;
     // The downloaded .debs are not needed inside the image.
     if let Ok(rd) = fs::read_dir(root.join("var/cache/apt/archives")) {
         for e in rd.flatten() {
@@ -1129,18 +1158,19 @@ fn fill_cache(plan: &Plan, runner: &Runner, staging: &Path, tarball: &Path) -> R
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = tarball.with_extension(format!("tmp-{}.tgz", std::process::id()));
     let download = staging.join("download");
+    let debian = &plan.debian;
     runner.progress.detail(&format!(
         "downloading Debian {} from {}",
-        plan.suite, plan.mirror
+        debian.suite, debian.mirror
     ));
     let result = runner.run(
         "debootstrap --make-tarball",
         command("debootstrap")
-            .args(plan.debootstrap_common())
+            .args(debian.debootstrap_args())
             .arg(format!("--make-tarball={}", tmp.display()))
-            .arg(&plan.suite)
+            .arg(&debian.suite)
             .arg(&download)
-            .arg(&plan.mirror),
+            .arg(&debian.mirror),
     );
     let result = result.and_then(|()| {
         fs::rename(&tmp, tarball)
@@ -1153,9 +1183,12 @@ fn fill_cache(plan: &Plan, runner: &Runner, staging: &Path, tarball: &Path) -> R
     result
 }
 
-/// Makes the installed tree a VM: hostname, network, sshd, console, fstab, no password.
-fn configure(plan: &Plan, runner: &Runner, root: &Path) -> Result<()> {
-    let h = &plan.hostname;
+/// Makes an installed Debian tree a VM's system: hostname, fstab (the ext4 labelled
+/// [`ROOT_LABEL`]), DHCP with systemd-networkd, sshd for keys only, a serial getty on
+/// ttyS0, no root password, an empty machine-id; nothing waits for the network or reaches
+/// out on a timer. Runs the guest's own systemctl in a chroot (needs root).
+pub fn configure_root(root: &Path, hostname: &str, runner: &dyn CommandRunner) -> Result<()> {
+    let h = hostname;
     write_file(&root.join("etc/hostname"), 0o644, &format!("{h}\n"))?;
     write_file(
         &root.join("etc/hosts"),
@@ -1260,6 +1293,14 @@ fn ssh_key(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -> Result<
     write_file(&ssh_dir.join("authorized_keys"), 0o600, &public)
 }
 
+/// Copies the guest's newest kernel and initrd out of `root`/boot to `dir`/vmlinuz and
+/// `dir`/initrd.img, for direct boot.
+pub fn copy_kernel(root: &Path, dir: &Path) -> Result<()> {
+    let boot = root.join("boot");
+    copy_newest(&boot, "vmlinuz-", &dir.join("vmlinuz"))?;
+    copy_newest(&boot, "initrd.img-", &dir.join("initrd.img"))
+}
+
 /// Copies the newest `<prefix>*` of the guest's /boot to `dest`.
 fn copy_newest(dir: &Path, prefix: &str, dest: &Path) -> Result<()> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
@@ -1327,20 +1368,34 @@ fn make_disk(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -> Resul
         );
     }
     let disk = staging.join(DISK0_NAME);
-    let nocow = vmk_common::fileops::create_nocow_file(&disk, plan.size.bytes())
-        .with_context(|| format!("creating {}", disk.display()))?;
-    if !nocow {
+    if !make_ext4_image(root, &disk, plan.size.bytes(), runner)? {
         runner
             .progress
             .note("note: this filesystem has no NOCOW attribute; disk0 is a plain file");
     }
+    Ok(())
+}
+
+/// Makes `image` (a new sparse file of `size` bytes, NOCOW where the filesystem has the
+/// attribute) an ext4 filesystem labelled [`ROOT_LABEL`] holding the tree `root`, with
+/// `mkfs.ext4 -d` (no loop device, no mounting). Returns whether the image is NOCOW.
+pub fn make_ext4_image(
+    root: &Path,
+    image: &Path,
+    size: u64,
+    runner: &dyn CommandRunner,
+) -> Result<bool> {
+    // NOCOW must be set while the file is empty; mkfs.ext4 keeps the file and its flag.
+    let nocow = vmk_common::fileops::create_nocow_file(image, size)
+        .with_context(|| format!("creating {}", image.display()))?;
     runner.run(
         "mkfs.ext4",
         command("mkfs.ext4")
             .args(["-q", "-F", "-L", ROOT_LABEL, "-d"])
             .arg(root)
-            .arg(&disk),
-    )
+            .arg(image),
+    )?;
+    Ok(nocow)
 }
 
 /// Bytes the files of a tree take (allocated blocks), not following symlinks or mounts.
@@ -1394,9 +1449,9 @@ VMK_APPEND={append}
         name_q = config::raw::quote(&plan.name, config::Quoting::Bare),
         hostname = plan.hostname,
         when = when,
-        suite = plan.suite,
-        arch = plan.arch,
-        mirror = plan.mirror,
+        suite = plan.debian.suite,
+        arch = plan.debian.arch,
+        mirror = plan.debian.mirror,
         vnc = plan.vnc,
         label = ROOT_LABEL,
         disk = DISK0_NAME,
@@ -1558,10 +1613,12 @@ mod tests {
             dir: dir.to_path_buf(),
             name: "deb-1".into(),
             hostname: "deb-1".into(),
-            suite: "bookworm".into(),
-            mirror: "http://deb.debian.org/debian".into(),
-            arch: "amd64".into(),
-            packages: vec!["systemd".into()],
+            debian: DebianRoot {
+                suite: "bookworm".into(),
+                mirror: "http://deb.debian.org/debian".into(),
+                arch: "amd64".into(),
+                packages: vec!["systemd".into()],
+            },
             size: "4G".parse().unwrap(),
             vnc: 7,
             cache: None,

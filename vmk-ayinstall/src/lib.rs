@@ -5,7 +5,7 @@
 //! the medium) is made in Rust by the modules below, so it needs no mkisofs, mkfs.fat,
 //! isoinfo, loop devices or root.
 
-mod bootstrap;
+pub mod bootstrap;
 pub mod clock;
 pub mod cloudinit;
 pub mod fat;

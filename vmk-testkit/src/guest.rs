@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use vmk_ayinstall::bootstrap::{self, CommandRunner, DebianRoot};
 
 /// Text the busybox guest prints on the console as soon as `/init` starts.
 pub const BUSYBOX_HELLO: &str = "vmk-busybox-guest: hello";
@@ -27,7 +28,7 @@ pub const DEBIAN_READY: &str = "vmk-debian-guest ready";
 const BUSYBOX_VERSION: u32 = 2;
 /// Bump when the Debian configuration steps change: part of the image's cache key (the
 /// debootstrap tree itself is keyed by the package list only and is reused).
-const DEBIAN_CONFIG_VERSION: u32 = 1;
+const DEBIAN_CONFIG_VERSION: u32 = 2;
 const DEBIAN_SUITE: &str = "bookworm";
 const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
@@ -40,7 +41,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "kmod",
     "qemu-guest-agent",
 ];
-const DEBIAN_IMAGE_SIZE: &str = "2G";
+const DEBIAN_IMAGE_SIZE: u64 = 2 << 30;
+/// The Debian guest's hostname.
+const DEBIAN_HOSTNAME: &str = "vmk-guest";
 /// Kernel modules the busybox guest loads (with their dependencies): virtio devices,
 /// SCSI disks, and the ACPI power button so `system_powerdown` works.
 const BUSYBOX_MODULES: &[&str] = &[
@@ -241,7 +244,7 @@ fn cached(kind: &str, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Res
         return Ok(done); // another process built it while we waited
     }
     let tmp = cache.join(format!("{kind}-{key}.tmp"));
-    remove_tree(&tmp)?;
+    bootstrap::remove_tree(&tmp)?;
     fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let start = Instant::now();
     eprintln!("vmk-testkit: building {kind} fixture in {}", tmp.display());
@@ -273,40 +276,11 @@ fn prune_old(cache: &Path, kind: &str, keep: &Path) {
         let hex = rest.trim_end_matches(".tmp");
         if path != keep && hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
             eprintln!("vmk-testkit: removing old fixture {}", path.display());
-            if let Err(e) = remove_tree(&path) {
+            if let Err(e) = bootstrap::remove_tree(&path) {
                 eprintln!("vmk-testkit: warning: {e:#}");
             }
         }
     }
-}
-
-/// Removes a directory tree left by a (possibly killed) build: first unmounts whatever
-/// debootstrap may have left mounted inside it, then deletes without crossing filesystems.
-fn remove_tree(path: &Path) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let mut mounts = mounts_under(path);
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-    for m in mounts {
-        let _ = Command::new("umount").arg("-l").arg(&m).status();
-    }
-    run(Command::new("rm")
-        .arg("-rf")
-        .arg("--one-file-system")
-        .arg(path))
-    .with_context(|| format!("removing stale {}", path.display()))
-}
-
-fn mounts_under(path: &Path) -> Vec<PathBuf> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
-        .filter(|m| m.starts_with(path))
-        .collect()
 }
 
 /// Runs a command, failing with its name and status when it does not succeed.
@@ -649,79 +623,68 @@ fn pad(w: &mut impl Write, offset: usize) -> io::Result<usize> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Debian guest
+// Debian guest: the product's `vmk bootstrap` steps, plus a thin test layer
 
-/// The Debian mirror apt uses on this machine (first non-security Debian URI), else
-/// deb.debian.org; `VMK_TEST_DEBIAN_MIRROR` overrides.
-fn debian_mirror() -> String {
-    if let Some(m) = std::env::var_os("VMK_TEST_DEBIAN_MIRROR").filter(|m| !m.is_empty()) {
-        return m.to_string_lossy().into_owned();
+/// Runs the bootstrap steps' commands for a fixture: their output goes to the test's
+/// stderr, and with setpriv each gets SIGTERM when the test that started it dies, so a
+/// killed test's debootstrap does not go on writing into a tree that the next build removes
+/// (debootstrap then unmounts what it mounted there).
+struct FixtureRunner;
+
+impl CommandRunner for FixtureRunner {
+    fn run(&self, what: &str, cmd: &mut Command) -> Result<()> {
+        let mut wrapped;
+        let cmd = match crate::which("setpriv") {
+            Some(setpriv) => {
+                wrapped = Command::new(setpriv);
+                wrapped
+                    .args(["--pdeathsig", "TERM"])
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
+                for (k, v) in cmd.get_envs() {
+                    match v {
+                        Some(v) => wrapped.env(k, v),
+                        None => wrapped.env_remove(k),
+                    };
+                }
+                if let Some(dir) = cmd.get_current_dir() {
+                    wrapped.current_dir(dir);
+                }
+                &mut wrapped
+            }
+            None => cmd,
+        };
+        run(cmd).with_context(|| format!("{what} failed (output above)"))
     }
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        more.sort();
-        files.extend(more);
-    }
-    files
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "list" || e == "sources"))
-        .filter_map(|f| fs::read_to_string(f).ok())
-        .find_map(|text| mirror_in(&text))
-        .unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
 }
 
-/// Finds a Debian archive URI in a sources.list or deb822 .sources text.
-fn mirror_in(text: &str) -> Option<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .flat_map(|l| {
-            let l = l.strip_prefix("URIs:").unwrap_or(l);
-            l.split_whitespace().map(str::to_string).collect::<Vec<_>>()
-        })
-        .find(|w| {
-            (w.starts_with("http://") || w.starts_with("https://"))
-                && w.trim_end_matches('/').ends_with("/debian")
-        })
+/// The Debian mirror: `VMK_TEST_DEBIAN_MIRROR`, else the one apt uses on this machine.
+fn debian_mirror() -> String {
+    match std::env::var_os("VMK_TEST_DEBIAN_MIRROR").filter(|m| !m.is_empty()) {
+        Some(m) => m.to_string_lossy().into_owned(),
+        None => bootstrap::apt_mirror(),
+    }
 }
 
 fn debootstrap(root: &Path) -> Result<()> {
-    let mirror = debian_mirror();
-    eprintln!("vmk-testkit: debootstrap {DEBIAN_SUITE} from {mirror} (takes a few minutes)");
-    // A debootstrap whose test was killed would go on writing into a tree that the next
-    // build removes: with setpriv it gets SIGTERM (and unmounts what it mounted in the
-    // tree) when the test that started it dies.
-    let mut cmd = match crate::which("setpriv") {
-        Some(setpriv) => {
-            let mut c = Command::new(setpriv);
-            c.args(["--pdeathsig", "TERM", "debootstrap"]);
-            c
-        }
-        None => Command::new("debootstrap"),
+    let debian = DebianRoot {
+        suite: DEBIAN_SUITE.into(),
+        arch: bootstrap::debian_arch()?,
+        mirror: debian_mirror(),
+        packages: DEBIAN_PACKAGES.iter().map(|p| p.to_string()).collect(),
     };
-    run(cmd
-        .arg("--variant=minbase")
-        .arg(format!("--include={}", DEBIAN_PACKAGES.join(",")))
-        .arg(DEBIAN_SUITE)
-        .arg(root)
-        .arg(&mirror))
-    .with_context(|| {
-        format!(
-            "debootstrap failed (output above): check that {mirror} is reachable and you are root"
-        )
-    })?;
-    // Downloaded .debs are not needed in the image.
-    if let Ok(rd) = fs::read_dir(root.join("var/cache/apt/archives")) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "deb") {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
-    Ok(())
+    eprintln!(
+        "vmk-testkit: debootstrap {} from {} (takes a few minutes)",
+        debian.suite, debian.mirror
+    );
+    bootstrap::debootstrap(&debian, root, None, &FixtureRunner)
+        .with_context(|| format!("check that {} is reachable and you are root", debian.mirror))
 }
 
+/// The product's configuration and image, from a copy of the cached debootstrap tree; the
+/// test layer on top: [`DEBIAN_READY`] in /etc/issue, root on /dev/vda in fstab (what the
+/// fixture's tests check). The ssh host keys debootstrap made stay in the image, so every
+/// copy shares them (`vmk bootstrap` makes new ones for each VM).
 fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
     let stage = out.join("root");
     eprintln!("vmk-testkit: copying the debootstrap tree to configure it");
@@ -730,137 +693,27 @@ fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
         .arg("--reflink=auto")
         .arg(debootstrapped)
         .arg(&stage))?;
-    configure_debian(&stage)?;
-    copy_newest(&stage.join("boot"), "vmlinuz-", &out.join("vmlinuz"))?;
-    copy_newest(&stage.join("boot"), "initrd.img-", &out.join("initrd.img"))?;
-    eprintln!("vmk-testkit: making the ext4 image");
-    let image = out.join("disk.img");
-    run(Command::new("mkfs.ext4")
-        .arg("-q")
-        .arg("-d")
-        .arg(&stage)
-        .arg("-L")
-        .arg("vmkroot")
-        .arg(&image)
-        .arg(DEBIAN_IMAGE_SIZE))
-    .context("mkfs.ext4 -d failed (needs e2fsprogs ≥ 1.43)")?;
-    remove_tree(&stage)
-}
-
-fn write(root: &Path, rel: &str, mode: u32, text: &str) -> Result<()> {
-    let path = root.join(rel);
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    // A symlink in the tree (e.g. /etc/resolv.conf) must be replaced, not followed.
-    if path.is_symlink() {
-        fs::remove_file(&path)?;
-    }
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-fn systemctl(root: &Path, verb: &str, units: &[&str]) -> Result<()> {
-    run(Command::new("systemctl")
-        .arg(format!("--root={}", root.display()))
-        .arg(verb)
-        .args(units))
-    .with_context(|| format!("systemctl {verb} {units:?} in the guest root"))
-}
-
-fn configure_debian(root: &Path) -> Result<()> {
     eprintln!("vmk-testkit: configuring the guest root");
-    write(root, "etc/hostname", 0o644, "vmk-guest\n")?;
-    write(
-        root,
-        "etc/hosts",
-        0o644,
-        "127.0.0.1 localhost\n127.0.1.1 vmk-guest\n::1 localhost ip6-localhost ip6-loopback\n",
+    bootstrap::configure_root(&stage, DEBIAN_HOSTNAME, &FixtureRunner)?;
+    write(&stage, "etc/issue", &format!("{DEBIAN_READY} (\\l)\n\n"))?;
+    write(&stage, "etc/fstab", "/dev/vda / ext4 rw 0 1\n")?;
+    bootstrap::copy_kernel(&stage, out)?;
+    eprintln!("vmk-testkit: making the ext4 image");
+    bootstrap::make_ext4_image(
+        &stage,
+        &out.join("disk.img"),
+        DEBIAN_IMAGE_SIZE,
+        &FixtureRunner,
     )?;
-    write(root, "etc/fstab", 0o644, "/dev/vda / ext4 rw 0 1\n")?;
-    write(
-        root,
-        "etc/issue",
-        0o644,
-        &format!("{DEBIAN_READY} (\\l)\n\n"),
-    )?;
-    write(
-        root,
-        "etc/systemd/network/80-vmk-dhcp.network",
-        0o644,
-        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
-    )?;
-    write(
-        root,
-        "etc/ssh/sshd_config.d/vmk.conf",
-        0o644,
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n",
-    )?;
-    write(root, "etc/resolv.conf", 0o644, "nameserver 10.0.2.3\n")?;
-    lock_root_password(root)?;
-    // Empty: systemd makes a fresh machine-id on each boot of each copy.
-    write(root, "etc/machine-id", 0o444, "")?;
-    let dbus_id = root.join("var/lib/dbus/machine-id");
-    if dbus_id.is_file() && !dbus_id.is_symlink() {
-        fs::remove_file(&dbus_id)?;
-    }
-    systemctl(
-        root,
-        "enable",
-        &[
-            "systemd-networkd.service",
-            "ssh.service",
-            "serial-getty@ttyS0.service",
-        ],
-    )?;
-    // Nothing in a test VM should wait for the network or reach the internet on a timer.
-    systemctl(
-        root,
-        "mask",
-        &[
-            "systemd-networkd-wait-online.service",
-            "apt-daily.timer",
-            "apt-daily-upgrade.timer",
-        ],
-    )
+    bootstrap::remove_tree(&stage)
 }
 
-/// Root gets no password at all (`*`): logins are by ssh key only.
-fn lock_root_password(root: &Path) -> Result<()> {
-    let shadow = root.join("etc/shadow");
-    let text =
-        fs::read_to_string(&shadow).with_context(|| format!("reading {}", shadow.display()))?;
-    let text: String = text
-        .lines()
-        .map(|l| match l.strip_prefix("root:") {
-            Some(rest) => {
-                let after = rest.split_once(':').map_or("", |(_, a)| a);
-                format!("root:*:{after}\n")
-            }
-            None => format!("{l}\n"),
-        })
-        .collect();
-    fs::write(&shadow, text).with_context(|| format!("writing {}", shadow.display()))
-}
-
-fn copy_newest(dir: &Path, prefix: &str, dest: &Path) -> Result<()> {
-    let mut found: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix))
-        })
-        .collect();
-    found.sort();
-    let src = found
-        .pop()
-        .with_context(|| format!("no {prefix}* in the guest's {}", dir.display()))?;
-    fs::copy(&src, dest).with_context(|| format!("copying {}", src.display()))?;
-    Ok(())
+/// Writes a file of the guest tree (mode 0644).
+fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
+    let path = root.join(rel);
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
 #[cfg(test)]
@@ -874,24 +727,6 @@ mod tests {
             "virtio_net"
         );
         assert_eq!(module_name("kernel/x/net-failover.ko.zst"), "net_failover");
-    }
-
-    #[test]
-    fn mirror_from_both_source_formats() {
-        let deb822 = "Types: deb\n# http://snapshot.debian.org/archive/debian/x\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n";
-        assert_eq!(
-            mirror_in(deb822).as_deref(),
-            Some("http://deb.debian.org/debian")
-        );
-        let list = "deb [arch=amd64] http://ftp.de.debian.org/debian/ bookworm main\n";
-        assert_eq!(
-            mirror_in(list).as_deref(),
-            Some("http://ftp.de.debian.org/debian/")
-        );
-        assert_eq!(
-            mirror_in("URIs: http://deb.debian.org/debian-security\n"),
-            None
-        );
     }
 
     #[test]
