@@ -12,7 +12,6 @@
 //!
 //! Also: every error that must come before anything is created, and the dry run.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,8 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use vmk_testkit::guest::{self, Cpio};
 use vmk_testkit::qemu_guard::QemuGuard;
-use vmk_testkit::{guest, run_system_tests, Need, SystemTest};
+use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 /// Both phases under TCG on 2 busy cores: about 10–30 s; generous for loaded CI machines.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -144,136 +144,35 @@ fn kernel_version(kernel: &Path) -> Result<String> {
         .context("cannot tell the host kernel's version")
 }
 
-/// The wanted modules and their dependencies from modules.dep, dependencies first.
-fn module_closure(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
-    let text = fs::read_to_string(modules_dir.join("modules.dep"))
-        .with_context(|| format!("reading {}/modules.dep", modules_dir.display()))?;
-    let name = |p: &str| {
-        let file = p.rsplit('/').next().unwrap_or(p);
-        file.split(".ko").next().unwrap_or(file).replace('-', "_")
-    };
-    let deps: BTreeMap<String, (String, Vec<String>)> = text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| {
-            (
-                name(m),
-                (
-                    m.to_string(),
-                    d.split_whitespace().map(str::to_string).collect(),
-                ),
-            )
-        })
-        .collect();
-    fn visit(
-        path: &str,
-        deps: &BTreeMap<String, (String, Vec<String>)>,
-        name: &dyn Fn(&str) -> String,
-        out: &mut Vec<String>,
-    ) {
-        if out.iter().any(|p| p == path) {
-            return;
-        }
-        if let Some((_, ds)) = deps.get(&name(path)) {
-            for d in ds {
-                visit(d, deps, name, out);
-            }
-        }
-        out.push(path.to_string());
-    }
-    let mut out = Vec::new();
-    for w in wanted {
-        // Built into the kernel when absent from modules.dep.
-        if let Some((path, _)) = deps.get(*w) {
-            visit(path, &deps, &name, &mut out);
-        }
-    }
-    Ok(out)
-}
-
-/// A module's bytes, decompressed (busybox insmod may not read compressed modules).
-fn read_module(path: &Path) -> Result<Vec<u8>> {
-    let s = path.to_string_lossy();
-    let tool = [(".xz", "xz"), (".zst", "zstd"), (".gz", "gzip")]
-        .iter()
-        .find(|(ext, _)| s.ends_with(ext))
-        .map(|(_, t)| *t);
-    match tool {
-        None => fs::read(path).with_context(|| format!("reading {}", path.display())),
-        Some(t) => {
-            let out = Command::new(t).arg("-dc").arg(path).output()?;
-            ensure!(out.status.success(), "{t} -dc {} failed", path.display());
-            Ok(out.stdout)
-        }
-    }
-}
-
-/// A newc cpio archive of directories and files (appended to an initramfs).
-fn cpio(entries: &[(String, u32, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let trailer = ("TRAILER!!!".to_string(), 0, Vec::new());
-    for (ino, (name, mode, data)) in entries.iter().chain([&trailer]).enumerate() {
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            ino + 10_000,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len(),
-            0,
-            0,
-            0,
-            0,
-            name.len() + 1,
-            0
-        );
-        out.extend(header.as_bytes());
-        out.extend(name.as_bytes());
-        out.push(0);
-        out.resize(out.len().div_ceil(4) * 4, 0);
-        out.extend(data);
-        out.resize(out.len().div_ceil(4) * 4, 0);
-    }
-    out
-}
-
 /// The installer's initrd: the busybox guest's, plus an archive with our `/init`, the
 /// modules and the boot sector for disk0.
 fn installer_initrd(dest: &Path) -> Result<()> {
     let g = guest::busybox_guest()?;
     let kernel = vmk_testkit::find_host_kernel().context("no host kernel")?;
     let modules_dir = Path::new("/lib/modules").join(kernel_version(&kernel)?);
-    let mut entries = vec![
-        ("lib".to_string(), 0o040_755, Vec::new()),
-        ("lib/modules".to_string(), 0o040_755, Vec::new()),
-        ("lib/modules/installer".to_string(), 0o040_755, Vec::new()),
-    ];
+    let mut cpio = Cpio::default();
+    for d in ["lib", "lib/modules", "lib/modules/installer"] {
+        cpio.dir(d);
+    }
     let mut order = String::new();
-    for rel in module_closure(&modules_dir, INSTALLER_MODULES)? {
-        let file = rel.rsplit('/').next().unwrap_or(&rel);
-        let name = file.split(".ko").next().unwrap_or(file).to_string();
-        entries.push((
-            format!("lib/modules/installer/{name}.ko"),
-            0o100_644,
-            read_module(&modules_dir.join(&rel))?,
-        ));
+    for rel in guest::module_closure(&modules_dir, INSTALLER_MODULES)? {
+        let name = guest::module_name(&rel);
+        cpio.file(
+            &format!("lib/modules/installer/{name}.ko"),
+            0o644,
+            guest::read_module(&modules_dir.join(&rel))?,
+        );
         order.push_str(&name);
         order.push('\n');
     }
-    entries.push(("etc".into(), 0o040_755, Vec::new()));
-    entries.push((
-        "etc/installer-modules".into(),
-        0o100_644,
-        order.into_bytes(),
-    ));
-    entries.push(("mbr.bin".into(), 0o100_644, boot_sector()));
-    entries.push(("init".into(), 0o100_755, INSTALLER_INIT.as_bytes().to_vec()));
+    cpio.dir("etc");
+    cpio.file("etc/installer-modules", 0o644, order.into_bytes());
+    cpio.file("mbr.bin", 0o644, boot_sector());
+    cpio.file("init", 0o755, INSTALLER_INIT.as_bytes().to_vec());
     let mut initrd =
         fs::read(&g.initrd).with_context(|| format!("reading {}", g.initrd.display()))?;
     initrd.resize(initrd.len().div_ceil(512) * 512, 0);
-    initrd.extend(cpio(&entries));
+    cpio.write(&mut initrd)?;
     fs::write(dest, initrd)?;
     Ok(())
 }

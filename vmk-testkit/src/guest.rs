@@ -394,7 +394,15 @@ fn build_busybox(tmp: &Path, kernel: &Path, busybox: &Path, modules_dir: &Path) 
             cpio.symlink(&format!("bin/{applet}"), "busybox");
         }
     }
-    let modules = module_closure(modules_dir)?;
+    let modules = if modules_dir.join("modules.dep").is_file() {
+        module_closure(modules_dir, BUSYBOX_MODULES)?
+    } else {
+        eprintln!(
+            "vmk-testkit: warning: no {}/modules.dep: the busybox guest gets no virtio modules",
+            modules_dir.display()
+        );
+        Vec::new()
+    };
     cpio.dir("lib/modules");
     let mut order = String::new();
     for rel in &modules {
@@ -487,23 +495,22 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `kernel/drivers/net/virtio_net.ko.xz` → `virtio_net`.
-fn module_name(rel: &str) -> String {
+/// A kernel module's name from its path in modules.dep:
+/// `kernel/drivers/net/virtio_net.ko.xz` → `virtio_net` (`-` becomes `_`, as modprobe does).
+pub fn module_name(rel: &str) -> String {
     let file = rel.rsplit('/').next().unwrap_or(rel);
     file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
-/// The wanted modules present in modules.dep, with their dependencies, deps first.
-/// Modules that are built into this kernel are simply absent, which is fine.
-fn module_closure(modules_dir: &Path) -> Result<Vec<String>> {
+/// The `wanted` modules (by [`module_name`]) of the kernel whose modules are in
+/// `modules_dir` (`/lib/modules/<version>`), with everything they depend on: their paths
+/// relative to `modules_dir` as modules.dep names them, dependencies first (the order to
+/// `insmod` them in). Modules built into the kernel are absent from modules.dep and so
+/// simply left out.
+pub fn module_closure(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
     let dep_file = modules_dir.join("modules.dep");
-    let Ok(text) = fs::read_to_string(&dep_file) else {
-        eprintln!(
-            "vmk-testkit: warning: no {}: the busybox guest gets no virtio modules",
-            dep_file.display()
-        );
-        return Ok(Vec::new());
-    };
+    let text = fs::read_to_string(&dep_file)
+        .with_context(|| format!("reading {}", dep_file.display()))?;
     let deps: BTreeMap<String, (String, Vec<String>)> = text
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -513,7 +520,7 @@ fn module_closure(modules_dir: &Path) -> Result<Vec<String>> {
         })
         .collect();
     let mut order = Vec::new();
-    for want in BUSYBOX_MODULES {
+    for want in wanted {
         if let Some((path, _)) = deps.get(*want) {
             visit(path, &deps, &mut order);
         }
@@ -533,8 +540,9 @@ fn visit(path: &str, deps: &BTreeMap<String, (String, Vec<String>)>, order: &mut
     order.push(path.to_string());
 }
 
-/// Reads a module, decompressing `.ko.xz`/`.ko.zst`/`.ko.gz` (busybox insmod may not).
-fn read_module(path: &Path) -> Result<Vec<u8>> {
+/// A kernel module's bytes, decompressed from `.ko.xz`/`.ko.zst`/`.ko.gz` (busybox insmod
+/// may not read compressed modules).
+pub fn read_module(path: &Path) -> Result<Vec<u8>> {
     let name = path.to_string_lossy();
     let tool = if name.ends_with(".xz") {
         Some("xz")
@@ -560,29 +568,37 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// A newc ("070701") cpio archive built in memory: what the kernel unpacks as initramfs.
-/// Written here rather than with cpio(1) so device nodes need no mknod and no root.
-#[derive(Default)]
-struct Cpio {
+/// Written here rather than with cpio(1) so device nodes need no mknod and no root. Entries
+/// are owned by root; names are relative (`etc/passwd`), parents before their children.
+/// Several archives may follow each other in one initrd (the kernel unpacks them all, later
+/// files replacing earlier ones).
+#[derive(Debug, Default)]
+pub struct Cpio {
     entries: Vec<(String, u32, u32, Vec<u8>)>, // name, mode, rdev (major<<8|minor), data
 }
 
 impl Cpio {
-    fn dir(&mut self, name: &str) {
+    /// A directory (mode 0755).
+    pub fn dir(&mut self, name: &str) {
         self.entries.push((name.into(), 0o040_755, 0, Vec::new()));
     }
-    fn file(&mut self, name: &str, perm: u32, data: Vec<u8>) {
+    /// A regular file with permission bits `perm` (e.g. 0o644).
+    pub fn file(&mut self, name: &str, perm: u32, data: Vec<u8>) {
         self.entries.push((name.into(), 0o100_000 | perm, 0, data));
     }
-    fn symlink(&mut self, name: &str, target: &str) {
+    /// A symbolic link to `target`.
+    pub fn symlink(&mut self, name: &str, target: &str) {
         self.entries
             .push((name.into(), 0o120_777, 0, target.as_bytes().to_vec()));
     }
-    fn char_dev(&mut self, name: &str, major: u32, minor: u32) {
+    /// A character device node (mode 0600).
+    pub fn char_dev(&mut self, name: &str, major: u32, minor: u32) {
         self.entries
             .push((name.into(), 0o020_600, (major << 8) | minor, Vec::new()));
     }
 
-    fn write(&self, w: &mut impl Write) -> io::Result<()> {
+    /// Writes the archive, ending with its `TRAILER!!!` entry.
+    pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
         let mut offset = 0usize;
         let trailer = ("TRAILER!!!".to_string(), 0, 0, Vec::new());
         for (ino, (name, mode, rdev, data)) in self.entries.iter().chain([&trailer]).enumerate() {
