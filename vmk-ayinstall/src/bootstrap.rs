@@ -26,12 +26,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vmk_common::cli::GlobalOpts;
 use vmk_common::config::{self, LoadOptions, RawConfig, Size};
 use vmk_common::outln;
+use vmk_common::time::UtcTime;
 
 /// Name of the log file (debootstrap's output and every command run) in the new directory.
 pub const LOG_NAME: &str = "bootstrap.log";
@@ -707,7 +708,7 @@ fn build(
             write_file(
                 &staging.path.join(config::VM_FILE_NAME),
                 0o644,
-                &vm_config_text(plan, &timestamp()),
+                &vm_config_text(plan, &UtcTime::now().to_string()),
             )
         })?;
         Ok(())
@@ -1472,31 +1473,6 @@ fn write_file(path: &Path, mode: u32, text: &str) -> Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-/// Now as UTC `YYYY-MM-DD HH:MM:SS`.
-fn timestamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 fn human_duration(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 60.0 {
@@ -1836,7 +1812,7 @@ mod tests {
         assert!(version_cmp("vmlinuz-6.1.0-10-cloud", "vmlinuz-6.1.0-9-cloud").is_gt());
         assert!(version_cmp("a-1", "a-1").is_eq());
         assert_eq!(kernel_package("amd64"), "linux-image-cloud-amd64");
-        let ts = timestamp();
+        let ts = UtcTime::now().to_string();
         assert_eq!(ts.len(), 23, "{ts}");
         assert!(ts.starts_with("20"));
         assert_eq!(

@@ -15,3 +15,4 @@ pub mod frontdoor;
 pub mod qemu;
 pub mod qmp;
 pub mod state;
+pub mod time;

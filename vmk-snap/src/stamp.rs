@@ -1,106 +1,49 @@
 //! Snapshot names: `<image>-YYYYMMDD-HHMMSS` in UTC, so names sort by time, read the same on
-//! every machine and need no time-zone database (a 20-line civil-date formatter, no time crate).
+//! every machine and need no time-zone database (the civil date is [`vmk_common::time`]'s).
 //!
 //! UTC was chosen over local time because local time needs the system's zone rules (libc
 //! `localtime_r` is `unsafe`, which the workspace denies) and because a name taken before a
 //! DST change would otherwise sort after one taken later.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+/// A point in time, split into UTC calendar fields (`Stamp::now()`, `.rfc3339()`: the
+/// form shown by `dsnap list`).
+pub use vmk_common::time::UtcTime as Stamp;
 
-/// A point in time, split into UTC calendar fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Stamp {
-    /// Year, e.g. 2024.
-    pub year: i64,
-    /// Month, 1–12.
-    pub month: u32,
-    /// Day of the month, 1–31.
-    pub day: u32,
-    /// Hour, 0–23.
-    pub hour: u32,
-    /// Minute, 0–59.
-    pub minute: u32,
-    /// Second, 0–59.
-    pub second: u32,
+/// `YYYYMMDD-HHMMSS`, the form used in snapshot names.
+pub fn compact(stamp: &Stamp) -> String {
+    format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        stamp.year, stamp.month, stamp.day, stamp.hour, stamp.minute, stamp.second
+    )
 }
 
-impl Stamp {
-    /// The current time.
-    pub fn now() -> Stamp {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        Stamp::from_unix(secs)
+/// Parses [`compact`] back; `None` for anything else.
+pub fn parse_compact(s: &str) -> Option<Stamp> {
+    let b = s.as_bytes();
+    if b.len() != 15
+        || b[8] != b'-'
+        || !s[..8]
+            .bytes()
+            .chain(s[9..].bytes())
+            .all(|c| c.is_ascii_digit())
+    {
+        return None;
     }
-
-    /// Seconds since 1970-01-01T00:00:00Z → calendar fields (Howard Hinnant's civil_from_days).
-    pub fn from_unix(secs: i64) -> Stamp {
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        Stamp {
-            year,
-            month,
-            day,
-            hour: (rem / 3600) as u32,
-            minute: (rem % 3600 / 60) as u32,
-            second: (rem % 60) as u32,
-        }
-    }
-
-    /// `YYYYMMDD-HHMMSS`, the form used in snapshot names.
-    pub fn compact(&self) -> String {
-        format!(
-            "{:04}{:02}{:02}-{:02}{:02}{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
-    }
-
-    /// `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339), the form shown by `dsnap list`.
-    pub fn rfc3339(&self) -> String {
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
-    }
-
-    /// Parses [`Stamp::compact`] back; `None` for anything else.
-    pub fn parse_compact(s: &str) -> Option<Stamp> {
-        let b = s.as_bytes();
-        if b.len() != 15
-            || b[8] != b'-'
-            || !s[..8]
-                .bytes()
-                .chain(s[9..].bytes())
-                .all(|c| c.is_ascii_digit())
-        {
-            return None;
-        }
-        let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
-        let stamp = Stamp {
-            year: i64::from(n(0..4)?),
-            month: n(4..6)?,
-            day: n(6..8)?,
-            hour: n(9..11)?,
-            minute: n(11..13)?,
-            second: n(13..15)?,
-        };
-        let valid = (1..=12).contains(&stamp.month)
-            && (1..=31).contains(&stamp.day)
-            && stamp.hour < 24
-            && stamp.minute < 60
-            && stamp.second < 61;
-        valid.then_some(stamp)
-    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<u8>().ok();
+    let stamp = Stamp {
+        year: s[0..4].parse().ok()?,
+        month: n(4..6)?,
+        day: n(6..8)?,
+        hour: n(9..11)?,
+        minute: n(11..13)?,
+        second: n(13..15)?,
+    };
+    let valid = (1..=12).contains(&stamp.month)
+        && (1..=31).contains(&stamp.day)
+        && stamp.hour < 24
+        && stamp.minute < 60
+        && stamp.second < 61;
+    valid.then_some(stamp)
 }
 
 /// The parts of a snapshot file name `<base>-YYYYMMDD-HHMMSS[-N]`.
@@ -115,9 +58,9 @@ pub struct SnapName {
 /// The snapshot name for `base` at `stamp`, with `seq` > 1 giving `-seq`.
 pub fn snapshot_name(base: &str, stamp: &Stamp, seq: u32) -> String {
     if seq <= 1 {
-        format!("{base}-{}", stamp.compact())
+        format!("{base}-{}", compact(stamp))
     } else {
-        format!("{base}-{}-{seq}", stamp.compact())
+        format!("{base}-{}-{seq}", compact(stamp))
     }
 }
 
@@ -137,7 +80,7 @@ pub fn parse_snapshot_name(base: &str, name: &str) -> Option<SnapName> {
         _ => return None,
     };
     Some(SnapName {
-        stamp: Stamp::parse_compact(stamp)?,
+        stamp: parse_compact(stamp)?,
         seq,
     })
 }
@@ -146,19 +89,14 @@ pub fn parse_snapshot_name(base: &str, name: &str) -> Option<SnapName> {
 mod tests {
     use super::*;
 
+    // The civil-date conversion and rfc3339() are tested in vmk_common::time.
     #[test]
-    fn unix_to_civil() {
-        assert_eq!(Stamp::from_unix(0).rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            Stamp::from_unix(951_782_400).rfc3339(),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            Stamp::from_unix(1_709_251_199).rfc3339(),
-            "2024-02-29T23:59:59Z"
-        );
-        assert_eq!(Stamp::from_unix(4_102_444_800).compact(), "21000101-000000");
-        assert_eq!(Stamp::from_unix(-1).rfc3339(), "1969-12-31T23:59:59Z");
+    fn compact_form() {
+        assert_eq!(compact(&Stamp::from_unix(4_102_444_800)), "21000101-000000");
+        assert_eq!(compact(&Stamp::from_unix(951_827_696)), "20000229-123456");
+        assert_eq!(compact(&Stamp::from_unix(-1)), "19691231-235959");
+        let s = Stamp::from_unix(1_709_251_199);
+        assert_eq!(parse_compact(&compact(&s)), Some(s));
     }
 
     #[test]
