@@ -1,3 +1,5 @@
+//! The `vmk-run` binary: parse, run, exit status (all in vmk_common::cli and the library).
+
 fn main() -> std::process::ExitCode {
     vmk_common::cli::main::<vmk_run::Args>(vmk_run::run)
 }
