@@ -48,16 +48,28 @@ pub fn vmk_tree() -> Command {
         root = root.subcommand(sub.name(*name).about(*about));
     }
     for alias in ALIASES {
-        if BUILTINS.iter().any(|(b, _)| *b == alias.name) {
-            continue;
-        }
         let target = alias.args.iter().rev().find(|a| !a.starts_with('-'));
         let sub = tools
             .iter()
             .find(|(t, _)| *t == alias.tool)
             .and_then(|(_, c)| target.and_then(|t| c.find_subcommand(t)).cloned())
             .unwrap_or_else(|| Command::new(alias.name));
-        root = root.subcommand(sub.name(alias.name));
+        // keep the subcommand's own name when it answers to the alias already (`info`
+        // answers to `status`), so that no name is there twice
+        let covers = sub.get_name() == alias.name || sub.get_all_aliases().any(|a| a == alias.name);
+        let sub = if covers { sub } else { sub.name(alias.name) };
+        let names: Vec<String> = std::iter::once(sub.get_name())
+            .chain(sub.get_all_aliases())
+            .map(str::to_string)
+            .collect();
+        let taken = root.get_subcommands().any(|c| {
+            names
+                .iter()
+                .any(|n| c.get_name() == n || c.get_all_aliases().any(|a| a == n))
+        });
+        if !taken {
+            root = root.subcommand(sub);
+        }
     }
     root
 }
@@ -77,7 +89,10 @@ pub fn man_pages() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let tool = cmd.get_name().to_string();
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
             let name = format!("{tool}-{}", sub.get_name());
-            pages.push(render(&name, sub.clone().name(name.clone()))?);
+            pages.push(render(
+                &name,
+                sub.clone().name(name.clone()).disable_version_flag(true),
+            )?);
         }
         pages.push(render(&tool, cmd)?);
     }
@@ -87,7 +102,7 @@ pub fn man_pages() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 
 fn render(name: &str, cmd: Command) -> anyhow::Result<(String, Vec<u8>)> {
     let mut buf = Vec::new();
-    clap_mangen::Man::new(cmd.version(env!("CARGO_PKG_VERSION")))
+    clap_mangen::Man::new(cmd)
         .date("")
         .source(format!("vmk {}", env!("CARGO_PKG_VERSION")))
         .manual("vmk manual")
