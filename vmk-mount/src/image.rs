@@ -254,7 +254,7 @@ impl MountState {
         }
         if let Some(dev) = self.loop_dev.clone() {
             if self.mounts.is_empty() {
-                match run_quiet(Command::new("losetup").arg("-d").arg(&dev)) {
+                match detach_loop(&dev) {
                     Ok(()) => self.loop_dev = None,
                     Err(e) => errors.push(format!("detaching {}: {e:#}", dev.display())),
                 }
@@ -906,6 +906,28 @@ pub fn umount(dir: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Detaches a loop device and waits until it is really gone: while something (udev's
+/// probe of the partitions, a closing mount) still holds it, `losetup -d` only marks it
+/// for detaching and returns at once.
+fn detach_loop(dev: &Path) -> Result<()> {
+    run_quiet(Command::new("losetup").arg("-d").arg(dev))?;
+    let Some(name) = dev.file_name() else {
+        return Ok(());
+    };
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backing.exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "{} is still attached 10 s after `losetup -d` (something holds it open)",
+                dev.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 fn run_quiet(c: &mut Command) -> Result<()> {
