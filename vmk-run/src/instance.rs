@@ -698,13 +698,17 @@ pub struct Info {
 pub fn info(inst: &Instance) -> Result<Info> {
     let cfg = &inst.cfg;
     let meta = fs::metadata(&inst.image).ok();
-    let image_format = cfg
-        .disk0_format
-        .or_else(|| {
-            meta.as_ref()
-                .and_then(|_| DiskFormat::detect(&inst.image).ok())
-        })
-        .unwrap_or_else(|| guess_format(&inst.image));
+    let detected = meta
+        .as_ref()
+        .and_then(|_| DiskFormat::detect(&inst.image).ok());
+    // disk0 boots in the configured format; another image (snap-<disk0>, which may be a
+    // qcow2 overlay where reflink is impossible) boots in the format it has
+    let image_format = if inst.is_disk0() {
+        cfg.disk0_format.or(detected)
+    } else {
+        detected.or(cfg.disk0_format)
+    }
+    .unwrap_or_else(|| guess_format(&inst.image));
     let host = qemu::RealHost;
     let resolved = qemu::resolve_accel(cfg.accel, &host);
     let qemu_bin = qemu::select_qemu(

@@ -473,6 +473,12 @@ fn snap_run_falls_back_to_a_qcow2_overlay_on_ext4() -> Result<()> {
         info["full-backing-filename"].as_str() == Some(disk0.to_str().unwrap()),
         "{info}"
     );
+    let shown = ok(vmk_snap(&dir, &["info", "--json"]))?;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
+    ensure!(
+        shown["image_format"] == "qcow2",
+        "snap info shows the overlay's format wrong: {shown}"
+    );
     guest::wait_for_file_line(
         &dir.join("snap-disk0.raw.console.log"),
         "vmk-busybox-guest: exit 0",
