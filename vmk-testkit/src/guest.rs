@@ -509,8 +509,8 @@ pub fn module_name(rel: &str) -> String {
 /// simply left out.
 pub fn module_closure(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
     let dep_file = modules_dir.join("modules.dep");
-    let text = fs::read_to_string(&dep_file)
-        .with_context(|| format!("reading {}", dep_file.display()))?;
+    let text =
+        fs::read_to_string(&dep_file).with_context(|| format!("reading {}", dep_file.display()))?;
     let deps: BTreeMap<String, (String, Vec<String>)> = text
         .lines()
         .filter_map(|l| l.split_once(':'))
