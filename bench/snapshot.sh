@@ -5,7 +5,7 @@
 # space) and `qemu-img create -b` overlays. Images are sparse NOCOW files with 1 MiB of data
 # every 64 MiB (16, 128 and 1024 extents), so the reflink has real extents to share.
 #
-# Usage (root): [VMK_BIN_DIR=dir] bench/snapshot.sh [RUNS]   (needs hyperfine, btrfs-progs, qemu-img, jq;
+# Usage (root): [VMK_BIN_DIR=dir] [EXTENTS=N] bench/snapshot.sh [RUNS]   (needs hyperfine, btrfs-progs, qemu-img, jq;
 # builds the release binaries first). Prints a Markdown table of medians on stdout.
 set -euo pipefail
 
@@ -37,10 +37,14 @@ make_image() { # path size_gib
     local path=$1 size=$(( $2 * 1024 ))   # MiB
     touch "$path"; chattr +C "$path"
     truncate -s "${size}M" "$path"
+    # EXTENTS=N: N data extents whatever the size (shows size independence); default: one
+    # every 64 MiB, so bigger images have more extents (as used images do)
+    local step=64
+    [ -n "${EXTENTS:-}" ] && step=$(( size / EXTENTS ))
     local off=0
     while [ "$off" -lt "$size" ]; do
         dd if=/dev/urandom of="$path" bs=1M count=1 seek="$off" conv=notrunc status=none
-        off=$(( off + 64 ))
+        off=$(( off + step ))
     done
     sync -f "$path"
 }
