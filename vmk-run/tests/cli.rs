@@ -394,3 +394,69 @@ fn checksetup_one_line_per_check_and_the_exit_status() {
     assert_eq!(find(&lines, "qemu").0, "FAIL", "{lines:?}");
     assert_eq!(code, Some(1));
 }
+
+/// The `vmk` front door, built beside vmk-run when the workspace is built.
+fn front_door(dir: &Path) -> Command {
+    let vmk = Path::new(env!("CARGO_BIN_EXE_vmk-run")).with_file_name("vmk");
+    assert!(
+        vmk.exists(),
+        "{} is not built: run `cargo build --workspace` (make test does)",
+        vmk.display()
+    );
+    let mut c = Command::new(vmk);
+    c.current_dir(dir)
+        .env_remove("VMK_VNC")
+        .env_remove("VMK_ACCEL")
+        .env_remove("VMK_OPT_DRY_RUN");
+    c
+}
+
+#[test]
+fn front_door_dry_run_of_a_config_in_the_original_tools_style() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("vm-config"),
+        "#!/bin/sh\n# SLES 15 test VM\nVMK_NAME=\"sles15\"\nVMK_DISK0='sles,15.qcow2'   # main disk\n\
+         VMK_MEM=4G\nexport VMK_VNC=3\nVMK_ACCEL=tcg\n\nVMK_TAG=\"${VMK_NAME} base\"\n",
+    )
+    .unwrap();
+    let out = front_door(tmp.path())
+        .args(["-D", "run"])
+        .assert()
+        .success();
+    let line = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    for needle in [
+        "qemu-system-x86_64",
+        "'guest=sles15'",
+        "accel=tcg",
+        "-m 4096",
+        "-vnc 127.0.0.1:3",
+        "port=9993",
+        "hostfwd=tcp:127.0.0.1:10023-:22",
+        "mac=52:54:00:00:00:03",
+        "sles,,15.qcow2,format=qcow2",
+    ] {
+        assert!(line.contains(needle), "missing {needle} in {line}");
+    }
+}
+
+#[test]
+fn front_door_never_runs_command_substitution_in_a_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("created-by-the-config");
+    std::fs::write(
+        tmp.path().join("vm-config"),
+        format!(
+            "VMK_DISK0=d.qcow2\nVMK_NAME=$(touch {})\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    front_door(tmp.path())
+        .args(["-D", "run"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("vm-config:2: VMK_NAME:"));
+    assert!(!marker.exists(), "the config was run by a shell");
+}
