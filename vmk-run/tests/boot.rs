@@ -25,6 +25,16 @@ fn main() -> std::process::ExitCode {
         ),
         SystemTest::new("two_vms_in_ps_and_a_port_clash_refused", bb, two_vms),
         SystemTest::new("kill_never_signals_an_unrelated_pid", bb, kill_unrelated),
+        SystemTest::new(
+            "runin_in_a_terminal_tells_how_to_leave_and_restores_it",
+            &[
+                Need::Qemu,
+                Need::Busybox,
+                Need::Kernel,
+                Need::Program("tmux"),
+            ],
+            runin_in_a_terminal,
+        ),
     ])
 }
 
@@ -256,5 +266,90 @@ fn kill_unrelated() -> Result<()> {
     ensure!(sleep.try_wait()?.is_none(), "the sleep died");
     let _ = sleep.kill();
     let _ = sleep.wait();
+    Ok(())
+}
+
+/// `vmk-run runin` in a real terminal (tmux): the user is told how to leave, the guest's
+/// console is on the terminal both ways, Ctrl-A x quits, and the terminal settings are the
+/// same afterwards as before.
+fn runin_in_a_terminal() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    busybox_vm(dir, 95)?;
+    let session = format!("vmk-runin-{}", std::process::id());
+    let tmux = |args: &[&str]| -> Result<Output> {
+        let out = Command::new("tmux").args(args).output()?;
+        ensure!(out.status.success(), "tmux {args:?}: {out:?}");
+        Ok(out)
+    };
+    let script = format!(
+        "cd '{}' && stty -g > before && '{}' runin; echo \"exit=$?\" > status; stty -g > after; sleep 600",
+        dir.display(),
+        env!("CARGO_BIN_EXE_vmk-run")
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "150",
+        "-y",
+        "40",
+        &script,
+    ])?;
+    struct Session(String);
+    impl Drop for Session {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .status();
+        }
+    }
+    let _session = Session(session.clone());
+    let _guard = QemuGuard::from_pidfile(&dir.join("disk0.raw.pid"))?;
+    let screen = || -> Result<String> {
+        let out = tmux(&["capture-pane", "-p", "-J", "-S", "-1000", "-t", &session])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let wait_for = |needle: &str| -> Result<String> {
+        let start = Instant::now();
+        loop {
+            let text = screen()?;
+            if text.contains(needle) {
+                return Ok(text);
+            }
+            ensure!(
+                start.elapsed() < BOOT_TIMEOUT,
+                "no {needle:?} on the terminal after {BOOT_TIMEOUT:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let first = wait_for("vmk-busybox-guest: ready")?;
+    ensure!(
+        first.contains("leave with Ctrl-A x"),
+        "not told how to leave:\n{first}"
+    );
+    tmux(&["send-keys", "-t", &session, "echo typed-$((6*7))", "Enter"])?;
+    wait_for("typed-42")?;
+    tmux(&["send-keys", "-t", &session, "C-a", "x"])?;
+    let start = Instant::now();
+    while !dir.join("after").exists() {
+        ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "runin did not end on Ctrl-A x"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let status = std::fs::read_to_string(dir.join("status"))?;
+    ensure!(status.trim() == "exit=0", "runin ended with {status}");
+    let before = std::fs::read_to_string(dir.join("before"))?;
+    let after = std::fs::read_to_string(dir.join("after"))?;
+    ensure!(
+        before == after,
+        "terminal settings changed: {before} → {after}"
+    );
     Ok(())
 }
