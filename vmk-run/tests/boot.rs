@@ -35,6 +35,16 @@ fn main() -> std::process::ExitCode {
             ],
             runin_in_a_terminal,
         ),
+        SystemTest::new(
+            "console_in_a_terminal_detaches_with_ctrl_bracket",
+            &[
+                Need::Qemu,
+                Need::Busybox,
+                Need::Kernel,
+                Need::Program("tmux"),
+            ],
+            console_in_a_terminal,
+        ),
     ])
 }
 
@@ -269,53 +279,47 @@ fn kill_unrelated() -> Result<()> {
     Ok(())
 }
 
-/// `vmk-run runin` in a real terminal (tmux): the user is told how to leave, the guest's
-/// console is on the terminal both ways, Ctrl-A x quits, and the terminal settings are the
-/// same afterwards as before.
-fn runin_in_a_terminal() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
-    busybox_vm(dir, 95)?;
-    let session = format!("vmk-runin-{}", std::process::id());
-    let tmux = |args: &[&str]| -> Result<Output> {
+/// A program in a real terminal: a tmux session that is killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn start(name: &str, script: &str) -> Result<Tmux> {
+        let t = Tmux(format!("vmk-{name}-{}", std::process::id()));
+        t.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &t.0,
+            "-x",
+            "150",
+            "-y",
+            "40",
+            script,
+        ])?;
+        Ok(t)
+    }
+
+    fn tmux(&self, args: &[&str]) -> Result<Output> {
         let out = Command::new("tmux").args(args).output()?;
         ensure!(out.status.success(), "tmux {args:?}: {out:?}");
         Ok(out)
-    };
-    let script = format!(
-        "cd '{}' && stty -g > before && '{}' runin; echo \"exit=$?\" > status; stty -g > after; sleep 600",
-        dir.display(),
-        env!("CARGO_BIN_EXE_vmk-run")
-    );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "150",
-        "-y",
-        "40",
-        &script,
-    ])?;
-    struct Session(String);
-    impl Drop for Session {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["kill-session", "-t", &self.0])
-                .status();
-        }
     }
-    let _session = Session(session.clone());
-    let _guard = QemuGuard::from_pidfile(&dir.join("disk0.raw.pid"))?;
-    let screen = || -> Result<String> {
-        let out = tmux(&["capture-pane", "-p", "-J", "-S", "-1000", "-t", &session])?;
+
+    fn send(&self, keys: &[&str]) -> Result<()> {
+        let mut args = vec!["send-keys", "-t", &self.0];
+        args.extend_from_slice(keys);
+        self.tmux(&args).map(drop)
+    }
+
+    fn screen(&self) -> Result<String> {
+        let out = self.tmux(&["capture-pane", "-p", "-J", "-S", "-1000", "-t", &self.0])?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let wait_for = |needle: &str| -> Result<String> {
+    }
+
+    fn wait_for(&self, needle: &str) -> Result<String> {
         let start = Instant::now();
         loop {
-            let text = screen()?;
+            let text = self.screen()?;
             if text.contains(needle) {
                 return Ok(text);
             }
@@ -325,31 +329,105 @@ fn runin_in_a_terminal() -> Result<()> {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    };
-    let first = wait_for("vmk-busybox-guest: ready")?;
-    ensure!(
-        first.contains("leave with Ctrl-A x"),
-        "not told how to leave:\n{first}"
-    );
-    tmux(&["send-keys", "-t", &session, "echo typed-$((6*7))", "Enter"])?;
-    wait_for("typed-42")?;
-    tmux(&["send-keys", "-t", &session, "C-a", "x"])?;
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// Runs `command` in the VM directory in a terminal, saving the terminal settings before
+/// and after it and its exit status, for [`ended_with_terminal_restored`].
+fn in_terminal(name: &str, dir: &Path, command: &str) -> Result<Tmux> {
+    Tmux::start(
+        name,
+        &format!(
+            "cd '{}' && stty -g > before && {command}; echo \"exit=$?\" > status; stty -g > after; sleep 600",
+            dir.display()
+        ),
+    )
+}
+
+/// Waits for the command of [`in_terminal`] to end; checks it exited 0 and left the
+/// terminal settings as they were.
+fn ended_with_terminal_restored(dir: &Path) -> Result<()> {
     let start = Instant::now();
     while !dir.join("after").exists() {
         ensure!(
             start.elapsed() < Duration::from_secs(30),
-            "runin did not end on Ctrl-A x"
+            "the command did not end"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(200));
     let status = std::fs::read_to_string(dir.join("status"))?;
-    ensure!(status.trim() == "exit=0", "runin ended with {status}");
+    ensure!(status.trim() == "exit=0", "ended with {status}");
     let before = std::fs::read_to_string(dir.join("before"))?;
     let after = std::fs::read_to_string(dir.join("after"))?;
     ensure!(
         before == after,
         "terminal settings changed: {before} → {after}"
     );
+    Ok(())
+}
+
+/// `vmk-run runin` in a real terminal (tmux): the user is told how to leave, the guest's
+/// console is on the terminal both ways, Ctrl-A x quits, and the terminal settings are the
+/// same afterwards as before.
+fn runin_in_a_terminal() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    busybox_vm(dir, 95)?;
+    let term = in_terminal(
+        "runin",
+        dir,
+        &format!("'{}' runin", env!("CARGO_BIN_EXE_vmk-run")),
+    )?;
+    let _guard = QemuGuard::from_pidfile(&dir.join("disk0.raw.pid"))?;
+    let first = term.wait_for("vmk-busybox-guest: ready")?;
+    ensure!(
+        first.contains("leave with Ctrl-A x"),
+        "not told how to leave:\n{first}"
+    );
+    term.send(&["echo typed-$((6*7))", "Enter"])?;
+    term.wait_for("typed-42")?;
+    term.send(&["C-a", "x"])?;
+    ended_with_terminal_restored(dir)
+}
+
+/// `vmk-run console` in a real terminal: raw mode both ways, Ctrl-] detaches, the VM
+/// keeps running, and the terminal settings are restored.
+fn console_in_a_terminal() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let pidfile = busybox_vm(dir, 98)?;
+    let out = vmk_run(dir, &["run"], None)?;
+    ensure!(out.status.success(), "run: {out:?}");
+    let guard = QemuGuard::from_pidfile(&pidfile)?;
+    guest::wait_for_file_line(
+        &dir.join("disk0.raw.console.log"),
+        "vmk-busybox-guest: ready",
+        BOOT_TIMEOUT,
+    )?;
+    let term = in_terminal(
+        "console",
+        dir,
+        &format!("'{}' console", env!("CARGO_BIN_EXE_vmk-run")),
+    )?;
+    term.wait_for("Ctrl-]")?;
+    term.send(&["echo typed-$((6*7))", "Enter"])?;
+    term.wait_for("typed-42")?;
+    term.send(&["C-]"])?;
+    ended_with_terminal_restored(dir)?;
+    let running = vmk_run(dir, &["isrunning"], None)?;
+    ensure!(
+        running.status.success(),
+        "the VM stopped when the console detached"
+    );
+    drop(guard);
     Ok(())
 }
