@@ -2,55 +2,23 @@
 //! tmpfs): reflink, NOCOW, refusals, and that failures leave nothing behind.
 
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use vmk_common::fileops::{
     create_nocow_file, fs_kind, is_nocow, reflink_copy, set_nocow, CopyMethod, CopyOptions,
     FileopsError, FsKind,
 };
 use vmk_testkit::btrfs::{LoopBtrfs, LoopFs};
+use vmk_testkit::images::{btrfs_du, check_reflink_copy, lsattr_has_c, make_image};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 const MIB: u64 = 1 << 20;
 
-/// A file of `size` bytes with varied content, NOCOW when asked (set while empty).
-fn make_image(path: &Path, size: u64, nocow: bool) -> Result<()> {
-    if nocow {
-        ensure!(
-            create_nocow_file(path, 0)?,
-            "no NOCOW on {}",
-            path.display()
-        );
-    }
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
-    let block: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
-    let mut off = 0;
-    while off < size {
-        f.write_all_at(&block[..(size - off).min(MIB) as usize], off)?;
-        off += MIB;
-    }
-    f.sync_all()?;
-    Ok(())
-}
-
 fn checksum(path: &Path) -> Result<u64> {
     Ok(vmk_common::state::fnv1a64(&fs::read(path)?))
-}
-
-fn lsattr_has_c(path: &Path) -> Result<bool> {
-    let out = Command::new("lsattr").arg(path).output()?;
-    ensure!(out.status.success(), "lsattr failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let attrs = text.split_whitespace().next().unwrap_or("");
-    Ok(attrs.contains('C'))
 }
 
 /// Files in `dir` (names), to prove nothing (no temporary file) was left.
@@ -68,7 +36,7 @@ fn nocow_reflink_shares_data_and_keeps_attributes() -> Result<()> {
     let dir = fs_.path();
     ensure!(fs_kind(dir)? == FsKind::Btrfs);
     let src = dir.join("disk0.raw");
-    make_image(&src, 64 * MIB, true)?;
+    make_image(&src, 64 * MIB, MIB, true)?;
     fs::set_permissions(&src, fs::Permissions::from_mode(0o640))?;
     let mtime = UNIX_EPOCH + Duration::from_secs(1_234_567_890);
     fs::File::options()
@@ -90,33 +58,18 @@ fn nocow_reflink_shares_data_and_keeps_attributes() -> Result<()> {
     ensure!(m.modified()? == mtime, "mtime not kept");
     ensure!(m.ino() != src_meta.ino());
 
-    sync()?;
-    let du = Command::new("btrfs")
-        .args(["filesystem", "du", "--raw"])
-        .arg(&src)
-        .arg(&dst)
-        .output()?;
-    let du = String::from_utf8_lossy(&du.stdout);
-    // columns: Total, Exclusive, Set shared, Filename
-    for line in du.lines().filter(|l| l.contains(".raw")) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        ensure!(cols[1] == "0", "data not shared: {line}");
-        ensure!(cols[0].parse::<u64>()? == 64 * MIB, "{line}");
+    // all data of both files is shared, none exclusive
+    for file in [&src, &dst] {
+        let du = btrfs_du(file)?;
+        ensure!(
+            du.exclusive == 0 && du.total == 64 * MIB,
+            "data not shared: {}: {du:?}",
+            file.display()
+        );
     }
-    ensure!(
-        du.lines().filter(|l| l.contains(".raw")).count() == 2,
-        "{du}"
-    );
-
-    // writing to the copy leaves the source as it was
-    let f = fs::OpenOptions::new().write(true).open(&dst)?;
-    f.write_all_at(b"changed in the copy", 4096)?;
-    f.sync_all()?;
-    ensure!(
-        checksum(&src)? == before,
-        "source changed after writing the copy"
-    );
-    ensure!(checksum(&dst)? != before);
+    // lsattr C, same content, shared data; writing to the copy leaves the source as it was
+    check_reflink_copy(&src, &dst, 64 * MIB)?;
+    ensure!(checksum(&src)? == before, "source changed");
     ensure!(
         fs::metadata(&src)?.modified()? == mtime,
         "source mtime changed"
@@ -139,7 +92,7 @@ fn plain_reflink_and_set_nocow_rules() -> Result<()> {
     let fs_ = LoopFs::btrfs(256 * MIB)?;
     let dir = fs_.path();
     let src = dir.join("plain.img");
-    make_image(&src, 3 * MIB, false)?;
+    make_image(&src, 3 * MIB, MIB, false)?;
     ensure!(!is_nocow(&src)?);
     let out = reflink_copy(&src, &dir.join("plain2.img"), &CopyOptions::default())?;
     ensure!(out.method == CopyMethod::Reflink);
@@ -160,7 +113,7 @@ fn refusals_leave_everything_untouched() -> Result<()> {
     let fs_ = LoopFs::btrfs(256 * MIB)?;
     let dir = fs_.path();
     let src = dir.join("disk0");
-    make_image(&src, 2 * MIB, true)?;
+    make_image(&src, 2 * MIB, MIB, true)?;
     fs::hard_link(&src, dir.join("hardlink"))?;
     std::os::unix::fs::symlink(&src, dir.join("symlink"))?;
     fs::write(dir.join("other"), b"keep me")?;
@@ -192,7 +145,7 @@ fn ext4_cannot_reflink_clear_error_no_file() -> Result<()> {
     let fs_ = LoopFs::new("ext4", 64 * MIB)?;
     let dir = fs_.path();
     let src = dir.join("disk0");
-    make_image(&src, 4 * MIB, false)?;
+    make_image(&src, 4 * MIB, MIB, false)?;
     let before = checksum(&src)?;
     let e = reflink_copy(&src, &dir.join("copy"), &CopyOptions::default()).unwrap_err();
     let msg = e.to_string();
@@ -224,7 +177,7 @@ fn full_copy_into_full_fs_fails_cleanly() -> Result<()> {
     let big = LoopFs::new("ext4", 64 * MIB)?;
     let tiny = LoopFs::new("tmpfs", 4 * MIB)?;
     let src = big.path().join("disk0");
-    make_image(&src, 16 * MIB, false)?;
+    make_image(&src, 16 * MIB, MIB, false)?;
     let before = checksum(&src)?;
     let o = CopyOptions {
         allow_full_copy: true,
@@ -243,11 +196,6 @@ fn full_copy_into_full_fs_fails_cleanly() -> Result<()> {
     let e = reflink_copy(&src, tiny.path(), &CopyOptions::default()).unwrap_err();
     ensure!(matches!(e, FileopsError::ReflinkUnsupported { .. }), "{e}");
     ensure!(names(tiny.path())?.is_empty());
-    Ok(())
-}
-
-fn sync() -> Result<()> {
-    Command::new("sync").status().context("sync")?;
     Ok(())
 }
 

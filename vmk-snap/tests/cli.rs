@@ -20,6 +20,17 @@ fn vmk_snap(dir: &Path) -> Command {
     c
 }
 
+/// Runs `cmd`, asserts that it succeeded (showing its stderr if not), and returns its output.
+fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn reflinks(dir: &Path) -> bool {
     vmk_common::fileops::fs_kind(dir).unwrap().can_reflink()
 }
@@ -90,15 +101,7 @@ fn cpfile_refuses_same_file_and_overwrite_and_explains_missing_reflink() {
 fn dsnap_notes_list_revert_rm() {
     let dir = vm_dir();
     let d = dir.path();
-    let out = vmk_snap(d)
-        .args(["--base", "dsnap", "--full-copy", "-m", "clean install"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(vmk_snap(d).args(["--base", "dsnap", "--full-copy", "-m", "clean install"]));
     let snap = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let name = Path::new(&snap)
         .file_name()
@@ -241,12 +244,7 @@ fn base_only_with_dsnap_and_snap_image_must_exist() {
 fn dry_run_snap_run_boots_snap_image_and_touches_nothing() {
     let dir = vm_dir();
     let d = dir.path();
-    let out = vmk_snap(d).args(["-D", "run"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(vmk_snap(d).args(["-D", "run"]));
     let argv = String::from_utf8(out.stdout).unwrap();
     let snap = d.join("snap-disk0.img");
     assert!(argv.contains(&format!("file={}", snap.display())), "{argv}");

@@ -16,8 +16,9 @@ use vmk_common::fileops::create_nocow_file;
 use vmk_common::state::RuntimePaths;
 use vmk_snap::qga;
 use vmk_testkit::btrfs::{LoopBtrfs, LoopFs};
+use vmk_testkit::images::{btrfs_du, check_reflink_copy, lsattr_has_c, make_image, sha256};
 use vmk_testkit::qemu_guard::QemuGuard;
-use vmk_testkit::{guest, run_system_tests, Need, SystemTest};
+use vmk_testkit::{guest, run_ok, run_system_tests, Need, SystemTest};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -32,130 +33,8 @@ fn vmk_snap(dir: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn ok(mut cmd: Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
-}
-
 fn stdout_line(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A sparse image of `size` bytes with 1 MiB of data every `every` bytes, NOCOW when asked.
-fn make_image(path: &Path, size: u64, every: u64, nocow: bool) -> Result<()> {
-    if nocow {
-        ensure!(
-            create_nocow_file(path, 0)?,
-            "no NOCOW on {}",
-            path.display()
-        );
-    }
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
-    f.set_len(size)?;
-    let block: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
-    let mut off = 0;
-    let mut n = 0u64;
-    while off < size {
-        let mut b = block.clone();
-        b[..8].copy_from_slice(&n.to_le_bytes());
-        f.write_all_at(&b[..(size - off).min(MIB) as usize], off)?;
-        off += every;
-        n += 1;
-    }
-    f.sync_all()?;
-    Ok(())
-}
-
-fn sha256(path: &Path) -> Result<String> {
-    let out = ok({
-        let mut c = Command::new("sha256sum");
-        c.arg(path);
-        c
-    })?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string())
-}
-
-fn lsattr_has_c(path: &Path) -> Result<bool> {
-    let out = ok({
-        let mut c = Command::new("lsattr");
-        c.arg(path);
-        c
-    })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.split_whitespace().next().unwrap_or("").contains('C'))
-}
-
-/// (exclusive bytes, shared bytes) of `path` as `btrfs filesystem du` counts them.
-fn btrfs_du(path: &Path) -> Result<(u64, u64)> {
-    ok({
-        let mut c = Command::new("sync");
-        c.arg("-f").arg(path);
-        c
-    })?;
-    let out = ok({
-        let mut c = Command::new("btrfs");
-        c.args(["filesystem", "du", "--raw"]).arg(path);
-        c
-    })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .nth(1)
-        .context("btrfs filesystem du printed no line")?;
-    let cols: Vec<&str> = line.split_whitespace().collect();
-    ensure!(cols.len() >= 4, "unexpected btrfs du line {line:?}");
-    let total: u64 = cols[0].parse()?;
-    let exclusive: u64 = cols[1].parse()?;
-    Ok((exclusive, total - exclusive))
-}
-
-/// A reflink copy of a NOCOW image: NOCOW, identical, all data shared, independent.
-fn check_reflink_copy(orig: &Path, copy: &Path, data: u64) -> Result<()> {
-    ensure!(
-        lsattr_has_c(copy)?,
-        "lsattr shows no C on {}",
-        copy.display()
-    );
-    ensure!(
-        fs::read(orig)? == fs::read(copy)?,
-        "{} differs from {}",
-        copy.display(),
-        orig.display()
-    );
-    let (excl, shared) = btrfs_du(copy)?;
-    ensure!(
-        excl == 0 && shared >= data,
-        "{}: btrfs du shows {excl} exclusive and {shared} shared bytes, expected all {data} shared",
-        copy.display()
-    );
-    let before = fs::read(orig)?;
-    fs::OpenOptions::new()
-        .write(true)
-        .open(copy)?
-        .write_all_at(b"changed in the copy", 4096)?;
-    ensure!(
-        fs::read(orig)? == before,
-        "writing the copy changed the original"
-    );
-    ensure!(
-        fs::read(orig)? != fs::read(copy)?,
-        "the write did not reach the copy"
-    );
-    Ok(())
 }
 
 fn write_config(dir: &Path, text: &str) -> Result<()> {
@@ -173,7 +52,7 @@ fn dsnap_cpfile_fsnap_are_nocow_reflinks() -> Result<()> {
     let sum = sha256(&disk0)?;
 
     // vmk dsnap -m
-    let out = ok(vmk_snap(&dir, &["--base", "dsnap", "-m", "first snapshot"]))?;
+    let out = run_ok(vmk_snap(&dir, &["--base", "dsnap", "-m", "first snapshot"]))?;
     let snap = PathBuf::from(stdout_line(&out));
     ensure!(
         snap.parent() == Some(dir.as_path()),
@@ -188,9 +67,9 @@ fn dsnap_cpfile_fsnap_are_nocow_reflinks() -> Result<()> {
 
     // cpfile into a directory and to a name; fsnap
     fs::create_dir(dir.join("sub"))?;
-    ok(vmk_snap(&dir, &["cpfile", "disk0.img", "sub"]))?;
+    run_ok(vmk_snap(&dir, &["cpfile", "disk0.img", "sub"]))?;
     check_reflink_copy(&disk0, &dir.join("sub/disk0.img"), data)?;
-    ok(vmk_snap(&dir, &["cpfile", "disk0.img", "copy.img"]))?;
+    run_ok(vmk_snap(&dir, &["cpfile", "disk0.img", "copy.img"]))?;
     let again = vmk_snap(&dir, &["cpfile", "disk0.img", "copy.img"]).output()?;
     ensure!(
         again.status.code() == Some(1),
@@ -198,7 +77,7 @@ fn dsnap_cpfile_fsnap_are_nocow_reflinks() -> Result<()> {
     );
     ensure!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     check_reflink_copy(&disk0, &dir.join("copy.img"), data)?;
-    let out = ok(vmk_snap(&dir, &["fsnap", "copy.img"]))?;
+    let out = run_ok(vmk_snap(&dir, &["fsnap", "copy.img"]))?;
     ensure!(
         stdout_line(&out).contains("copy.img-"),
         "fsnap printed {:?}",
@@ -206,7 +85,7 @@ fn dsnap_cpfile_fsnap_are_nocow_reflinks() -> Result<()> {
     );
 
     // list shows it with its note; --json too
-    let out = ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
+    let out = run_ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
     let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     ensure!(list.as_array().map(Vec::len) == Some(1), "{list}");
     ensure!(
@@ -220,10 +99,10 @@ fn dsnap_cpfile_fsnap_are_nocow_reflinks() -> Result<()> {
         .open(&disk0)?
         .write_all_at(b"new data", 0)?;
     let changed = sha256(&disk0)?;
-    ok(vmk_snap(&dir, &["--base", "dsnap", "revert", &name]))?;
+    run_ok(vmk_snap(&dir, &["--base", "dsnap", "revert", &name]))?;
     ensure!(sha256(&disk0)? != changed, "revert did not change disk0");
     ensure!(lsattr_has_c(&disk0)?, "disk0 lost NOCOW in the revert");
-    let out = ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
+    let out = run_ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
     let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let kept = list
         .as_array()
@@ -241,7 +120,7 @@ fn dsnap_cpfile_fsnap_are_nocow_reflinks() -> Result<()> {
     ensure!(sum != changed);
 
     // rm removes the snapshot and its note
-    ok(vmk_snap(&dir, &["--base", "dsnap", "rm", &name]))?;
+    run_ok(vmk_snap(&dir, &["--base", "dsnap", "rm", &name]))?;
     ensure!(!snap.exists() && !dir.join(format!("{name}.note")).exists());
     Ok(())
 }
@@ -368,6 +247,20 @@ fn debian_config(g: &guest::DebianGuest, vnc: u8) -> String {
     )
 }
 
+/// The Debian guest and a 6 GiB loop-mounted btrfs holding `vm/disk0.img`, a NOCOW copy of
+/// the guest's image.
+fn debian_guest_on_btrfs() -> Result<(guest::DebianGuest, LoopBtrfs)> {
+    let g = guest::debian_guest()?;
+    let btrfs = LoopBtrfs::new(6 * GIB)?;
+    let dir = btrfs.path().join("vm");
+    fs::create_dir(&dir)?;
+    let disk0 = dir.join("disk0.img");
+    ensure!(create_nocow_file(&disk0, 0)?, "no NOCOW on btrfs?");
+    g.copy_image(&disk0)?;
+    ensure!(lsattr_has_c(&disk0)?, "disk0 is not NOCOW");
+    Ok((g, btrfs))
+}
+
 fn debugfs_cat(image: &Path, file: &str) -> Result<Option<String>> {
     let out = Command::new("debugfs")
         .arg("-R")
@@ -384,18 +277,13 @@ fn debugfs_cat(image: &Path, file: &str) -> Result<Option<String>> {
 }
 
 fn snap_run_boots_the_snapshot_and_never_writes_disk0() -> Result<()> {
-    let g = guest::debian_guest()?;
-    let btrfs = LoopBtrfs::new(6 * GIB)?;
+    let (g, btrfs) = debian_guest_on_btrfs()?;
     let dir = btrfs.path().join("vm");
-    fs::create_dir(&dir)?;
     let disk0 = dir.join("disk0.img");
-    ensure!(create_nocow_file(&disk0, 0)?, "no NOCOW on btrfs?");
-    g.copy_image(&disk0)?;
-    ensure!(lsattr_has_c(&disk0)?);
     write_config(&dir, &debian_config(&g, 60))?;
     let before = sha256(&disk0)?;
 
-    let out = ok(vmk_snap(&dir, &["run"]))?;
+    let out = run_ok(vmk_snap(&dir, &["run"]))?;
     let pidfile = dir.join("snap-disk0.img.pid");
     let mut guard = QemuGuard::from_pidfile(&pidfile)?;
     let snap = dir.join("snap-disk0.img");
@@ -454,14 +342,14 @@ fn snap_run_falls_back_to_a_qcow2_overlay_on_ext4() -> Result<()> {
         ),
     )?;
     let before = sha256(&disk0)?;
-    let out = ok(vmk_snap(&dir, &["run"]))?;
+    let out = run_ok(vmk_snap(&dir, &["run"]))?;
     let mut guard = QemuGuard::from_pidfile(&dir.join("snap-disk0.raw.pid"))?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         err.contains("qcow2 overlay"),
         "snap run did not say it uses an overlay: {err}"
     );
-    let info = ok({
+    let info = run_ok({
         let mut c = Command::new("qemu-img");
         c.args(["info", "-U", "--output=json"])
             .arg(dir.join("snap-disk0.raw"));
@@ -473,7 +361,7 @@ fn snap_run_falls_back_to_a_qcow2_overlay_on_ext4() -> Result<()> {
         info["full-backing-filename"].as_str() == Some(disk0.to_str().unwrap()),
         "{info}"
     );
-    let shown = ok(vmk_snap(&dir, &["info", "--json"]))?;
+    let shown = run_ok(vmk_snap(&dir, &["info", "--json"]))?;
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
     ensure!(
         shown["image_format"] == "qcow2",
@@ -544,7 +432,7 @@ impl RunningVm {
 
     /// `vmk-run ACTION` (stop or kill); fails unless qemu is gone afterwards.
     fn stop_with(mut self, action: &str) -> Result<String> {
-        let out = ok(vmk_run(&self.dir, &[action])?)?;
+        let out = run_ok(vmk_run(&self.dir, &[action])?)?;
         let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
         let mut guard = self.guard.take().expect("guard present until stopped");
         guard
@@ -617,15 +505,25 @@ fn only_snapshot(dir: &Path) -> Result<PathBuf> {
     Ok(snaps.into_iter().next().unwrap())
 }
 
+/// Runs `vmk-snap --base dsnap --freeze ARGS` in `dir` and fails unless it succeeds; returns
+/// its output, its stderr and how long it took.
+fn dsnap_freeze(dir: &Path, args: &[&str]) -> Result<(Output, String, Duration)> {
+    let t0 = Instant::now();
+    let out = vmk_snap(dir, &[&["--base", "dsnap", "--freeze"], args].concat()).output()?;
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        out.status.success(),
+        "dsnap --freeze failed ({}): {err}",
+        out.status
+    );
+    Ok((out, err, took))
+}
+
 fn dsnap_freeze_through_the_guest_agent() -> Result<()> {
-    let g = guest::debian_guest()?;
-    let btrfs = LoopBtrfs::new(6 * GIB)?;
+    let (g, btrfs) = debian_guest_on_btrfs()?;
     let dir = btrfs.path().join("vm");
-    fs::create_dir(&dir)?;
     let disk0 = dir.join("disk0.img");
-    ensure!(create_nocow_file(&disk0, 0)?, "no NOCOW on btrfs?");
-    g.copy_image(&disk0)?;
-    ensure!(lsattr_has_c(&disk0)?, "disk0 is not NOCOW");
     write_config(
         &dir,
         &format!(
@@ -657,15 +555,7 @@ fn dsnap_freeze_through_the_guest_agent() -> Result<()> {
     }
     std::thread::sleep(Duration::from_secs(1));
 
-    let t0 = Instant::now();
-    let out = vmk_snap(&dir, &["--base", "dsnap", "--freeze", "-m", "frozen", "-v"]).output()?;
-    let took = t0.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.success(),
-        "dsnap --freeze failed ({}): {err}",
-        out.status
-    );
+    let (out, err, took) = dsnap_freeze(&dir, &["-m", "frozen", "-v"])?;
     eprintln!("dsnap --freeze took {took:.2?}; it said:\n{err}");
     let frozen = count_after(&err, "guest agent froze ")
         .with_context(|| format!("dsnap did not report a freeze: {err}"))?;
@@ -679,7 +569,8 @@ fn dsnap_freeze_through_the_guest_agent() -> Result<()> {
     ensure!(lsattr_has_c(&snap)?, "the snapshot is not NOCOW");
     // the guest still runs and writes disk0, so compare extents, not contents: everything
     // the snapshot holds is shared (reflinked), nothing of it was copied
-    let (excl, shared) = btrfs_du(&snap)?;
+    let du = btrfs_du(&snap)?;
+    let (excl, shared) = (du.exclusive, du.shared());
     ensure!(
         shared > 0 && excl < shared / 100,
         "snapshot: {excl} exclusive and {shared} shared bytes: not a reflink copy"
@@ -688,7 +579,7 @@ fn dsnap_freeze_through_the_guest_agent() -> Result<()> {
         "snapshot {}: {shared} bytes shared, {excl} exclusive",
         snap.display()
     );
-    let list = ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
+    let list = run_ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
     let list: serde_json::Value = serde_json::from_slice(&list.stdout)?;
     ensure!(list[0]["note"] == "frozen", "{list}");
 
@@ -758,15 +649,7 @@ fn dsnap_freeze_without_an_agent_warns_and_snapshots() -> Result<()> {
         socket.display()
     );
 
-    let t0 = Instant::now();
-    let out = vmk_snap(&dir, &["--base", "dsnap", "--freeze"]).output()?;
-    let took = t0.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.success(),
-        "dsnap --freeze failed ({}): {err}",
-        out.status
-    );
+    let (out, err, took) = dsnap_freeze(&dir, &[])?;
     eprintln!("dsnap --freeze without an agent took {took:.2?}; it said:\n{err}");
     ensure!(
         err.contains("no guest agent answered") && err.contains("without freezing"),

@@ -11,6 +11,7 @@ use std::path::Path;
 
 pub mod btrfs;
 pub mod guest;
+pub mod images;
 pub mod qemu_guard;
 
 pub use libtest_mimic::Failed;
@@ -185,4 +186,17 @@ pub fn write_executable(path: &Path, contents: &str) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// Runs `cmd` and returns its output; fails, with its status and stderr, unless it succeeds.
+pub fn run_ok(mut cmd: std::process::Command) -> anyhow::Result<std::process::Output> {
+    use anyhow::Context;
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
 }
