@@ -28,8 +28,16 @@ CFG
 cd "$DIR"
 now() { date +%s%N; }
 # wait_line NEEDLE T0 -> prints ms since T0 when the console log shows NEEDLE
+# (gives up after 600 s: a TCG guest very rarely hangs in early boot)
 wait_line() {
-    while ! grep -q "$1" disk0.img.console.log 2>/dev/null; do sleep 0.01; done
+    while ! grep -q "$1" disk0.img.console.log 2>/dev/null; do
+        if [ $(( ($(now) - $2) / 1000000000 )) -gt 600 ]; then
+            echo "bench/run-boot.sh: no '$1' on the console after 600 s; console log:" >&2
+            tail -5 disk0.img.console.log >&2
+            exit 1
+        fi
+        sleep 0.01
+    done
     echo $(( ($(now) - $2) / 1000000 ))
 }
 stop_vm() {
