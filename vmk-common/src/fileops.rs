@@ -2,9 +2,10 @@
 //! source and never leave a half-written destination, and an explicit, sparse-aware full
 //! copy for filesystems that cannot share data.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -329,6 +330,40 @@ fn dir_of(path: &Path) -> &Path {
     }
 }
 
+/// Removes the temporary files that earlier copies to the same destination left behind
+/// when they were killed (`.<dst>.vmk-tmp-<pid>-<random>` whose pid no longer runs): a
+/// killed full copy of a big image would otherwise keep its space. Temporary files of
+/// copies still running are left alone. Best effort: failures are only logged.
+fn remove_stale_temps(dir: &Path, prefix: &OsStr) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.as_bytes().strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
+        let pid = rest.split(|&b| b == b'-').next().unwrap_or_default();
+        let Some(pid) = std::str::from_utf8(pid)
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == 0 || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => log::info!("removed {} left by an interrupted copy", path.display()),
+            Err(e) => log::warn!(
+                "cannot remove {} left by an interrupted copy: {e}",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// Copies the regular file `src` to `dst` by reflink, keeping mode, times, ownership (as
 /// root) and the NOCOW attribute. DST may be a directory. The source is only ever opened
 /// read-only. The copy is made in a temporary file beside DST and renamed into place, so DST
@@ -378,13 +413,12 @@ pub fn reflink_copy(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyOu
     let dst_name = dst
         .file_name()
         .ok_or_else(|| FileopsError::NotAFile { path: dst.clone() })?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(dst_name);
-    tmp_name.push(format!(
-        ".vmk-tmp-{}-{:08x}",
-        std::process::id(),
-        random_suffix()
-    ));
+    let mut tmp_prefix = OsString::from(".");
+    tmp_prefix.push(dst_name);
+    tmp_prefix.push(".vmk-tmp-");
+    remove_stale_temps(dir_of(&dst), &tmp_prefix);
+    let mut tmp_name = tmp_prefix;
+    tmp_name.push(format!("{}-{:08x}", std::process::id(), random_suffix()));
     let tmp_path = dir_of(&dst).join(tmp_name);
     let tmp_file = OpenOptions::new()
         .write(true)
@@ -592,6 +626,42 @@ mod tests {
 
     fn opts() -> CopyOptions<'static> {
         CopyOptions::default()
+    }
+
+    #[test]
+    fn temporary_files_of_killed_copies_are_removed_and_running_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::write(&src, b"data").unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = tmp.path().join(format!(".dst.vmk-tmp-{dead}-0000abcd"));
+        let running = tmp
+            .path()
+            .join(format!(".dst.vmk-tmp-{}-0000abcd", std::process::id()));
+        let other = tmp.path().join(format!(".other.vmk-tmp-{dead}-0000abcd"));
+        for f in [&stale, &running, &other] {
+            fs::write(f, b"partial").unwrap();
+        }
+        let o = CopyOptions {
+            allow_full_copy: true,
+            ..CopyOptions::default()
+        };
+        reflink_copy(&src, &tmp.path().join("dst"), &o).unwrap();
+        assert!(
+            !stale.exists(),
+            "the killed copy's temporary file is still there"
+        );
+        assert!(
+            running.exists(),
+            "a running copy's temporary file was removed"
+        );
+        assert!(
+            other.exists(),
+            "another destination's temporary file was removed"
+        );
+        assert_eq!(fs::read(tmp.path().join("dst")).unwrap(), b"data");
     }
 
     #[test]

@@ -192,6 +192,18 @@ fn killed_full_copy_leaves_no_destination() -> Result<()> {
             fs::metadata(&tmp)?.blocks() * 512
         }
     );
+    // the next copy to the same name clears the killed copy's temporary file away
+    let again = vmk_snap(dir, &["cpfile", "--full-copy", "big.img", "copy.img"]).output()?;
+    ensure!(again.status.success(), "the second copy failed: {again:?}");
+    ensure!(
+        !tmp.exists(),
+        "{} is still there after the next copy",
+        tmp.display()
+    );
+    ensure!(
+        sha256(&dir.join("copy.img"))? == before,
+        "the second copy differs"
+    );
     Ok(())
 }
 
