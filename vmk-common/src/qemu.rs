@@ -450,26 +450,20 @@ impl QemuCommand {
         if self.daemonize {
             a.push("-daemonize");
         }
+        // a unix socket server that qemu listens on without waiting for a client
+        let listening_socket = |id: &str, path: &Path| {
+            Opts::word("socket")
+                .kv("id", id)
+                .kv("path", path)
+                .kv("server", "on")
+                .kv("wait", "off")
+        };
         if let Some(sock) = &self.qmp_socket {
-            a.pair(
-                "-chardev",
-                Opts::word("socket")
-                    .kv("id", "qmp")
-                    .kv("path", sock)
-                    .kv("server", "on")
-                    .kv("wait", "off"),
-            );
+            a.pair("-chardev", listening_socket("qmp", sock));
             a.pair("-mon", "chardev=qmp,mode=control");
         }
         if let Some(sock) = &self.qga_socket {
-            a.pair(
-                "-chardev",
-                Opts::word("socket")
-                    .kv("id", "qga0")
-                    .kv("path", sock)
-                    .kv("server", "on")
-                    .kv("wait", "off"),
-            );
+            a.pair("-chardev", listening_socket("qga0", sock));
             a.pair("-device", "virtio-serial-pci,id=vmk-serial-bus");
             a.pair(
                 "-device",
