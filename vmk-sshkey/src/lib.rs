@@ -278,15 +278,7 @@ fn exec(mut c: Command) -> Result<ExitCode> {
 fn ssh_run(cfg: &VmConfig, command: &[String], dry: bool) -> Result<ExitCode> {
     let key = existing_key(cfg)?;
     let t = target::target(cfg)?;
-    let interactive = command.is_empty();
-    let c = ssh::ssh_command(
-        &key,
-        &t,
-        Auth::Key,
-        Some(ssh::CONNECT_TIMEOUT),
-        interactive,
-        command,
-    );
+    let c = user_ssh(&key, &t, command);
     if dry {
         vmk_common::outln!("{}", quoted(&c))?;
         return Ok(ExitCode::SUCCESS);
@@ -308,15 +300,7 @@ fn waitssh(
         let c = ssh::ssh_command(&key, &t, Auth::KeyBatch, Some(2), false, &["true".into()]);
         eprintln!("would poll {t} for sshd, then: {}", quoted(&c));
         if !command.is_empty() {
-            let c = ssh::ssh_command(
-                &key,
-                &t,
-                Auth::Key,
-                Some(ssh::CONNECT_TIMEOUT),
-                false,
-                command,
-            );
-            vmk_common::outln!("{}", quoted(&c))?;
+            vmk_common::outln!("{}", quoted(&user_ssh(&key, &t, command)))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -331,14 +315,20 @@ fn waitssh(
     if command.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    exec(ssh::ssh_command(
-        &key,
-        &t,
+    exec(user_ssh(&key, &t, command))
+}
+
+/// The ssh that runs the user's command in the VM (`vmk ssh`, `vmk waitssh CMD`): with the
+/// VM's key, the usual connect timeout, and a terminal when there is no command (a shell).
+fn user_ssh(key: &Path, t: &target::Target, command: &[String]) -> Command {
+    ssh::ssh_command(
+        key,
+        t,
         Auth::Key,
         Some(ssh::CONNECT_TIMEOUT),
-        false,
+        command.is_empty(),
         command,
-    ))
+    )
 }
 
 fn scp(
