@@ -240,12 +240,13 @@ fn qemu_ssh_test() -> Result<()> {
     ensure!(status.success(), "qemu failed to start: {status}");
     let _guard = QemuGuard::from_pidfile(&paths.pidfile)?;
     let start = Instant::now();
-    let out = ssh_until_up(
-        &dir,
+    let out = vmk_testkit::ssh_until_ok(
+        &dir.join("vm-key"),
         cfg.ssh_port(),
         "uname -r; hostname",
-        &paths.console_log,
-    )?;
+        BOOT_TIMEOUT,
+    )
+    .with_context(|| format!("console:\n{}", tail(&paths.console_log)))?;
     eprintln!("ssh answered {:.1?} after start", start.elapsed());
     let mut lines = out.lines();
     ensure!(
@@ -256,46 +257,6 @@ fn qemu_ssh_test() -> Result<()> {
     drop(_guard);
     fs::remove_file(&copy)?;
     Ok(())
-}
-
-/// ssh as root with vm-key until the guest answers `cmd`; returns its stdout.
-fn ssh_until_up(dir: &Path, port: u16, cmd: &str, console: &Path) -> Result<String> {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let out = Command::new("ssh")
-            .args(["-F", "/dev/null", "-i"])
-            .arg(dir.join("vm-key"))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-            ])
-            .arg(port.to_string())
-            .arg("root@127.0.0.1")
-            .arg(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .context("running ssh")?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "no ssh after {BOOT_TIMEOUT:?} ({}); console:\n{}",
-                String::from_utf8_lossy(&out.stderr).trim(),
-                tail(console)
-            );
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
 }
 
 fn tail(path: &Path) -> String {

@@ -200,3 +200,45 @@ pub fn run_ok(mut cmd: std::process::Command) -> anyhow::Result<std::process::Ou
     );
     Ok(out)
 }
+
+/// Runs `cmd` in a guest as root over ssh (key `key`, forwarded `port` on 127.0.0.1) until
+/// it succeeds or `timeout` passes, retrying every second; returns its stdout. No user
+/// ssh config, no host-key checks (a throwaway test guest), never a password prompt.
+pub fn ssh_until_ok(
+    key: &Path,
+    port: u16,
+    cmd: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let out = std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(key)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-p"])
+            .arg(port.to_string())
+            .arg("root@127.0.0.1")
+            .arg(cmd)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running ssh")?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "ssh to the guest failed for {timeout:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}

@@ -271,7 +271,7 @@ fn debian_guest_boots_to_ssh() -> Result<()> {
     // 15 s on an idle machine, 85 s seen at a load of 15 on 2 cores.
     guest::wait_for_file_line(&log, guest::DEBIAN_READY, Duration::from_secs(300))?;
     let ready = start.elapsed();
-    let hostname = ssh_retry(&key, port, "hostname", Duration::from_secs(90))?;
+    let hostname = vmk_testkit::ssh_until_ok(&key, port, "hostname", Duration::from_secs(90))?;
     ensure!(
         hostname.trim() == "vmk-guest",
         "guest hostname: {hostname:?}"
@@ -288,44 +288,4 @@ fn debian_guest_boots_to_ssh() -> Result<()> {
         t.elapsed()
     );
     Ok(())
-}
-
-/// Runs `cmd` over ssh as root until it succeeds or `timeout` passes; returns its stdout.
-fn ssh_retry(key: &Path, port: u16, cmd: &str, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = Command::new("ssh")
-            .args([
-                "-q",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args([
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=5",
-            ])
-            .arg("-i")
-            .arg(key)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("root@127.0.0.1")
-            .arg(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .context("running ssh")?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "ssh to the guest failed for {timeout:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
 }
