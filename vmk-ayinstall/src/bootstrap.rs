@@ -202,8 +202,7 @@ impl Plan {
             None => vm_name(&dir_name),
         };
         let arch = debian_arch()?;
-        let mut packages: Vec<String> = DEBIAN_PACKAGES.iter().map(|p| p.to_string()).collect();
-        packages.push(kernel_package(&arch));
+        let mut packages = debian_packages(&arch);
         for p in &args.packages {
             if !packages.contains(p) {
                 packages.push(p.clone());
@@ -345,6 +344,14 @@ pub fn debian_arch() -> Result<String> {
         ),
     }
     .to_string())
+}
+
+/// Every package a bootstrapped Debian guest of `arch` gets: [`DEBIAN_PACKAGES`] and the
+/// kernel.
+pub fn debian_packages(arch: &str) -> Vec<String> {
+    let mut packages: Vec<String> = DEBIAN_PACKAGES.iter().map(|p| p.to_string()).collect();
+    packages.push(kernel_package(arch));
+    packages
 }
 
 /// The kernel package: the small "cloud" flavour (virtio drivers, no hardware bloat) where

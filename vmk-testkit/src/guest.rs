@@ -29,18 +29,6 @@ const BUSYBOX_VERSION: u32 = 2;
 /// Bump when the Debian configuration steps change: part of the image's cache key (the
 /// debootstrap tree itself is keyed by the package list only and is reused).
 const DEBIAN_CONFIG_VERSION: u32 = 2;
-const DEBIAN_SUITE: &str = "bookworm";
-const DEBIAN_PACKAGES: &[&str] = &[
-    "systemd",
-    "systemd-sysv",
-    "dbus",
-    "openssh-server",
-    "udev",
-    "iproute2",
-    "linux-image-cloud-amd64",
-    "kmod",
-    "qemu-guest-agent",
-];
 const DEBIAN_IMAGE_SIZE: u64 = 2 << 30;
 /// The Debian guest's hostname.
 const DEBIAN_HOSTNAME: &str = "vmk-guest";
@@ -149,9 +137,10 @@ pub fn busybox_guest() -> Result<BusyboxGuest> {
 
 /// Builds (once, cached; about 2–4 minutes) and returns the Debian guest.
 pub fn debian_guest() -> Result<DebianGuest> {
+    let packages = debian_packages()?;
     let mut pkg_key = Fnv::new();
-    pkg_key.add(DEBIAN_SUITE.as_bytes());
-    for p in DEBIAN_PACKAGES {
+    pkg_key.add(bootstrap::DEFAULT_SUITE.as_bytes());
+    for p in &packages {
         pkg_key.add(p.as_bytes());
         pkg_key.add(b",");
     }
@@ -682,12 +671,17 @@ fn debian_mirror() -> String {
     }
 }
 
+/// The packages of the guest `vmk bootstrap` makes: the fixture is that guest.
+fn debian_packages() -> Result<Vec<String>> {
+    Ok(bootstrap::debian_packages(&bootstrap::debian_arch()?))
+}
+
 fn debootstrap(root: &Path) -> Result<()> {
     let debian = DebianRoot {
-        suite: DEBIAN_SUITE.into(),
+        suite: bootstrap::DEFAULT_SUITE.into(),
         arch: bootstrap::debian_arch()?,
         mirror: debian_mirror(),
-        packages: DEBIAN_PACKAGES.iter().map(|p| p.to_string()).collect(),
+        packages: debian_packages()?,
     };
     eprintln!(
         "vmk-testkit: debootstrap {} from {} (takes a few minutes)",
