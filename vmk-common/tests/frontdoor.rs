@@ -16,12 +16,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 /// A copy of the real `vmk` in a directory of its own, so its "own directory" is known.
 fn vmk_in(dir: &Path) -> PathBuf {
     let vmk = dir.join("vmk");
-    let status = std::process::Command::new("cp")
-        .arg(assert_cmd::cargo::cargo_bin("vmk"))
-        .arg(&vmk)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    vmk_testkit::copy_executable(&assert_cmd::cargo::cargo_bin("vmk"), &vmk).unwrap();
     vmk
 }
 

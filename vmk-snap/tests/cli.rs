@@ -167,7 +167,7 @@ struct FakeQemu(Child);
 impl FakeQemu {
     fn start(dir: &Path, image: &str) -> FakeQemu {
         let fake = dir.join("qemu-fake");
-        fs::copy("/usr/bin/tail", &fake).unwrap();
+        vmk_testkit::copy_executable(Path::new("/usr/bin/tail"), &fake).unwrap();
         let child = StdCommand::new(&fake)
             .arg("-f")
             .arg(dir.join(image))

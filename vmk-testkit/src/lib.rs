@@ -201,6 +201,23 @@ pub fn run_ok(mut cmd: std::process::Command) -> anyhow::Result<std::process::Ou
     Ok(out)
 }
 
+/// Copies an executable (e.g. a real program under a `qemu-…` name) without this process
+/// ever holding the copy open for writing: `cp` does it, for the reason given at
+/// [`write_executable`].
+pub fn copy_executable(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let status = std::process::Command::new("cp")
+        .arg(src)
+        .arg(dst)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "cp {} {} failed: {status}",
+        src.display(),
+        dst.display()
+    );
+    Ok(())
+}
+
 /// Runs `cmd` in a guest as root over ssh (key `key`, forwarded `port` on 127.0.0.1) until
 /// it succeeds or `timeout` passes, retrying every second; returns its stdout. No user
 /// ssh config, no host-key checks (a throwaway test guest), never a password prompt.
