@@ -35,9 +35,9 @@ use vmk_common::config::{CacheMode, DiskFormat, VmConfig};
 use vmk_common::qemu::{Mode, QemuCommand};
 use vmk_common::state::{self, RuntimePaths, VmStatus};
 
-use crate::fat::FloppyBuilder;
-use crate::iso9660::{find_loader, IsoBuilder, IsoImage, Loader};
 use crate::profile;
+use vmk_media::fat::FloppyBuilder;
+use vmk_media::iso9660::{find_loader, IsoBuilder, IsoImage, Loader};
 
 /// The kernel argument that points AutoYaST at the profile on the second CD.
 pub const AUTOYAST_ARG: &str = "autoyast=device://sr1/autoinst.xml";

@@ -5,12 +5,7 @@
 //! the medium) is made in Rust by the modules below, so it needs no mkisofs, mkfs.fat,
 //! isoinfo, loop devices or root.
 
-pub mod bootstrap;
-pub mod clock;
-pub mod cloudinit;
-pub mod fat;
 pub mod install;
-pub mod iso9660;
 pub mod profile;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +15,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::outln;
+use vmk_media::{cloudinit, fat, iso9660};
 
 /// Install guests without a human: autoyast, cloud-init.
 ///
@@ -70,7 +66,7 @@ pub enum Command {
     /// Take the installer kernel and initrd off a SUSE-layout ISO
     Loader(LoaderOpts),
     /// Create a new VM directory with a distribution installed from packages (debootstrap)
-    Bootstrap(bootstrap::BootstrapArgs),
+    Bootstrap(vmk_bootstrap::BootstrapArgs),
 }
 
 /// Options of both installs.
@@ -260,7 +256,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(Command::Mkiso(o)) => mkiso_cmd(&o),
         Some(Command::Mkfloppy(o)) => mkfloppy_cmd(&o),
         Some(Command::Loader(o)) => loader_cmd(&o),
-        Some(Command::Bootstrap(o)) => bootstrap::run(&global, o),
+        Some(Command::Bootstrap(o)) => vmk_bootstrap::run(&global, o),
     }
 }
 

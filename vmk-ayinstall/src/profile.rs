@@ -234,7 +234,7 @@ pub fn list_snippets(dir: &Path) -> Result<Vec<SnippetInfo>> {
             std::fs::read_dir(&section).with_context(|| format!("listing {}", section.display()))?
         {
             let path = file?.path();
-            if path.extension().map_or(true, |e| e != "xml") {
+            if path.extension().is_none_or(|e| e != "xml") {
                 continue;
             }
             let rel = path.strip_prefix(&root).unwrap_or(&path).with_extension("");

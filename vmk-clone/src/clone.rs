@@ -18,10 +18,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use vmk_common::cli::GlobalOpts;
 use vmk_common::config::{self, KeyKind, RawConfig, VmConfig, VM_FILE_NAME};
+use vmk_common::copy::{copy_file, CopyMode};
 use vmk_common::outln;
 use vmk_common::state::port_is_free;
 use vmk_common::usage;
-use vmk_snap::copy::{copy_file, CopyMode};
 
 /// Options of `clone`.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -87,7 +87,6 @@ pub fn init_logging(verbosity: u8) {
     };
     let env = env_logger::Env::default().default_filter_or(level);
     let _ = env_logger::Builder::from_env(env)
-        .format_timestamp(None)
         .format_target(verbosity >= 3)
         .try_init();
 }

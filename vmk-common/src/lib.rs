@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod error;
 pub mod fileops;
 pub mod frontdoor;

@@ -599,7 +599,7 @@ fn stop_daemon(pidfile: &Path, fuse: Option<&Path>) -> Result<()> {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
     let ours = cmdline.contains("qemu-storage-daemon")
-        && fuse.map_or(true, |f| cmdline.contains(&*f.display().to_string()));
+        && fuse.is_none_or(|f| cmdline.contains(&*f.display().to_string()));
     if ours {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),

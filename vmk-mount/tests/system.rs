@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{bail, ensure, Context, Result};
+use vmk_testguest::debian_guest;
 use vmk_testkit::btrfs::LoopBtrfs;
-use vmk_testkit::guest::debian_guest;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 

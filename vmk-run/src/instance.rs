@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use vmk_ayinstall::cloudinit;
 use vmk_common::config::{DiskFormat, NetType, VmConfig};
 use vmk_common::qemu::{self, Mode, Network, QemuCommand, Serial};
 use vmk_common::qmp;
 use vmk_common::state::{self, KillOutcome, RuntimePaths, VmStatus};
+use vmk_media::cloudinit;
 
 use crate::{bridge, registry, term};
 

@@ -217,8 +217,8 @@ fn qemu_check(q: &Path) -> Check {
 
 /// VMK_CLOUD_INIT=yes: the seed is made from vm-key.pub when the VM starts.
 fn cloud_init_check(cfg: &VmConfig) -> Check {
-    let key = cfg.dir.join(vmk_ayinstall::cloudinit::KEY_FILE);
-    match vmk_ayinstall::cloudinit::seed_for(cfg).and_then(|s| s.validate()) {
+    let key = cfg.dir.join(vmk_media::cloudinit::KEY_FILE);
+    match vmk_media::cloudinit::seed_for(cfg).and_then(|s| s.validate()) {
         Ok(()) => check(
             Level::Ok,
             "cloud-init",

@@ -107,7 +107,7 @@ fn busybox_vm(dir: &Path, vnc: u8) -> Result<PathBuf> {
 }
 
 fn debian_lifecycle() -> Result<()> {
-    let g = guest::debian_guest()?;
+    let g = vmk_testguest::debian_guest()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     g.copy_image(&dir.join("disk0.img"))?;

@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use vmk_common::fileops::{CopyOutcome, FileopsError};
 
-use crate::copy::{copy_file, CopyMode};
 use crate::stamp::{parse_snapshot_name, snapshot_name, SnapName, Stamp};
+use vmk_common::copy::{copy_file, CopyMode};
 
 /// The suffix of the note file beside a snapshot.
 pub const NOTE_SUFFIX: &str = ".note";

@@ -7,7 +7,6 @@
 //!   `vmk snap dsnap` on `snap-<disk0>`.
 //! - `run|runin|info|isrunning|kill|stop|console`: the snapshot VM (see [`snapvm`]).
 
-pub mod copy;
 pub mod dsnap;
 pub mod qga;
 pub mod snapvm;
@@ -25,7 +24,7 @@ use vmk_common::outln;
 use vmk_common::state::{self, RuntimePaths, VmStatus};
 use vmk_common::usage;
 
-use crate::copy::{copy_file, CopyMode};
+use vmk_common::copy::{copy_file, CopyMode};
 
 /// Instant reflink snapshots and the throwaway snapshot VM.
 #[derive(Parser, Debug)]

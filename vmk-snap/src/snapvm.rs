@@ -18,8 +18,8 @@ use vmk_common::state::VmStatus;
 use vmk_run::instance::Adjust;
 use vmk_run::{Instance, StartOptions};
 
-use crate::copy::{copy_file, CopyMode};
 use crate::Target;
+use vmk_common::copy::{copy_file, CopyMode};
 
 /// Options of `snap run`.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -248,7 +248,7 @@ fn copy_into_full_filesystem_fails_cleanly() -> Result<()> {
 
 /// Debian guest config whose kernel command line makes systemd write a file in the guest and
 /// power off.
-fn debian_config(g: &guest::DebianGuest, vnc: u8) -> String {
+fn debian_config(g: &vmk_testguest::DebianGuest, vnc: u8) -> String {
     format!(
         "VMK_NAME=snap-test\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
          VMK_VNC={vnc}\nVMK_MEM=1024\nVMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\n\
@@ -261,8 +261,8 @@ fn debian_config(g: &guest::DebianGuest, vnc: u8) -> String {
 
 /// The Debian guest and a 6 GiB loop-mounted btrfs holding `vm/disk0.img`, a NOCOW copy of
 /// the guest's image.
-fn debian_guest_on_btrfs() -> Result<(guest::DebianGuest, LoopBtrfs)> {
-    let g = guest::debian_guest()?;
+fn debian_guest_on_btrfs() -> Result<(vmk_testguest::DebianGuest, LoopBtrfs)> {
+    let g = vmk_testguest::debian_guest()?;
     let btrfs = LoopBtrfs::new(6 * GIB)?;
     let dir = btrfs.path().join("vm");
     fs::create_dir(&dir)?;

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use vmk_testkit::guest::{debian_guest, DebianGuest};
+use vmk_testguest::{debian_guest, DebianGuest};
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 

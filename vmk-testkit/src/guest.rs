@@ -1,6 +1,6 @@
 //! Real guests for real boots: a busybox initramfs (boots to its first line in ~2 s under
-//! TCG) and a debootstrapped Debian disk image (systemd, sshd, ACPI power-down), both built
-//! once into a cache directory and shared by every test process.
+//! TCG), built once into a cache directory and shared by every test process, and the cache
+//! plumbing that `vmk-testguest`'s Debian guest uses too.
 //!
 //! Builds are serialised with `flock` on a lock file per fixture and written under a
 //! temporary name that is renamed into place only when complete, so a killed build never
@@ -9,29 +9,20 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use vmk_ayinstall::bootstrap::{self, CommandRunner, DebianRoot};
 
 /// Text the busybox guest prints on the console as soon as `/init` starts.
 pub const BUSYBOX_HELLO: &str = "vmk-busybox-guest: hello";
 /// Printed by the busybox guest when it is idle with a shell on the console.
 pub const BUSYBOX_READY: &str = "vmk-busybox-guest: ready";
-/// Printed by the Debian guest's `/etc/issue` before its serial login prompt.
-pub const DEBIAN_READY: &str = "vmk-debian-guest ready";
 
 /// Bump when the busybox initramfs layout or `/init` changes: it is part of the cache key.
 const BUSYBOX_VERSION: u32 = 2;
-/// Bump when the Debian configuration steps change: part of the image's cache key (the
-/// debootstrap tree itself is keyed by the package list only and is reused).
-const DEBIAN_CONFIG_VERSION: u32 = 2;
-const DEBIAN_IMAGE_SIZE: u64 = 2 << 30;
-/// The Debian guest's hostname.
-const DEBIAN_HOSTNAME: &str = "vmk-guest";
 /// Kernel modules the busybox guest loads (with their dependencies): virtio devices,
 /// SCSI disks, and the ACPI power button so `system_powerdown` works.
 const BUSYBOX_MODULES: &[&str] = &[
@@ -65,38 +56,6 @@ pub struct BusyboxGuest {
     pub append: String,
 }
 
-/// The Debian guest (bookworm, systemd, sshd, systemd-networkd with DHCP, qemu-guest-agent).
-///
-/// Boot a *copy* of `image` (see [`DebianGuest::copy_image`]) as a raw virtio disk with
-/// `-kernel kernel -initrd initrd -append append`. Hostname `vmk-guest`; root has no
-/// password (locked): log in with ssh, giving root's key as an SMBIOS credential
-/// (`-smbios type=11,value=io.systemd.credential:ssh.authorized_keys.root=<key>`).
-/// The serial console shows [`DEBIAN_READY`] before its login prompt.
-#[derive(Debug, Clone)]
-pub struct DebianGuest {
-    /// Raw ext4 image of the root filesystem (cached original: never boot it read-write).
-    pub image: PathBuf,
-    /// The guest's own kernel (its modules are inside the image).
-    pub kernel: PathBuf,
-    /// The guest's own initramfs.
-    pub initrd: PathBuf,
-    /// Kernel arguments: `console=ttyS0 root=/dev/vda rw`.
-    pub append: String,
-}
-
-impl DebianGuest {
-    /// Copies the cached image to `dest` (sparse, reflinked where the filesystem can),
-    /// for a test to boot. An existing empty `dest` (e.g. made NOCOW) is written in place.
-    pub fn copy_image(&self, dest: &Path) -> Result<()> {
-        run(Command::new("cp")
-            .arg("--sparse=always")
-            .arg("--reflink=auto")
-            .arg(&self.image)
-            .arg(dest))
-        .with_context(|| format!("copying the debian guest image to {}", dest.display()))
-    }
-}
-
 /// Where fixtures are cached: `$VMK_TEST_CACHE`, else `<workspace>/target/vmk-test-cache`.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("VMK_TEST_CACHE").filter(|d| !d.is_empty()) {
@@ -125,36 +84,16 @@ pub fn busybox_guest() -> Result<BusyboxGuest> {
     key.add(&file_stamp(&busybox));
     key.add(&file_stamp(&modules_dir.join("modules.dep")));
     let append = "console=ttyS0 panic=-1".to_string();
-    let dir = cached("busybox", &key.hex(), |tmp| {
-        build_busybox(tmp, &kernel, &busybox, &modules_dir)
-    })?;
+    let dir = cached(
+        "busybox",
+        &key.hex(),
+        |tmp| build_busybox(tmp, &kernel, &busybox, &modules_dir),
+        remove_dir,
+    )?;
     Ok(BusyboxGuest {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.cpio"),
         append,
-    })
-}
-
-/// Builds (once, cached; about 2–4 minutes) and returns the Debian guest.
-pub fn debian_guest() -> Result<DebianGuest> {
-    let packages = debian_packages()?;
-    let mut pkg_key = Fnv::new();
-    pkg_key.add(bootstrap::DEFAULT_SUITE.as_bytes());
-    for p in &packages {
-        pkg_key.add(p.as_bytes());
-        pkg_key.add(b",");
-    }
-    let mut key = pkg_key.clone();
-    key.add(&DEBIAN_CONFIG_VERSION.to_le_bytes());
-    let dir = cached("debian", &key.hex(), |tmp| {
-        let root = cached("debootstrap", &pkg_key.hex(), debootstrap)?;
-        build_debian_image(tmp, &root)
-    })?;
-    Ok(DebianGuest {
-        image: dir.join("disk.img"),
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.img"),
-        append: "console=ttyS0 root=/dev/vda rw".to_string(),
     })
 }
 
@@ -214,8 +153,15 @@ pub fn free_port() -> Result<u16> {
 // Cache plumbing
 
 /// Returns `<cache>/<kind>-<key>`, building it with `build(tmp_dir)` under an exclusive
-/// lock when it does not exist yet. Other entries of the same kind are removed afterwards.
-fn cached(kind: &str, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+/// lock when it does not exist yet. Other entries of the same kind are removed afterwards,
+/// with `remove` (a fixture whose build may leave mounts behind passes a removal that
+/// detaches them and never crosses filesystems).
+pub fn cached(
+    kind: &str,
+    key: &str,
+    build: impl FnOnce(&Path) -> Result<()>,
+    remove: fn(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let cache = cache_dir();
     let done = cache.join(format!("{kind}-{key}"));
     if done.is_dir() {
@@ -233,7 +179,9 @@ fn cached(kind: &str, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Res
         return Ok(done); // another process built it while we waited
     }
     let tmp = cache.join(format!("{kind}-{key}.tmp"));
-    bootstrap::remove_tree(&tmp)?;
+    if tmp.exists() {
+        remove(&tmp)?;
+    }
     fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let start = Instant::now();
     eprintln!("vmk-testkit: building {kind} fixture in {}", tmp.display());
@@ -245,12 +193,17 @@ fn cached(kind: &str, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Res
         done.display(),
         start.elapsed()
     );
-    prune_old(&cache, kind, &done);
+    prune_old(&cache, kind, &done, remove);
     Ok(done)
 }
 
+/// Removes a fixture directory that holds no mounts (plain `rm -r`).
+pub fn remove_dir(path: &Path) -> Result<()> {
+    fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+}
+
 /// Removes stale `<kind>-*` entries other than `keep` (we hold the kind's lock).
-fn prune_old(cache: &Path, kind: &str, keep: &Path) {
+fn prune_old(cache: &Path, kind: &str, keep: &Path, remove: fn(&Path) -> Result<()>) {
     let prefix = format!("{kind}-");
     let Ok(entries) = fs::read_dir(cache) else {
         return;
@@ -265,7 +218,7 @@ fn prune_old(cache: &Path, kind: &str, keep: &Path) {
         let hex = rest.trim_end_matches(".tmp");
         if path != keep && hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
             eprintln!("vmk-testkit: removing old fixture {}", path.display());
-            if let Err(e) = bootstrap::remove_tree(&path) {
+            if let Err(e) = remove(&path) {
                 eprintln!("vmk-testkit: warning: {e:#}");
             }
         }
@@ -273,7 +226,7 @@ fn prune_old(cache: &Path, kind: &str, keep: &Path) {
 }
 
 /// Runs a command, failing with its name and status when it does not succeed.
-fn run(cmd: &mut Command) -> Result<()> {
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
@@ -284,7 +237,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Size and mtime of a file, so a changed input changes the cache key.
-fn file_stamp(path: &Path) -> Vec<u8> {
+pub fn file_stamp(path: &Path) -> Vec<u8> {
     let mut v = path.as_os_str().as_encoded_bytes().to_vec();
     if let Ok(m) = fs::metadata(path) {
         v.extend_from_slice(&m.len().to_le_bytes());
@@ -294,14 +247,22 @@ fn file_stamp(path: &Path) -> Vec<u8> {
 }
 
 /// FNV-1a 64: a hash that stays the same across Rust versions (cache keys on disk).
-#[derive(Clone)]
-struct Fnv(u64);
+#[derive(Clone, Debug)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Fnv {
-    fn new() -> Self {
+    /// An empty key.
+    pub fn new() -> Self {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
-    fn add(&mut self, bytes: &[u8]) {
+    /// Adds one field to the key.
+    pub fn add(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
@@ -309,7 +270,8 @@ impl Fnv {
         self.0 ^= 0xff; // separator, so ("ab","c") != ("a","bc")
         self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
     }
-    fn hex(&self) -> String {
+    /// The key as 16 hex digits.
+    pub fn hex(&self) -> String {
         format!("{:016x}", self.0)
     }
 }
@@ -625,105 +587,6 @@ fn pad(w: &mut impl Write, offset: usize) -> io::Result<usize> {
     let n = (4 - offset % 4) % 4;
     w.write_all(&[0u8; 3][..n])?;
     Ok(n)
-}
-
-// ---------------------------------------------------------------------------------------
-// Debian guest: the product's `vmk bootstrap` steps, plus a thin test layer
-
-/// Runs the bootstrap steps' commands for a fixture: their output goes to the test's
-/// stderr, and with setpriv each gets SIGTERM when the test that started it dies, so a
-/// killed test's debootstrap does not go on writing into a tree that the next build removes
-/// (debootstrap then unmounts what it mounted there).
-struct FixtureRunner;
-
-impl CommandRunner for FixtureRunner {
-    fn run(&self, what: &str, cmd: &mut Command) -> Result<()> {
-        let mut wrapped;
-        let cmd = match crate::which("setpriv") {
-            Some(setpriv) => {
-                wrapped = Command::new(setpriv);
-                wrapped
-                    .args(["--pdeathsig", "TERM"])
-                    .arg(cmd.get_program())
-                    .args(cmd.get_args());
-                for (k, v) in cmd.get_envs() {
-                    match v {
-                        Some(v) => wrapped.env(k, v),
-                        None => wrapped.env_remove(k),
-                    };
-                }
-                if let Some(dir) = cmd.get_current_dir() {
-                    wrapped.current_dir(dir);
-                }
-                &mut wrapped
-            }
-            None => cmd,
-        };
-        run(cmd).with_context(|| format!("{what} failed (output above)"))
-    }
-}
-
-/// The Debian mirror: `VMK_TEST_DEBIAN_MIRROR`, else the one apt uses on this machine.
-fn debian_mirror() -> String {
-    match std::env::var_os("VMK_TEST_DEBIAN_MIRROR").filter(|m| !m.is_empty()) {
-        Some(m) => m.to_string_lossy().into_owned(),
-        None => bootstrap::apt_mirror(),
-    }
-}
-
-/// The packages of the guest `vmk bootstrap` makes: the fixture is that guest.
-fn debian_packages() -> Result<Vec<String>> {
-    Ok(bootstrap::debian_packages(&bootstrap::debian_arch()?))
-}
-
-fn debootstrap(root: &Path) -> Result<()> {
-    let debian = DebianRoot {
-        suite: bootstrap::DEFAULT_SUITE.into(),
-        arch: bootstrap::debian_arch()?,
-        mirror: debian_mirror(),
-        packages: debian_packages()?,
-    };
-    eprintln!(
-        "vmk-testkit: debootstrap {} from {} (takes a few minutes)",
-        debian.suite, debian.mirror
-    );
-    bootstrap::debootstrap(&debian, root, None, &FixtureRunner)
-        .with_context(|| format!("check that {} is reachable and you are root", debian.mirror))
-}
-
-/// The product's configuration and image, from a copy of the cached debootstrap tree; the
-/// test layer on top: [`DEBIAN_READY`] in /etc/issue, root on /dev/vda in fstab (what the
-/// fixture's tests check). The ssh host keys debootstrap made stay in the image, so every
-/// copy shares them (`vmk bootstrap` makes new ones for each VM).
-fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
-    let stage = out.join("root");
-    eprintln!("vmk-testkit: copying the debootstrap tree to configure it");
-    run(Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg(debootstrapped)
-        .arg(&stage))?;
-    eprintln!("vmk-testkit: configuring the guest root");
-    bootstrap::configure_root(&stage, DEBIAN_HOSTNAME, &FixtureRunner)?;
-    write(&stage, "etc/issue", &format!("{DEBIAN_READY} (\\l)\n\n"))?;
-    write(&stage, "etc/fstab", "/dev/vda / ext4 rw 0 1\n")?;
-    bootstrap::copy_kernel(&stage, out)?;
-    eprintln!("vmk-testkit: making the ext4 image");
-    bootstrap::make_ext4_image(
-        &stage,
-        &out.join("disk.img"),
-        DEBIAN_IMAGE_SIZE,
-        &FixtureRunner,
-    )?;
-    bootstrap::remove_tree(&stage)
-}
-
-/// Writes a file of the guest tree (mode 0644).
-fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
-    let path = root.join(rel);
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
 #[cfg(test)]

@@ -7,7 +7,13 @@
 //! passed. With `VMK_TEST_REQUIRE_ALL=1` (set by `.ci/run`) a missing requirement is a
 //! failure instead, so in CI everything runs.
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
 
 pub mod btrfs;
 pub mod guest;
@@ -258,4 +264,45 @@ pub fn ssh_until_ok(
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
+}
+
+/// qemu under TCG with no defaults, the serial console in `log`, a QMP socket `qmp`.
+pub fn tcg_qemu(log: &Path, qmp: &Path) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-nodefaults",
+        "-machine",
+        "q35,accel=tcg",
+        "-display",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", log.display()))
+    .arg("-qmp")
+    .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// Sends QMP commands (after the capabilities handshake), reading one answer each.
+pub fn qmp_execute(socket: &Path, commands: &[&str]) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to QMP at {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // greeting
+    for cmd in ["qmp_capabilities"].iter().chain(commands) {
+        writeln!(&stream, "{{\"execute\":\"{cmd}\"}}")?;
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            ensure!(!line.is_empty(), "QMP closed the connection");
+            if line.contains("\"return\"") {
+                break;
+            }
+            ensure!(!line.contains("\"error\""), "QMP {cmd}: {line}");
+        }
+    }
+    Ok(())
 }

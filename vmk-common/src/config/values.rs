@@ -372,9 +372,8 @@ impl MacFormat {
             Radix::Decimal => n.to_string(),
         };
         let pad = if c.zero_pad { '0' } else { ' ' };
-        let padding: String = std::iter::repeat(pad)
-            .take(c.width.saturating_sub(digits.len()))
-            .collect();
+        let padding: String =
+            std::iter::repeat_n(pad, c.width.saturating_sub(digits.len())).collect();
         let mac = format!("{}{padding}{digits}{}", self.prefix, self.suffix);
         if is_mac(&mac) {
             Ok(mac.to_ascii_lowercase())

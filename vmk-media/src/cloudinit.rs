@@ -80,7 +80,7 @@ pub fn ensure_seed(cfg: &VmConfig) -> Result<PathBuf> {
     let seed_time = mtime(&seed_path);
     let inputs = [cfg.dir.join(KEY_FILE), cfg.config_file.clone()];
     let fresh = seed_time
-        .is_some_and(|t: SystemTime| inputs.iter().all(|i| mtime(i).map_or(true, |m| m <= t)));
+        .is_some_and(|t: SystemTime| inputs.iter().all(|i| mtime(i).is_none_or(|m| m <= t)));
     if !fresh {
         seed_for(cfg)?.write_iso(&seed_path)?;
         log::info!("wrote the cloud-init seed {}", seed_path.display());

@@ -1,12 +1,11 @@
-//! Every copy vmk-snap and vmk-clone make goes through here: [`fileops::reflink_copy`] plus a
+//! Every copy of a disk image that a vmk tool makes goes through here: [`fileops::reflink_copy`] plus a
 //! progress bar on a terminal when a full copy was explicitly allowed.
 
 use std::io::IsTerminal;
 use std::path::Path;
 
-use anyhow::Result;
+use crate::fileops::{self, CopyMethod, CopyOptions, CopyOutcome};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use vmk_common::fileops::{self, CopyMethod, CopyOptions, CopyOutcome};
 
 /// How to copy.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,0 +1,187 @@
+//! The Debian test guest (bookworm, systemd, sshd, qemu-guest-agent), built by the very
+//! steps `vmk bootstrap` runs (the `vmk-bootstrap` library) plus a thin test layer, once,
+//! into the test cache shared by every test process.
+//!
+//! A crate of its own so that `vmk-testkit` depends on no vmk crate: `vmk-common`'s tests
+//! use the kit, and `vmk-bootstrap` depends on `vmk-common`, so a kit that built this guest
+//! would close a dependency cycle.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use vmk_bootstrap::{self as bootstrap, CommandRunner, DebianRoot};
+use vmk_testkit::guest::{cached, run, Fnv};
+
+/// Printed by the Debian guest's `/etc/issue` before its serial login prompt.
+pub const DEBIAN_READY: &str = "vmk-debian-guest ready";
+
+/// Bump when the Debian configuration steps change: part of the image's cache key (the
+/// debootstrap tree itself is keyed by the package list only and is reused).
+const DEBIAN_CONFIG_VERSION: u32 = 2;
+const DEBIAN_IMAGE_SIZE: u64 = 2 << 30;
+/// The Debian guest's hostname.
+const DEBIAN_HOSTNAME: &str = "vmk-guest";
+
+/// Removes a fixture tree that debootstrap may have left mounts in (never crossing into them).
+fn remove_tree(path: &Path) -> Result<()> {
+    bootstrap::remove_tree(path)
+}
+
+/// The Debian guest (bookworm, systemd, sshd, systemd-networkd with DHCP, qemu-guest-agent).
+///
+/// Boot a *copy* of `image` (see [`DebianGuest::copy_image`]) as a raw virtio disk with
+/// `-kernel kernel -initrd initrd -append append`. Hostname `vmk-guest`; root has no
+/// password (locked): log in with ssh, giving root's key as an SMBIOS credential
+/// (`-smbios type=11,value=io.systemd.credential:ssh.authorized_keys.root=<key>`).
+/// The serial console shows [`DEBIAN_READY`] before its login prompt.
+#[derive(Debug, Clone)]
+pub struct DebianGuest {
+    /// Raw ext4 image of the root filesystem (cached original: never boot it read-write).
+    pub image: PathBuf,
+    /// The guest's own kernel (its modules are inside the image).
+    pub kernel: PathBuf,
+    /// The guest's own initramfs.
+    pub initrd: PathBuf,
+    /// Kernel arguments: `console=ttyS0 root=/dev/vda rw`.
+    pub append: String,
+}
+
+impl DebianGuest {
+    /// Copies the cached image to `dest` (sparse, reflinked where the filesystem can),
+    /// for a test to boot. An existing empty `dest` (e.g. made NOCOW) is written in place.
+    pub fn copy_image(&self, dest: &Path) -> Result<()> {
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg("--reflink=auto")
+            .arg(&self.image)
+            .arg(dest))
+        .with_context(|| format!("copying the debian guest image to {}", dest.display()))
+    }
+}
+
+/// Builds (once, cached; about 2–4 minutes) and returns the Debian guest.
+pub fn debian_guest() -> Result<DebianGuest> {
+    let packages = debian_packages()?;
+    let mut pkg_key = Fnv::new();
+    pkg_key.add(bootstrap::DEFAULT_SUITE.as_bytes());
+    for p in &packages {
+        pkg_key.add(p.as_bytes());
+        pkg_key.add(b",");
+    }
+    let mut key = pkg_key.clone();
+    key.add(&DEBIAN_CONFIG_VERSION.to_le_bytes());
+    let dir = cached(
+        "debian",
+        &key.hex(),
+        |tmp| {
+            let root = cached("debootstrap", &pkg_key.hex(), debootstrap, remove_tree)?;
+            build_debian_image(tmp, &root)
+        },
+        remove_tree,
+    )?;
+    Ok(DebianGuest {
+        image: dir.join("disk.img"),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        append: "console=ttyS0 root=/dev/vda rw".to_string(),
+    })
+}
+
+/// Runs the bootstrap steps' commands for a fixture: their output goes to the test's
+/// stderr, and with setpriv each gets SIGTERM when the test that started it dies, so a
+/// killed test's debootstrap does not go on writing into a tree that the next build removes
+/// (debootstrap then unmounts what it mounted there).
+struct FixtureRunner;
+
+impl CommandRunner for FixtureRunner {
+    fn run(&self, what: &str, cmd: &mut Command) -> Result<()> {
+        let mut wrapped;
+        let cmd = match vmk_testkit::which("setpriv") {
+            Some(setpriv) => {
+                wrapped = Command::new(setpriv);
+                wrapped
+                    .args(["--pdeathsig", "TERM"])
+                    .arg(cmd.get_program())
+                    .args(cmd.get_args());
+                for (k, v) in cmd.get_envs() {
+                    match v {
+                        Some(v) => wrapped.env(k, v),
+                        None => wrapped.env_remove(k),
+                    };
+                }
+                if let Some(dir) = cmd.get_current_dir() {
+                    wrapped.current_dir(dir);
+                }
+                &mut wrapped
+            }
+            None => cmd,
+        };
+        run(cmd).with_context(|| format!("{what} failed (output above)"))
+    }
+}
+
+/// The Debian mirror: `VMK_TEST_DEBIAN_MIRROR`, else the one apt uses on this machine.
+fn debian_mirror() -> String {
+    match std::env::var_os("VMK_TEST_DEBIAN_MIRROR").filter(|m| !m.is_empty()) {
+        Some(m) => m.to_string_lossy().into_owned(),
+        None => bootstrap::apt_mirror(),
+    }
+}
+
+/// The packages of the guest `vmk bootstrap` makes: the fixture is that guest.
+fn debian_packages() -> Result<Vec<String>> {
+    Ok(bootstrap::debian_packages(&bootstrap::debian_arch()?))
+}
+
+fn debootstrap(root: &Path) -> Result<()> {
+    let debian = DebianRoot {
+        suite: bootstrap::DEFAULT_SUITE.into(),
+        arch: bootstrap::debian_arch()?,
+        mirror: debian_mirror(),
+        packages: debian_packages()?,
+    };
+    eprintln!(
+        "vmk-testkit: debootstrap {} from {} (takes a few minutes)",
+        debian.suite, debian.mirror
+    );
+    bootstrap::debootstrap(&debian, root, None, &FixtureRunner)
+        .with_context(|| format!("check that {} is reachable and you are root", debian.mirror))
+}
+
+/// The product's configuration and image, from a copy of the cached debootstrap tree; the
+/// test layer on top: [`DEBIAN_READY`] in /etc/issue, root on /dev/vda in fstab (what the
+/// fixture's tests check). The ssh host keys debootstrap made stay in the image, so every
+/// copy shares them (`vmk bootstrap` makes new ones for each VM).
+fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
+    let stage = out.join("root");
+    eprintln!("vmk-testkit: copying the debootstrap tree to configure it");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(debootstrapped)
+        .arg(&stage))?;
+    eprintln!("vmk-testkit: configuring the guest root");
+    bootstrap::configure_root(&stage, DEBIAN_HOSTNAME, &FixtureRunner)?;
+    write(&stage, "etc/issue", &format!("{DEBIAN_READY} (\\l)\n\n"))?;
+    write(&stage, "etc/fstab", "/dev/vda / ext4 rw 0 1\n")?;
+    bootstrap::copy_kernel(&stage, out)?;
+    eprintln!("vmk-testkit: making the ext4 image");
+    bootstrap::make_ext4_image(
+        &stage,
+        &out.join("disk.img"),
+        DEBIAN_IMAGE_SIZE,
+        &FixtureRunner,
+    )?;
+    bootstrap::remove_tree(&stage)
+}
+
+/// Writes a file of the guest tree (mode 0644).
+fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
+    let path = root.join(rel);
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
