@@ -300,6 +300,34 @@ pub fn is_vm_qemu(pid: u32, image: &Path) -> Result<bool> {
     }))
 }
 
+/// The running qemu processes (other than this process) whose command line boots `image`,
+/// found by scanning /proc: argv[0] and the image's file name are a cheap filter before
+/// the full [`is_vm_qemu`] check.
+pub fn qemu_pids_using(image: &Path) -> Result<Vec<u32>> {
+    let Some(name) = image.file_name().map(|n| n.as_bytes().to_vec()) else {
+        return Ok(Vec::new());
+    };
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").context("reading /proc")?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let argv0 = raw.split(|&b| b == 0).next().unwrap_or_default();
+        let base = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        if pid == me || !base.starts_with(b"qemu") || !raw.windows(name.len()).any(|w| w == name) {
+            continue;
+        }
+        if is_vm_qemu(pid, image)? {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
 /// Whether the instance is running, as far as its pidfile and /proc tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmStatus {

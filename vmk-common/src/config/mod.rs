@@ -672,17 +672,29 @@ impl VmConfig {
 
     /// The VNC TCP port: 5900 + VMK_VNC.
     pub fn vnc_port(&self) -> u16 {
-        5900 + u16::from(self.vnc)
+        self.ports().vnc
     }
 
     /// The serial console TCP port: VMK_TELNET_BASE + VMK_VNC.
     pub fn telnet_port(&self) -> u16 {
-        self.telnet_base + u16::from(self.vnc)
+        self.ports().console
     }
 
     /// The host port forwarded to the guest's ssh with user networking: VMK_SSH_BASE + VMK_VNC.
     pub fn ssh_port(&self) -> u16 {
-        self.ssh_base + u16::from(self.vnc)
+        self.ports().ssh
+    }
+
+    /// All three ports ([`crate::layout::VmPorts`]); [`VmConfig::validate`] has checked
+    /// that none is past 65535 (saturated there otherwise).
+    pub fn ports(&self) -> crate::layout::VmPorts {
+        crate::layout::VmPorts::of(self.vnc, self.telnet_base, self.ssh_base).unwrap_or(
+            crate::layout::VmPorts {
+                vnc: crate::layout::vnc_port(self.vnc),
+                console: self.telnet_base.saturating_add(u16::from(self.vnc)),
+                ssh: self.ssh_base.saturating_add(u16::from(self.vnc)),
+            },
+        )
     }
 
     /// The VM's MAC address, made from VMK_MAC_BASE_FORMAT and VMK_VNC (checked by `validate`).
