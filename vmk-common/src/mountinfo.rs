@@ -22,7 +22,7 @@ pub fn mounts_under(path: &Path) -> Vec<PathBuf> {
 /// True when `dir` is a mount point (compared after resolving `dir`'s symlinks).
 pub fn is_mount_point(dir: &Path) -> bool {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    mount_points().iter().any(|m| *m == dir)
+    mount_points().contains(&dir)
 }
 
 /// The mount points (fifth field) of mountinfo text.
