@@ -1,4 +1,5 @@
-//! Configuration: the six sources of SPEC §2, parsed (never executed) into a typed [`VmConfig`].
+//! Configuration: the six sources (README.md, "Configuration"; vmk-config(5)), parsed (never
+//! executed) into a typed [`VmConfig`].
 //!
 //! Reading happens in stages, each of which reports `file:line: KEY: what was expected`:
 //! 1. bytes → [`RawConfig`] ([`raw`]): lines kept verbatim, so `vmk set` can edit one value;
@@ -10,7 +11,7 @@
 //! 3. the merged text → a typed [`VmConfig`], then [`VmConfig::validate`] for rules that
 //!    involve several keys (ports that overflow, a MAC format that gives no MAC for VMK_VNC).
 //!
-//! Decisions (SPEC §2 leaves them open):
+//! Decisions:
 //! - An empty value means "unset": the default applies (`VMK_ISO=` is no ISO).
 //! - `${NAME}`/`$NAME` expand to a key assigned earlier, in this file or an earlier source.
 //!   A name assigned nowhere falls back to the process environment for names outside `VMK_`
@@ -264,10 +265,12 @@ pub fn load(opts: &LoadOptions) -> Result<VmConfig, ConfigError> {
     }
     sources.push((dir.join(GROUP_FILE_NAME), group_display, false));
     sources.push((config_file.clone(), vm_display.clone(), required));
+    let mut config_found = false;
     for (path, display, required) in sources {
         let Some(raw) = read_source(&path, &display, required)? else {
             continue;
         };
+        config_found |= path == config_file;
         merge_file(&raw, &mut settings, opts)?;
     }
     for spec in keys() {
@@ -297,7 +300,8 @@ pub fn load(opts: &LoadOptions) -> Result<VmConfig, ConfigError> {
             },
         );
     }
-    let cfg = VmConfig::from_settings(dir, config_file, vm_display, home, &settings)?;
+    let mut cfg = VmConfig::from_settings(dir, config_file, vm_display, home, &settings)?;
+    cfg.config_found = config_found;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -383,6 +387,9 @@ pub struct VmConfig {
     /// The config file as shown in messages.
     #[serde(skip)]
     pub config_display: String,
+    /// Whether the VM's config file was there to read (else this is no VM directory).
+    #[serde(skip)]
+    pub config_found: bool,
     /// VMK_NAME.
     pub name: Option<String>,
     /// VMK_TAG.
@@ -602,6 +609,7 @@ impl VmConfig {
             dir,
             config_file,
             config_display,
+            config_found: true,
         };
         Ok(cfg)
     }
@@ -707,11 +715,25 @@ impl VmConfig {
     /// The first disk image, or an error that says how to get one.
     pub fn disk0(&self) -> Result<&Path, ConfigError> {
         self.disk0_path.as_deref().ok_or_else(|| {
-            ConfigError::new(format!(
-                "VMK_DISK0 is not set in {}: set it or run `vmk mkdisk0`",
-                self.config_display
-            ))
+            if self.config_found {
+                ConfigError::new(format!(
+                    "VMK_DISK0 is not set in {}: set it or run `vmk mkdisk0`",
+                    self.config_display
+                ))
+            } else {
+                self.not_a_vm_directory()
+            }
         })
+    }
+
+    /// The error for a directory without a VM config (and no VMK_DISK0 from elsewhere).
+    fn not_a_vm_directory(&self) -> ConfigError {
+        ConfigError::new(format!(
+            "{} is not a VM directory: it has no {VM_FILE_NAME}. Make a new VM with \
+             `vmk bootstrap DIR`, or a config to edit with `vmk newconfig > {VM_FILE_NAME}` \
+             (or give one with -c FILE)",
+            self.dir.display()
+        ))
     }
 
     /// The extra disks, disk1…disk6 in order: each VMK_DISKn, or when that is empty the file

@@ -81,6 +81,14 @@ fn defaults_without_any_file() {
     assert_eq!(c.origin("VMK_MEM"), Origin::Default);
     let e = c.disk0().unwrap_err().to_string();
     assert!(
+        e.contains("is not a VM directory: it has no vm-config")
+            && e.contains("`vmk bootstrap DIR`")
+            && e.contains("`vmk newconfig > vm-config`"),
+        "{e}"
+    );
+    f.write("vm/vm-config", "VMK_NAME=x\n");
+    let e = f.load().unwrap().disk0().unwrap_err().to_string();
+    assert!(
         e.contains("VMK_DISK0 is not set in ")
             && e.ends_with("vm-config: set it or run `vmk mkdisk0`"),
         "{e}"
