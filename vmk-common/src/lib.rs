@@ -19,6 +19,7 @@ pub mod layout;
 pub mod mountinfo;
 pub mod process;
 pub mod qemu;
+pub mod qemu_img;
 pub mod qmp;
 pub mod shell;
 pub mod state;
