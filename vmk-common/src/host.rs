@@ -1,4 +1,5 @@
-//! Facts about the machine vmk runs on that every tool asks: where a program is.
+//! Facts about the machine vmk runs on that every tool asks: where a program is, whether
+//! we are root.
 //!
 //! One `which` for the whole workspace (it used to be written five times, with different
 //! ideas of "executable").
@@ -39,6 +40,11 @@ fn find_in(dirs: impl IntoIterator<Item = PathBuf>, name: &str) -> Option<PathBu
         .filter(|d| !d.as_os_str().is_empty())
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 /// A regular file with an execute bit.

@@ -49,7 +49,7 @@ impl Need {
     /// Why this need is not met here, or `None` when it is.
     pub fn unmet(self) -> Option<String> {
         match self {
-            Need::Root => (!nix::unistd::Uid::effective().is_root())
+            Need::Root => (!rustix::process::geteuid().is_root())
                 .then(|| "needs root (loop devices and mounts)".to_string()),
             Need::Qemu => missing_program("qemu-system-x86_64"),
             Need::Btrfs => missing_program("mkfs.btrfs").or_else(|| Need::Root.unmet()),
