@@ -15,6 +15,7 @@ pub mod fileops;
 pub mod frontdoor;
 pub mod host;
 pub mod human;
+pub mod jsonline;
 pub mod layout;
 pub mod mountinfo;
 pub mod process;

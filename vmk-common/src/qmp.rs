@@ -1,13 +1,14 @@
 //! A small synchronous QMP client: `stop`, `info` and the tests talk to a running qemu
-//! through its unix socket, and must never hang on a qemu that stopped answering.
+//! through its unix socket, and must never hang on a qemu that stopped answering. The
+//! transport is [`crate::jsonline`]; this adds the greeting, capabilities and commands.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use crate::jsonline::JsonLine;
 
 /// An error that qemu itself returned for a command (`{"error": {"class", "desc"}}`).
 /// Callers can `downcast_ref::<QmpCommandError>()` the `anyhow::Error`.
@@ -25,37 +26,23 @@ pub struct QmpCommandError {
 /// A QMP connection in command mode (capabilities negotiated).
 #[derive(Debug)]
 pub struct Qmp {
-    path: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    conn: JsonLine,
     greeting: Value,
-    timeout: Duration,
 }
 
 impl Qmp {
     /// Connects to the socket at `path`, reads the greeting and negotiates capabilities.
     /// `timeout` bounds every read and write, and each command.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp> {
-        let stream = UnixStream::connect(path)
-            .with_context(|| format!("connecting to QMP socket {}", path.display()))?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let writer = stream.try_clone()?;
-        let mut qmp = Qmp {
-            path: path.to_path_buf(),
-            reader: BufReader::new(stream),
-            writer,
-            greeting: Value::Null,
-            timeout,
-        };
-        let greeting = qmp.read_message()?;
+        let mut conn = JsonLine::connect(path, timeout, "QMP socket")?;
+        let greeting = conn.read_message()?;
         if greeting.get("QMP").is_none() {
             bail!(
                 "{} did not greet like QMP (got {greeting}): is it a qemu QMP socket?",
                 path.display()
             );
         }
-        qmp.greeting = greeting;
+        let mut qmp = Qmp { conn, greeting };
         qmp.execute("qmp_capabilities", None)?;
         Ok(qmp)
     }
@@ -67,65 +54,39 @@ impl Qmp {
 
     /// Changes the per-operation timeout.
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
-        self.writer.set_read_timeout(Some(timeout))?;
-        self.writer.set_write_timeout(Some(timeout))?;
-        self.timeout = timeout;
-        Ok(())
-    }
-
-    fn read_message(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .with_context(|| format!("reading from QMP socket {}", self.path.display()))?;
-        if n == 0 {
-            bail!("qemu closed the QMP socket {}", self.path.display());
-        }
-        serde_json::from_str(&line)
-            .with_context(|| format!("qemu sent something that is not JSON: {line:?}"))
+        self.conn.set_timeout(timeout)
     }
 
     /// Runs `command` with optional `arguments` and returns its `return` value. Events that
     /// arrive meanwhile are skipped (logged at debug level); a qemu error becomes a
     /// [`QmpCommandError`].
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        let mut msg = json!({ "execute": command });
-        if let Some(args) = arguments {
-            msg["arguments"] = args;
-        }
-        let mut bytes = serde_json::to_vec(&msg)?;
-        bytes.push(b'\n');
-        self.writer
-            .write_all(&bytes)
-            .with_context(|| format!("sending `{command}` to {}", self.path.display()))?;
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let reply = self.read_message()?;
-            if let Some(ret) = reply.get("return") {
-                return Ok(ret.clone());
+        self.conn.execute(command, arguments)?.map_err(|e| {
+            QmpCommandError {
+                command: command.to_string(),
+                class: e.class,
+                desc: e.desc,
             }
-            if let Some(err) = reply.get("error") {
-                let field = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                return Err(QmpCommandError {
-                    command: command.to_string(),
-                    class: field("class"),
-                    desc: field("desc"),
-                }
-                .into());
-            }
-            if reply.get("event").is_some() {
-                log::debug!("qmp event: {reply}");
-            } else {
-                log::debug!("unexpected qmp message: {reply}");
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "no answer to `{command}` from qemu within {:?}",
-                    self.timeout
-                );
+            .into()
+        })
+    }
+
+    /// Waits, as long as qemu runs, for the events qemu sends, and returns the `reason` of
+    /// the last `SHUTDOWN` (`guest-shutdown`, `guest-reset`, `host-qmp-quit`, …) once qemu
+    /// closed the socket; `None` when it sent none.
+    pub fn shutdown_reason(mut self) -> Option<String> {
+        self.conn.wait_forever().ok()?;
+        let mut reason = None;
+        while let Ok(Some(event)) = self.conn.next_event() {
+            if event.get("event").and_then(Value::as_str) == Some("SHUTDOWN") {
+                log::debug!("qmp: {event}");
+                reason = event
+                    .pointer("/data/reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
             }
         }
+        reason
     }
 
     /// `query-status`: the run state (`running`, `paused`, `prelaunch`, …) and whether the

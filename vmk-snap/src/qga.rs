@@ -6,13 +6,12 @@
 //! by an older vmk), freezing is skipped with a warning and the snapshot is only
 //! crash-consistent, like a power cut. When the guest runs no agent, the freeze times out.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use vmk_common::jsonline::{after_delimiter, JsonLine, DELIMITER};
 
 /// How long one agent command may take (a freeze waits for the guest to flush).
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -23,26 +22,20 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection to the guest agent.
 #[derive(Debug)]
 pub struct Agent {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    conn: JsonLine,
 }
 
 impl Agent {
     /// Connects and synchronises (`guest-sync-delimited`), so stale replies are skipped.
     pub fn connect(path: &Path) -> Result<Agent> {
-        let stream = UnixStream::connect(path)
-            .with_context(|| format!("connecting to the guest agent at {}", path.display()))?;
-        stream.set_read_timeout(Some(SYNC_TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
         let mut agent = Agent {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
+            conn: JsonLine::connect(path, SYNC_TIMEOUT, "the guest agent at")?,
         };
         let id = u64::from(std::process::id()) << 16 | u64::from(rand16());
         agent
             .sync(id)
             .context("no guest agent answered (is qemu-guest-agent running in the guest?)")?;
-        agent.writer.set_read_timeout(Some(TIMEOUT))?;
+        agent.conn.set_timeout(TIMEOUT)?;
         Ok(agent)
     }
 
@@ -53,34 +46,19 @@ impl Agent {
     /// the answer carrying our `id` after the 0xFF delimiter ends the stale stream. The 0xFF
     /// sent first makes the agent drop a partial command an earlier client left behind.
     fn sync(&mut self, id: u64) -> Result<()> {
-        let mut msg = vec![0xFF];
-        serde_json::to_writer(
-            &mut msg,
-            &json!({ "execute": "guest-sync-delimited", "arguments": { "id": id } }),
+        self.conn.send(
+            &[DELIMITER],
+            "guest-sync-delimited",
+            Some(json!({ "id": id })),
         )?;
-        msg.push(b'\n');
-        self.writer
-            .write_all(&msg)
-            .context("sending guest-sync-delimited to the guest agent")?;
         let deadline = Instant::now() + SYNC_TIMEOUT;
         let mut skipped = 0;
         loop {
-            let mut buf = Vec::new();
-            let n = match self.reader.read_until(b'\n', &mut buf) {
-                Ok(n) => n,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    bail!("no answer to guest-sync-delimited within {SYNC_TIMEOUT:?}")
-                }
-                Err(e) => {
-                    return Err(e)
-                        .context("waiting for the guest agent to answer guest-sync-delimited")
-                }
-            };
-            if n == 0 {
+            let Some(line) = self.conn.read_line()? else {
                 bail!("the guest agent closed the connection during guest-sync-delimited");
-            }
-            if let Some(at) = buf.iter().rposition(|b| *b == 0xFF) {
-                let reply: Option<Value> = serde_json::from_slice(&buf[at + 1..]).ok();
+            };
+            if line.contains(&DELIMITER) {
+                let reply: Option<Value> = serde_json::from_slice(after_delimiter(&line)).ok();
                 if reply.as_ref().and_then(|r| r.get("return")) == Some(&json!(id)) {
                     if skipped > 0 {
                         log::info!(
@@ -101,44 +79,17 @@ impl Agent {
 
     /// Runs one command and returns its `return` value.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        let mut msg = json!({ "execute": command });
-        if let Some(a) = arguments {
-            msg["arguments"] = a;
-        }
-        let mut line = serde_json::to_vec(&msg)?;
-        line.push(b'\n');
-        self.writer
-            .write_all(&line)
-            .with_context(|| format!("sending {command} to the guest agent"))?;
-        loop {
-            let mut buf = Vec::new();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut buf)
-                .with_context(|| format!("waiting for the guest agent to answer {command}"))?;
-            if n == 0 {
-                bail!("the guest agent closed the connection during {command}");
-            }
-            // guest-sync-delimited puts 0xFF before its answer
-            let text = buf.strip_prefix(&[0xFF]).unwrap_or(&buf);
-            let text = String::from_utf8_lossy(text);
-            if text.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(text.trim())
-                .with_context(|| format!("the guest agent's answer to {command} is not JSON"))?;
-            if let Some(r) = v.get("return") {
-                return Ok(r.clone());
-            }
-            if let Some(e) = v.get("error") {
-                bail!(
-                    "the guest agent refused {command}: {}",
-                    e.get("desc")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no description")
-                );
-            }
-        }
+        self.conn
+            .execute(command, arguments)
+            .with_context(|| format!("waiting for the guest agent to answer {command}"))?
+            .or_else(|e| {
+                let desc = if e.desc.is_empty() {
+                    "no description"
+                } else {
+                    &e.desc
+                };
+                bail!("the guest agent refused {command}: {desc}")
+            })
     }
 }
 
@@ -183,6 +134,7 @@ pub fn with_frozen<T>(socket: &Path, f: impl FnOnce() -> Result<T>) -> Result<T>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
 
     /// A fake agent: answers what a real one would, after `stale` answers to commands of
