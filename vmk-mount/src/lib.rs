@@ -7,7 +7,11 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use vmk_common::cli::{GlobalOpts, Tool};
-use vmk_common::config::{Size, VmConfig};
+use vmk_common::config::{DiskFormat, Size, VmConfig};
+use vmk_common::mountinfo::is_mount_point;
+use vmk_common::process::exit_code;
+use vmk_common::qemu_img::QemuImgCreate;
+use vmk_common::shell;
 
 pub mod guestfiles;
 pub mod image;
@@ -165,14 +169,7 @@ fn mount(
     let req = MountRequest::new(cfg, image, opts.backend, opts.force)?;
     let dir = dir.unwrap_or_else(|| default_dir(cfg, &req.image));
     if dry {
-        let chosen = image::choose(&req)?;
-        vmk_common::outln!(
-            "mount {} at {} with the {} backend",
-            req.image.display(),
-            dir.display(),
-            chosen.as_str()
-        )?;
-        return Ok(ExitCode::SUCCESS);
+        return print_lines(image::plan(&req, &dir)?);
     }
     let signals = signals::Interrupts::install()?;
     let state = image::mount_at(&req, &dir, &signals)?;
@@ -226,8 +223,7 @@ fn find_state(cfg: &VmConfig, arg: Option<&Path>) -> Result<MountState> {
 fn umount(cfg: &VmConfig, dir: Option<&Path>, dry: bool) -> Result<ExitCode> {
     let mut state = find_state(cfg, dir)?;
     if dry {
-        vmk_common::outln!("{}", state.to_text())?;
-        return Ok(ExitCode::SUCCESS);
+        return print_lines(state.undo_plan());
     }
     let _signals = signals::Interrupts::install()?;
     state.undo()?;
@@ -243,12 +239,14 @@ fn putfile(cfg: &VmConfig, opts: &MountOpts, files: &[PathBuf], dry: bool) -> Re
     }
     let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
     if dry {
-        vmk_common::outln!(
-            "copy {} files into {}:/root/vm",
-            files.len(),
-            req.image.display()
-        )?;
-        return Ok(ExitCode::SUCCESS);
+        let (root, mut lines) = TempMount::plan(&req)?;
+        lines.push(format!(
+            "# copy into {}: {}",
+            shell::quote(root.join("root/vm").as_os_str()),
+            shell::join(files)
+        ));
+        lines.push(TempMount::undo_note().into());
+        return print_lines(lines);
     }
     let m = TempMount::mount(&req)?;
     let put = guestfiles::put_files(m.root(), files)?;
@@ -263,12 +261,16 @@ fn putfile(cfg: &VmConfig, opts: &MountOpts, files: &[PathBuf], dry: bool) -> Re
 fn fixnet(cfg: &VmConfig, opts: &MountOpts, dry: bool) -> Result<ExitCode> {
     let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
     if dry {
-        vmk_common::outln!(
-            "remove {:?} from {}",
-            guestfiles::MAC_BOUND_RULES,
-            req.image.display()
-        )?;
-        return Ok(ExitCode::SUCCESS);
+        let (root, mut lines) = TempMount::plan(&req)?;
+        let rules = guestfiles::MAC_BOUND_RULES.iter().map(|r| root.join(r));
+        lines.push(shell::join(
+            ["rm", "-f", "--"]
+                .map(PathBuf::from)
+                .into_iter()
+                .chain(rules),
+        ));
+        lines.push(TempMount::undo_note().into());
+        return print_lines(lines);
     }
     let m = TempMount::mount(&req)?;
     let removed = guestfiles::fix_net(m.root())?;
@@ -286,12 +288,16 @@ fn fixnet(cfg: &VmConfig, opts: &MountOpts, dry: bool) -> Result<ExitCode> {
 #[derive(Debug, Default)]
 struct Binds(Vec<PathBuf>);
 
+/// `mount <extra> SRC DST`.
+fn bind_command(src: &Path, dst: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new("mount");
+    c.args(extra).arg(src).arg(dst);
+    c
+}
+
 impl Binds {
     fn bind(&mut self, src: &Path, dst: &Path, extra: &[&str]) -> Result<()> {
-        let out = Command::new("mount")
-            .args(extra)
-            .arg(src)
-            .arg(dst)
+        let out = bind_command(src, dst, extra)
             .output()
             .context("running mount")?;
         if !out.status.success() {
@@ -310,7 +316,7 @@ impl Binds {
         while let Some(d) = self.0.last().cloned() {
             // Recursive binds (/dev, /sys) may carry submounts: detach them all.
             let out = Command::new("umount").arg("-R").arg(&d).output();
-            if !out.is_ok_and(|o| o.status.success()) && image::is_mountpoint(&d) {
+            if !out.is_ok_and(|o| o.status.success()) && is_mount_point(&d) {
                 image::umount(&d)?;
             }
             self.0.pop();
@@ -327,19 +333,18 @@ impl Drop for Binds {
     }
 }
 
+/// The system directories a chroot needs: source, directory in the guest, mount options.
+const SYSTEM_BINDS: [(&str, &str, &[&str]); 3] = [
+    ("/dev", "dev", &["--rbind", "--make-rslave"]),
+    ("proc", "proc", &["-t", "proc"]),
+    ("/sys", "sys", &["--rbind", "--make-rslave"]),
+];
+
 /// Binds /dev, /proc, /sys and resolv.conf into `root`.
 fn bind_system(root: &Path, binds: &mut Binds) -> Result<()> {
-    binds.bind(
-        Path::new("/dev"),
-        &root.join("dev"),
-        &["--rbind", "--make-rslave"],
-    )?;
-    binds.bind(Path::new("proc"), &root.join("proc"), &["-t", "proc"])?;
-    binds.bind(
-        Path::new("/sys"),
-        &root.join("sys"),
-        &["--rbind", "--make-rslave"],
-    )?;
+    for (src, dst, extra) in SYSTEM_BINDS {
+        binds.bind(Path::new(src), &root.join(dst), extra)?;
+    }
     let resolv = root.join("etc/resolv.conf");
     match resolv.symlink_metadata() {
         Ok(m) if m.file_type().is_file() && Path::new("/etc/resolv.conf").exists() => {
@@ -356,12 +361,28 @@ fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Re
     }
     let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
     if dry {
-        vmk_common::outln!(
-            "chroot into {} ({})",
-            req.image.display(),
-            command.join(" ")
-        )?;
-        return Ok(ExitCode::SUCCESS);
+        let (root, mut lines) = TempMount::plan(&req)?;
+        for (src, dst, extra) in SYSTEM_BINDS {
+            lines.push(shell::command_line(&bind_command(
+                Path::new(src),
+                &root.join(dst),
+                extra,
+            )));
+        }
+        lines.push(
+            "# and the host's /etc/resolv.conf over the guest's when that is a plain file".into(),
+        );
+        let mut c = Command::new("chroot");
+        c.arg(&root);
+        if command.is_empty() {
+            c.args(["/bin/bash", "-l"]);
+            lines.push("# (/bin/sh -l when the image has no bash)".into());
+        } else {
+            c.args(command);
+        }
+        lines.push(shell::command_line(&c));
+        lines.push(TempMount::undo_note().into());
+        return print_lines(lines);
     }
     let m = TempMount::mount(&req)?;
     let mut binds = Binds::default();
@@ -370,7 +391,7 @@ fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Re
     let mut c = Command::new("chroot");
     c.arg(m.root());
     if command.is_empty() {
-        let shell = ["bin/bash", "bin/sh"]
+        let sh = ["bin/bash", "bin/sh"]
             .into_iter()
             .find(|s| m.root().join(s).exists())
             .context("the image has no /bin/sh")?;
@@ -378,7 +399,7 @@ fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Re
             "vmk-mount: shell in {}; exit it to unmount",
             req.image.display()
         );
-        c.arg(format!("/{shell}")).arg("-l");
+        c.arg(format!("/{sh}")).arg("-l");
     } else {
         c.args(command);
     }
@@ -393,12 +414,10 @@ fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Re
 fn zypper(cfg: &VmConfig, opts: &MountOpts, args: &[String], dry: bool) -> Result<ExitCode> {
     let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
     if dry {
-        vmk_common::outln!(
-            "zypper --root <mounted {}> {}",
-            req.image.display(),
-            args.join(" ")
-        )?;
-        return Ok(ExitCode::SUCCESS);
+        let (root, mut lines) = TempMount::plan(&req)?;
+        lines.push(shell::command_line(&zypper_command(&root, args)));
+        lines.push(TempMount::undo_note().into());
+        return print_lines(lines);
     }
     if Command::new("zypper")
         .arg("--version")
@@ -410,19 +429,22 @@ fn zypper(cfg: &VmConfig, opts: &MountOpts, args: &[String], dry: bool) -> Resul
         bail!("zypper is not installed on this host (it runs here with --root on the image)");
     }
     let m = TempMount::mount(&req)?;
-    let status = Command::new("zypper")
-        .arg("--root")
-        .arg(m.root())
-        .args(args)
-        .status();
+    let status = zypper_command(m.root(), args).status();
     m.signals().clear();
     m.unmount()?;
     Ok(exit_code(status.context("running zypper")?))
 }
 
+/// `zypper --root ROOT ARGS…`.
+fn zypper_command(root: &Path, args: &[String]) -> Command {
+    let mut c = Command::new("zypper");
+    c.arg("--root").arg(root).args(args);
+    c
+}
+
 fn prep(cfg: &VmConfig, args: &[String], dry: bool) -> Result<ExitCode> {
     let req = MountRequest::new(cfg, None, Backend::Guestmount, false)?;
-    let users = image::qemu_users(&req.image);
+    let users = image::qemu_users(&req.image)?;
     if !users.is_empty() {
         bail!(
             "{} is in use by a running qemu (pid {users:?}): stop the VM first",
@@ -437,15 +459,9 @@ fn prep(cfg: &VmConfig, args: &[String], dry: bool) -> Result<ExitCode> {
         .arg("-a")
         .arg(&req.image)
         .args(args);
-    if std::env::var_os("LIBGUESTFS_BACKEND").is_none() {
-        c.env("LIBGUESTFS_BACKEND", "direct");
-    }
-    if req.force_tcg && std::env::var_os("LIBGUESTFS_BACKEND_SETTINGS").is_none() {
-        c.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
-    }
+    image::guestmount::libguestfs_env(&mut c, req.force_tcg);
     if dry {
-        vmk_common::outln!("{c:?}")?;
-        return Ok(ExitCode::SUCCESS);
+        return print_lines([shell::command_line(&c)]);
     }
     let status = c
         .status()
@@ -465,8 +481,15 @@ pub fn mkdisks(paths: &[PathBuf], size: Size, dry: bool) -> Result<ExitCode> {
         }
     }
     for p in paths {
+        let create = QemuImgCreate::new(p, DiskFormat::Qcow2, size.bytes());
         if dry {
-            vmk_common::outln!("qemu-img create -f qcow2 {} {}", p.display(), size.bytes())?;
+            print_lines([
+                format!(
+                    "# create {} empty, with the NOCOW attribute (chattr +C)",
+                    shell::quote(p.as_os_str())
+                ),
+                create.shell_quoted(),
+            ])?;
             continue;
         }
         let nocow = vmk_common::fileops::create_nocow_file(p, 0)
@@ -474,20 +497,7 @@ pub fn mkdisks(paths: &[PathBuf], size: Size, dry: bool) -> Result<ExitCode> {
         if !nocow {
             log::warn!("{}: this filesystem takes no NOCOW flag", p.display());
         }
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(p)
-            .arg(size.bytes().to_string())
-            .output()
-            .context("running qemu-img (install qemu-utils)")?;
-        if !out.status.success() {
-            let _ = std::fs::remove_file(p);
-            bail!(
-                "qemu-img create {} failed: {}",
-                p.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        create.run()?;
         eprintln!(
             "vmk-mount: created {} ({size}, qcow2{})",
             p.display(),
@@ -498,12 +508,10 @@ pub fn mkdisks(paths: &[PathBuf], size: Size, dry: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Passes a child's exit status through (a signal death becomes 128+signal).
-fn exit_code(status: std::process::ExitStatus) -> ExitCode {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
-        (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
-        _ => ExitCode::FAILURE,
+/// Prints a dry run's lines (shell commands and `#` comments), one per line.
+fn print_lines<I: IntoIterator<Item = S>, S: std::fmt::Display>(lines: I) -> Result<ExitCode> {
+    for l in lines {
+        vmk_common::outln!("{l}")?;
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,231 @@
+//! The kernel backend (root only): the image on a loop device with its partitions, a qcow2
+//! image first exported as a raw file by qemu-storage-daemon's FUSE export; the partition
+//! that holds `/etc` is the root, and its fstab says what else to mount.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vmk_common::config::DiskFormat;
+use vmk_common::qemu_img::FuseExport;
+use vmk_common::shell;
+
+use super::journal::{beside, MountState};
+use super::{fstab, run_quiet, umount, MountRequest};
+use crate::signals::Interrupts;
+
+/// The FUSE export of `req.image` (files beside the image).
+fn fuse_export(req: &MountRequest) -> FuseExport {
+    FuseExport {
+        image: req.image.clone(),
+        format: req.format,
+        fuse_file: beside(&req.image, ".fuse"),
+        pidfile: beside(&req.image, ".qsd.pid"),
+    }
+}
+
+/// `losetup -P --find --show <backing>`: attaches a free loop device and prints it.
+fn attach_command(backing: &Path) -> Command {
+    let mut c = Command::new("losetup");
+    c.args(["-P", "--find", "--show"]).arg(backing);
+    c
+}
+
+/// `losetup -d <dev>`.
+pub(super) fn detach_command(dev: &Path) -> Command {
+    let mut c = Command::new("losetup");
+    c.arg("-d").arg(dev);
+    c
+}
+
+/// What [`mount`] would do, as shell lines (from the mount point's creation on).
+pub(super) fn plan(req: &MountRequest, dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let backing = if req.format == DiskFormat::Raw {
+        req.image.clone()
+    } else {
+        let e = fuse_export(req);
+        lines.push(shell::join(["touch".as_ref(), e.fuse_file.as_os_str()]));
+        lines.push(e.shell_quoted());
+        e.fuse_file
+    };
+    lines.push(shell::command_line(&attach_command(&backing)));
+    lines.push(format!(
+        "# mount the loop device's partition that holds /etc at {}, then the local filesystems of its /etc/fstab below it",
+        shell::quote(dir.as_os_str())
+    ));
+    lines
+}
+
+/// Mounts `req.image` at `state.dir`, recording each step in `state`.
+pub(super) fn mount(
+    req: &MountRequest,
+    state: &mut MountState,
+    signals: &Interrupts,
+) -> Result<()> {
+    let backing = if req.format == DiskFormat::Raw {
+        req.image.clone()
+    } else {
+        export_fuse(req, state)?
+    };
+    signals.check()?;
+    let out = attach_command(&backing)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running losetup")?;
+    if !out.status.success() {
+        bail!("losetup -P --find --show {} failed", backing.display());
+    }
+    let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    state.loop_dev = Some(dev.clone());
+    state.save()?;
+    signals.check()?;
+    let parts = partitions(&dev)?;
+    let candidates = if parts.is_empty() {
+        vec![dev.clone()]
+    } else {
+        parts.clone()
+    };
+    let mut root = None;
+    for c in &candidates {
+        let ty = fstab::fs_type(c);
+        if matches!(
+            ty.as_deref(),
+            None | Some("swap" | "LVM2_member" | "crypto_LUKS")
+        ) {
+            continue;
+        }
+        if run_quiet(Command::new("mount").arg(c).arg(&state.dir)).is_err() {
+            continue;
+        }
+        state.mounts.push(state.dir.clone());
+        state.save()?;
+        if looks_like_root(&state.dir) {
+            root = Some(c.clone());
+            break;
+        }
+        umount(&state.dir)?;
+        state.mounts.pop();
+    }
+    let Some(root) = root else {
+        bail!(
+            "found no root filesystem (one with /etc) on {} ({})",
+            req.image.display(),
+            dev.display()
+        );
+    };
+    log::info!("root filesystem: {}", root.display());
+    fstab::mount_fstab(state, &root, &candidates)?;
+    Ok(())
+}
+
+/// Exports a non-raw image as a raw file through qemu-storage-daemon's FUSE export;
+/// returns the file.
+fn export_fuse(req: &MountRequest, state: &mut MountState) -> Result<PathBuf> {
+    let e = fuse_export(req);
+    fs::File::create(&e.fuse_file)
+        .with_context(|| format!("creating {}", e.fuse_file.display()))?;
+    state.fuse_file = Some(e.fuse_file.clone());
+    let _ = fs::remove_file(&e.pidfile);
+    log::debug!("running {}", e.shell_quoted());
+    let status = e
+        .command()
+        .stdin(Stdio::null())
+        .status()
+        .context("running qemu-storage-daemon")?;
+    if !status.success() {
+        bail!(
+            "qemu-storage-daemon could not export {} ({status})",
+            req.image.display()
+        );
+    }
+    state.qsd_pidfile = Some(e.pidfile);
+    state.save()?;
+    Ok(e.fuse_file)
+}
+
+/// Stops the storage daemon named by `pidfile` (only if it is the one exporting `fuse`).
+pub(super) fn stop_daemon(pidfile: &Path, fuse: Option<&Path>) -> Result<()> {
+    let Some(pid) = vmk_common::state::read_pidfile(pidfile)? else {
+        return Ok(());
+    };
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let ours = cmdline.contains("qemu-storage-daemon")
+        && fuse.is_none_or(|f| cmdline.contains(&*f.display().to_string()));
+    if ours {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if !vmk_common::state::wait_for_exit(pid, Duration::from_secs(10)) {
+            bail!("qemu-storage-daemon (pid {pid}) did not exit");
+        }
+    }
+    let _ = fs::remove_file(pidfile);
+    Ok(())
+}
+
+/// The partition devices of a loop device (`/dev/loop0p1`…), in order.
+fn partitions(dev: &Path) -> Result<Vec<PathBuf>> {
+    let name = dev
+        .file_name()
+        .context("loop device without a name")?
+        .to_string_lossy()
+        .into_owned();
+    let sys = Path::new("/sys/block").join(&name);
+    let mut parts: Vec<(u32, PathBuf)> = fs::read_dir(&sys)
+        .with_context(|| format!("reading {}", sys.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let num = n.strip_prefix(&format!("{name}p"))?.parse().ok()?;
+            Some((num, Path::new("/dev").join(n)))
+        })
+        .collect();
+    parts.sort();
+    // devtmpfs creates the nodes; give it a moment on a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (_, p) in &parts {
+        while !p.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(parts.into_iter().map(|(_, p)| p).collect())
+}
+
+fn looks_like_root(dir: &Path) -> bool {
+    dir.join("etc").is_dir()
+        && [
+            "etc/fstab",
+            "etc/os-release",
+            "usr/lib/os-release",
+            "etc/passwd",
+        ]
+        .iter()
+        .any(|f| dir.join(f).exists())
+}
+
+/// Detaches a loop device and waits until it is really gone: while something (udev's
+/// probe of the partitions, a closing mount) still holds it, `losetup -d` only marks it
+/// for detaching and returns at once.
+pub(super) fn detach_loop(dev: &Path) -> Result<()> {
+    run_quiet(&mut detach_command(dev))?;
+    let Some(name) = dev.file_name() else {
+        return Ok(());
+    };
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backing.exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "{} is still attached 10 s after `losetup -d` (something holds it open)",
+                dev.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
