@@ -1,0 +1,243 @@
+//! The argv of a [`QemuCommand`], emitted in one fixed order so that the same config always
+//! gives the same command line (and the snapshot tests can hold it): devices, drives, the
+//! serial console, the network card.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::config::DiskBus;
+
+use super::opts::{Args, Opts};
+use super::{Network, QemuCommand, Serial};
+
+impl QemuCommand {
+    /// The arguments, without the program, in their fixed order.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.push("-nodefaults");
+        a.pair("-name", Opts::new().kv("guest", &self.name));
+        a.pair(
+            "-machine",
+            Opts::word(&self.machine).kv("accel", self.accel.as_str()),
+        );
+        if let Some(cpu) = &self.cpu_model {
+            a.pair("-cpu", cpu);
+        }
+        a.pair("-m", self.mem.mib().to_string());
+        a.pair("-smp", self.cpus.to_string());
+        if let Some(p) = &self.pidfile {
+            a.pair("-pidfile", p);
+        }
+        if self.daemonize {
+            a.push("-daemonize");
+        }
+        // a unix socket server that qemu listens on without waiting for a client
+        let listening_socket = |id: &str, path: &Path| {
+            Opts::word("socket")
+                .kv("id", id)
+                .kv("path", path)
+                .kv("server", "on")
+                .kv("wait", "off")
+        };
+        if let Some(sock) = &self.qmp_socket {
+            a.pair("-chardev", listening_socket("qmp", sock));
+            a.pair("-mon", "chardev=qmp,mode=control");
+        }
+        if let Some(sock) = &self.qga_socket {
+            a.pair("-chardev", listening_socket("qga0", sock));
+            a.pair("-device", "virtio-serial-pci,id=vmk-serial-bus");
+            a.pair(
+                "-device",
+                "virtserialport,bus=vmk-serial-bus.0,chardev=qga0,name=org.qemu.guest_agent.0",
+            );
+        }
+        self.display(&mut a);
+        self.serial(&mut a);
+        self.drives(&mut a);
+        self.network(&mut a);
+        if let Some(k) = &self.kernel {
+            a.pair("-kernel", &k.kernel);
+            if let Some(i) = &k.initrd {
+                a.pair("-initrd", i);
+            }
+            if let Some(ap) = &k.append {
+                a.pair("-append", ap);
+            }
+        }
+        for (name, value) in &self.credentials {
+            let v = format!("io.systemd.credential:{name}={value}");
+            a.pair("-smbios", Opts::new().kv("type", "11").kv("value", v));
+        }
+        if self.no_reboot {
+            a.push("-no-reboot");
+        }
+        a.0.extend(self.extra_args.iter().cloned());
+        a.0
+    }
+
+    fn display(&self, a: &mut Args) {
+        a.pair("-display", "none");
+        if let Some((listen, n)) = self.vnc {
+            a.pair("-device", "VGA");
+            a.pair("-vnc", format!("{}:{n}", host_for_display(listen)));
+        }
+    }
+
+    fn serial(&self, a: &mut Args) {
+        match &self.serial {
+            Serial::Telnet { listen, port, log } => {
+                let o = Opts::word("socket")
+                    .kv("id", "serial0")
+                    .kv("host", listen.to_string())
+                    .kv("port", port.to_string())
+                    .kv("server", "on")
+                    .kv("wait", "off")
+                    .kv("telnet", "on")
+                    .kv("logfile", log)
+                    .kv("logappend", "on");
+                a.pair("-chardev", o);
+                a.pair("-serial", "chardev:serial0");
+            }
+            Serial::Stdio { log } => {
+                let o = Opts::word("stdio")
+                    .kv("id", "serial0")
+                    .kv("mux", "on")
+                    .kv("signal", "off")
+                    .kv("logfile", log)
+                    .kv("logappend", "on");
+                a.pair("-chardev", o);
+                a.pair("-serial", "chardev:serial0");
+                a.pair("-mon", "chardev=serial0,mode=readline");
+            }
+        }
+    }
+
+    fn drives(&self, a: &mut Args) {
+        let mut ide_port = 0;
+        let mut next_ide = |machine: &str| {
+            let bus = ide_bus(machine, ide_port);
+            ide_port += 1;
+            bus
+        };
+        if self.disk_bus == DiskBus::Scsi && !self.disks.is_empty() {
+            a.pair("-device", "virtio-scsi-pci,id=scsi0");
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            let id = format!("disk{i}");
+            let drive = Opts::new()
+                .kv("file", &d.file)
+                .kv("format", d.format.as_str())
+                .kv("if", "none")
+                .kv("id", &id)
+                .kv("cache", d.cache.as_str())
+                .kv("discard", "unmap");
+            a.pair("-drive", drive);
+            let dev = match self.disk_bus {
+                DiskBus::Virtio => Opts::word("virtio-blk-pci").kv("drive", &id),
+                DiskBus::Scsi => Opts::word("scsi-hd").kv("drive", &id).kv("bus", "scsi0.0"),
+                DiskBus::Ide => Opts::word("ide-hd")
+                    .kv("drive", &id)
+                    .raw(&next_ide(&self.machine)),
+                DiskBus::Nvme => Opts::word("nvme")
+                    .kv("drive", &id)
+                    .kv("serial", format!("vmk-{id}")),
+            };
+            // With -kernel, qemu gives bootindex 0 to its linuxboot option ROM: a disk
+            // asking for it too is an error ("bootindex 0 has already been used").
+            let dev = if i == 0 && self.kernel.is_none() {
+                dev.kv("bootindex", "0")
+            } else {
+                dev
+            };
+            a.pair("-device", dev);
+        }
+        for (i, cd) in self.cdroms.iter().enumerate() {
+            let id = format!("cd{i}");
+            let drive = Opts::new()
+                .kv("file", cd)
+                .kv("format", "raw")
+                .kv("if", "none")
+                .kv("id", &id)
+                .kv("media", "cdrom")
+                .kv("readonly", "on");
+            a.pair("-drive", drive);
+            a.pair(
+                "-device",
+                Opts::word("ide-cd")
+                    .kv("drive", &id)
+                    .raw(&next_ide(&self.machine)),
+            );
+        }
+        if let Some(fd) = &self.floppy {
+            a.pair(
+                "-drive",
+                Opts::new()
+                    .kv("file", fd)
+                    .kv("format", "raw")
+                    .kv("if", "none")
+                    .kv("id", "fd0"),
+            );
+            if is_q35(&self.machine) {
+                a.pair("-device", "isa-fdc");
+            }
+            a.pair("-device", "floppy,drive=fd0");
+        }
+    }
+
+    fn network(&self, a: &mut Args) {
+        let mac = match &self.network {
+            Network::User {
+                listen,
+                ssh_port,
+                mac,
+            } => {
+                let fwd = format!("tcp:{}:{ssh_port}-:22", host_for_display(*listen));
+                a.pair(
+                    "-netdev",
+                    Opts::word("user").kv("id", "net0").kv("hostfwd", fwd),
+                );
+                mac
+            }
+            Network::Bridge { bridge, mac } => {
+                a.pair(
+                    "-netdev",
+                    Opts::word("bridge").kv("id", "net0").kv("br", bridge),
+                );
+                mac
+            }
+            Network::None => {
+                a.pair("-nic", "none");
+                return;
+            }
+        };
+        a.pair(
+            "-device",
+            Opts::word("virtio-net-pci")
+                .kv("netdev", "net0")
+                .kv("mac", mac),
+        );
+    }
+}
+
+fn is_q35(machine: &str) -> bool {
+    machine.contains("q35")
+}
+
+/// The AHCI port (q35: one device per `ide.N`) or IDE bus and unit (pc: two per bus) of the
+/// `n`-th IDE device.
+fn ide_bus(machine: &str, n: usize) -> String {
+    if machine == "pc" || machine.starts_with("pc-i440fx") {
+        format!("bus=ide.{},unit={}", n / 2, n % 2)
+    } else {
+        format!("bus=ide.{n}")
+    }
+}
+
+/// An IP address as `-vnc` and `hostfwd` want it: IPv6 in brackets.
+fn host_for_display(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}

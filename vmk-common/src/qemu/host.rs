@@ -1,0 +1,149 @@
+//! What the qemu command builder asks of the machine (is /dev/kvm usable, where programs
+//! are, an image's format, the ssh public key), behind a trait so that tests give fixed
+//! answers; and the choices made from those answers: the accelerator and the qemu binary.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Accel, DiskFormat};
+
+use super::QemuError;
+
+/// Architecture assumed when VMK_ARCH is empty.
+pub const DEFAULT_ARCH: &str = "x86_64";
+/// Machine type when VMK_MACHINE is empty (x86).
+pub const DEFAULT_MACHINE: &str = "q35";
+
+/// What the builder asks of the machine it runs on.
+pub trait Host {
+    /// Whether /dev/kvm opens read-write.
+    fn kvm_usable(&self) -> bool;
+    /// The program `name` on PATH.
+    fn find_program(&self, name: &str) -> Option<PathBuf>;
+    /// The format of the image at `path` (qcow2 magic, else raw).
+    fn disk_format(&self, path: &Path) -> io::Result<DiskFormat>;
+    /// The content of a small file (the VM's ssh public key).
+    fn read_to_string(&self, path: &Path) -> io::Result<String>;
+}
+
+/// The real machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealHost;
+
+impl Host for RealHost {
+    fn kvm_usable(&self) -> bool {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
+    }
+
+    fn find_program(&self, name: &str) -> Option<PathBuf> {
+        crate::host::which(name)
+    }
+
+    fn disk_format(&self, path: &Path) -> io::Result<DiskFormat> {
+        DiskFormat::detect(path)
+    }
+
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// The accelerator to use: `auto` is kvm when /dev/kvm is usable, else tcg with a warning.
+pub fn resolve_accel(accel: Accel, host: &dyn Host) -> Accel {
+    match accel {
+        Accel::Auto if host.kvm_usable() => Accel::Kvm,
+        Accel::Auto => {
+            log::warn!("/dev/kvm is not usable: running with software emulation (tcg), which is much slower");
+            Accel::Tcg
+        }
+        other => other,
+    }
+}
+
+/// The qemu binary: VMK_QEMU (a path, or a name looked up on PATH), else `qemu-kvm` (x86_64
+/// only), then `qemu-system-<arch>` on PATH.
+pub fn select_qemu(
+    configured: Option<&Path>,
+    arch: &str,
+    host: &dyn Host,
+) -> Result<PathBuf, QemuError> {
+    if let Some(q) = configured {
+        if q.components().count() > 1 || q.is_absolute() {
+            return Ok(q.to_path_buf());
+        }
+        let name = q.to_string_lossy();
+        return host.find_program(&name).ok_or(QemuError::NoQemu {
+            tried: format!("VMK_QEMU={name}"),
+        });
+    }
+    let mut tried = Vec::new();
+    if arch == "x86_64" {
+        tried.push("qemu-kvm".to_string());
+    }
+    tried.push(format!("qemu-system-{arch}"));
+    tried
+        .iter()
+        .find_map(|name| host.find_program(name))
+        .ok_or_else(|| QemuError::NoQemu {
+            tried: tried.join(", "),
+        })
+}
+
+pub(super) fn default_machine(arch: &str) -> &'static str {
+    match arch {
+        "x86_64" | "i386" | "i686" => DEFAULT_MACHINE,
+        _ => "virt",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A machine without kvm whose only qemu is qemu-system-x86_64 and whose images are qcow2.
+    pub(crate) struct NoHost;
+
+    impl Host for NoHost {
+        fn kvm_usable(&self) -> bool {
+            false
+        }
+        fn find_program(&self, name: &str) -> Option<PathBuf> {
+            (name == "qemu-system-x86_64").then(|| PathBuf::from("/usr/bin/qemu-system-x86_64"))
+        }
+        fn disk_format(&self, _: &Path) -> io::Result<DiskFormat> {
+            Ok(DiskFormat::Qcow2)
+        }
+        fn read_to_string(&self, p: &Path) -> io::Result<String> {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                p.display().to_string(),
+            ))
+        }
+    }
+
+    #[test]
+    fn qemu_selection() {
+        assert_eq!(
+            select_qemu(None, "x86_64", &NoHost).unwrap(),
+            Path::new("/usr/bin/qemu-system-x86_64")
+        );
+        let e = select_qemu(None, "aarch64", &NoHost)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "no qemu found (tried qemu-system-aarch64 on PATH): install qemu or set VMK_QEMU"
+        );
+        assert_eq!(
+            select_qemu(Some(Path::new("/opt/q")), "x86_64", &NoHost).unwrap(),
+            Path::new("/opt/q")
+        );
+        assert!(select_qemu(Some(Path::new("qemu-nope")), "x86_64", &NoHost).is_err());
+        assert_eq!(resolve_accel(Accel::Auto, &NoHost), Accel::Tcg);
+        assert_eq!(resolve_accel(Accel::Kvm, &NoHost), Accel::Kvm);
+    }
+}

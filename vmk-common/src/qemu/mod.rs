@@ -1,0 +1,441 @@
+//! The one typed builder of qemu command lines, used by every tool (run, runin, snap, install).
+//!
+//! A [`QemuCommand`] holds qemu's options as values (one field per option, after the
+//! kata-containers builder) and emits them in one fixed order, so that the same config always
+//! gives the same argv, and tests can snapshot it. Decisions:
+//! - argv elements are `OsString`s; inside qemu option lists (`file=…,id=…`) commas in values
+//!   are doubled, so a disk named `a,b.qcow2` stays one file and cannot inject options.
+//!   Options that take a plain value (`-kernel`, `-pidfile`, `-append`) are passed unchanged.
+//! - `-nodefaults`: no default NIC, cdrom, serial or monitor; every device is ours, so device
+//!   order (and `sr0`/`sr1` for the autoyast CD) does not depend on qemu's defaults.
+//! - disks are `-drive if=none` + `-device` (so every cache mode works); the drive ids are
+//!   `disk0`…`disk6`, `cd0`, `cd1`, `fd0`. IDE devices get explicit AHCI ports in order
+//!   (disks first, then cdroms): q35's ports take one device each.
+//! - both modes show a VNC display on VMK_LISTEN:VMK_VNC and have a QMP socket and pidfile;
+//!   [`Mode::Run`] daemonizes with the serial console on a telnet port, [`Mode::Foreground`]
+//!   puts the serial console and qemu's monitor on the terminal (Ctrl-A x quits, Ctrl-A c
+//!   switches to the monitor; Ctrl-C goes to the guest). The console is logged in both.
+//! - relative paths given to the builder are made absolute against the VM directory.
+//! - the machine probes (is /dev/kvm usable, which programs are on PATH, what format is an
+//!   image, the ssh public key) go through [`Host`], so tests give fixed answers.
+
+mod argv;
+mod host;
+mod opts;
+
+use std::ffi::OsString;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, MemSize, NetType, VmConfig};
+
+use host::default_machine;
+pub use host::{resolve_accel, select_qemu, Host, RealHost, DEFAULT_ARCH, DEFAULT_MACHINE};
+pub use opts::escape_opt_value;
+
+/// The credential through which systemd guests take root's ssh key.
+pub const SSH_CREDENTIAL: &str = "ssh.authorized_keys.root";
+
+/// How the VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `vmk run`: in the background (`-daemonize`), serial console on a telnet port.
+    Run,
+    /// `vmk runin` and installs: in the foreground, serial console and monitor on stdio.
+    Foreground,
+}
+
+/// Where the runtime files of this VM go: computed by [`crate::state`], not here.
+pub use crate::state::RuntimePaths;
+/// Why no command line could be built (besides a [`crate::config::ConfigError`], which is returned as is so
+/// that tools exit with status 2 on it).
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// No qemu binary was found.
+    #[error("no qemu found (tried {tried} on PATH): install qemu or set VMK_QEMU")]
+    NoQemu {
+        /// The names tried, comma-separated.
+        tried: String,
+    },
+    /// An image's format could not be detected.
+    #[error("cannot read disk image {path}: {source} (set VMK_DISK0 to an existing image or run `vmk mkdisk0`)")]
+    Disk {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// One disk: `-drive if=none,…` and its `-device`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Image file (absolute).
+    pub file: PathBuf,
+    /// Image format.
+    pub format: DiskFormat,
+    /// Cache mode.
+    pub cache: CacheMode,
+}
+
+/// Direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelBoot {
+    /// `-kernel`.
+    pub kernel: PathBuf,
+    /// `-initrd`.
+    pub initrd: Option<PathBuf>,
+    /// `-append`.
+    pub append: Option<String>,
+}
+
+/// The network card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// User networking with the guest's ssh forwarded from `listen:ssh_port`.
+    User {
+        /// Host address of the forward.
+        listen: IpAddr,
+        /// Host port forwarded to guest port 22.
+        ssh_port: u16,
+        /// The card's MAC.
+        mac: String,
+    },
+    /// A tap on a host bridge, made by qemu-bridge-helper.
+    Bridge {
+        /// The bridge.
+        bridge: String,
+        /// The card's MAC.
+        mac: String,
+    },
+    /// No network card.
+    None,
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serial {
+    /// A telnet-compatible TCP server.
+    Telnet {
+        /// Address.
+        listen: IpAddr,
+        /// Port.
+        port: u16,
+        /// Console log.
+        log: PathBuf,
+    },
+    /// The terminal, multiplexed with qemu's monitor.
+    Stdio {
+        /// Console log.
+        log: PathBuf,
+    },
+}
+
+/// A qemu command line under construction. Fields are public so that a tool can adjust any
+/// of them; the methods cover the usual adjustments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuCommand {
+    /// The qemu binary.
+    pub program: PathBuf,
+    /// The VM directory (relative paths are made absolute against it).
+    pub dir: PathBuf,
+    /// `-name guest=…`.
+    pub name: String,
+    /// `-machine TYPE`.
+    pub machine: String,
+    /// `accel=` of `-machine`: kvm or tcg (never auto, which is resolved).
+    pub accel: Accel,
+    /// `-cpu` (verbatim: a model and its flags).
+    pub cpu_model: Option<String>,
+    /// `-m`.
+    pub mem: MemSize,
+    /// `-smp`.
+    pub cpus: u32,
+    /// `-pidfile`.
+    pub pidfile: Option<PathBuf>,
+    /// `-daemonize`.
+    pub daemonize: bool,
+    /// QMP socket.
+    pub qmp_socket: Option<PathBuf>,
+    /// The guest agent's socket (virtio-serial port `org.qemu.guest_agent.0`), used to
+    /// freeze guest filesystems around a snapshot.
+    pub qga_socket: Option<PathBuf>,
+    /// `-vnc LISTEN:N`; `None` for no display at all.
+    pub vnc: Option<(IpAddr, u8)>,
+    /// The serial console.
+    pub serial: Serial,
+    /// Bus of all disks.
+    pub disk_bus: DiskBus,
+    /// disk0 first, then the extra disks.
+    pub disks: Vec<Disk>,
+    /// CD-ROM images (read-only), in order: sr0, sr1…
+    pub cdroms: Vec<PathBuf>,
+    /// A floppy image.
+    pub floppy: Option<PathBuf>,
+    /// The network card.
+    pub network: Network,
+    /// Direct kernel boot.
+    pub kernel: Option<KernelBoot>,
+    /// systemd credentials passed as SMBIOS type 11 strings: (name, value).
+    pub credentials: Vec<(String, String)>,
+    /// `-no-reboot`.
+    pub no_reboot: bool,
+    /// VMK_EXTRA_ARGS and anything else, appended last.
+    pub extra_args: Vec<OsString>,
+}
+
+impl QemuCommand {
+    /// The command line for `cfg` on this machine.
+    ///
+    /// Errors: a [`crate::config::ConfigError`] (VMK_DISK0 unset) or a [`QemuError`], inside the
+    /// `anyhow::Error` so that `cli::main` maps them to exit status 2 and 1.
+    pub fn from_config(cfg: &VmConfig, mode: Mode, paths: &RuntimePaths) -> anyhow::Result<Self> {
+        Self::from_config_with(cfg, mode, paths, &RealHost)
+    }
+
+    /// The command line for `cfg`, asking `host` about the machine.
+    pub fn from_config_with(
+        cfg: &VmConfig,
+        mode: Mode,
+        paths: &RuntimePaths,
+        host: &dyn Host,
+    ) -> anyhow::Result<Self> {
+        let arch = cfg.arch.as_deref().unwrap_or(DEFAULT_ARCH);
+        let accel = resolve_accel(cfg.accel, host);
+        let abs = |p: &Path| absolute(&cfg.dir, p);
+        let disk0 = abs(cfg.disk0()?);
+        let disk0_format = match cfg.disk0_format {
+            Some(f) => f,
+            None => detect(host, &disk0)?,
+        };
+        let mut disks = vec![Disk {
+            file: disk0,
+            format: disk0_format,
+            cache: cfg.disk0_cache,
+        }];
+        for file in cfg.extra_disks() {
+            let file = abs(&file);
+            let format = detect(host, &file)?;
+            disks.push(Disk {
+                file,
+                format,
+                cache: cfg.disk_cache,
+            });
+        }
+        let serial = match mode {
+            Mode::Run => Serial::Telnet {
+                listen: cfg.listen,
+                port: cfg.telnet_port(),
+                log: abs(&paths.console_log),
+            },
+            Mode::Foreground => Serial::Stdio {
+                log: abs(&paths.console_log),
+            },
+        };
+        let network = match cfg.net_type {
+            NetType::User => Network::User {
+                listen: cfg.listen,
+                ssh_port: cfg.ssh_port(),
+                mac: cfg.mac(),
+            },
+            NetType::Bridge => Network::Bridge {
+                bridge: cfg.bridge.clone(),
+                mac: cfg.mac(),
+            },
+            NetType::None => Network::None,
+        };
+        let kernel = cfg.kernel.as_ref().map(|k| KernelBoot {
+            kernel: k.clone(),
+            initrd: cfg.initrd.clone(),
+            append: cfg.append.clone(),
+        });
+        let mut credentials = Vec::new();
+        if cfg.ssh_credential {
+            let key_file = cfg.dir.join(crate::layout::PUBLIC_KEY_FILE);
+            match host.read_to_string(&key_file) {
+                Ok(key) if !key.trim().is_empty() => {
+                    credentials.push((SSH_CREDENTIAL.to_string(), key.trim().to_string()))
+                }
+                Ok(_) => log::debug!(
+                    "{} is empty: no ssh credential for the guest",
+                    key_file.display()
+                ),
+                Err(e) => log::debug!(
+                    "no ssh credential for the guest ({}: {e})",
+                    key_file.display()
+                ),
+            }
+        }
+        Ok(QemuCommand {
+            program: select_qemu(cfg.qemu.as_deref(), arch, host)?,
+            dir: cfg.dir.clone(),
+            name: cfg.display_name(),
+            machine: cfg
+                .machine
+                .clone()
+                .unwrap_or_else(|| default_machine(arch).to_string()),
+            cpu_model: cfg
+                .cpu_model
+                .clone()
+                .or_else(|| (accel == Accel::Kvm).then(|| "host".to_string())),
+            accel,
+            mem: cfg.mem,
+            cpus: cfg.cpus,
+            pidfile: Some(abs(&paths.pidfile)),
+            daemonize: mode == Mode::Run,
+            qmp_socket: Some(abs(&paths.qmp_socket)),
+            qga_socket: Some(abs(&paths.qga_socket())),
+            vnc: Some((cfg.listen, cfg.vnc)),
+            serial,
+            disk_bus: cfg.disk_bus,
+            disks,
+            cdroms: Vec::new(),
+            floppy: None,
+            network,
+            kernel,
+            credentials,
+            no_reboot: false,
+            extra_args: cfg.extra_args.iter().map(OsString::from).collect(),
+        })
+    }
+
+    /// Boots `path` as disk0 instead (the snapshot copy or an overlay); format and cache stay.
+    pub fn disk0_override(mut self, path: impl AsRef<Path>) -> Self {
+        let file = absolute(&self.dir, path.as_ref());
+        if let Some(d) = self.disks.first_mut() {
+            d.file = file;
+        }
+        self
+    }
+
+    /// Sets disk0's format (a qcow2 overlay over a raw disk0 is qcow2).
+    pub fn disk0_format(mut self, format: DiskFormat) -> Self {
+        if let Some(d) = self.disks.first_mut() {
+            d.format = format;
+        }
+        self
+    }
+
+    /// Sets disk0's cache mode (installs use `unsafe`).
+    pub fn disk0_cache(mut self, cache: CacheMode) -> Self {
+        if let Some(d) = self.disks.first_mut() {
+            d.cache = cache;
+        }
+        self
+    }
+
+    /// Attaches a read-only CD-ROM image after the ones already attached.
+    pub fn add_cdrom(mut self, path: impl AsRef<Path>) -> Self {
+        self.cdroms.push(absolute(&self.dir, path.as_ref()));
+        self
+    }
+
+    /// Attaches a floppy image.
+    pub fn floppy(mut self, path: impl AsRef<Path>) -> Self {
+        self.floppy = Some(absolute(&self.dir, path.as_ref()));
+        self
+    }
+
+    /// Boots this kernel directly, replacing VMK_KERNEL/VMK_INITRD/VMK_APPEND.
+    pub fn kernel_boot(
+        mut self,
+        kernel: impl AsRef<Path>,
+        initrd: Option<&Path>,
+        append: Option<&str>,
+    ) -> Self {
+        self.kernel = Some(KernelBoot {
+            kernel: absolute(&self.dir, kernel.as_ref()),
+            initrd: initrd.map(|i| absolute(&self.dir, i)),
+            append: append.map(str::to_string),
+        });
+        self
+    }
+
+    /// Boots from the disks, not a kernel given on the command line.
+    pub fn no_kernel_boot(mut self) -> Self {
+        self.kernel = None;
+        self
+    }
+
+    /// Exits instead of rebooting (`-no-reboot`).
+    pub fn no_reboot(mut self) -> Self {
+        self.no_reboot = true;
+        self
+    }
+
+    /// Passes a systemd credential to the guest (`-smbios type=11`), replacing one of that name.
+    pub fn credential(mut self, name: &str, value: &str) -> Self {
+        self.credentials.retain(|(n, _)| n != name);
+        self.credentials.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Appends arguments after everything else (after VMK_EXTRA_ARGS too).
+    pub fn extra_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The qemu binary.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// A `Command` that runs this qemu (nothing is started yet).
+    pub fn to_command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(self.argv());
+        c
+    }
+
+    /// The whole command on one line, each word quoted for a POSIX shell (for `-D`).
+    pub fn shell_quoted(&self) -> String {
+        crate::shell::join(
+            std::iter::once(self.program.as_os_str().to_os_string()).chain(self.argv()),
+        )
+    }
+}
+
+fn detect(host: &dyn Host, path: &Path) -> Result<DiskFormat, QemuError> {
+    host.disk_format(path).map_err(|source| QemuError::Disk {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn absolute(dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host::tests::NoHost;
+    use super::*;
+
+    #[test]
+    fn missing_disk0_says_what_to_do() {
+        let cfg = VmConfig::defaults(Path::new("/vm"));
+        let paths = RuntimePaths {
+            image: "/vm/disk0".into(),
+            pidfile: "p".into(),
+            qmp_socket: "q".into(),
+            console_log: "l".into(),
+        };
+        let e = QemuCommand::from_config_with(&cfg, Mode::Run, &paths, &NoHost).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "VMK_DISK0 is not set in vm-config: set it or run `vmk mkdisk0`"
+        );
+        assert_eq!(crate::cli::exit_status_of(&e), 2);
+    }
+}
