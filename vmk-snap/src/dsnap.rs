@@ -196,32 +196,9 @@ pub fn revert(image: &Path, snapshot: &Path, mode: CopyMode) -> Result<CopyOutco
     Ok(saved)
 }
 
-/// Human-readable size: 1023B, 1.5K, 2.0G.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{v:.1}{}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_size(0), "0B");
-        assert_eq!(human_size(1536), "1.5K");
-        assert_eq!(human_size(64 << 30), "64.0G");
-    }
 
     #[test]
     fn take_list_resolve_remove() {

@@ -243,12 +243,10 @@ impl std::fmt::Debug for Target {
 
 /// `snap-<disk0>` in disk0's directory.
 pub fn snap_image_of(disk0: &Path) -> Result<PathBuf> {
-    let name = disk0
+    disk0
         .file_name()
         .with_context(|| format!("VMK_DISK0 {} has no file name", disk0.display()))?;
-    let mut snap = std::ffi::OsString::from("snap-");
-    snap.push(name);
-    Ok(disk0.with_file_name(snap))
+    Ok(vmk_common::layout::snap_image(disk0))
 }
 
 impl Target {
@@ -367,7 +365,7 @@ fn dsnap_list(t: &Target, json: bool) -> Result<ExitCode> {
     }
     let width = snaps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
     outln!(
-        "{:width$}  {:20}  {:>7}  NOTE",
+        "{:width$}  {:20}  {:>10}  NOTE",
         "NAME",
         "TIME (UTC)",
         "SIZE"
@@ -375,10 +373,10 @@ fn dsnap_list(t: &Target, json: bool) -> Result<ExitCode> {
     for s in &snaps {
         let note = s.note.as_deref().unwrap_or("").replace('\n', " / ");
         outln!(
-            "{:width$}  {:20}  {:>7}  {}",
+            "{:width$}  {:20}  {:>10}  {}",
             s.name,
             s.time,
-            dsnap::human_size(s.size),
+            vmk_common::human::size(s.size),
             note
         )?;
     }
@@ -428,7 +426,7 @@ fn refuse_if_overlay_running(t: &Target) -> Result<()> {
     let snap = snap_image_of(&t.disk0)?;
     let paths = RuntimePaths::new(&t.cfg.dir, &snap)?;
     if let VmStatus::Running { pid } = state::status(&paths)? {
-        if snapvm::qcow2_has_backing(&snap) {
+        if vmk_common::qemu_img::qcow2_has_backing(&snap) {
             bail!(
                 "the snapshot VM (pid {pid}) boots a qcow2 overlay backed by {}: stop it first (`vmk snap stop`)",
                 t.disk0.display()

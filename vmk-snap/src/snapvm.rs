@@ -4,9 +4,8 @@
 //! per-instance operations, called on that image, so `vmk snap X` behaves like `vmk X`.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +13,7 @@ use vmk_common::cli::GlobalOpts;
 use vmk_common::config::DiskFormat;
 use vmk_common::fileops::{self, FileopsError};
 use vmk_common::qemu::QemuCommand;
+use vmk_common::qemu_img::QemuImgCreate;
 use vmk_common::state::VmStatus;
 use vmk_run::instance::Adjust;
 use vmk_run::{Instance, StartOptions};
@@ -61,13 +61,6 @@ pub enum SnapKind {
     Reflink,
     /// A qcow2 overlay whose backing file is disk0.
     Overlay,
-}
-
-/// True when `path` is a qcow2 image that names a backing file (an overlay).
-pub fn qcow2_has_backing(path: &Path) -> bool {
-    let mut header = [0u8; 16];
-    let ok = fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
-    ok.is_ok() && &header[..4] == b"QFI\xfb" && header[8..16] != [0u8; 8]
 }
 
 /// Recreates `snap-<disk0>` from disk0: a reflink copy, or where the filesystem cannot
@@ -129,20 +122,9 @@ pub fn create_overlay(disk0: &Path, format: DiskFormat, overlay: &Path) -> Resul
     tmp_name.push(format!(".vmk-tmp-{}", std::process::id()));
     let tmp: PathBuf = overlay.with_file_name(tmp_name);
     let _ = fs::remove_file(&tmp);
-    let output = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", format.as_str(), "-b"])
-        .arg(&backing)
-        .arg(&tmp)
-        .output()
-        .context("running qemu-img (install qemu-utils)")?;
-    if !output.status.success() {
-        let _ = fs::remove_file(&tmp);
-        bail!(
-            "qemu-img create of an overlay of {} failed: {}",
-            backing.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    QemuImgCreate::overlay(&tmp, &backing, format)
+        .run()
+        .with_context(|| format!("creating an overlay of {}", backing.display()))?;
     fs::rename(&tmp, overlay)
         .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);

@@ -121,7 +121,7 @@ fn dsnap_notes_list_revert_rm() {
         .stdout(
             contains(name.as_str())
                 .and(contains("clean install"))
-                .and(contains("9B")),
+                .and(contains("9 B")),
         );
     let stamp = name.strip_prefix("disk0.img-").unwrap().to_string();
     fs::write(d.join("disk0.img"), b"version 2").unwrap();
