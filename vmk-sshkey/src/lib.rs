@@ -18,7 +18,10 @@ pub mod ssh;
 pub mod target;
 pub mod wait;
 
-use ssh::{key_file, quoted, Auth};
+use ssh::{key_file, Auth};
+use vmk_common::layout::PUBLIC_KEY_FILE;
+use vmk_common::process::exit_code;
+use vmk_common::shell::command_line;
 
 /// SSH into VMs: keys, ssh, scp, sshfs.
 #[derive(Parser, Debug)]
@@ -153,7 +156,7 @@ fn existing_key(cfg: &VmConfig) -> Result<PathBuf> {
 
 fn sshkeygen(cfg: &VmConfig, key_type: KeyType, dry: bool) -> Result<ExitCode> {
     let key = key_file(&cfg.dir);
-    let public = cfg.dir.join("vm-key.pub");
+    let public = cfg.dir.join(PUBLIC_KEY_FILE);
     for f in [&key, &public] {
         if f.symlink_metadata().is_ok() {
             bail!(
@@ -170,7 +173,7 @@ fn sshkeygen(cfg: &VmConfig, key_type: KeyType, dry: bool) -> Result<ExitCode> {
         KeyType::Rsa => c.args(["-t", "rsa", "-b", "3072"]),
     };
     if dry {
-        vmk_common::outln!("{}", quoted(&c))?;
+        vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
     }
     let status = c
@@ -188,7 +191,7 @@ fn sshkeygen(cfg: &VmConfig, key_type: KeyType, dry: bool) -> Result<ExitCode> {
 
 /// The public key's text (one line).
 fn public_key(cfg: &VmConfig) -> Result<String> {
-    let public = cfg.dir.join("vm-key.pub");
+    let public = cfg.dir.join(PUBLIC_KEY_FILE);
     let text = std::fs::read_to_string(&public)
         .with_context(|| format!("reading {} (run `vmk sshkeygen`)", public.display()))?;
     let line = text.trim();
@@ -205,14 +208,21 @@ fn sshkeyput(
     dry: bool,
 ) -> Result<ExitCode> {
     let key = public_key(cfg)?;
+    let req = vmk_mount::image::MountRequest::for_disk0(cfg, backend, force)?;
     if dry {
-        eprintln!(
-            "would mount {} and append vm-key.pub to /root/.ssh/authorized_keys",
-            cfg.disk0()?.display()
+        let (root, lines) = vmk_mount::image::TempMount::plan(&req)?;
+        let authorized = root.join("root/.ssh/authorized_keys");
+        let append = format!(
+            "# append {} to {} unless it is there",
+            vmk_common::shell::quote(cfg.dir.join(PUBLIC_KEY_FILE).as_os_str()),
+            vmk_common::shell::quote(authorized.as_os_str())
         );
+        let end = vmk_mount::image::TempMount::undo_note().to_string();
+        for l in lines.into_iter().chain([append, end]) {
+            vmk_common::outln!("{l}")?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let req = vmk_mount::image::MountRequest::for_disk0(cfg, backend, force)?;
     let mounted = vmk_mount::image::TempMount::mount(&req)?;
     let added = vmk_mount::guestfiles::append_authorized_key(mounted.root(), &key)?;
     mounted.unmount()?;
@@ -241,7 +251,7 @@ fn scpkeyput(cfg: &VmConfig, dry: bool) -> Result<ExitCode> {
         &[script.to_string()],
     );
     if dry {
-        vmk_common::outln!("{}", quoted(&c))?;
+        vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut child = c
@@ -258,16 +268,6 @@ fn scpkeyput(cfg: &VmConfig, dry: bool) -> Result<ExitCode> {
     Ok(exit_code(status))
 }
 
-/// Passes a child's exit status through (a signal death becomes 128+signal, like a shell).
-fn exit_code(status: std::process::ExitStatus) -> ExitCode {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
-        (None, Some(s)) => ExitCode::from((128 + s).clamp(0, 255) as u8),
-        _ => ExitCode::FAILURE,
-    }
-}
-
 /// Replaces this process with `c` (so ssh's status, signals and terminal are its own).
 fn exec(mut c: Command) -> Result<ExitCode> {
     let program: OsString = c.get_program().to_owned();
@@ -280,10 +280,10 @@ fn ssh_run(cfg: &VmConfig, command: &[String], dry: bool) -> Result<ExitCode> {
     let t = target::target(cfg)?;
     let c = user_ssh(&key, &t, command);
     if dry {
-        vmk_common::outln!("{}", quoted(&c))?;
+        vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
     }
-    log::debug!("{}", quoted(&c));
+    log::debug!("{}", command_line(&c));
     exec(c)
 }
 
@@ -298,9 +298,9 @@ fn waitssh(
     let t = target::target(cfg)?;
     if dry {
         let c = ssh::ssh_command(&key, &t, Auth::KeyBatch, Some(2), false, &["true".into()]);
-        eprintln!("would poll {t} for sshd, then: {}", quoted(&c));
+        eprintln!("would poll {t} for sshd, then: {}", command_line(&c));
         if !command.is_empty() {
-            vmk_common::outln!("{}", quoted(&user_ssh(&key, &t, command)))?;
+            vmk_common::outln!("{}", command_line(&user_ssh(&key, &t, command)))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -344,7 +344,7 @@ fn scp(
     let dest = dest.to_str().context("the guest path is not valid UTF-8")?;
     let c = ssh::scp_command(&key, &t, recursive, legacy, files, dest);
     if dry {
-        vmk_common::outln!("{}", quoted(&c))?;
+        vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
     }
     exec(c)
@@ -356,7 +356,7 @@ fn sshfs(cfg: &VmConfig, dir: Option<PathBuf>, guest_path: &str, dry: bool) -> R
     let dir = dir.unwrap_or_else(|| cfg.dir.join("mnt-ssh"));
     let c = ssh::sshfs_command(&key, &t, guest_path, &dir);
     if dry {
-        vmk_common::outln!("{}", quoted(&c))?;
+        vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

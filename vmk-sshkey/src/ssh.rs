@@ -13,7 +13,7 @@ pub const CONNECT_TIMEOUT: u32 = 30;
 
 /// The VM's private key file in its directory.
 pub fn key_file(dir: &Path) -> PathBuf {
-    dir.join("vm-key")
+    dir.join(vmk_common::layout::KEY_FILE)
 }
 
 /// How a command authenticates.
@@ -119,23 +119,10 @@ pub fn sshfs_command(key: &Path, target: &Target, guest_path: &str, dir: &Path) 
     c
 }
 
-/// The command shell-quoted, for `-D` and logs.
-pub fn quoted(c: &Command) -> String {
-    std::iter::once(c.get_program())
-        .chain(c.get_args())
-        .map(|a| {
-            let s = a.to_string_lossy();
-            shlex::try_quote(&s)
-                .map(|q| q.into_owned())
-                .unwrap_or_else(|_| s.into_owned())
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmk_common::shell::command_line;
 
     fn t() -> Target {
         Target {
@@ -174,7 +161,7 @@ mod tests {
             a.ends_with("-o BatchMode=yes -o ConnectTimeout=2 -p 10021 root@127.0.0.1 -- exit 7"),
             "{a}"
         );
-        assert!(quoted(&c).ends_with("-- 'exit 7'"));
+        assert!(command_line(&c).ends_with("-- 'exit 7'"));
     }
 
     #[test]
@@ -196,7 +183,7 @@ mod tests {
             "/root/",
         );
         assert!(argv(&c).ends_with("-P 10021 -r -- a b c root@127.0.0.1:/root/"));
-        assert!(quoted(&c).ends_with("-- 'a b' c root@127.0.0.1:/root/"));
+        assert!(command_line(&c).ends_with("-- 'a b' c root@127.0.0.1:/root/"));
     }
 
     #[test]
