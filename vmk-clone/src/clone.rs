@@ -19,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use vmk_common::cli::GlobalOpts;
 use vmk_common::config::{self, KeyKind, RawConfig, VmConfig, VM_FILE_NAME};
 use vmk_common::copy::{copy_file, CopyMode};
+use vmk_common::layout::{self, KEY_FILE, PUBLIC_KEY_FILE};
 use vmk_common::outln;
-use vmk_common::state::port_is_free;
 use vmk_common::usage;
 
 /// Options of `clone`.
@@ -261,50 +261,29 @@ fn config_changes(
 /// The first VM number (1…99) that differs from the original's, is not used by a VM beside
 /// the clone in `outdir`, and whose VNC, console and ssh ports are free; with the reason.
 fn pick_vnc(cfg: &VmConfig, outdir: &Path) -> Result<(u8, String)> {
-    let used = numbers_used_in(outdir);
-    for n in 1..=99u8 {
-        if n == cfg.vnc || used.contains(&n) {
-            continue;
-        }
-        let ports = [
-            5900 + u16::from(n),
-            cfg.telnet_base.saturating_add(u16::from(n)),
-            cfg.ssh_base.saturating_add(u16::from(n)),
-        ];
-        if ports.iter().all(|p| port_is_free(cfg.listen, *p)) {
-            return Ok((
-                n,
-                format!(
-                    "the first number not used by the original ({}) nor by a VM in {}, with free ports {}, {} and {}",
-                    cfg.vnc,
-                    outdir.display(),
-                    ports[0],
-                    ports[1],
-                    ports[2]
-                ),
-            ));
-        }
-    }
-    bail!("no free VM number between 1 and 99: give one with --vnc N")
-}
-
-/// VMK_VNC values of the VM directories in `outdir` (as their vm-config says).
-fn numbers_used_in(outdir: &Path) -> Vec<u8> {
-    let Ok(entries) = fs::read_dir(outdir) else {
-        return Vec::new();
+    let mut taken = layout::vm_numbers_in(outdir);
+    taken.insert(cfg.vnc);
+    let Some((n, ports)) =
+        layout::first_free_vm_number(cfg.listen, cfg.telnet_base, cfg.ssh_base, &taken)
+    else {
+        bail!("no free VM number between 1 and 99: give one with --vnc N")
     };
-    entries
-        .flatten()
-        .filter_map(|e| fs::read(e.path().join(VM_FILE_NAME)).ok())
-        .filter_map(|b| RawConfig::parse(&b, "vm-config").ok())
-        .filter_map(|r| r.last("VMK_VNC").and_then(|(_, a)| a.literal()))
-        .filter_map(|v| v.parse().ok())
-        .collect()
+    Ok((
+        n,
+        format!(
+            "the first number not used by the original ({}) nor by a VM in {}, with free ports {}, {} and {}",
+            cfg.vnc,
+            outdir.display(),
+            ports.vnc,
+            ports.console,
+            ports.ssh
+        ),
+    ))
 }
 
 /// Copies vm-key and vm-key.pub (mode kept) with `-k`; otherwise says the clone has none.
 fn copy_keys(src_dir: &Path, dest: &Path, keys: bool) -> Result<()> {
-    let key = src_dir.join("vm-key");
+    let key = src_dir.join(KEY_FILE);
     if !keys {
         if key.exists() {
             eprintln!(
@@ -314,7 +293,7 @@ fn copy_keys(src_dir: &Path, dest: &Path, keys: bool) -> Result<()> {
         return Ok(());
     }
     let mut copied = 0;
-    for f in ["vm-key", "vm-key.pub"] {
+    for f in [KEY_FILE, PUBLIC_KEY_FILE] {
         let src = src_dir.join(f);
         if !src.exists() {
             continue;
