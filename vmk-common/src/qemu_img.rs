@@ -193,39 +193,18 @@ mod tests {
     fn a_new_disk() {
         let c = QemuImgCreate::new("/vms/a/disk 1", DiskFormat::Qcow2, 20 << 30);
         assert_eq!(
-            words(&c.args()),
-            [
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "/vms/a/disk 1",
-                "21474836480"
-            ]
-        );
-        assert_eq!(
             c.shell_quoted(),
             "qemu-img create -q -f qcow2 '/vms/a/disk 1' 21474836480"
         );
-        assert_eq!(c.command().get_program(), "qemu-img");
+        assert_eq!(c.args().len(), 6);
     }
 
     #[test]
     fn an_overlay_takes_the_backing_files_size() {
         let c = QemuImgCreate::overlay("/v/snap-d", "/v/d", DiskFormat::Raw);
         assert_eq!(
-            words(&c.args()),
-            [
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "raw",
-                "-b",
-                "/v/d",
-                "/v/snap-d"
-            ]
+            c.shell_quoted(),
+            "qemu-img create -q -f qcow2 -F raw -b /v/d /v/snap-d"
         );
     }
 
