@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use vmk_common::config::VmConfig;
+use vmk_common::layout::PUBLIC_KEY_FILE;
 
 use crate::iso9660::IsoBuilder;
 
@@ -14,8 +15,6 @@ use crate::iso9660::IsoBuilder;
 pub const SEED_LABEL: &str = "cidata";
 /// The seed's file name in the VM directory (what VMK_CLOUD_INIT attaches).
 pub const SEED_FILE: &str = "seed.iso";
-/// The VM's public key, given to root.
-pub const KEY_FILE: &str = "vm-key.pub";
 
 /// The guest hostname for a VM: VMK_HOSTNAME, else VMK_NAME or the directory's name made
 /// into a valid host name.
@@ -46,7 +45,7 @@ pub fn hostname_for(cfg: &VmConfig) -> String {
 /// `vm-key.pub` (a missing key file is an error that says how to make one).
 pub fn seed_for(cfg: &VmConfig) -> Result<Seed> {
     let hostname = hostname_for(cfg);
-    let key_file = cfg.dir.join(KEY_FILE);
+    let key_file = cfg.dir.join(PUBLIC_KEY_FILE);
     Ok(Seed {
         instance_id: format!("vmk-{hostname}"),
         hostname,
@@ -78,7 +77,7 @@ pub fn ensure_seed(cfg: &VmConfig) -> Result<PathBuf> {
     let seed_path = cfg.dir.join(SEED_FILE);
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let seed_time = mtime(&seed_path);
-    let inputs = [cfg.dir.join(KEY_FILE), cfg.config_file.clone()];
+    let inputs = [cfg.dir.join(PUBLIC_KEY_FILE), cfg.config_file.clone()];
     let fresh = seed_time
         .is_some_and(|t: SystemTime| inputs.iter().all(|i| mtime(i).is_none_or(|m| m <= t)));
     if !fresh {
@@ -230,7 +229,7 @@ mod tests {
         assert_eq!(hostname_for(&cfg), "h1");
         let err = format!("{:#}", ensure_seed(&cfg).unwrap_err());
         assert!(err.contains("vmk sshkeygen"), "{err}");
-        std::fs::write(d.path().join(KEY_FILE), "ssh-ed25519 AAAA k\n").unwrap();
+        std::fs::write(d.path().join(PUBLIC_KEY_FILE), "ssh-ed25519 AAAA k\n").unwrap();
         let seed = ensure_seed(&cfg).unwrap();
         let before = std::fs::metadata(&seed).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -216,7 +216,7 @@ pub fn cmd_stop(inst: &Instance, timeout: Duration, dry_run: bool) -> Result<Exi
 fn report_stop(inst: &Instance, outcome: StopOutcome) -> Result<ExitCode> {
     eprintln!("{}: {outcome}", inst.cfg.display_name());
     if let StopOutcome::StalePidfile { .. } = outcome {
-        if let Some(pid) = instance::find_qemu_using(&inst.image)? {
+        if let Some(pid) = vmk_common::state::qemu_pids_using(&inst.image)?.first() {
             eprintln!(
                 "note: qemu pid {pid} still uses {} but was not started through this pidfile: \
                  not touched",
@@ -262,7 +262,7 @@ pub fn cmd_vnc(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
     let display = format!("{host}:{}", cfg.vnc);
     let hostport = format!("{host}:{}", cfg.vnc_port());
     let found = VIEWERS.iter().find_map(|(name, arg)| {
-        which(name).map(|p| {
+        vmk_common::host::which(name).map(|p| {
             (
                 p,
                 arg.replace("{hostport}", &hostport).replace("{}", &display),
@@ -301,10 +301,4 @@ pub fn cmd_ps(json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A program on PATH.
-pub fn which(name: &str) -> Option<std::path::PathBuf> {
-    use vmk_common::qemu::Host;
-    vmk_common::qemu::RealHost.find_program(name)
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use vmk_common::layout;
 use vmk_common::state::{self, RuntimePaths, VmStatus};
 
 use crate::instance::{Endpoints, Instance};
@@ -170,7 +171,7 @@ pub fn table(running: &[Running]) -> Vec<String> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let vnc = e.vnc.map(|p| format!(":{}", p.saturating_sub(5900)));
+        let vnc = e.vnc.and_then(layout::vnc_display).map(|d| format!(":{d}"));
         lines.push(format!(
             "{:<16} {:>7} {:>7} {:>5} {:>6}  {} ({image})",
             e.name,

@@ -7,10 +7,11 @@ use std::process::{Command, ExitCode};
 use anyhow::Result;
 use vmk_common::cli::{GlobalOpts, EXIT_FAILURE};
 use vmk_common::config::{Accel, NetType, VmConfig};
+use vmk_common::host::which;
 use vmk_common::qemu::{self, Host};
-use vmk_common::{fileops, outln, state};
+use vmk_common::{fileops, layout, outln, state};
 
-use crate::{bridge, which, Instance};
+use crate::{bridge, Instance};
 
 /// Options of `checksetup`.
 #[derive(clap::Args, Debug, Clone)]
@@ -148,7 +149,7 @@ pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
         (
             "vnc port",
             cfg.vnc_port(),
-            format!("5900 + VMK_VNC {}", cfg.vnc),
+            format!("{} + VMK_VNC {}", layout::VNC_PORT_BASE, cfg.vnc),
         ),
     ];
     if cfg.net_type == NetType::User {
@@ -217,7 +218,7 @@ fn qemu_check(q: &Path) -> Check {
 
 /// VMK_CLOUD_INIT=yes: the seed is made from vm-key.pub when the VM starts.
 fn cloud_init_check(cfg: &VmConfig) -> Check {
-    let key = cfg.dir.join(vmk_media::cloudinit::KEY_FILE);
+    let key = cfg.dir.join(layout::PUBLIC_KEY_FILE);
     match vmk_media::cloudinit::seed_for(cfg).and_then(|s| s.validate()) {
         Ok(()) => check(
             Level::Ok,

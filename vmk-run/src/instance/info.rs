@@ -1,0 +1,247 @@
+//! What `vmk info` shows about an instance: gathered once into [`Info`] (also its JSON),
+//! then laid out as aligned lines.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+use vmk_common::config::{DiskFormat, NetType};
+use vmk_common::human;
+use vmk_common::layout::{KEY_FILE, PUBLIC_KEY_FILE};
+use vmk_common::qemu;
+use vmk_common::qmp;
+use vmk_common::state::VmStatus;
+
+use super::{guess_format, seed_path, Instance};
+
+/// State of an instance as `vmk info` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    /// VMK_NAME (or the directory's name).
+    pub name: String,
+    /// VMK_TAG.
+    pub tag: Option<String>,
+    /// The VM directory.
+    pub dir: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+    /// The image this instance boots.
+    pub image: PathBuf,
+    /// Whether it exists.
+    pub image_exists: bool,
+    /// Its format (configured, else detected, else guessed from the name).
+    pub image_format: Option<String>,
+    /// Its apparent size in bytes.
+    pub image_size: Option<u64>,
+    /// Its allocated size in bytes.
+    pub image_allocated: Option<u64>,
+    /// Memory in MiB.
+    pub mem_mib: u64,
+    /// CPUs.
+    pub cpus: u32,
+    /// VMK_ACCEL as configured.
+    pub accel: String,
+    /// The accelerator qemu will get (auto resolved).
+    pub accel_resolved: String,
+    /// The qemu binary (None when none is found).
+    pub qemu: Option<PathBuf>,
+    /// VMK_NET_TYPE.
+    pub net: String,
+    /// VMK_BRIDGE when bridged.
+    pub bridge: Option<String>,
+    /// The derived MAC.
+    pub mac: String,
+    /// VMK_IP.
+    pub ip: Option<IpAddr>,
+    /// VMK_HOSTNAME.
+    pub hostname: Option<String>,
+    /// VMK_VNC.
+    pub vnc_display: u8,
+    /// VMK_LISTEN.
+    pub listen: IpAddr,
+    /// Serial console port.
+    pub console_port: u16,
+    /// VNC port.
+    pub vnc_port: u16,
+    /// Forwarded ssh port (user networking).
+    pub ssh_port: Option<u16>,
+    /// `vm-key` present.
+    pub ssh_key: bool,
+    /// `vm-key.pub` present.
+    pub ssh_pubkey: bool,
+    /// The cloud-init seed attached as a CD (VMK_CLOUD_INIT=yes), made when the VM starts.
+    pub cloud_init_seed: Option<PathBuf>,
+    /// running, stopped or stale.
+    pub state: String,
+    /// qemu's pid when running (or the stale pidfile's pid).
+    pub pid: Option<u32>,
+    /// qemu's run state over QMP when running (`running`, `paused`…), or why it is unknown.
+    pub qmp_status: Option<String>,
+    /// The pidfile.
+    pub pidfile: PathBuf,
+    /// The console log.
+    pub console_log: PathBuf,
+    /// The QMP socket.
+    pub qmp_socket: PathBuf,
+}
+
+/// Gathers [`Info`] about `inst`.
+pub fn info(inst: &Instance) -> Result<Info> {
+    let cfg = &inst.cfg;
+    let meta = fs::metadata(&inst.image).ok();
+    let detected = meta
+        .as_ref()
+        .and_then(|_| DiskFormat::detect(&inst.image).ok());
+    // disk0 boots in the configured format; another image (snap-<disk0>, which may be a
+    // qcow2 overlay where reflink is impossible) boots in the format it has
+    let image_format = if inst.is_disk0() {
+        cfg.disk0_format.or(detected)
+    } else {
+        detected.or(cfg.disk0_format)
+    }
+    .unwrap_or_else(|| guess_format(&inst.image));
+    let host = qemu::RealHost;
+    let resolved = qemu::resolve_accel(cfg.accel, &host);
+    let qemu_bin = qemu::select_qemu(
+        cfg.qemu.as_deref(),
+        cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH),
+        &host,
+    )
+    .ok();
+    let (state_name, pid, qmp_status) = match inst.status()? {
+        VmStatus::Running { pid } => {
+            let q = qmp::Qmp::connect(&inst.paths.qmp_socket, Duration::from_secs(3))
+                .and_then(|mut q| q.query_status())
+                .map(|(s, _)| s)
+                .unwrap_or_else(|e| format!("unknown ({e:#})"));
+            ("running", Some(pid), Some(q))
+        }
+        VmStatus::Stale { pid } => ("stale", Some(pid), None),
+        VmStatus::Stopped => ("stopped", None, None),
+    };
+    use std::os::unix::fs::MetadataExt;
+    Ok(Info {
+        name: cfg.display_name(),
+        tag: cfg.tag.clone(),
+        dir: cfg.dir.clone(),
+        config: cfg.config_file.clone(),
+        image: inst.image.clone(),
+        image_exists: meta.is_some(),
+        image_format: Some(image_format.as_str().to_string()),
+        image_size: meta.as_ref().map(|m| m.len()),
+        image_allocated: meta.as_ref().map(|m| m.blocks() * 512),
+        mem_mib: cfg.mem.mib(),
+        cpus: cfg.cpus,
+        accel: cfg.accel.as_str().to_string(),
+        accel_resolved: resolved.as_str().to_string(),
+        qemu: qemu_bin,
+        net: net_name(cfg.net_type).to_string(),
+        bridge: (cfg.net_type == NetType::Bridge).then(|| cfg.bridge.clone()),
+        mac: cfg.mac(),
+        ip: cfg.ip,
+        hostname: cfg.hostname.clone(),
+        vnc_display: cfg.vnc,
+        listen: cfg.listen,
+        console_port: cfg.telnet_port(),
+        vnc_port: cfg.vnc_port(),
+        ssh_port: (cfg.net_type == NetType::User).then(|| cfg.ssh_port()),
+        ssh_key: cfg.dir.join(KEY_FILE).exists(),
+        ssh_pubkey: cfg.dir.join(PUBLIC_KEY_FILE).exists(),
+        cloud_init_seed: cfg.cloud_init.then(|| seed_path(cfg)),
+        state: state_name.to_string(),
+        pid,
+        qmp_status,
+        pidfile: inst.paths.pidfile.clone(),
+        console_log: inst.paths.console_log.clone(),
+        qmp_socket: inst.paths.qmp_socket.clone(),
+    })
+}
+
+fn net_name(n: NetType) -> &'static str {
+    match n {
+        NetType::User => "user",
+        NetType::Bridge => "bridge",
+        NetType::None => "none",
+    }
+}
+
+/// `info` as aligned `key: value` lines.
+pub fn info_lines(i: &Info) -> Vec<String> {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let size = match (i.image_size, i.image_allocated) {
+        (Some(s), Some(a)) => format!("{} (allocated {})", human::size(s), human::size(a)),
+        _ => "missing".into(),
+    };
+    let st = match (i.state.as_str(), i.pid) {
+        ("running", Some(pid)) => format!(
+            "running, pid {pid}, qemu {}",
+            i.qmp_status.clone().unwrap_or_default()
+        ),
+        ("stale", Some(pid)) => format!("stopped (stale pidfile names pid {pid})"),
+        (s, _) => s.to_string(),
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("name", i.name.clone()),
+        ("tag", opt(i.tag.clone())),
+        ("state", st),
+        ("dir", i.dir.display().to_string()),
+        ("config", i.config.display().to_string()),
+        (
+            "image",
+            format!(
+                "{} ({}, {size})",
+                i.image.display(),
+                i.image_format.clone().unwrap_or_default()
+            ),
+        ),
+        ("memory", format!("{} MiB", i.mem_mib)),
+        ("cpus", i.cpus.to_string()),
+        ("accel", format!("{} → {}", i.accel, i.accel_resolved)),
+        (
+            "qemu",
+            opt(i.qemu.as_ref().map(|p| p.display().to_string())),
+        ),
+        (
+            "net",
+            match &i.bridge {
+                Some(b) => format!("bridge {b}"),
+                None => i.net.clone(),
+            },
+        ),
+        ("mac", i.mac.clone()),
+        ("ip", opt(i.ip.map(|ip| ip.to_string()))),
+        ("hostname", opt(i.hostname.clone())),
+        ("console", format!("{}:{}", i.listen, i.console_port)),
+        (
+            "vnc",
+            format!("{}:{} (port {})", i.listen, i.vnc_display, i.vnc_port),
+        ),
+        (
+            "ssh",
+            opt(i.ssh_port.map(|p| format!("{}:{p} → guest 22", i.listen))),
+        ),
+        (
+            "ssh key",
+            match (i.ssh_key, i.ssh_pubkey) {
+                (true, true) => format!("{KEY_FILE}, {PUBLIC_KEY_FILE}"),
+                (false, false) => "none (`vmk sshkeygen`)".into(),
+                (true, false) => format!("{KEY_FILE} only ({PUBLIC_KEY_FILE} missing)"),
+                (false, true) => format!("{PUBLIC_KEY_FILE} only ({KEY_FILE} missing)"),
+            },
+        ),
+        (
+            "cloud-init",
+            opt(i
+                .cloud_init_seed
+                .as_ref()
+                .map(|p| format!("seed {}", p.display()))),
+        ),
+        ("console log", i.console_log.display().to_string()),
+    ];
+    rows.into_iter()
+        .map(|(k, v)| format!("{:<12} {v}", format!("{k}:")))
+        .collect()
+}

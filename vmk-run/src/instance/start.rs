@@ -1,0 +1,243 @@
+//! Starting an instance in the background (`vmk run`): the checks made before any qemu
+//! starts (not running, images present and unused, ports free, bridge usable, cloud-init
+//! seed), then qemu `-daemonize` and its first QMP answer.
+
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use vmk_common::layout;
+use vmk_common::qemu::{Mode, Network, QemuCommand};
+use vmk_common::qmp;
+use vmk_common::state::{self, VmStatus};
+use vmk_media::cloudinit;
+
+use super::{command, seed_path, Endpoints, Instance, StartOptions, KILL_INTERVAL};
+use crate::{bridge, registry};
+
+/// What [`start`] started.
+#[derive(Debug, Clone, Serialize)]
+pub struct Started {
+    /// The VM's name.
+    pub name: String,
+    /// qemu's pid.
+    pub pid: u32,
+    /// The image it boots.
+    pub image: PathBuf,
+    /// Its pidfile.
+    pub pidfile: PathBuf,
+    /// The serial console log.
+    pub console_log: PathBuf,
+    /// The QMP socket.
+    pub qmp_socket: PathBuf,
+    /// Console, VNC and ssh.
+    #[serde(flatten)]
+    pub endpoints: Endpoints,
+    /// qemu's run state right after start (`running`, …).
+    pub qmp_status: String,
+}
+
+/// Checks done before qemu starts: not running already (a stale pidfile is removed),
+/// image present and not used by another qemu, ports free, bridge usable.
+fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
+    match inst.status()? {
+        VmStatus::Running { pid } => bail!(
+            "{} already runs (pid {pid}): attach with {}, stop with {}",
+            inst.cfg.display_name(),
+            inst.hint("console"),
+            inst.hint("stop")
+        ),
+        VmStatus::Stale { pid } => {
+            eprintln!(
+                "note: removing stale pidfile {} (pid {pid} is not this VM's qemu)",
+                inst.paths.pidfile.display()
+            );
+            state::remove_pidfile(&inst.paths.pidfile)?;
+        }
+        VmStatus::Stopped => {}
+    }
+    for disk in &cmd.disks {
+        if !disk.file.exists() {
+            if disk.file == inst.image && inst.is_disk0() {
+                bail!(
+                    "disk0 {} not found: run `vmk mkdisk0` or set VMK_DISK0",
+                    disk.file.display()
+                );
+            }
+            bail!("disk image {} not found", disk.file.display());
+        }
+    }
+    if let Some(pid) = find_qemu_using(&inst.image)? {
+        bail!(
+            "{} is in use by another qemu (pid {pid}) that this VM's pidfile does not name: \
+             stop that qemu first",
+            inst.image.display()
+        );
+    }
+    check_ports(inst, cmd)?;
+    if let Network::Bridge { bridge, .. } = &cmd.network {
+        bridge::check_usable(bridge, &bridge::Files::default())?;
+    }
+    if inst.cfg.cloud_init && cmd.cdroms.contains(&seed_path(&inst.cfg)) {
+        cloudinit::ensure_seed(&inst.cfg).context("VMK_CLOUD_INIT=yes needs a cloud-init seed")?;
+    }
+    Ok(())
+}
+
+/// Fails naming the first port of `cmd` that something already listens on.
+fn check_ports(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
+    let cfg = &inst.cfg;
+    let ep = Endpoints::of(cmd);
+    let vnc = cfg.vnc;
+    let checks = [
+        (
+            ep.console,
+            format!(
+                "serial console: VMK_TELNET_BASE {} + VMK_VNC {vnc}",
+                cfg.telnet_base
+            ),
+        ),
+        (
+            ep.vnc,
+            format!(
+                "VNC display :{vnc}: {} + VMK_VNC {vnc}",
+                layout::VNC_PORT_BASE
+            ),
+        ),
+        (
+            ep.ssh,
+            format!("ssh forward: VMK_SSH_BASE {} + VMK_VNC {vnc}", cfg.ssh_base),
+        ),
+    ];
+    for (endpoint, why) in checks {
+        let Some(e) = endpoint else { continue };
+        if !state::port_is_free(e.host, e.port) {
+            let who = registry::who_uses_port(e.port)
+                .map(|d| format!(" by the VM in {}", d.display()))
+                .unwrap_or_default();
+            bail!(
+                "port {} ({why}) on {} is in use{who}: choose another VMK_VNC (`vmk set VMK_VNC N`) \
+                 or stop what uses it",
+                e.port,
+                e.host
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A running qemu whose command line boots `image`, if any (found by scanning /proc).
+pub fn find_qemu_using(image: &Path) -> Result<Option<u32>> {
+    Ok(state::qemu_pids_using(image)?.first().copied())
+}
+
+/// The checks of [`preflight`], then the instance's runtime directory made: what every
+/// start of qemu (background or foreground) does first.
+pub fn prepare(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
+    preflight(inst, cmd)?;
+    inst.paths.prepare()
+}
+
+/// Starts `inst` in the background (`vmk run`): checks, qemu `-daemonize`, waits until QMP
+/// answers, records the VM for `vmk ps`. Fails with qemu's own error text.
+pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
+    let cmd = command(inst, Mode::Run, opts.adjust)?;
+    prepare(inst, &cmd)?;
+    log::debug!("starting {}", cmd.shell_quoted());
+    let out = cmd
+        .to_command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("starting {}", cmd.program().display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if !out.status.success() {
+        let _ = state::remove_pidfile(&inst.paths.pidfile);
+        return Err(qemu_failed(inst, &stderr, out.status));
+    }
+    if !stderr.is_empty() {
+        eprintln!("{stderr}");
+    }
+    let pid = state::read_pidfile(&inst.paths.pidfile)?.with_context(|| {
+        format!(
+            "qemu daemonized but wrote no pidfile {}",
+            inst.paths.pidfile.display()
+        )
+    })?;
+    let qmp_status = match qmp::wait_for_socket(&inst.paths.qmp_socket, opts.qmp_timeout)
+        .and_then(|mut q| q.query_status())
+    {
+        Ok((s, _)) => s,
+        Err(e) => {
+            let _ = state::kill_verified(pid, &inst.image, &state::KILL_SIGNALS, KILL_INTERVAL);
+            let _ = state::remove_pidfile(&inst.paths.pidfile);
+            return Err(e.context(format!("qemu (pid {pid}) did not answer on QMP: killed it")));
+        }
+    };
+    let endpoints = Endpoints::of(&cmd);
+    let started = Started {
+        name: inst.cfg.display_name(),
+        pid,
+        image: inst.image.clone(),
+        pidfile: inst.paths.pidfile.clone(),
+        console_log: inst.paths.console_log.clone(),
+        qmp_socket: inst.paths.qmp_socket.clone(),
+        endpoints,
+        qmp_status,
+    };
+    if let Err(e) = registry::add(&registry::Entry::new(inst, &started.endpoints)) {
+        log::warn!("cannot record the VM for `vmk ps`: {e:#}");
+    }
+    Ok(started)
+}
+
+fn qemu_failed(inst: &Instance, stderr: &str, status: std::process::ExitStatus) -> anyhow::Error {
+    let text = if stderr.is_empty() {
+        format!("qemu exited with {status} and printed nothing")
+    } else {
+        stderr.to_string()
+    };
+    if stderr.contains("Failed to get \"write\" lock") || stderr.contains("Failed to get shared") {
+        return anyhow::anyhow!(
+            "{} is locked by another qemu: stop the VM that uses it first\nqemu said: {text}",
+            inst.image.display()
+        );
+    }
+    anyhow::anyhow!("qemu failed to start: {text}")
+}
+
+/// Human lines telling where the console, VNC and ssh of a started VM are.
+pub fn describe(inst: &Instance, s: &Started) -> Vec<String> {
+    let mut lines = vec![format!("{} runs (pid {})", s.name, s.pid)];
+    if let Some(c) = s.endpoints.console {
+        lines.push(format!(
+            "  console: {} (or telnet {} {}); log {}",
+            inst.hint("console"),
+            c.host,
+            c.port,
+            s.console_log.display()
+        ));
+    }
+    if let (Some(v), Some(n)) = (s.endpoints.vnc, s.endpoints.vnc_display) {
+        lines.push(format!(
+            "  vnc:     {} or {}:{n} (port {})",
+            inst.hint("vnc"),
+            v.host,
+            v.port
+        ));
+    }
+    if let Some(ssh) = s.endpoints.ssh {
+        lines.push(format!(
+            "  ssh:     `vmk ssh` (ssh -p {} root@{})",
+            ssh.port, ssh.host
+        ));
+    }
+    lines.push(format!(
+        "  stop:    {} or {}",
+        inst.hint("stop"),
+        inst.hint("kill")
+    ));
+    lines
+}

@@ -1,0 +1,133 @@
+//! Ending an instance: kill (signals only to the verified qemu), stop (ACPI power-down,
+//! then kill) and the cleanup of what a stopped instance leaves behind.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use vmk_common::qmp;
+use vmk_common::state::{self, KillOutcome, VmStatus};
+
+use super::{is_running, Instance, KILL_INTERVAL};
+use crate::registry;
+
+/// What [`kill`] or [`stop`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// Nothing ran.
+    NotRunning,
+    /// The pidfile named a process that is not this VM's qemu: nothing was signalled and
+    /// the pidfile was removed.
+    StalePidfile {
+        /// The pid the pidfile named.
+        pid: u32,
+    },
+    /// The guest powered off by itself after the ACPI request.
+    PoweredOff {
+        /// qemu's pid.
+        pid: u32,
+        /// How long it took.
+        after: Duration,
+    },
+    /// qemu was killed.
+    Killed {
+        /// qemu's pid.
+        pid: u32,
+        /// The signal after which it went.
+        signal: state::Signal,
+    },
+}
+
+impl std::fmt::Display for StopOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopOutcome::NotRunning => f.write_str("not running"),
+            StopOutcome::StalePidfile { pid } => write!(
+                f,
+                "the pidfile named pid {pid}, which is not this VM's qemu: removed the stale pidfile"
+            ),
+            StopOutcome::PoweredOff { pid, after } => {
+                write!(f, "powered off (qemu pid {pid}) after {:.1}s", after.as_secs_f64())
+            }
+            StopOutcome::Killed { pid, signal } => write!(f, "killed qemu pid {pid} ({signal})"),
+        }
+    }
+}
+
+/// Kills `inst`'s qemu now: SIGINT, SIGTERM, SIGKILL a second apart, only to the pid its
+/// pidfile names and only while that pid is verified to be this VM's qemu.
+pub fn kill(inst: &Instance) -> Result<StopOutcome> {
+    let pid = match inst.status()? {
+        VmStatus::Stopped => return Ok(StopOutcome::NotRunning),
+        VmStatus::Stale { pid } => {
+            cleanup(inst)?;
+            return Ok(StopOutcome::StalePidfile { pid });
+        }
+        VmStatus::Running { pid } => pid,
+    };
+    let outcome = kill_pid(inst, pid)?;
+    cleanup(inst)?;
+    Ok(outcome)
+}
+
+fn kill_pid(inst: &Instance, pid: u32) -> Result<StopOutcome> {
+    match state::kill_verified(pid, &inst.image, &state::KILL_SIGNALS, KILL_INTERVAL)? {
+        KillOutcome::NotVerified => Ok(StopOutcome::StalePidfile { pid }),
+        KillOutcome::Exited { last_signal } => Ok(StopOutcome::Killed {
+            pid,
+            signal: last_signal,
+        }),
+        KillOutcome::StillRunning => bail!(
+            "qemu pid {pid} still runs after SIGKILL (stuck in the kernel?): check `ps -o stat {pid}`"
+        ),
+    }
+}
+
+/// Stops `inst` gracefully: ACPI power-down over QMP, wait up to `timeout`, then [`kill`].
+pub fn stop(inst: &Instance, timeout: Duration) -> Result<StopOutcome> {
+    let pid = match inst.status()? {
+        VmStatus::Stopped => return Ok(StopOutcome::NotRunning),
+        VmStatus::Stale { pid } => {
+            cleanup(inst)?;
+            return Ok(StopOutcome::StalePidfile { pid });
+        }
+        VmStatus::Running { pid } => pid,
+    };
+    let start = Instant::now();
+    let asked = qmp::Qmp::connect(&inst.paths.qmp_socket, Duration::from_secs(5))
+        .and_then(|mut q| q.system_powerdown());
+    let outcome = match asked {
+        Ok(()) if state::wait_for_exit(pid, timeout) => StopOutcome::PoweredOff {
+            pid,
+            after: start.elapsed(),
+        },
+        Ok(()) => {
+            eprintln!(
+                "the guest did not power off within {}s: killing qemu pid {pid}",
+                timeout.as_secs()
+            );
+            kill_pid(inst, pid)?
+        }
+        Err(e) => {
+            eprintln!("cannot ask for a power-down over QMP ({e:#}): killing qemu pid {pid}");
+            kill_pid(inst, pid)?
+        }
+    };
+    cleanup(inst)?;
+    Ok(outcome)
+}
+
+/// Removes what a stopped instance leaves behind: pidfile, QMP socket, `ps` entry. Only
+/// when no qemu of this instance runs.
+pub fn cleanup(inst: &Instance) -> Result<()> {
+    if is_running(inst)? {
+        return Ok(());
+    }
+    state::remove_pidfile(&inst.paths.pidfile)?;
+    match fs::remove_file(&inst.paths.qmp_socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("removing {}: {e}", inst.paths.qmp_socket.display()),
+    }
+    registry::remove(&inst.paths.pidfile)
+}
