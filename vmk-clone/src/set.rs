@@ -100,7 +100,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .open(&tmp)?;
         f.write_all(bytes)?;
         if let Some(m) = &meta {
-            if rustix::process::geteuid().is_root() {
+            if vmk_common::host::is_root() {
                 std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
             }
         }

@@ -356,7 +356,7 @@ fn bind_system(root: &Path, binds: &mut Binds) -> Result<()> {
 }
 
 fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Result<ExitCode> {
-    if !nix::unistd::Uid::effective().is_root() {
+    if !vmk_common::host::is_root() {
         bail!("chroot needs root");
     }
     let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;

@@ -190,7 +190,7 @@ fn check_free(req: &MountRequest) -> Result<()> {
 
 /// Picks the backend for `req` on this machine.
 pub fn choose(req: &MountRequest) -> Result<Chosen> {
-    let root = nix::unistd::Uid::effective().is_root();
+    let root = vmk_common::host::is_root();
     let kernel_ok = || -> Result<()> {
         if !root {
             bail!("the kernel backend needs root");
