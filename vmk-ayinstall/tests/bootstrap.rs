@@ -18,7 +18,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use vmk_bootstrap::{DISK0_NAME, LOG_NAME};
 use vmk_common::config::{self, LoadOptions};
+use vmk_common::layout::{snap_image, KEY_FILE, PUBLIC_KEY_FILE};
 use vmk_common::qemu::{Mode, QemuCommand};
 use vmk_common::state::RuntimePaths;
 use vmk_testkit::btrfs::LoopBtrfs;
@@ -157,13 +159,13 @@ fn load_config(dir: &Path) -> Result<config::VmConfig> {
 fn files_test() -> Result<()> {
     let (_lock, dir) = shared_vm()?;
     for f in [
-        "vm-config",
-        "disk0.raw",
-        "vm-key",
-        "vm-key.pub",
+        config::VM_FILE_NAME,
+        DISK0_NAME,
+        KEY_FILE,
+        PUBLIC_KEY_FILE,
         "vmlinuz",
         "initrd.img",
-        "bootstrap.log",
+        LOG_NAME,
     ] {
         ensure!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
     }
@@ -171,11 +173,11 @@ fn files_test() -> Result<()> {
         !dir.join("root").exists(),
         "the staging root tree was left in the VM directory"
     );
-    let mode = fs::metadata(dir.join("vm-key"))?.permissions().mode() & 0o777;
-    ensure!(mode == 0o600, "vm-key has mode {mode:o}");
+    let mode = fs::metadata(dir.join(KEY_FILE))?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "{KEY_FILE} has mode {mode:o}");
     ensure!(
-        vmk_common::fileops::is_nocow(&dir.join("disk0.raw"))?,
-        "disk0.raw on btrfs is not NOCOW"
+        vmk_common::fileops::is_nocow(&dir.join(DISK0_NAME))?,
+        "{DISK0_NAME} on btrfs is not NOCOW"
     );
     let leftovers: Vec<String> = fs::read_dir(dir.parent().unwrap())?
         .flatten()
@@ -194,7 +196,7 @@ fn files_test() -> Result<()> {
     // The disk is a plain ext4 filesystem holding the configured system.
     let out = Command::new("debugfs")
         .args(["-R", "cat /etc/hostname"])
-        .arg(dir.join("disk0.raw"))
+        .arg(dir.join(DISK0_NAME))
         .output()
         .context("running debugfs")?;
     let hostname = String::from_utf8_lossy(&out.stdout);
@@ -209,7 +211,7 @@ fn files_test() -> Result<()> {
 fn guest_kernel_release(dir: &Path) -> Result<String> {
     let out = Command::new("debugfs")
         .args(["-R", "ls -p /boot"])
-        .arg(dir.join("disk0.raw"))
+        .arg(dir.join(DISK0_NAME))
         .output()
         .context("running debugfs")?;
     String::from_utf8_lossy(&out.stdout)
@@ -225,7 +227,7 @@ fn qemu_ssh_test() -> Result<()> {
     let copy = dir.join("test-copy.raw");
     let _ = fs::remove_file(&copy);
     vmk_common::fileops::reflink_copy(
-        &dir.join("disk0.raw"),
+        &dir.join(DISK0_NAME),
         &copy,
         &vmk_common::fileops::CopyOptions::default(),
     )?;
@@ -241,7 +243,7 @@ fn qemu_ssh_test() -> Result<()> {
     let _guard = QemuGuard::from_pidfile(&paths.pidfile)?;
     let start = Instant::now();
     let out = vmk_testkit::ssh_until_ok(
-        &dir.join("vm-key"),
+        &dir.join(KEY_FILE),
         cfg.ssh_port(),
         "uname -r; hostname",
         BOOT_TIMEOUT,
@@ -269,7 +271,7 @@ fn tail(path: &Path) -> String {
 fn snap_run_test() -> Result<()> {
     let (_lock, dir) = shared_vm()?;
     let release = guest_kernel_release(&dir)?;
-    let snap = dir.join("snap-disk0.raw");
+    let snap = snap_image(&dir.join(DISK0_NAME));
     let paths = RuntimePaths::new(&dir, &snap)?;
     let start = Instant::now();
     let status = vmk()

@@ -1,0 +1,112 @@
+//! The new VM's vm-config: the few keys a bootstrapped VM needs, with comments that say
+//! what it is and how it boots.
+
+use std::path::Path;
+
+use anyhow::Result;
+use vmk_common::config;
+use vmk_common::time::UtcTime;
+
+use crate::debian::write_file;
+use crate::image::{DISK0_NAME, ROOT_LABEL};
+use crate::plan::Plan;
+
+/// Kernel arguments for direct boot of the bootstrapped disk (VMK_APPEND).
+pub const APPEND: &str = "console=ttyS0 root=/dev/vda rw";
+
+/// Writes the vm-config of `plan` into the VM directory `dir`.
+pub(crate) fn write_vm_config(plan: &Plan, dir: &Path) -> Result<()> {
+    write_file(
+        &dir.join(config::VM_FILE_NAME),
+        0o644,
+        &vm_config_text(plan, &UtcTime::now().to_string()),
+    )
+}
+
+/// The new VM's config, with comments.
+pub(crate) fn vm_config_text(plan: &Plan, when: &str) -> String {
+    let q = |v: &str| config::raw::quote(v, config::Quoting::Double);
+    format!(
+        "\
+#!/bin/sh
+# vm-config of {name}, written by `vmk bootstrap` on {when}:
+# Debian {suite} ({arch}) from {mirror}.
+# Read by vmk, never run by a shell. Change a key with `vmk set KEY VALUE`.
+
+# The VM's identifier (qemu -name; the guest's hostname is {hostname}).
+VMK_NAME={name_q}
+# The VM's number: VNC display :{vnc}, serial console on port VMK_TELNET_BASE+{vnc},
+# ssh forwarded from port VMK_SSH_BASE+{vnc} (see `vmk info`).
+VMK_VNC={vnc}
+
+# disk0: one ext4 filesystem (label {label}) in a raw file, no partition table.
+VMK_DISK0={disk}
+VMK_DISK0_FORMAT=raw
+
+# Direct kernel boot with the guest's own kernel and initrd, copied out of its /boot.
+# After a kernel update inside the guest, copy the new ones out again.
+VMK_KERNEL=vmlinuz
+VMK_INITRD=initrd.img
+VMK_APPEND={append}
+",
+        name = plan.name,
+        name_q = config::raw::quote(&plan.name, config::Quoting::Bare),
+        hostname = plan.hostname,
+        when = when,
+        suite = plan.debian.suite,
+        arch = plan.debian.arch,
+        mirror = plan.debian.mirror,
+        vnc = plan.vnc,
+        label = ROOT_LABEL,
+        disk = DISK0_NAME,
+        append = q(APPEND),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use vmk_common::config::LoadOptions;
+
+    #[test]
+    fn config_text_loads_back() {
+        let t = tempfile::tempdir().unwrap();
+        let plan = crate::plan::example(t.path());
+        let text = vm_config_text(&plan, "2024-01-02 03:04:05 UTC");
+        assert!(text.starts_with("#!/bin/sh\n# vm-config of deb-1"));
+        fs::write(t.path().join("vm-config"), &text).unwrap();
+        let none = t.path().join("none");
+        let cfg = config::load(&LoadOptions {
+            dir: Some(t.path().to_path_buf()),
+            system_file: Some(none.clone()),
+            user_file: Some(none),
+            env: false,
+            ..LoadOptions::new()
+        })
+        .unwrap();
+        assert_eq!(cfg.name.as_deref(), Some("deb-1"));
+        assert_eq!(cfg.vnc, 7);
+        assert_eq!(
+            cfg.disk0_path.as_deref(),
+            Some(t.path().join(DISK0_NAME).as_path())
+        );
+        assert_eq!(cfg.disk0_format, Some(config::DiskFormat::Raw));
+        assert_eq!(
+            cfg.kernel.as_deref(),
+            Some(t.path().join("vmlinuz").as_path())
+        );
+        assert_eq!(
+            cfg.initrd.as_deref(),
+            Some(t.path().join("initrd.img").as_path())
+        );
+        assert_eq!(cfg.append.as_deref(), Some(APPEND));
+    }
+
+    #[test]
+    fn the_written_date_is_a_utc_timestamp() {
+        let ts = UtcTime::now().to_string();
+        assert_eq!(ts.len(), 23, "{ts}");
+        assert!(ts.starts_with("20"));
+    }
+}
