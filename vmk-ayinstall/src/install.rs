@@ -14,26 +14,26 @@
 //! phases run to the end" is something vmk can see and report, and a script calling
 //! `vmk ayinstall` knows the VM is installed when it returns.
 //!
-//! Both phases show the serial console on the terminal (Ctrl-A x quits qemu) and log it to
-//! the VM's console log; the installer's screen is also on VNC. A phase ended from the host
+//! Both phases run through vmk-run's foreground lifecycle ([`vmk_run::instance::attach`]:
+//! the checks of `vmk runin`, `vmk ps`, the terminal restored, the SHUTDOWN reason over QMP,
+//! the timeout). They show the serial console on the terminal (Ctrl-A x quits qemu) and log
+//! it to the VM's console log; the installer's screen is also on VNC. A phase ended from the host
 //! (monitor `quit`, a signal) stops the install: phase 2 starts only after phase 1 ended by
 //! itself. Everything that can be checked (config, ISO, loader, profile, qemu, disk0 not in
 //! use) is checked before anything is created or booted.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vmk_common::cli::GlobalOpts;
 use vmk_common::config::{CacheMode, DiskFormat, VmConfig};
 use vmk_common::qemu::{Mode, QemuCommand};
-use vmk_common::state::{self, RuntimePaths, VmStatus};
+use vmk_common::qemu_img::QemuImgCreate;
+use vmk_common::state::{self, VmStatus};
+use vmk_common::{human, layout};
+use vmk_run::instance::{self, Instance, Watch};
 
 use crate::profile;
 use vmk_media::fat::FloppyBuilder;
@@ -76,14 +76,14 @@ pub struct Request {
 /// A checked install, ready to run: nothing has been created yet.
 #[derive(Debug)]
 pub struct Plan {
-    cfg: VmConfig,
+    /// The VM booting disk0, with the config the install uses.
+    inst: Instance,
     flavor: Flavor,
     iso: PathBuf,
     loader: Loader,
     disk0: PathBuf,
     /// Size of disk0 to create, when it does not exist.
     create_disk0: Option<u64>,
-    paths: RuntimePaths,
     append: String,
     phase2: bool,
     timeout: Option<Duration>,
@@ -136,31 +136,34 @@ pub fn plan(global: &GlobalOpts, flavor: Flavor, req: &Request) -> Result<Plan> 
         cfg.disk0_format.get_or_insert(DiskFormat::Qcow2);
         Some(cfg.inst_disk0.bytes())
     };
-    let paths = RuntimePaths::new(&cfg.dir, &disk0)?;
-    match state::status(&paths)? {
+    let inst = Instance::for_image(cfg, &disk0)?;
+    match inst.status()? {
         VmStatus::Running { pid } => bail!(
             "the VM is running (pid {pid}): stop it first (`vmk stop`), an install rewrites disk0"
         ),
         VmStatus::Stale { .. } => {
-            state::clear_stale_pidfile(&paths)?;
+            state::clear_stale_pidfile(&inst.paths)?;
         }
         VmStatus::Stopped => {}
     }
-    let append = kernel_args(&flavor, cfg.inst_append.as_deref(), req.append.as_deref());
+    let append = kernel_args(
+        &flavor,
+        inst.cfg.inst_append.as_deref(),
+        req.append.as_deref(),
+    );
     let plan = Plan {
         phase2: !req.no_phase2,
         timeout: req.timeout,
-        cfg,
+        inst,
         flavor,
         iso,
         loader,
         disk0,
         create_disk0,
-        paths,
         append,
     };
     // Building both command lines finds qemu and checks the disks now, not after phase 1.
-    let dummy = plan.cfg.dir.join(".vmk-install");
+    let dummy = plan.inst.cfg.dir.join(".vmk-install");
     plan.phase1_command(&dummy)?;
     plan.phase2_command()?;
     Ok(plan)
@@ -203,7 +206,7 @@ impl Plan {
 
     fn phase1_command(&self, work: &Path) -> Result<QemuCommand> {
         let (kernel, initrd, cd, floppy) = Self::work_files(work);
-        let mut q = QemuCommand::from_config(&self.cfg, Mode::Foreground, &self.paths)?
+        let mut q = QemuCommand::from_config(&self.inst.cfg, Mode::Foreground, &self.inst.paths)?
             .kernel_boot(&kernel, Some(&initrd), Some(&self.append))
             .disk0_cache(CacheMode::Unsafe)
             .add_cdrom(&self.iso)
@@ -216,7 +219,7 @@ impl Plan {
 
     fn phase2_command(&self) -> Result<QemuCommand> {
         Ok(
-            QemuCommand::from_config(&self.cfg, Mode::Foreground, &self.paths)?
+            QemuCommand::from_config(&self.inst.cfg, Mode::Foreground, &self.inst.paths)?
                 .add_cdrom(&self.iso)
                 .no_reboot(),
         )
@@ -224,7 +227,7 @@ impl Plan {
 
     /// What `-D` prints: the steps and both qemu command lines.
     pub fn describe(&self) -> Result<String> {
-        let work = self.cfg.dir.join(".vmk-install-XXXXXX");
+        let work = self.inst.cfg.dir.join(".vmk-install-XXXXXX");
         let mut s = String::new();
         if let Some(size) = self.create_disk0 {
             s.push_str(&format!(
@@ -267,39 +270,47 @@ impl Plan {
         let started = Instant::now();
         let work = tempfile::Builder::new()
             .prefix(".vmk-install-")
-            .tempdir_in(&self.cfg.dir)
-            .with_context(|| format!("creating a work directory in {}", self.cfg.dir.display()))?;
+            .tempdir_in(&self.inst.cfg.dir)
+            .with_context(|| {
+                format!(
+                    "creating a work directory in {}",
+                    self.inst.cfg.dir.display()
+                )
+            })?;
         self.prepare(work.path())?;
-        self.paths.prepare()?;
+        let phase1 = self.phase1_command(work.path())?;
+        instance::prepare(&self.inst, &phase1)?;
         say(&format!(
             "phase 1: installing from {} ({} installer); serial console below, Ctrl-A x quits qemu, log in {}",
             self.iso.display(),
             self.loader.arch,
-            self.paths.console_log.display()
+            self.inst.paths.console_log.display()
         ));
-        if let Some((ip, n)) = self.phase1_command(work.path())?.vnc {
+        if let Some((ip, n)) = phase1.vnc {
             say(&format!(
                 "the installer's screen is on VNC {ip}:{n} (port {})",
-                5900 + u16::from(n)
+                layout::vnc_port(n)
             ));
         }
-        let end = self.run_phase(self.phase1_command(work.path())?, PHASE1)?;
+        let end = self.run_phase(&phase1, PHASE1)?;
         drop(work);
         say(&format!(
             "phase 1 ended ({end}) after {}",
-            human(started.elapsed())
+            human::duration(started.elapsed())
         ));
         if !self.phase2 {
             say("phase 2 skipped (--no-phase2): boot the installed system with `vmk runin` or `vmk run`");
             return Ok(());
         }
         let p2 = Instant::now();
+        let phase2 = self.phase2_command()?;
+        instance::prepare(&self.inst, &phase2)?;
         say("phase 2: booting the installed system from disk0");
-        let end = self.run_phase(self.phase2_command()?, PHASE2)?;
+        let end = self.run_phase(&phase2, PHASE2)?;
         say(&format!(
             "phase 2 ended ({end}) after {}; installed in {}: start it with `vmk run`",
-            human(p2.elapsed()),
-            human(started.elapsed())
+            human::duration(p2.elapsed()),
+            human::duration(started.elapsed())
         ));
         Ok(())
     }
@@ -307,12 +318,12 @@ impl Plan {
     /// Creates disk0 if missing and writes phase 1's files into `work`.
     fn prepare(&self, work: &Path) -> Result<()> {
         if let Some(size) = self.create_disk0 {
-            let format = self.cfg.disk0_format.unwrap_or(DiskFormat::Qcow2);
+            let format = self.inst.cfg.disk0_format.unwrap_or(DiskFormat::Qcow2);
             create_disk(&self.disk0, format, size)?;
             say(&format!(
                 "created {} ({format}, {})",
                 self.disk0.display(),
-                human_size(size)
+                human::size(size)
             ));
         }
         let (kernel, initrd, cd, floppy) = Self::work_files(work);
@@ -335,36 +346,28 @@ impl Plan {
         Ok(())
     }
 
-    /// Runs one phase in the foreground until qemu exits; fails when it was ended from the
-    /// host, failed, or ran out of time.
-    fn run_phase(&self, q: QemuCommand, phase: &str) -> Result<String> {
+    /// Runs one phase (checked with [`instance::prepare`]) in the foreground until qemu
+    /// exits; fails when it was ended from the host, failed, or ran out of time.
+    fn run_phase(&self, q: &QemuCommand, phase: &str) -> Result<String> {
         log::info!("{phase}: {}", q.shell_quoted());
-        let mut child = q
-            .to_command()
-            .spawn()
-            .with_context(|| format!("starting {}", q.program().display()))?;
-        let done = Arc::new(AtomicBool::new(false));
-        let watcher = watch_shutdown(self.paths.qmp_socket.clone(), done.clone());
-        let deadline = self.timeout.map(|t| Instant::now() + t);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let _ = terminate(&mut child);
-                done.store(true, Ordering::Relaxed);
-                bail!(
-                    "{phase} did not end within {}: qemu stopped; see {}",
-                    human(self.timeout.unwrap_or_default()),
-                    self.paths.console_log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let watch = Watch {
+            shutdown_reason: true,
+            timeout: self.timeout,
         };
-        done.store(true, Ordering::Relaxed);
-        let reason = watcher.join().ok().flatten();
-        let _ = std::fs::remove_file(&self.paths.pidfile);
-        judge_end(phase, status, reason.as_deref(), &self.paths.console_log)
+        let ended = instance::attach(&self.inst, q, watch)?;
+        if ended.timed_out {
+            bail!(
+                "{phase} did not end within {}: qemu stopped; see {}",
+                human::duration(self.timeout.unwrap_or_default()),
+                self.inst.paths.console_log.display()
+            );
+        }
+        judge_end(
+            phase,
+            ended.status,
+            ended.shutdown_reason.as_deref(),
+            &self.inst.paths.console_log,
+        )
     }
 }
 
@@ -398,62 +401,6 @@ fn judge_end(phase: &str, status: ExitStatus, reason: Option<&str>, log: &Path) 
     }
 }
 
-/// Connects to qemu's QMP socket and returns the `reason` of its SHUTDOWN event, if any,
-/// once the socket closes (qemu exited) or `done` is set before a connection was made.
-fn watch_shutdown(socket: PathBuf, done: Arc<AtomicBool>) -> JoinHandle<Option<String>> {
-    std::thread::spawn(move || {
-        let stream = loop {
-            match UnixStream::connect(&socket) {
-                Ok(s) => break s,
-                Err(_) if done.load(Ordering::Relaxed) => return None,
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        let mut writer = stream.try_clone().ok()?;
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?; // greeting
-        writer
-            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-            .ok()?;
-        let mut reason = None;
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return reason,
-                Ok(_) => {
-                    let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
-                        continue;
-                    };
-                    if msg.get("event").and_then(|e| e.as_str()) == Some("SHUTDOWN") {
-                        reason = msg
-                            .pointer("/data/reason")
-                            .and_then(|r| r.as_str())
-                            .map(str::to_string);
-                        log::debug!("qmp: {line}");
-                    }
-                }
-            }
-        }
-    })
-}
-
-/// SIGTERM, then SIGKILL after 10 s: qemu exits cleanly on SIGTERM.
-fn terminate(child: &mut std::process::Child) -> Result<()> {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill()?;
-    child.wait()?;
-    Ok(())
-}
-
 /// Creates a new disk image: a NOCOW file (where the filesystem has the attribute, set
 /// while it is empty), then qcow2 inside it with `qemu-img create`, or a sparse raw file.
 /// Nothing is left behind on failure.
@@ -464,26 +411,7 @@ pub fn create_disk(path: &Path, format: DiskFormat, size: u64) -> Result<()> {
         }
         DiskFormat::Qcow2 => {
             vmk_common::fileops::create_nocow_file(path, 0)?;
-            let out = Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(path)
-                .arg(size.to_string())
-                .output();
-            let failed = match &out {
-                Ok(o) if o.status.success() => None,
-                Ok(o) => Some(format!(
-                    "{}: {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                Err(e) => Some(format!(
-                    "{e} (is qemu-img installed? it comes with qemu-utils)"
-                )),
-            };
-            if let Some(why) = failed {
-                let _ = std::fs::remove_file(path);
-                bail!("qemu-img create {} failed: {why}", path.display());
-            }
+            QemuImgCreate::new(path, DiskFormat::Qcow2, size).run()?;
         }
     }
     Ok(())
@@ -491,27 +419,6 @@ pub fn create_disk(path: &Path, format: DiskFormat, size: u64) -> Result<()> {
 
 fn say(msg: &str) {
     eprintln!("vmk-ayinstall: {msg}");
-}
-
-fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
-fn human_size(bytes: u64) -> String {
-    const G: u64 = 1 << 30;
-    const M: u64 = 1 << 20;
-    if bytes >= G && bytes % G == 0 {
-        format!("{}G", bytes / G)
-    } else if bytes >= M && bytes % M == 0 {
-        format!("{}M", bytes / M)
-    } else {
-        format!("{bytes} bytes")
-    }
 }
 
 #[cfg(test)]
@@ -551,12 +458,5 @@ mod tests {
             log
         )
         .is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_size(30 << 30), "30G");
-        assert_eq!(human_size(64 << 20), "64M");
-        assert_eq!(human(Duration::from_secs(125)), "2m05s");
     }
 }
