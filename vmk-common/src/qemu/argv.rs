@@ -85,31 +85,29 @@ impl QemuCommand {
     }
 
     fn serial(&self, a: &mut Args) {
-        match &self.serial {
-            Serial::Telnet { listen, port, log } => {
-                let o = Opts::word("socket")
+        let (chardev, log) = match &self.serial {
+            Serial::Telnet { listen, port, log } => (
+                Opts::word("socket")
                     .kv("id", "serial0")
                     .kv("host", listen.to_string())
                     .kv("port", port.to_string())
                     .kv("server", "on")
                     .kv("wait", "off")
-                    .kv("telnet", "on")
-                    .kv("logfile", log)
-                    .kv("logappend", "on");
-                a.pair("-chardev", o);
-                a.pair("-serial", "chardev:serial0");
-            }
-            Serial::Stdio { log } => {
-                let o = Opts::word("stdio")
+                    .kv("telnet", "on"),
+                log,
+            ),
+            Serial::Stdio { log } => (
+                Opts::word("stdio")
                     .kv("id", "serial0")
                     .kv("mux", "on")
-                    .kv("signal", "off")
-                    .kv("logfile", log)
-                    .kv("logappend", "on");
-                a.pair("-chardev", o);
-                a.pair("-serial", "chardev:serial0");
-                a.pair("-mon", "chardev=serial0,mode=readline");
-            }
+                    .kv("signal", "off"),
+                log,
+            ),
+        };
+        a.pair("-chardev", chardev.kv("logfile", log).kv("logappend", "on"));
+        a.pair("-serial", "chardev:serial0");
+        if let Serial::Stdio { .. } = self.serial {
+            a.pair("-mon", "chardev=serial0,mode=readline");
         }
     }
 

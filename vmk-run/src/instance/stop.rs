@@ -57,17 +57,26 @@ impl std::fmt::Display for StopOutcome {
 /// Kills `inst`'s qemu now: SIGINT, SIGTERM, SIGKILL a second apart, only to the pid its
 /// pidfile names and only while that pid is verified to be this VM's qemu.
 pub fn kill(inst: &Instance) -> Result<StopOutcome> {
-    let pid = match inst.status()? {
-        VmStatus::Stopped => return Ok(StopOutcome::NotRunning),
-        VmStatus::Stale { pid } => {
-            cleanup(inst)?;
-            return Ok(StopOutcome::StalePidfile { pid });
-        }
-        VmStatus::Running { pid } => pid,
+    let pid = match running_pid(inst)? {
+        Ok(pid) => pid,
+        Err(outcome) => return Ok(outcome),
     };
     let outcome = kill_pid(inst, pid)?;
     cleanup(inst)?;
     Ok(outcome)
+}
+
+/// The pid of `inst`'s running qemu, or what [`kill`] and [`stop`] report when none runs
+/// (a stale pidfile is cleaned up, nothing is signalled).
+fn running_pid(inst: &Instance) -> Result<std::result::Result<u32, StopOutcome>> {
+    Ok(match inst.status()? {
+        VmStatus::Stopped => Err(StopOutcome::NotRunning),
+        VmStatus::Stale { pid } => {
+            cleanup(inst)?;
+            Err(StopOutcome::StalePidfile { pid })
+        }
+        VmStatus::Running { pid } => Ok(pid),
+    })
 }
 
 fn kill_pid(inst: &Instance, pid: u32) -> Result<StopOutcome> {
@@ -85,13 +94,9 @@ fn kill_pid(inst: &Instance, pid: u32) -> Result<StopOutcome> {
 
 /// Stops `inst` gracefully: ACPI power-down over QMP, wait up to `timeout`, then [`kill`].
 pub fn stop(inst: &Instance, timeout: Duration) -> Result<StopOutcome> {
-    let pid = match inst.status()? {
-        VmStatus::Stopped => return Ok(StopOutcome::NotRunning),
-        VmStatus::Stale { pid } => {
-            cleanup(inst)?;
-            return Ok(StopOutcome::StalePidfile { pid });
-        }
-        VmStatus::Running { pid } => pid,
+    let pid = match running_pid(inst)? {
+        Ok(pid) => pid,
+        Err(outcome) => return Ok(outcome),
     };
     let start = Instant::now();
     let asked = qmp::Qmp::connect(&inst.paths.qmp_socket, Duration::from_secs(5))
