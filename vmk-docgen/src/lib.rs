@@ -4,7 +4,9 @@
 //! This crate sees every tool's `Args` (vmk-common cannot: the tools depend on it), so it
 //! is where the table of names typed after `vmk` ([`vmk_common::commands`]) meets the clap
 //! commands they run: each name becomes that command, called as typed. Completions offer
-//! exactly those names.
+//! exactly those names, and the man pages ([`man`]) describe exactly those commands.
+
+pub mod man;
 
 use anyhow::{bail, Context, Result};
 use clap::{Arg, Command, CommandFactory};
@@ -117,34 +119,4 @@ pub fn completions(shell: clap_complete::Shell) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut tree, "vmk", &mut out);
     Ok(out)
-}
-
-/// Every man page: `(file name, contents)`, for vmk, each tool and each tool subcommand.
-pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>> {
-    let mut pages = Vec::new();
-    pages.push(render("vmk", FrontDoorArgs::command())?);
-    for (_, cmd) in tool_commands() {
-        let cmd = cmd.version(env!("CARGO_PKG_VERSION"));
-        let tool = cmd.get_name().to_string();
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let name = format!("{tool}-{}", sub.get_name());
-            pages.push(render(
-                &name,
-                sub.clone().name(name.clone()).disable_version_flag(true),
-            )?);
-        }
-        pages.push(render(&tool, cmd)?);
-    }
-    pages.sort();
-    Ok(pages)
-}
-
-fn render(name: &str, cmd: Command) -> Result<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    clap_mangen::Man::new(cmd)
-        .date("")
-        .source(format!("vmk {}", env!("CARGO_PKG_VERSION")))
-        .manual("vmk manual")
-        .render(&mut buf)?;
-    Ok((format!("{name}.1"), buf))
 }
