@@ -1,7 +1,7 @@
 # vmk: build, install, test. See README.md.
 PREFIX ?= /usr/local
 BINDIR = $(PREFIX)/bin
-MANDIR = $(PREFIX)/share/man/man1
+MANDIR = $(PREFIX)/share/man
 SHAREDIR = $(PREFIX)/share/vmk
 BASHDIR = $(PREFIX)/share/bash-completion/completions
 ZSHDIR = $(PREFIX)/share/zsh/site-functions
@@ -21,15 +21,17 @@ deps:
 	./scripts/install-deps
 
 install: build
-	install -d $(BINDIR) $(MANDIR) $(SHAREDIR) $(BASHDIR) $(ZSHDIR) $(FISHDIR)
+	install -d $(BINDIR) $(MANDIR)/man1 $(MANDIR)/man5 $(SHAREDIR) $(BASHDIR) $(ZSHDIR) $(FISHDIR)
 	for t in $(TOOLS); do install -m 0755 target/release/$$t $(BINDIR)/$$t; done
-	install -m 0644 man/*.1 $(MANDIR)/
+	install -m 0644 man/*.1 $(MANDIR)/man1/
+	install -m 0644 man/*.5 $(MANDIR)/man5/
 	cp -r autoinst $(SHAREDIR)/
 	target/release/vmk-completions bash > $(BASHDIR)/vmk
 	target/release/vmk-completions zsh > $(ZSHDIR)/_vmk
 	target/release/vmk-completions fish > $(FISHDIR)/vmk.fish
 
-# Regenerate man/ from the clap definitions (a test fails when it is stale).
+# Regenerate man/ from the command and key tables and the clap definitions (a test fails
+# when it is stale): vmk(1), vmk-NAME(1) for each command, vmk-config(5).
 man:
 	$(CARGO) run -q -p vmk-docgen --bin vmk-mangen -- man
 

@@ -5,10 +5,13 @@
 //! - errors are printed as `<tool>: error: …` with their causes, on stderr;
 //! - exit status 0 ok, 1 failure, 2 usage or configuration error;
 //! - a closed stdout pipe (`vmk ps | head -1`) is not an error;
-//! - logging through env_logger: `-v` (info), `-vv`/`-x` (debug), `-vvv` (trace) or `RUST_LOG`.
+//! - logging through env_logger: `-v` (info), `-vv`/`-x` (debug), `-vvv` (trace) or `RUST_LOG`;
+//! - help starts with its usage line, which names the command as the user typed it
+//!   (`Usage: vmk dsnap …` when run as `vmk dsnap`, see [`shown_command`]).
 //!
 //! The front door passes its global options on through the environment (`VMK_OPT_*`), so
-//! that plugins see them too without having to accept unknown arguments.
+//! that plugins see them too without having to accept unknown arguments, and the name
+//! typed after `vmk` (`VMK_COMMAND`).
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -27,6 +30,13 @@ pub const ENV_DRY_RUN: &str = "VMK_OPT_DRY_RUN";
 pub const ENV_VERBOSE: &str = "VMK_OPT_VERBOSE";
 /// Environment variable naming the `vmk` front door that started a tool.
 pub const ENV_VMK: &str = "VMK";
+/// Environment variable through which the front door passes the name typed after `vmk`.
+pub const ENV_COMMAND: &str = "VMK_COMMAND";
+
+/// Help layout of every vmk command: the usage line first, as in most Unix tools, so that
+/// `vmk NAME --help | head -1` is its usage.
+pub const HELP_TEMPLATE: &str =
+    "{before-help}{usage-heading} {usage}\n\n{about-with-newline}\n{all-args}{after-help}";
 
 /// Exit status for a failure.
 pub const EXIT_FAILURE: u8 = 1;
@@ -103,19 +113,67 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let tool = A::command().get_name().to_string();
-    let args = match A::try_parse_from(args) {
+    // help and usage errors come from the command as shown; the values from the tool's own
+    if let Err(e) = shown_command(A::command(), &args).try_get_matches_from(&args) {
+        return clap_exit(&e);
+    }
+    let args = match A::try_parse_from(&args) {
         Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(e) => return clap_exit(&e),
     };
     init_logging(args.globals().verbosity());
     match run(args) {
         Ok(code) => code,
         Err(err) => report(&tool, &err),
+    }
+}
+
+/// A tool's clap command as the user sees it: usage first ([`HELP_TEMPLATE`]) and, when
+/// the front door ran it for a name of the command table, named as typed after `vmk`.
+///
+/// `args` are the tool's arguments, its own name first. Only help and errors may come
+/// from the result: a renamed subcommand no longer matches the tool's derived `Args`.
+pub fn shown_command(cmd: clap::Command, args: &[OsString]) -> clap::Command {
+    let cmd = with_template(cmd);
+    match typed_spec(&cmd, args) {
+        Some((spec, typed)) => crate::commands::as_typed(cmd, spec, &typed),
+        None => cmd,
+    }
+}
+
+fn with_template(cmd: clap::Command) -> clap::Command {
+    cmd.help_template(HELP_TEMPLATE)
+        .mut_subcommands(with_template)
+}
+
+/// The table's row for the name in `VMK_COMMAND`, when it names this tool and `args`
+/// begin with its prefix (so that a name inherited by another tool is ignored).
+fn typed_spec(
+    cmd: &clap::Command,
+    args: &[OsString],
+) -> Option<(&'static crate::commands::CommandSpec, String)> {
+    let typed = std::env::var(ENV_COMMAND).ok()?;
+    let spec = crate::commands::find(&typed)?;
+    let given = args.iter().skip(1).take(spec.prefix.len());
+    let prefixed = given.len() == spec.prefix.len() && given.zip(spec.prefix).all(|(a, p)| a == p);
+    (spec.program() == cmd.get_name() && prefixed).then_some((spec, typed))
+}
+
+/// Prints a clap error, or the help or version it carries, and returns the exit status:
+/// 0 for help and version (a closed pipe included), 2 for usage errors.
+pub fn clap_exit(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 })
+}
+
+/// Writes `bytes` to stdout at once; a closed pipe is not an error (`vmk --list | head -1`).
+pub fn write_stdout(bytes: &[u8]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 

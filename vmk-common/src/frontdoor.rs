@@ -1,94 +1,17 @@
 //! The `vmk` front door: finds `vmk-<command>` (own directory first, then PATH) and execs it.
 //!
-//! Modelled on cargo's external subcommands. Commands that belong to a tool but have a
-//! short name of their own (`vmk info`, `vmk dsnap`, `vmk ssh`…) go through [`ALIASES`].
-//! Global options given before the command are passed on through the environment
-//! (`VMK_OPT_*`, see [`crate::cli`]) so that plugins see them without parsing them.
+//! Modelled on cargo's external subcommands. The names vmk ships with (`vmk info`, `vmk dsnap`,
+//! `vmk snap run`…) come from the table in [`crate::commands`]; any other name runs
+//! `vmk-<name>`, so plugins work. Global options given before the command are passed on
+//! through the environment (`VMK_OPT_*`, see [`crate::cli`]) so that plugins see them
+//! without parsing them, and so is the name typed (`VMK_COMMAND`), for usage lines.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// The tools that ship with vmk, with what they are for.
-pub const BUILTINS: &[(&str, &str)] = &[
-    ("run", "run VMs: start, stop, consoles, status (vmk-run)"),
-    (
-        "snap",
-        "the throwaway snapshot VM: snap run|runin|info|dsnap|kill (vmk-snap)",
-    ),
-    ("clone", "clone a VM directory (vmk-clone)"),
-    ("mount", "mount, change and prepare disk images (vmk-mount)"),
-    ("sshkey", "ssh keys and ssh into the VM (vmk-sshkey)"),
-    (
-        "ayinstall",
-        "unattended installs: autoyast, cloud-init, bootstrap (vmk-ayinstall)",
-    ),
-    ("completions", "shell completions for vmk (vmk-completions)"),
-];
-
-/// One alias: `vmk <name> ARGS…` runs `vmk-<tool> <args…> ARGS…`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Alias {
-    /// What the user types after `vmk`.
-    pub name: &'static str,
-    /// The tool, without the `vmk-` prefix.
-    pub tool: &'static str,
-    /// Arguments put before the user's arguments.
-    pub args: &'static [&'static str],
-}
-
-const fn alias(name: &'static str, tool: &'static str, args: &'static [&'static str]) -> Alias {
-    Alias { name, tool, args }
-}
-
-/// Every command of SPEC §4 that is not a tool name of its own.
-pub const ALIASES: &[Alias] = &[
-    alias("run", "run", &["run"]),
-    alias("runin", "run", &["runin"]),
-    alias("info", "run", &["info"]),
-    alias("status", "run", &["info"]),
-    alias("isrunning", "run", &["isrunning"]),
-    alias("kill", "run", &["kill"]),
-    alias("stop", "run", &["stop"]),
-    alias("telnet", "run", &["console"]),
-    alias("console", "run", &["console"]),
-    alias("vnc", "run", &["vnc"]),
-    alias("ps", "run", &["ps"]),
-    alias("checksetup", "run", &["checksetup"]),
-    alias("fixme", "run", &["fixme"]),
-    alias("cpfile", "snap", &["cpfile"]),
-    alias("fsnap", "snap", &["fsnap"]),
-    alias("dsnap", "snap", &["--base", "dsnap"]),
-    alias("newconfig", "clone", &["newconfig"]),
-    alias("set", "clone", &["set"]),
-    alias("mount", "mount", &["mount"]),
-    alias("umount", "mount", &["umount"]),
-    alias("putfile", "mount", &["putfile"]),
-    alias("chroot", "mount", &["chroot"]),
-    alias("zypper", "mount", &["zypper"]),
-    alias("zypp", "mount", &["zypper"]),
-    alias("fixnet", "mount", &["fixnet"]),
-    alias("prep", "mount", &["prep"]),
-    alias("mkdisk0", "mount", &["mkdisk0"]),
-    alias("mkdisks", "mount", &["mkdisks"]),
-    alias("sshkeygen", "sshkey", &["sshkeygen"]),
-    alias("sshkeyput", "sshkey", &["sshkeyput"]),
-    alias("scpkeyput", "sshkey", &["scpkeyput"]),
-    alias("ssh", "sshkey", &["ssh"]),
-    alias("waitssh", "sshkey", &["waitssh"]),
-    alias("sshwait", "sshkey", &["waitssh"]),
-    alias("scp", "sshkey", &["scp"]),
-    alias("sshfs", "sshkey", &["sshfs"]),
-    alias("qinstall", "ayinstall", &["qinstall"]),
-    alias("cloudinit", "ayinstall", &["cloudinit"]),
-    alias("bootstrap", "ayinstall", &["bootstrap"]),
-];
-
-/// Looks up an alias by the name the user typed.
-pub fn find_alias(name: &str) -> Option<&'static Alias> {
-    ALIASES.iter().find(|a| a.name == name)
-}
+use crate::commands::{self, CommandSpec, COMMANDS, TOOLS};
 
 /// Where to look for `vmk-<name>`: the front door's own directory, then PATH.
 #[derive(Debug, Clone)]
@@ -160,14 +83,14 @@ fn is_executable(path: &Path) -> bool {
 pub struct Resolved {
     /// The executable to exec.
     pub program: PathBuf,
-    /// Its arguments (alias prefix, then the user's).
+    /// Its arguments (the table's prefix, then the user's).
     pub args: Vec<OsString>,
 }
 
-/// Resolves a command name: aliases first, then `vmk-<name>` on the search path.
+/// Resolves a command name: the table first, then `vmk-<name>` on the search path.
 pub fn resolve(search: &SearchPath, command: &str, args: &[OsString]) -> Option<Resolved> {
-    let (tool, prefix): (&str, &[&str]) = match find_alias(command) {
-        Some(a) => (a.tool, a.args),
+    let (tool, prefix): (&str, &[&str]) = match commands::find(command) {
+        Some(c) => (c.tool, c.prefix),
         None => (command, &[]),
     };
     if tool.is_empty() || tool.contains('/') {
@@ -182,15 +105,28 @@ pub fn resolve(search: &SearchPath, command: &str, args: &[OsString]) -> Option<
     Some(Resolved { program, args })
 }
 
-/// Every name `vmk` answers to: built-ins, aliases and plugins found.
+/// What `vmk help` is, in the listing.
+pub const HELP_ABOUT: &str = "List the commands, or show one command's help: help NAME";
+
+/// Every name `vmk` answers to: the table's, `help`, and plugins found.
 pub fn known_names(search: &SearchPath) -> Vec<String> {
-    let mut names: Vec<String> = BUILTINS.iter().map(|(n, _)| n.to_string()).collect();
-    names.extend(ALIASES.iter().map(|a| a.name.to_string()));
-    names.extend(search.all_tools().into_keys());
+    let mut names: Vec<String> = COMMANDS
+        .iter()
+        .flat_map(CommandSpec::names)
+        .map(str::to_string)
+        .collect();
+    names.extend(plugins(search).into_keys());
     names.push("help".into());
     names.sort();
     names.dedup();
     names
+}
+
+/// The `vmk-*` programs found that are not tools of vmk, by name.
+pub fn plugins(search: &SearchPath) -> BTreeMap<String, PathBuf> {
+    let mut found = search.all_tools();
+    found.retain(|name, _| commands::find_tool(name).is_none() && commands::find(name).is_none());
+    found
 }
 
 /// The known name closest to a mistyped one, if any is close enough.
@@ -203,33 +139,28 @@ pub fn closest<'a>(typed: &str, names: impl IntoIterator<Item = &'a str>) -> Opt
         .map(|(_, n)| n)
 }
 
-/// The listing printed by `vmk help` and `vmk --list`.
+/// The listing printed by `vmk help` and `vmk --list`: every name once, under its tool;
+/// with `show_paths`, where each tool and plugin was found.
 pub fn listing(search: &SearchPath, show_paths: bool) -> String {
     use std::fmt::Write;
-    let tools = search.all_tools();
-    let mut out = String::from("Tools:\n");
-    for (name, what) in BUILTINS {
-        let _ = write!(out, "    {name:<12} {what}");
+    let mut out = String::from("Commands (`vmk help NAME` shows one):\n");
+    for tool in TOOLS {
+        let program = format!("vmk-{}", tool.name);
+        let _ = write!(out, "\n{} ({program}):", tool.heading);
         if show_paths {
-            let path = tools
-                .get(*name)
+            let path = search
+                .find_tool(tool.name)
                 .map_or("(not found)".into(), |p| p.display().to_string());
             let _ = write!(out, "  [{path}]");
         }
         out.push('\n');
+        for c in commands::of_tool(tool.name) {
+            let names = c.names().collect::<Vec<_>>().join(", ");
+            let _ = writeln!(out, "    {names:<18} {}", c.about);
+        }
     }
-    out.push_str("\nCommands (aliases):\n");
-    for a in ALIASES {
-        let target = std::iter::once(format!("vmk-{}", a.tool))
-            .chain(a.args.iter().map(|s| s.to_string()))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let _ = writeln!(out, "    {:<12} {target}", a.name);
-    }
-    let plugins: Vec<_> = tools
-        .iter()
-        .filter(|(n, _)| !BUILTINS.iter().any(|(b, _)| b == n))
-        .collect();
+    let _ = writeln!(out, "\nFront door (vmk):\n    {:<18} {HELP_ABOUT}", "help");
+    let plugins = plugins(search);
     if !plugins.is_empty() {
         out.push_str("\nPlugins (vmk-* on PATH):\n");
         for (name, path) in plugins {
@@ -243,40 +174,6 @@ pub fn listing(search: &SearchPath, show_paths: bool) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn closest_suggests_run_for_rnu() {
-        let names = ["run", "runin", "snap", "ssh", "stop"];
-        assert_eq!(closest("rnu", names), Some("run"));
-        assert_eq!(closest("snpa", names), Some("snap"));
-        assert_eq!(closest("xyzzy-frobnicate", names), None);
-    }
-
-    #[test]
-    fn every_alias_targets_a_builtin_tool() {
-        for a in ALIASES {
-            assert!(
-                BUILTINS.iter().any(|(b, _)| *b == a.tool),
-                "alias {} targets unknown tool {}",
-                a.name,
-                a.tool
-            );
-        }
-    }
-
-    #[test]
-    fn aliases_are_unique() {
-        let mut names: Vec<_> = ALIASES.iter().map(|a| a.name).collect();
-        names.sort();
-        let before = names.len();
-        names.dedup();
-        assert_eq!(before, names.len());
-    }
-}
-
 /// The front door's own command line: global options, then a command and its arguments.
 #[derive(clap::Parser, Debug)]
 #[command(
@@ -284,8 +181,10 @@ mod tests {
     version,
     about = "A small, fast frontend to QEMU/KVM: one directory is one VM",
     long_about = "A small, fast frontend to QEMU/KVM: one directory is one VM.\n\n\
-        `vmk COMMAND ARGS…` runs `vmk-COMMAND ARGS…` from vmk's own directory or PATH, \
-        so your own `vmk-foo` on PATH works as `vmk foo`. Run `vmk --list` for all commands.",
+        `vmk COMMAND ARGS…` runs the tool COMMAND belongs to (`vmk dsnap` runs \
+        `vmk-snap --base dsnap`), from vmk's own directory or PATH; any other name runs \
+        `vmk-COMMAND`, so your own `vmk-foo` on PATH works as `vmk foo`. Run `vmk --list` \
+        for all commands.",
     allow_external_subcommands = true,
     disable_help_subcommand = true,
     after_help = "Run `vmk --list` for all commands, `vmk help COMMAND` for one."
@@ -307,7 +206,7 @@ pub struct FrontDoorArgs {
     #[arg(short = 'x', long = "debug")]
     pub debug: bool,
 
-    /// List built-in tools, aliases and plugins found on PATH
+    /// List the commands, and the plugins found on PATH (-v: where each was found)
     #[arg(long = "list")]
     pub list: bool,
 
@@ -324,9 +223,13 @@ pub enum External {
 }
 
 impl FrontDoorArgs {
-    /// The environment the front door passes to the tool it runs.
-    pub fn environment(&self, own_exe: Option<&Path>) -> Vec<(&'static str, OsString)> {
-        let mut env = Vec::new();
+    /// The environment the front door passes to the tool it runs for `command`.
+    pub fn environment(
+        &self,
+        own_exe: Option<&Path>,
+        command: &str,
+    ) -> Vec<(&'static str, OsString)> {
+        let mut env = vec![(crate::cli::ENV_COMMAND, OsString::from(command))];
         if let Some(exe) = own_exe {
             env.push((crate::cli::ENV_VMK, exe.as_os_str().to_owned()));
         }
@@ -346,5 +249,33 @@ impl FrontDoorArgs {
             env.push((crate::cli::ENV_VERBOSE, verbosity.to_string().into()));
         }
         env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_suggests_run_for_rnu() {
+        let names = ["run", "runin", "snap", "ssh", "stop"];
+        assert_eq!(closest("rnu", names), Some("run"));
+        assert_eq!(closest("snpa", names), Some("snap"));
+        assert_eq!(closest("xyzzy-frobnicate", names), None);
+    }
+
+    #[test]
+    fn listing_shows_every_name_once() {
+        let empty = SearchPath::new(None, None);
+        let listing = listing(&empty, false);
+        let mut shown: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.strip_prefix("    "))
+            .flat_map(|l| l.split("  ").next().unwrap_or_default().split(", "))
+            .collect();
+        shown.sort();
+        let mut expected = known_names(&empty);
+        expected.sort();
+        assert_eq!(shown, expected, "{listing}");
     }
 }

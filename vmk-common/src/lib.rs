@@ -5,9 +5,11 @@
 //! - [`qemu`]: the one typed builder of qemu command lines.
 //! - [`state`], [`qmp`]: pidfiles, process identity, the QMP client.
 //! - [`fileops`]: reflink/NOCOW copies that never leave half-written files.
+//! - [`commands`]: the one table of the names typed after `vmk`.
 //! - [`frontdoor`]: the `vmk` command that execs `vmk-<command>`.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod copy;
 pub mod error;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
+use vmk_common::commands::{CommandSpec, COMMANDS};
 
 /// Writes an executable shell script.
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -101,13 +102,15 @@ fn unknown_command_suggests_the_closest() {
 }
 
 #[test]
-fn list_shows_builtins_aliases_and_plugins() {
+fn list_shows_every_name_once_and_plugins() {
     let tmp = tempfile::tempdir().unwrap();
     let plugin = script(tmp.path(), "vmk-hello", "true");
     script(tmp.path(), "vmk-notexec.txt", "true");
+    script(tmp.path(), "vmk-dsnap", "true"); // shadowed by the table: no plugin
+    let own = tempfile::tempdir().unwrap(); // no other vmk-* beside this vmk
+    let vmk = vmk_in(own.path());
     let list = |args: &[&str]| {
-        let out = Command::cargo_bin("vmk")
-            .unwrap()
+        let out = Command::new(&vmk)
             .env("PATH", tmp.path())
             .args(args)
             .assert()
@@ -118,21 +121,68 @@ fn list_shows_builtins_aliases_and_plugins() {
         String::from_utf8(out).unwrap()
     };
     let plain = list(&["--list"]);
-    for needle in [
-        "snap",
-        "dsnap",
-        "vmk-snap --base dsnap",
-        "ssh",
-        "Plugins",
-        "hello",
-    ] {
-        assert!(plain.contains(needle), "missing {needle} in:\n{plain}");
-    }
-    assert!(!plain.contains("notexec"));
+    let mut shown: Vec<&str> = plain
+        .lines()
+        .filter_map(|l| l.strip_prefix("    "))
+        .flat_map(|l| l.split("  ").next().unwrap().split(", "))
+        .collect();
+    shown.sort();
+    let mut expected: Vec<&str> = COMMANDS.iter().flat_map(CommandSpec::names).collect();
+    expected.extend(["help", "hello"]);
+    expected.sort();
+    assert_eq!(shown, expected, "{plain}");
+    assert!(
+        plain.contains("Plugins") && !plain.contains("notexec"),
+        "{plain}"
+    );
     let verbose = list(&["-v", "--list"]);
     assert!(verbose.contains(&plugin.display().to_string()), "{verbose}");
     let help = list(&["help"]);
-    assert!(help.contains("Plugins") && help.contains("Usage"), "{help}");
+    assert!(
+        help.starts_with("Usage: vmk ") && help.contains("Plugins"),
+        "{help}"
+    );
+}
+
+#[test]
+fn the_name_typed_reaches_the_tool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vmk = vmk_in(tmp.path());
+    script(tmp.path(), "vmk-run", r#"echo "$VMK_COMMAND:$*""#);
+    script(tmp.path(), "vmk-hello", r#"echo "$VMK_COMMAND:$*""#);
+    let run = |args: &[&str]| {
+        Command::new(&vmk)
+            .env("PATH", tmp.path())
+            .args(args)
+            .assert()
+    };
+    run(&["status", "--json"])
+        .success()
+        .stdout("status:info --json\n");
+    run(&["help", "telnet"])
+        .success()
+        .stdout("telnet:console --help\n");
+    run(&["hello", "x"]).success().stdout("hello:x\n");
+}
+
+/// Runs `vmk ARGS…` with stdout on a pipe whose reading end is already closed.
+fn status_with_closed_stdout(args: &[&str]) -> std::process::ExitStatus {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("vmk"))
+        .args(args)
+        .stdout(std::process::Stdio::from(write))
+        .status()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_pipe_is_success() {
+    for args in [&["--list"][..], &["help"], &[]] {
+        let status = status_with_closed_stdout(args);
+        let expected = if args.is_empty() { 2 } else { 0 }; // bare `vmk` is a usage error
+        assert_eq!(status.code(), Some(expected), "vmk {args:?}");
+    }
 }
 
 #[test]
@@ -151,4 +201,7 @@ fn help_command_shows_the_tools_help() {
     run(&["help", "ssh"])
         .success()
         .stdout("sshkey:ssh --help\n");
+    run(&["help", "sshkey", "scp"])
+        .success()
+        .stdout("sshkey:scp --help\n");
 }

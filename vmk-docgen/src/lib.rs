@@ -1,11 +1,17 @@
-//! Man pages and shell completions, generated from every tool's clap definition.
+//! Man pages and shell completions, generated from the command table and every tool's clap
+//! definition.
 //!
 //! This crate sees every tool's `Args` (vmk-common cannot: the tools depend on it), so it
-//! is the one place where the whole command tree of `vmk` is put together: the front
-//! door, each tool, and each alias mapped to the tool subcommand it runs.
+//! is where the table of names typed after `vmk` ([`vmk_common::commands`]) meets the clap
+//! commands they run: each name becomes that command, called as typed. Completions offer
+//! exactly those names, and the man pages ([`man`]) describe exactly those commands.
 
-use clap::{Command, CommandFactory};
-use vmk_common::frontdoor::{FrontDoorArgs, ALIASES, BUILTINS};
+pub mod man;
+
+use anyhow::{bail, Context, Result};
+use clap::{Arg, Command, CommandFactory};
+use vmk_common::commands::{self, CommandSpec, COMMANDS};
+use vmk_common::frontdoor::{self, FrontDoorArgs};
 
 /// Every tool's clap command, by tool name (without `vmk-`).
 pub fn tool_commands() -> Vec<(&'static str, Command)> {
@@ -18,6 +24,15 @@ pub fn tool_commands() -> Vec<(&'static str, Command)> {
         ("ayinstall", vmk_ayinstall::Args::command()),
         ("completions", completions_command()),
     ]
+}
+
+/// The clap command of `vmk-<tool>`.
+pub fn tool_command(tool: &str) -> Result<Command> {
+    tool_commands()
+        .into_iter()
+        .find(|(name, _)| *name == tool)
+        .map(|(_, cmd)| cmd)
+        .with_context(|| format!("vmk-docgen does not know the tool vmk-{tool}"))
 }
 
 /// The command line of `vmk-completions`.
@@ -33,79 +48,75 @@ pub fn completions_command() -> Command {
         )
 }
 
-/// The whole tree as the user types it: `vmk <tool|alias> …`, for completions.
-pub fn vmk_tree() -> Command {
-    let tools = tool_commands();
+/// The command `vmk NAME` runs, on its own: called NAME, with the table's about and other
+/// names, its tool's global options, and without clap's `help` subcommands.
+///
+/// A command of the tool named like the table's name is the tool's default (`vmk clone`
+/// runs `clone` without saying so): it is hidden, as the name itself stands for it.
+pub fn typed_command(spec: &CommandSpec) -> Result<Command> {
+    let tool = tool_command(spec.tool)?;
+    let globals: Vec<Arg> = tool
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    let cmd = match commands::selected_path(&tool, spec.prefix).as_slice() {
+        [] => tool.mut_subcommands(|s| {
+            if s.get_name() == spec.name {
+                s.hide(true)
+            } else {
+                s
+            }
+        }),
+        [sub] => tool
+            .find_subcommand(sub)
+            .cloned()
+            .expect("selected_path only names subcommands")
+            .args(globals),
+        deeper => bail!(
+            "`vmk {}` selects {deeper:?} in vmk-{}: the front door names one level at most",
+            spec.name,
+            spec.tool
+        ),
+    };
+    Ok(without_help_subcommands(
+        cmd.name(spec.name)
+            .subcommand_value_name("COMMAND")
+            .display_name(format!("vmk-{}", spec.name))
+            .about(spec.about)
+            .alias(None)
+            .visible_aliases(spec.also),
+    ))
+}
+
+fn without_help_subcommands(cmd: Command) -> Command {
+    cmd.disable_help_subcommand(true)
+        .mut_subcommands(without_help_subcommands)
+}
+
+/// The whole tree as the user types it, for completions: the front door's options, every
+/// name of the table and `help`.
+pub fn vmk_tree() -> Result<Command> {
+    let names: Vec<&str> = COMMANDS.iter().flat_map(CommandSpec::names).collect();
     let mut root = FrontDoorArgs::command()
         .allow_external_subcommands(false)
-        .subcommand(Command::new("help").about("List commands, or show one command's help"));
-    for (name, about) in BUILTINS {
-        let sub = tools
-            .iter()
-            .find(|(t, _)| t == name)
-            .map(|(_, c)| c.clone())
-            .unwrap_or_else(|| Command::new(*name));
-        root = root.subcommand(sub.name(*name).about(*about));
+        .subcommand(
+            Command::new("help").about(frontdoor::HELP_ABOUT).arg(
+                Arg::new("command")
+                    .value_name("COMMAND")
+                    .value_parser(clap::builder::PossibleValuesParser::new(names)),
+            ),
+        );
+    for spec in COMMANDS {
+        root = root.subcommand(typed_command(spec)?);
     }
-    for alias in ALIASES {
-        let target = alias.args.iter().rev().find(|a| !a.starts_with('-'));
-        let sub = tools
-            .iter()
-            .find(|(t, _)| *t == alias.tool)
-            .and_then(|(_, c)| target.and_then(|t| c.find_subcommand(t)).cloned())
-            .unwrap_or_else(|| Command::new(alias.name));
-        // keep the subcommand's own name when it answers to the alias already (`info`
-        // answers to `status`), so that no name is there twice
-        let covers = sub.get_name() == alias.name || sub.get_all_aliases().any(|a| a == alias.name);
-        let sub = if covers { sub } else { sub.name(alias.name) };
-        let names: Vec<String> = std::iter::once(sub.get_name())
-            .chain(sub.get_all_aliases())
-            .map(str::to_string)
-            .collect();
-        let taken = root.get_subcommands().any(|c| {
-            names
-                .iter()
-                .any(|n| c.get_name() == n || c.get_all_aliases().any(|a| a == n))
-        });
-        if !taken {
-            root = root.subcommand(sub);
-        }
-    }
-    root
+    Ok(root)
 }
 
-/// Writes completions of `vmk` for `shell`.
-pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
-    let mut tree = vmk_tree();
-    clap_complete::generate(shell, &mut tree, "vmk", out);
-}
-
-/// Every man page: `(file name, contents)`, for vmk, each tool and each tool subcommand.
-pub fn man_pages() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut pages = Vec::new();
-    pages.push(render("vmk", FrontDoorArgs::command())?);
-    for (_, cmd) in tool_commands() {
-        let cmd = cmd.version(env!("CARGO_PKG_VERSION"));
-        let tool = cmd.get_name().to_string();
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let name = format!("{tool}-{}", sub.get_name());
-            pages.push(render(
-                &name,
-                sub.clone().name(name.clone()).disable_version_flag(true),
-            )?);
-        }
-        pages.push(render(&tool, cmd)?);
-    }
-    pages.sort();
-    Ok(pages)
-}
-
-fn render(name: &str, cmd: Command) -> anyhow::Result<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    clap_mangen::Man::new(cmd)
-        .date("")
-        .source(format!("vmk {}", env!("CARGO_PKG_VERSION")))
-        .manual("vmk manual")
-        .render(&mut buf)?;
-    Ok((format!("{name}.1"), buf))
+/// Completions of `vmk` for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Result<Vec<u8>> {
+    let mut tree = vmk_tree()?;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut tree, "vmk", &mut out);
+    Ok(out)
 }

@@ -43,6 +43,9 @@ pub enum Need {
     Ssh,
     /// Any other program on PATH, by name.
     Program(&'static str),
+    /// A binary of this workspace, built (see [`workspace_bin`]): cargo builds only the
+    /// binaries of the package under test, `cargo test --workspace` builds them all.
+    Built(&'static str),
 }
 
 impl Need {
@@ -63,8 +66,25 @@ impl Need {
             Need::Guestmount => missing_program("guestmount"),
             Need::Ssh => missing_program("ssh").or_else(|| missing_program("ssh-keygen")),
             Need::Program(p) => missing_program(p),
+            Need::Built(name) => (!workspace_bin(name).is_file()).then(|| {
+                format!(
+                    "needs {} built (cargo build --workspace --bins)",
+                    workspace_bin(name).display()
+                )
+            }),
         }
     }
+}
+
+/// Where cargo puts the workspace's binary `name`: target/<profile>/, the parent of the
+/// `deps/` directory that holds the running test.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    profile_dir.join(name)
 }
 
 /// Finds a program on PATH.

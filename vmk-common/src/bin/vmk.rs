@@ -4,13 +4,20 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
-use clap::Parser;
-use vmk_common::cli::{EXIT_FAILURE, EXIT_USAGE};
+use clap::{CommandFactory, FromArgMatches};
+use vmk_common::cli::{self, EXIT_FAILURE, EXIT_USAGE};
 use vmk_common::frontdoor::{self, External, FrontDoorArgs, SearchPath};
 
 fn main() -> ExitCode {
-    let args = FrontDoorArgs::parse();
-    vmk_common::cli::init_logging(if args.debug { 2 } else { args.verbose });
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let parsed = command()
+        .try_get_matches_from(&argv)
+        .and_then(|m| FrontDoorArgs::from_arg_matches(&m));
+    let args = match parsed {
+        Ok(args) => args,
+        Err(e) => return cli::clap_exit(&e),
+    };
+    cli::init_logging(if args.debug { 2 } else { args.verbose });
     let search = SearchPath::from_env();
     let Some(External::Run(words)) = &args.command else {
         return list_or_usage(&args, &search);
@@ -26,27 +33,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// The front door's clap command, laid out like every tool's.
+fn command() -> clap::Command {
+    cli::shown_command(FrontDoorArgs::command(), &[])
+}
+
 fn list_or_usage(args: &FrontDoorArgs, search: &SearchPath) -> ExitCode {
     if args.list {
-        print!("{}", frontdoor::listing(search, args.verbose > 0));
-        return ExitCode::SUCCESS;
+        return print(&frontdoor::listing(search, args.verbose > 0));
     }
-    let mut cmd = <FrontDoorArgs as clap::CommandFactory>::command();
-    let _ = cmd.print_help();
+    let _ = print(&command().render_help().to_string());
     ExitCode::from(EXIT_USAGE)
 }
 
-/// `vmk help` lists everything; `vmk help COMMAND` shows that command's `--help`.
+/// `vmk help` lists everything; `vmk help COMMAND [SUBCOMMAND…]` shows that command's help.
 fn help(args: &FrontDoorArgs, search: &SearchPath, rest: &[OsString]) -> ExitCode {
-    match rest.first().and_then(|c| c.to_str()) {
-        None => {
-            let mut cmd = <FrontDoorArgs as clap::CommandFactory>::command();
-            let _ = cmd.print_help();
-            println!();
-            print!("{}", frontdoor::listing(search, args.verbose > 0));
-            ExitCode::SUCCESS
+    let Some((command, words)) = rest.split_first() else {
+        let help = command().render_help().to_string();
+        return print(&format!(
+            "{help}\n{}",
+            frontdoor::listing(search, args.verbose > 0)
+        ));
+    };
+    let Some(command) = command.to_str() else {
+        return no_such_command(search, &command.to_string_lossy());
+    };
+    let words: Vec<OsString> = words.iter().cloned().chain(["--help".into()]).collect();
+    exec(args, search, command, &words)
+}
+
+/// Prints `text` on stdout; a closed pipe is fine.
+fn print(text: &str) -> ExitCode {
+    match cli::write_stdout(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmk: error: writing to stdout: {e}");
+            ExitCode::from(EXIT_FAILURE)
         }
-        Some(command) => exec(args, search, command, &["--help".into()]),
     }
 }
 
@@ -59,7 +82,7 @@ fn exec(args: &FrontDoorArgs, search: &SearchPath, command: &str, rest: &[OsStri
     let own_exe = std::env::current_exe().ok();
     let err = std::process::Command::new(&resolved.program)
         .args(&resolved.args)
-        .envs(args.environment(own_exe.as_deref()))
+        .envs(args.environment(own_exe.as_deref(), command))
         .exec();
     eprintln!(
         "vmk: error: cannot run {}: {err}",

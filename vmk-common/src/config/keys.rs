@@ -1,7 +1,7 @@
 //! The one table of config keys: name, kind, default and help for every `VMK_*` key.
 //!
 //! Everything that lists or checks keys reads this table: the loader, `vmk set`, `vmk info`,
-//! `vmk newconfig`, the man pages. Adding a key means adding a row here and a field in
+//! `vmk newconfig`, the man page vmk-config(5). Adding a key means adding a row here and a field in
 //! [`super::VmConfig`].
 
 use super::values::{
@@ -51,6 +51,36 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// What a value of this kind looks like, for the documentation.
+    pub fn describe(self) -> String {
+        fn one_of<T: std::fmt::Display>(all: &[T]) -> String {
+            let names: Vec<String> = all.iter().map(T::to_string).collect();
+            format!("one of {}", names.join(", "))
+        }
+        match self {
+            KeyKind::Text => "text".into(),
+            KeyKind::Word => "a word (letters, digits and . _ - + : @)".into(),
+            KeyKind::Hostname => "a host name".into(),
+            KeyKind::Mem => "a memory size: MiB, or with G or M (2048, 2G, 512M)".into(),
+            KeyKind::Size => "a disk size: bytes, or with K, M, G or T (30G)".into(),
+            KeyKind::Cache => one_of(CacheMode::ALL),
+            KeyKind::Bus => one_of(DiskBus::ALL),
+            KeyKind::Format => one_of(DiskFormat::ALL),
+            KeyKind::Accel => one_of(Accel::ALL),
+            KeyKind::Net => one_of(NetType::ALL),
+            KeyKind::Bool => "yes or no".into(),
+            KeyKind::Port => "a TCP port, 1 to 65535".into(),
+            KeyKind::Vnc => "a VM number, 0 to 99".into(),
+            KeyKind::Cpus => "a cpu count".into(),
+            KeyKind::MacFormat => "a printf format with one %x, %02x or %d".into(),
+            KeyKind::Ip => "an IP address".into(),
+            KeyKind::Path => {
+                "a path, relative to the VM directory; ~/ is the home directory".into()
+            }
+            KeyKind::Words => "words, split like a shell would (nothing is run)".into(),
+        }
+    }
+
     /// Checks a non-empty value; `Err` says what was expected.
     pub fn check(self, value: &str) -> Result<(), values::Expected> {
         match self {
@@ -84,16 +114,19 @@ pub struct KeySpec {
     pub kind: KeyKind,
     /// Its default as it would be written in a config; empty when it has none.
     pub default: &'static str,
+    /// A value a config might set (unquoted), for the documentation.
+    pub example: &'static str,
     /// One line of help.
     pub help: &'static str,
 }
 
 macro_rules! key {
-    ($name:literal, $kind:ident, $default:literal, $help:literal) => {
+    ($name:literal, $kind:ident, $default:literal, $example:literal, $help:literal) => {
         KeySpec {
             name: $name,
             kind: KeyKind::$kind,
             default: $default,
+            example: $example,
             help: $help,
         }
     };
@@ -104,200 +137,268 @@ static KEYS: &[KeySpec] = &[
         "VMK_NAME",
         Word,
         "",
+        "sles15",
         "identifier, qemu -name (default: the VM directory's name)"
     ),
-    key!("VMK_TAG", Text, "", "free text shown by `vmk info`"),
+    key!(
+        "VMK_TAG",
+        Text,
+        "",
+        "SLES 15 SP6 before the kernel update",
+        "free text shown by `vmk info`"
+    ),
     key!(
         "VMK_VNC",
         Vnc,
         "1",
+        "3",
         "the VM's number: VNC display and base of its ports, MAC and hostname"
     ),
     key!(
         "VMK_MEM",
         Mem,
         "1024",
+        "4G",
         "memory, qemu -m: 2048 (MiB), 2G, 512M"
     ),
-    key!("VMK_CPU", Cpus, "2", "number of cpus, qemu -smp"),
+    key!("VMK_CPU", Cpus, "2", "4", "number of cpus, qemu -smp"),
     key!(
         "VMK_DISK0",
         Path,
         "",
+        "sles15.qcow2",
         "first disk image (required to run; `vmk mkdisk0` creates it)"
     ),
     key!(
         "VMK_DISK0_FORMAT",
         Format,
         "",
+        "raw",
         "qcow2 or raw; detected from the image when empty"
     ),
     key!(
         "VMK_DISK0_CACHE",
         Cache,
         "none",
+        "unsafe",
         "qemu cache mode of disk0: none, writeback, writethrough, directsync, unsafe"
     ),
     key!(
         "VMK_DISK_CACHE",
         Cache,
         "none",
+        "writeback",
         "qemu cache mode of disk1…disk6"
     ),
     key!(
         "VMK_DISK_BUS",
         Bus,
         "virtio",
+        "scsi",
         "bus of all disks: virtio, scsi (virtio-scsi), ide, nvme"
     ),
     key!(
         "VMK_DISK1",
         Path,
         "",
+        "scratch1.qcow2",
         "extra disk image 1 (when empty: the file disk1 in the VM directory, if it exists)"
     ),
     key!(
         "VMK_DISK2",
         Path,
         "",
+        "scratch2.qcow2",
         "extra disk image 2 (when empty: the file disk2, if it exists)"
     ),
     key!(
         "VMK_DISK3",
         Path,
         "",
+        "scratch3.qcow2",
         "extra disk image 3 (when empty: the file disk3, if it exists)"
     ),
     key!(
         "VMK_DISK4",
         Path,
         "",
+        "scratch4.qcow2",
         "extra disk image 4 (when empty: the file disk4, if it exists)"
     ),
     key!(
         "VMK_DISK5",
         Path,
         "",
+        "scratch5.qcow2",
         "extra disk image 5 (when empty: the file disk5, if it exists)"
     ),
     key!(
         "VMK_DISK6",
         Path,
         "",
+        "scratch6.qcow2",
         "extra disk image 6 (when empty: the file disk6, if it exists)"
     ),
     key!(
         "VMK_ISO",
         Text,
         "",
+        "SLE-15-SP6-Full-x86_64-GM-Media1.iso",
         "install medium: a path, or a file name looked up in VMK_ISO_DIR"
     ),
-    key!("VMK_ISO_DIR", Path, "", "directory holding install media"),
-    key!("VMK_KERNEL", Path, "", "kernel for direct kernel boot"),
-    key!("VMK_INITRD", Path, "", "initrd for direct kernel boot"),
+    key!(
+        "VMK_ISO_DIR",
+        Path,
+        "",
+        "~/iso",
+        "directory holding install media"
+    ),
+    key!(
+        "VMK_KERNEL",
+        Path,
+        "",
+        "vmlinuz",
+        "kernel for direct kernel boot"
+    ),
+    key!(
+        "VMK_INITRD",
+        Path,
+        "",
+        "initrd.img",
+        "initrd for direct kernel boot"
+    ),
     key!(
         "VMK_APPEND",
         Text,
         "",
+        "console=ttyS0 root=/dev/sda rw",
         "kernel command line for direct kernel boot"
     ),
     key!(
         "VMK_ARCH",
         Word,
         "",
+        "aarch64",
         "architecture of the install medium (x86_64…); detected when empty"
     ),
     key!(
         "VMK_ACCEL",
         Accel,
         "auto",
+        "tcg",
         "kvm, tcg, or auto (kvm when /dev/kvm is usable, else tcg)"
     ),
-    key!("VMK_MACHINE", Word, "", "qemu machine type (default q35)"),
+    key!(
+        "VMK_MACHINE",
+        Word,
+        "",
+        "pc",
+        "qemu machine type (default q35)"
+    ),
     key!(
         "VMK_CPU_MODEL",
         Text,
         "",
+        "Skylake-Client",
         "qemu cpu model, with flags if needed (default: host under kvm)"
     ),
     key!(
         "VMK_NET_TYPE",
         Net,
         "user",
+        "bridge",
         "user (NAT, ssh port forwarded), bridge (qemu-bridge-helper), none"
     ),
     key!(
         "VMK_BRIDGE",
         Word,
         "br0",
+        "br1",
         "host bridge for VMK_NET_TYPE=bridge"
     ),
     key!(
         "VMK_MAC_BASE_FORMAT",
         MacFormat,
         "52:54:00:00:00:%02x",
+        "52:54:00:12:34:%02x",
         "printf format turned into the MAC with VMK_VNC"
     ),
     key!(
         "VMK_IP",
         Ip,
         "",
+        "192.168.10.23",
         "address of a bridged VM, when neighbour lookup can't find it"
     ),
-    key!("VMK_HOSTNAME", Hostname, "", "host name of a bridged VM"),
+    key!(
+        "VMK_HOSTNAME",
+        Hostname,
+        "",
+        "sles15-vm3",
+        "host name of a bridged VM"
+    ),
     key!(
         "VMK_TELNET_BASE",
         Port,
         "9990",
+        "7000",
         "serial console TCP port = base + VMK_VNC"
     ),
     key!(
         "VMK_SSH_BASE",
         Port,
         "10020",
+        "2200",
         "user networking: host port forwarded to guest port 22 = base + VMK_VNC"
     ),
     key!(
         "VMK_LISTEN",
         Ip,
         "127.0.0.1",
+        "0.0.0.0",
         "address for VNC, serial console and forwarded ports"
     ),
     key!(
         "VMK_QEMU",
         Path,
         "",
+        "/usr/local/bin/qemu-system-x86_64",
         "qemu binary (default: qemu-kvm, then qemu-system-<arch> on PATH)"
     ),
-    key!("VMK_INST_DISK0", Size, "30G", "size of a new disk0"),
+    key!("VMK_INST_DISK0", Size, "30G", "60G", "size of a new disk0"),
     key!(
         "VMK_INST_DISK",
         Size,
         "100G",
+        "20G",
         "size of new extra disks disk1…disk6"
     ),
     key!(
         "VMK_INST_APPEND",
         Text,
         "",
+        "textmode=1 self_update=0",
         "kernel arguments for installation"
     ),
     key!(
         "VMK_EXTRA_ARGS",
         Words,
         "",
+        "-device virtio-rng-pci",
         "extra qemu arguments, split like shell words, appended last"
     ),
     key!(
         "VMK_SSH_CREDENTIAL",
         Bool,
         "yes",
+        "no",
         "give vm-key.pub to systemd guests as an SMBIOS credential for root"
     ),
     key!(
         "VMK_CLOUD_INIT",
         Bool,
         "no",
+        "yes",
         "attach a cloud-init seed image"
     ),
 ];
@@ -325,7 +426,7 @@ pub fn closest_key(name: &str) -> Option<&'static str> {
 pub fn unknown_key_message(name: &str) -> String {
     match closest_key(name) {
         Some(k) => format!("unknown key {name} (did you mean {k}?)"),
-        None => format!("unknown key {name} (`vmk help` lists the keys)"),
+        None => format!("unknown key {name} (vmk-config(5) lists the keys)"),
     }
 }
 
@@ -365,6 +466,14 @@ mod tests {
                 validate_value(k.name, k.default)
                     .unwrap_or_else(|e| panic!("default of {}: {e}", k.name));
             }
+            assert!(!k.example.is_empty(), "{} has no example", k.name);
+            assert_ne!(
+                k.example, k.default,
+                "the example of {} is its default",
+                k.name
+            );
+            validate_value(k.name, k.example)
+                .unwrap_or_else(|e| panic!("example of {}: {e}", k.name));
         }
         for spec_key in [
             "VMK_NAME",
@@ -430,7 +539,7 @@ mod tests {
         assert!(validate_value("VMK_ZZZZZZZZZZZZZZZZZZZZZ", "1")
             .unwrap_err()
             .to_string()
-            .contains("vmk help"));
+            .contains("vmk-config(5)"));
         assert!(validate_value("VMK_NET_TYPE", "tap")
             .unwrap_err()
             .to_string()
