@@ -72,12 +72,17 @@ impl GlobalOpts {
             .ok()
             .and_then(|v| v.parse::<u8>().ok())
             .unwrap_or(0);
-        let own = if self.debug {
-            self.verbose.max(2)
-        } else {
-            self.verbose
-        };
-        own.max(inherited)
+        verbosity_of(self.verbose, self.debug).max(inherited)
+    }
+}
+
+/// The log level of `-v` counted `verbose` times and `-x` (`debug`): `-x` is at least
+/// debug (as `-vv`), more `-v` still raise it. The one rule for the front door and tools.
+pub fn verbosity_of(verbose: u8, debug: bool) -> u8 {
+    if debug {
+        verbose.max(2)
+    } else {
+        verbose
     }
 }
 
@@ -229,6 +234,14 @@ macro_rules! outln {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_is_at_least_vv() {
+        assert_eq!(verbosity_of(0, false), 0);
+        assert_eq!(verbosity_of(1, false), 1);
+        assert_eq!(verbosity_of(0, true), 2);
+        assert_eq!(verbosity_of(3, true), 3);
+    }
 
     #[test]
     fn usage_errors_exit_2_and_others_1() {

@@ -223,6 +223,11 @@ pub enum External {
 }
 
 impl FrontDoorArgs {
+    /// The log level `-v`/`-x` ask for ([`crate::cli::verbosity_of`]).
+    pub fn verbosity(&self) -> u8 {
+        crate::cli::verbosity_of(self.verbose, self.debug)
+    }
+
     /// The environment the front door passes to the tool it runs for `command`.
     pub fn environment(
         &self,
@@ -240,11 +245,7 @@ impl FrontDoorArgs {
         if self.dry_run {
             env.push((crate::cli::ENV_DRY_RUN, "1".into()));
         }
-        let verbosity = if self.debug {
-            self.verbose.max(2)
-        } else {
-            self.verbose
-        };
+        let verbosity = self.verbosity();
         if verbosity > 0 {
             env.push((crate::cli::ENV_VERBOSE, verbosity.to_string().into()));
         }

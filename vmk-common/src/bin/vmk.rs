@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return cli::clap_exit(&e),
     };
-    cli::init_logging(if args.debug { 2 } else { args.verbose });
+    cli::init_logging(args.verbosity());
     let search = SearchPath::from_env();
     let Some(External::Run(words)) = &args.command else {
         return list_or_usage(&args, &search);
