@@ -69,7 +69,7 @@ pub fn run(global: &GlobalOpts, args: BootstrapArgs) -> Result<ExitCode> {
         plan::print_plan(&plan)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if !nix::unistd::Uid::effective().is_root() {
+    if !vmk_common::host::is_root() {
         bail!("bootstrap needs root: debootstrap installs packages as root (run it with sudo)");
     }
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -498,7 +498,7 @@ pub fn reflink_copy(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyOu
 }
 
 fn copy_attributes(src_meta: &fs::Metadata, tmp: &File, tmp_path: &Path) -> Result<()> {
-    if rustix::process::geteuid().is_root() {
+    if crate::host::is_root() {
         // before chmod: chown clears set-id bits
         std::os::unix::fs::fchown(tmp, Some(src_meta.uid()), Some(src_meta.gid()))
             .map_err(io_err("setting the owner of", tmp_path))?;

@@ -110,7 +110,7 @@ pub fn bridge_exists(bridge: &str) -> bool {
 
 /// Fails with what to do when bridge networking on `bridge` cannot work for this user.
 pub fn check_usable(bridge: &str, files: &Files) -> Result<()> {
-    check_usable_as(bridge, files, rustix::process::geteuid().is_root())
+    check_usable_as(bridge, files, vmk_common::host::is_root())
 }
 
 /// [`check_usable`] for a user who is root (`root`) or not: root may run a helper that is
@@ -211,7 +211,7 @@ mod tests {
             conf: tmp.path().join("etc/qemu/bridge.conf"),
         };
         let err = check_usable("br9", &files).unwrap_err().to_string();
-        if rustix::process::geteuid().is_root() {
+        if vmk_common::host::is_root() {
             assert!(err.contains("allow br9"), "{err}");
             let changed = fix("br9", &files).unwrap();
             assert_eq!(changed.len(), 2, "{changed:?}");
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn setuid_helper_passes_for_users_when_owned_by_root() {
-        if !rustix::process::geteuid().is_root() {
+        if !vmk_common::host::is_root() {
             return; // a file owned by root needs root to make
         }
         let tmp = tempfile::tempdir().unwrap();

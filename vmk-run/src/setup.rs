@@ -323,7 +323,7 @@ pub fn fixme(g: &GlobalOpts, a: &FixArgs) -> Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    if !rustix::process::geteuid().is_root() {
+    if !vmk_common::host::is_root() {
         anyhow::bail!("fixme changes system files: run it as root (`sudo vmk fixme`)");
     }
     if files.helper.is_none() {
