@@ -92,6 +92,7 @@ pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
     }
     config::validate_value("VMK_NAME", name)?;
     let cfg = VmConfig::load_for(global)?;
+    cfg.require_vm_dir()?;
     let src_config = &cfg.config_file;
     let config_bytes = fs::read(src_config)
         .with_context(|| format!("reading {} (is this a VM directory?)", cfg.config_display))?;

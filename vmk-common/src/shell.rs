@@ -27,21 +27,16 @@ where
         .join(" ")
 }
 
-/// A command line: environment changes (`K=V`), the program and its arguments, quoted.
+/// A command line: environment changes (`K=V`, the value quoted, so a shell takes them as
+/// assignments), the program and its arguments, quoted.
 pub fn command_line(c: &Command) -> String {
-    let env = c.get_envs().filter_map(|(k, v)| {
-        v.map(|v| {
-            let mut kv = k.to_os_string();
-            kv.push("=");
-            kv.push(v);
-            kv
-        })
-    });
-    let words: Vec<_> = env
-        .chain(std::iter::once(c.get_program().to_os_string()))
-        .chain(c.get_args().map(OsStr::to_os_string))
-        .collect();
-    join(words)
+    let env = c
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| format!("{}={}", k.to_string_lossy(), quote(v))));
+    let words = join(std::iter::once(c.get_program()).chain(c.get_args()));
+    env.chain(std::iter::once(words))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -61,11 +56,17 @@ mod tests {
         let mut c = Command::new("qemu-img");
         c.args(["create", "-f", "qcow2", "my disk;rm -rf x.qcow2", "1G"]);
         c.env("LC_ALL", "C");
+        c.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg x");
         let line = command_line(&c);
+        assert!(
+            line.starts_with("LC_ALL=C LIBGUESTFS_BACKEND_SETTINGS='force_tcg x' qemu-img "),
+            "{line}"
+        );
         assert_eq!(
             shlex::split(&line).unwrap(),
             [
                 "LC_ALL=C",
+                "LIBGUESTFS_BACKEND_SETTINGS=force_tcg x",
                 "qemu-img",
                 "create",
                 "-f",

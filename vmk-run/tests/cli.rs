@@ -460,3 +460,20 @@ fn front_door_never_runs_command_substitution_in_a_config() {
         .stderr(predicate::str::contains("vm-config:2: VMK_NAME:"));
     assert!(!marker.exists(), "the config was run by a shell");
 }
+
+#[test]
+fn a_directory_without_vm_config_is_named_as_no_vm_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in ["info", "run", "stop"] {
+        vmk_run(tmp.path())
+            .arg(cmd)
+            .env("HOME", tmp.path())
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains("is not a VM directory: it has no vm-config")
+                    .and(predicate::str::contains("`vmk bootstrap DIR`"))
+                    .and(predicate::str::contains("`vmk newconfig > vm-config`")),
+            );
+    }
+}

@@ -118,6 +118,7 @@ pub enum Cmd {
 /// Runs vmk-sshkey.
 pub fn run(args: Args) -> Result<ExitCode> {
     let cfg = VmConfig::load_for(&args.global)?;
+    cfg.require_vm_dir()?;
     cfg.validate()?;
     let dry = args.global.dry_run;
     match args.cmd {

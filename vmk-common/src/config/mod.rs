@@ -726,6 +726,15 @@ impl VmConfig {
         })
     }
 
+    /// Fails with a clear message when this is no VM directory (no config file was read),
+    /// for commands that need a VM before they need its disk.
+    pub fn require_vm_dir(&self) -> Result<(), ConfigError> {
+        match self.config_found {
+            true => Ok(()),
+            false => Err(self.not_a_vm_directory()),
+        }
+    }
+
     /// The error for a directory without a VM config (and no VMK_DISK0 from elsewhere).
     fn not_a_vm_directory(&self) -> ConfigError {
         ConfigError::new(format!(
