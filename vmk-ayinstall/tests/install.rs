@@ -135,21 +135,12 @@ umount /cd
 poweroff -f
 "#;
 
-fn kernel_version(kernel: &Path) -> Result<String> {
-    kernel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .map(str::to_string)
-        .context("cannot tell the host kernel's version")
-}
-
 /// The installer's initrd: the busybox guest's, plus an archive with our `/init`, the
 /// modules and the boot sector for disk0.
 fn installer_initrd(dest: &Path) -> Result<()> {
     let g = guest::busybox_guest()?;
     let kernel = vmk_testkit::find_host_kernel().context("no host kernel")?;
-    let modules_dir = Path::new("/lib/modules").join(kernel_version(&kernel)?);
+    let modules_dir = Path::new("/lib/modules").join(vmk_testkit::guest::kernel_version(&kernel)?);
     let mut cpio = Cpio::default();
     for d in ["lib", "lib/modules", "lib/modules/installer"] {
         cpio.dir(d);

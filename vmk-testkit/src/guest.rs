@@ -313,7 +313,8 @@ fn has_interpreter(path: &Path) -> Result<bool> {
     }))
 }
 
-fn kernel_version(kernel: &Path) -> Result<String> {
+/// The version a kernel image's file name carries (`vmlinuz-6.1.0-57-amd64` → `6.1.0-57-amd64`).
+pub fn kernel_version(kernel: &Path) -> Result<String> {
     kernel
         .file_name()
         .and_then(|n| n.to_str())
