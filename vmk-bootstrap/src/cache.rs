@@ -45,6 +45,18 @@ pub(crate) fn package_key(suite: &str, arch: &str, mirror: &str, packages: &[Str
     format!("{:016x}", vmk_common::state::fnv1a64(text.as_bytes()))
 }
 
+/// The `tar` that unpacks a cached installed tree into `root` (also what `-D` prints).
+pub(crate) fn unpack_tree(tree: &Path, root: &Path) -> std::process::Command {
+    let mut c = command("tar");
+    c.args(TAR_OPTIONS)
+        .arg("-x")
+        .arg("-f")
+        .arg(tree)
+        .arg("-C")
+        .arg(root);
+    c
+}
+
 /// The cached installed tree that belongs to a package tarball: `…-root.tar` beside it.
 pub(crate) fn tree_cache_path(tarball: &Path) -> PathBuf {
     let name = tarball.file_name().unwrap_or_default().to_string_lossy();
@@ -68,16 +80,7 @@ pub(crate) fn install_system(
         runner.progress.detail("unpacking");
         fs::create_dir(root).with_context(|| format!("creating {}", root.display()))?;
         runner
-            .run(
-                "tar -x",
-                command("tar")
-                    .args(TAR_OPTIONS)
-                    .arg("-x")
-                    .arg("-f")
-                    .arg(tree)
-                    .arg("-C")
-                    .arg(root),
-            )
+            .run("tar -x", &mut unpack_tree(tree, root))
             .with_context(|| {
                 format!(
                     "if the cached system is damaged, remove {} (or use --no-cache)",

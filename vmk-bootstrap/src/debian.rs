@@ -251,6 +251,16 @@ fn lock_root(shadow: &str) -> String {
         .collect()
 }
 
+/// The `ssh-keygen` that makes the VM's key pair `key` (also what `-D` prints).
+pub(crate) fn keygen(name: &str, key: &Path) -> std::process::Command {
+    let mut c = command("ssh-keygen");
+    c.args(["-q", "-t", "ed25519", "-N", "", "-C"])
+        .arg(format!("vmk-{name}"))
+        .arg("-f")
+        .arg(key);
+    c
+}
+
 /// `vm-key`/`vm-key.pub` in the VM directory `dir` (commented `vmk-<name>`), and the public
 /// key in root's authorized_keys (besides the SMBIOS credential vmk gives systemd guests).
 pub(crate) fn ssh_key(
@@ -260,14 +270,7 @@ pub(crate) fn ssh_key(
     root: &Path,
 ) -> Result<()> {
     let key = dir.join(KEY_FILE);
-    runner.run(
-        "ssh-keygen",
-        command("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
-            .arg(format!("vmk-{name}"))
-            .arg("-f")
-            .arg(&key),
-    )?;
+    runner.run("ssh-keygen", &mut keygen(name, &key))?;
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
     let public_path = dir.join(PUBLIC_KEY_FILE);
     let public = fs::read_to_string(&public_path)

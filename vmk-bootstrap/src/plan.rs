@@ -185,16 +185,7 @@ pub(crate) fn print_plan(plan: &Plan) -> Result<()> {
     match &plan.cache {
         Some(_) if tree.as_deref().is_some_and(Path::is_file) => {
             let tree = tree.as_deref().expect("checked");
-            steps.push(command_words(
-                "tar",
-                [
-                    OsStr::new("-x"),
-                    "-f".as_ref(),
-                    tree.as_ref(),
-                    "-C".as_ref(),
-                    root.as_ref(),
-                ],
-            ));
+            steps.push(words_of(&crate::cache::unpack_tree(tree, &root)));
         }
         Some(tarball) => {
             if !tarball.is_file() {
@@ -211,13 +202,7 @@ pub(crate) fn print_plan(plan: &Plan) -> Result<()> {
         None => steps.push(debootstrap(None, &root)),
     }
     let key = stage.join(layout::KEY_FILE);
-    steps.push(command_words(
-        "ssh-keygen",
-        ["-q", "-t", "ed25519", "-N", "", "-f"]
-            .map(OsStr::new)
-            .into_iter()
-            .chain([key.as_os_str()]),
-    ));
+    steps.push(words_of(&crate::debian::keygen(&plan.name, &key)));
     steps.push(command_words(
         "mkfs.ext4",
         mkfs_args(&root, &stage.join(DISK0_NAME)),
@@ -249,6 +234,14 @@ where
 {
     std::iter::once(OsString::from(program))
         .chain(args.into_iter().map(|a| a.as_ref().to_os_string()))
+        .collect()
+}
+
+/// A command's program and arguments, as [`command_words`] gives them.
+fn words_of(c: &std::process::Command) -> Vec<OsString> {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(OsStr::to_os_string)
         .collect()
 }
 
