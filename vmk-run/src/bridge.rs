@@ -1,13 +1,21 @@
 //! Bridge networking goes through qemu-bridge-helper, which must be setuid root (or run by
 //! root) and finds the bridges it may use in /etc/qemu/bridge.conf. These checks say what
 //! is wrong before qemu fails with a terse message, and `fixme` repairs it.
+//!
+//! `fixme` grants no more than a VM needs: the helper becomes setuid root for one group
+//! (root:kvm, mode 4750, as qemu's own documentation and the original tool set it), never
+//! for everyone; a helper that a normal user owns (or could replace, through a directory
+//! they may write) is refused, never made setuid; and bridge.conf gets `allow NAME` for one
+//! plain interface name, never `allow all`.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use vmk_common::usage;
 
 /// Where qemu looks for its helper by default (Debian, Ubuntu, Fedora, openSUSE).
 pub const HELPER_CANDIDATES: &[&str] = &[
@@ -17,6 +25,12 @@ pub const HELPER_CANDIDATES: &[&str] = &[
 ];
 /// The helper's access control list.
 pub const BRIDGE_CONF: &str = "/etc/qemu/bridge.conf";
+/// The group `fixme` lets run the helper, unless told another.
+pub const DEFAULT_HELPER_GROUP: &str = "kvm";
+/// The helper's mode after `fixme`: setuid, run by its owner (root) and its group only.
+pub const HELPER_MODE: u32 = 0o4750;
+/// Linux interface names are shorter than IFNAMSIZ (16).
+const MAX_IFNAME: usize = 15;
 
 /// The files the checks look at (tests point them elsewhere).
 #[derive(Debug, Clone)]
@@ -125,6 +139,19 @@ pub fn check_usable_as(bridge: &str, files: &Files, root: bool) -> Result<()> {
             "{} is not setuid root (owner uid {uid}, mode {mode:o}): run `sudo vmk fixme`",
             files.helper.as_deref().unwrap_or(Path::new("?")).display()
         ),
+        HelperState::SetuidRoot if !root => {
+            let helper = files.helper.as_deref().unwrap_or(Path::new("?"));
+            if !executable_by_me(helper) {
+                let group = fs::metadata(helper)
+                    .map(|m| group_name(m.gid()))
+                    .unwrap_or_else(|_| "?".into());
+                bail!(
+                    "{} is setuid root for group {group} only, and you are not in it: \
+                     `sudo usermod -aG {group} $USER`, then log in again",
+                    helper.display()
+                );
+            }
+        }
         _ => {}
     }
     let allowed = allowed_bridges(&files.conf)?;
@@ -140,21 +167,138 @@ pub fn check_usable_as(bridge: &str, files: &Files, root: bool) -> Result<()> {
     Ok(())
 }
 
-/// Makes the helper setuid root and lets it use `bridge`; returns what was changed.
-pub fn fix(bridge: &str, files: &Files) -> Result<Vec<String>> {
+/// Whether this process's real user may execute `path` (access(2) with X_OK).
+fn executable_by_me(path: &Path) -> bool {
+    rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_ok()
+}
+
+/// Fails unless `name` is a plain network interface name: 1 to 15 of ASCII letters,
+/// digits, `-`, `_` and `.`, not `.` or `..`, and not `all` (which bridge.conf reads as
+/// every bridge on the host). A usage error (exit 2).
+pub fn validate_bridge_name(name: &str) -> Result<()> {
+    if name == "all" {
+        return Err(usage!(
+            "refusing bridge `all`: it would let every user attach VMs to every bridge on this \
+             host; name the one bridge (--bridge NAME or VMK_BRIDGE)"
+        ));
+    }
+    let plain = !name.is_empty()
+        && name.len() <= MAX_IFNAME
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !plain {
+        return Err(usage!(
+            "refusing bridge {name:?}: not a plain interface name (1 to {MAX_IFNAME} letters, \
+             digits, `-`, `_` or `.`)"
+        ));
+    }
+    Ok(())
+}
+
+/// The fields of `getent DATABASE KEY`'s first line (None when it finds nothing).
+fn getent(database: &str, key: &str) -> Option<Vec<String>> {
+    let out = Command::new("getent").args([database, key]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next()?;
+    Some(line.split(':').map(str::to_string).collect())
+}
+
+/// The gid of group `group` (a name, or a number), or an error that says what to do.
+pub fn group_id(group: &str) -> Result<u32> {
+    if let Some(gid) = getent("group", group).and_then(|f| f.get(2)?.parse().ok()) {
+        return Ok(gid);
+    }
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    bail!(
+        "there is no group {group:?}: create it (`groupadd -r {group}`) or name another with --group"
+    )
+}
+
+/// A group's name for messages (its number when it has none).
+fn group_name(gid: u32) -> String {
+    getent("group", &gid.to_string())
+        .and_then(|f| f.into_iter().next())
+        .unwrap_or_else(|| gid.to_string())
+}
+
+/// A user's name for messages (`uid N` when it has none).
+fn user_name(uid: u32) -> String {
+    match getent("passwd", &uid.to_string()).and_then(|f| f.into_iter().next()) {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// Fails unless `helper` is a regular file owned by root in directories that only root may
+/// change (or sticky ones, where others cannot replace root's entries): a file a normal user
+/// owns, or could swap for another, must never become setuid root.
+pub fn check_helper_ownership(helper: &Path) -> Result<()> {
+    let real =
+        fs::canonicalize(helper).with_context(|| format!("resolving {}", helper.display()))?;
+    let m = fs::metadata(&real).with_context(|| format!("reading {}", real.display()))?;
+    let shown = if real == helper {
+        helper.display().to_string()
+    } else {
+        format!("{} (-> {})", helper.display(), real.display())
+    };
+    if !m.is_file() {
+        bail!("{shown} is not a regular file: vmk will not make it setuid root");
+    }
+    if m.uid() != 0 {
+        bail!(
+            "{shown} is owned by {}, not root: vmk will not make it setuid root (its owner \
+             could replace it with anything); reinstall it from qemu's package (e.g. \
+             qemu-system-common) and run `vmk fixme` again",
+            user_name(m.uid())
+        );
+    }
+    for dir in real.ancestors().skip(1) {
+        let d = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        let writable_by_others = d.mode() & 0o022 != 0 && d.mode() & 0o1000 == 0;
+        if d.uid() != 0 || writable_by_others {
+            bail!(
+                "{shown} is in {}, which {} may change: vmk will not make a file there setuid root",
+                dir.display(),
+                if d.uid() != 0 {
+                    user_name(d.uid())
+                } else {
+                    "a user other than root".to_string()
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Makes the helper setuid root for group `group` (root:GROUP, mode 4750) and lets it use
+/// `bridge`; returns what was changed. Refuses (changing nothing) a bridge name that is not
+/// plain or is `all`, and a helper that root does not own.
+pub fn fix(bridge: &str, group: &str, files: &Files) -> Result<Vec<String>> {
+    validate_bridge_name(bridge)?;
     let mut changed = Vec::new();
     if let Some(helper) = &files.helper {
-        if let HelperState::RootOnly { uid, mode } = helper_state(files) {
-            if uid != 0 {
-                std::os::unix::fs::chown(helper, Some(0), None)
-                    .with_context(|| format!("chown root {}", helper.display()))?;
-            }
-            // qemu packages ship it 0755; setuid root is what they document for users.
-            fs::set_permissions(helper, fs::Permissions::from_mode(0o4755))
-                .with_context(|| format!("chmod 4755 {}", helper.display()))?;
+        check_helper_ownership(helper)?;
+        let gid = group_id(group)?;
+        let m = fs::metadata(helper).with_context(|| format!("reading {}", helper.display()))?;
+        let mode = m.mode() & 0o7777;
+        if m.gid() != gid || mode != HELPER_MODE {
+            // chown first: it clears the setuid bit, which the chmod then sets.
+            std::os::unix::fs::chown(helper, None, Some(gid))
+                .with_context(|| format!("chgrp {group} {}", helper.display()))?;
+            fs::set_permissions(helper, fs::Permissions::from_mode(HELPER_MODE))
+                .with_context(|| format!("chmod {HELPER_MODE:o} {}", helper.display()))?;
             changed.push(format!(
-                "{}: owner root, mode 4755 (was uid {uid}, mode {mode:o})",
-                helper.display()
+                "{}: root:{group}, mode {HELPER_MODE:o} (was root:{}, mode {mode:o})",
+                helper.display(),
+                group_name(m.gid())
             ));
         }
     }
@@ -163,7 +307,11 @@ pub fn fix(bridge: &str, files: &Files) -> Result<Vec<String>> {
         if let Some(dir) = files.conf.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut text = fs::read_to_string(&files.conf).unwrap_or_default();
+        let mut text = match fs::read_to_string(&files.conf) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", files.conf.display())),
+        };
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
@@ -213,18 +361,43 @@ mod tests {
         let err = check_usable("br9", &files).unwrap_err().to_string();
         if vmk_common::host::is_root() {
             assert!(err.contains("allow br9"), "{err}");
-            let changed = fix("br9", &files).unwrap();
+            let changed = fix("br9", "root", &files).unwrap();
             assert_eq!(changed.len(), 2, "{changed:?}");
             assert_eq!(helper_state(&files), HelperState::SetuidRoot);
+            let m = fs::metadata(&helper).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.gid()), (HELPER_MODE, 0));
             assert_eq!(allowed_bridges(&files.conf).unwrap(), vec!["br9"]);
             assert!(
-                fix("br9", &files).unwrap().is_empty(),
+                fix("br9", "root", &files).unwrap().is_empty(),
                 "second fix changes nothing"
             );
             let err = check_usable("br9", &files).unwrap_err().to_string();
             assert!(err.contains("bridge br9 does not exist"), "{err}");
         } else {
             assert!(err.contains("not setuid root"), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_plain_interface_names_are_bridges() {
+        for ok in ["br0", "virbr0", "br-vmk", "a.b_c", "x23456789012345"] {
+            validate_bridge_name(ok).unwrap();
+        }
+        for bad in [
+            "all",
+            "",
+            ".",
+            "..",
+            "br0 all",
+            "br0\nallow all",
+            "a/b",
+            "br0#x",
+            "x234567890123456",
+            "eth0:1",
+        ] {
+            let err = validate_bridge_name(bad).unwrap_err();
+            assert_eq!(vmk_common::cli::exit_status_of(&err), 2, "{bad:?}");
+            assert!(err.to_string().starts_with("refusing bridge"), "{err}");
         }
     }
 

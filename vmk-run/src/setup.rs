@@ -27,9 +27,12 @@ pub struct CheckArgs {
 /// Options of `fixme`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FixArgs {
-    /// The bridge to allow (default: VMK_BRIDGE)
+    /// The bridge to allow (default: VMK_BRIDGE); one plain interface name, never `all`
     #[arg(long)]
     pub bridge: Option<String>,
+    /// The group that may run the setuid bridge helper (root:GROUP, mode 4750)
+    #[arg(long, value_name = "GROUP", default_value = bridge::DEFAULT_HELPER_GROUP)]
+    pub group: String,
     /// Fix this bridge helper instead of the system's (tests)
     #[arg(long, hide = true)]
     pub helper: Option<PathBuf>,
@@ -310,15 +313,19 @@ pub fn fixme(g: &GlobalOpts, a: &FixArgs) -> Result<ExitCode> {
         Some(b) => b.clone(),
         None => VmConfig::load_for(g)?.bridge,
     };
+    bridge::validate_bridge_name(&bridge_name)?;
     let files = files(&a.helper, &a.bridge_conf);
     if g.dry_run {
         outln!(
-            "would make {} setuid root and allow {bridge_name} in {}",
+            "would make {} setuid root for group {} (root:{}, mode {:o}) and allow {bridge_name} in {}",
             files
                 .helper
                 .as_deref()
                 .unwrap_or(Path::new("qemu-bridge-helper"))
                 .display(),
+            a.group,
+            a.group,
+            bridge::HELPER_MODE,
             files.conf.display()
         )?;
         return Ok(ExitCode::SUCCESS);
@@ -332,10 +339,11 @@ pub fn fixme(g: &GlobalOpts, a: &FixArgs) -> Result<ExitCode> {
             bridge::HELPER_CANDIDATES.join(", ")
         );
     }
-    let changed = bridge::fix(&bridge_name, &files)?;
+    let changed = bridge::fix(&bridge_name, &a.group, &files)?;
     if changed.is_empty() {
         eprintln!(
-            "nothing to fix: the bridge helper is setuid root and {} allows {bridge_name}",
+            "nothing to fix: the bridge helper is setuid root for group {} and {} allows {bridge_name}",
+            a.group,
             files.conf.display()
         );
     }
