@@ -16,6 +16,9 @@ use crate::config::{self, RawConfig};
 pub const KEY_FILE: &str = "vm-key";
 /// The VM's public ssh key, in the VM directory.
 pub const PUBLIC_KEY_FILE: &str = "vm-key.pub";
+/// The guest's ssh host keys as vmk learned them on first contact, in the VM directory
+/// (ssh's known_hosts format, under the alias `vmk-sshkey` gives them).
+pub const KNOWN_HOSTS_FILE: &str = "vm-known_hosts";
 /// Prefix of the snapshot VM's image beside disk0: `snap-<disk0 file name>`.
 pub const SNAP_PREFIX: &str = "snap-";
 /// VNC display N listens on TCP port 5900 + N.
