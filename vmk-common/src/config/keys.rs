@@ -359,6 +359,20 @@ static KEYS: &[KeySpec] = &[
         "address for VNC, serial console and forwarded ports"
     ),
     key!(
+        "VMK_CONSOLE",
+        Word,
+        "socket",
+        "telnet",
+        "serial console of `vmk run`: socket (a unix socket beside the QMP socket that only the VM's user can open; `vmk console` attaches) or telnet (the original tool's TCP port VMK_TELNET_BASE+N, open to every local user)"
+    ),
+    key!(
+        "VMK_VNC_SOCKET",
+        Bool,
+        "no",
+        "yes",
+        "yes: the VNC display on a unix socket beside the QMP socket that only the VM's user can open (`vmk vnc` hands its path to the viewer); no: TCP port 5900+VMK_VNC on VMK_LISTEN, open to every local user"
+    ),
+    key!(
         "VMK_QEMU",
         Path,
         "",

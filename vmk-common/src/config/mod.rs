@@ -446,6 +446,10 @@ pub struct VmConfig {
     pub ssh_base: u16,
     /// VMK_LISTEN.
     pub listen: IpAddr,
+    /// VMK_CONSOLE: true for `telnet` (a TCP port), false for `socket` (a unix socket).
+    pub console_telnet: bool,
+    /// VMK_VNC_SOCKET.
+    pub vnc_socket: bool,
     /// VMK_QEMU: a path (absolute) when it holds a `/`, else a program name for PATH.
     pub qemu: Option<PathBuf>,
     /// VMK_INST_DISK0.
@@ -587,6 +591,12 @@ impl VmConfig {
             telnet_base: t.parse("VMK_TELNET_BASE", values::parse_port)?,
             ssh_base: t.parse("VMK_SSH_BASE", values::parse_port)?,
             listen: t.parse("VMK_LISTEN", values::parse_ip)?,
+            console_telnet: t.parse("VMK_CONSOLE", |s| match s {
+                "socket" => Ok(false),
+                "telnet" => Ok(true),
+                _ => Err("socket or telnet".to_string()),
+            })?,
+            vnc_socket: t.parse("VMK_VNC_SOCKET", values::parse_bool)?,
             qemu,
             inst_disk0: t.parsed("VMK_INST_DISK0")?,
             inst_disk: t.parsed("VMK_INST_DISK")?,
