@@ -1,69 +1,73 @@
 //! Changes to files inside a mounted guest root: root's authorized_keys, files put into
 //! /root/vm, and MAC-bound network rules that break a copied VM's network.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{chown, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rustix::fs::OFlags;
+
+use crate::guestpath::{self, GuestRoot};
 
 /// Appends `key` to `<root>/root/.ssh/authorized_keys` (dir 0700, file 0600, owner root),
 /// unless it is there already. Returns whether it was added.
+///
+/// Everything is resolved inside the image: a guest `/root` that is a symlink leads to the
+/// guest's own target, never to the host's; `.ssh` and `authorized_keys` must not be
+/// symlinks (refused).
 pub fn append_authorized_key(root: &Path, key: &str) -> Result<bool> {
-    let home = root.join("root");
-    if !home.is_dir() {
-        bail!(
+    let groot = GuestRoot::open(root)?;
+    let home = groot.open_dir(Path::new("/root")).with_context(|| {
+        format!(
             "{} has no /root directory: is it a Linux root filesystem?",
             root.display()
-        );
-    }
-    let ssh = home.join(".ssh");
-    if !ssh.exists() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&ssh)
-            .with_context(|| format!("creating {}", ssh.display()))?;
-    }
-    set_owner_mode(&ssh, 0o700)?;
-    let file = ssh.join("authorized_keys");
-    let existing = fs::read_to_string(&file).unwrap_or_default();
+        )
+    })?;
+    let ssh_what = Path::new("/root/.ssh");
+    let ssh = guestpath::ensure_dir(home.as_fd(), OsStr::new(".ssh"), 0o700, ssh_what)?;
+    guestpath::set_owner_mode(&ssh, 0o700, 0, 0, ssh_what)?;
+    let what = Path::new("/root/.ssh/authorized_keys");
+    let name = OsStr::new("authorized_keys");
+    let mut f = guestpath::open_file(
+        ssh.as_fd(),
+        name,
+        OFlags::RDWR | OFlags::APPEND | OFlags::CREATE,
+        0o600,
+        what,
+    )?
+    .with_context(|| format!("creating {}", what.display()))?;
+    let mut existing = String::new();
+    f.read_to_string(&mut existing)
+        .with_context(|| format!("reading {}", what.display()))?;
     let added = !existing.lines().any(|l| l.trim() == key.trim());
     if added {
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&file)
-            .with_context(|| format!("opening {}", file.display()))?;
         let sep = if existing.is_empty() || existing.ends_with('\n') {
             ""
         } else {
             "\n"
         };
         f.write_all(format!("{sep}{}\n", key.trim()).as_bytes())
-            .with_context(|| format!("writing {}", file.display()))?;
+            .with_context(|| format!("writing {}", what.display()))?;
     }
-    set_owner_mode(&file, 0o600)?;
+    guestpath::set_owner_mode(&f, 0o600, 0, 0, what)?;
     Ok(added)
 }
 
-fn set_owner_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    chown(path, Some(0), Some(0)).with_context(|| format!("making root own {}", path.display()))
-}
-
-/// Copies `files` into `<root>/root/vm/` (created 0700); returns the guest paths.
+/// Copies `files` into `<root>/root/vm/` (created 0700); returns the guest paths. `/root`
+/// is resolved inside the image; `vm` and the files in it must not be symlinks (refused).
 pub fn put_files(root: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let dest = root.join("root/vm");
-    if !dest.exists() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(&dest)
-            .with_context(|| format!("creating {}", dest.display()))?;
-    }
+    let groot = GuestRoot::open(root)?;
+    let home = groot.open_dir(Path::new("/root")).with_context(|| {
+        format!(
+            "{} has no /root directory: is it a Linux root filesystem?",
+            root.display()
+        )
+    })?;
+    let dest = guestpath::ensure_dir(home.as_fd(), OsStr::new("vm"), 0o700, Path::new("/root/vm"))?;
     let mut put = Vec::new();
     for f in files {
         let name = f
@@ -72,9 +76,22 @@ pub fn put_files(root: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
         if !f.is_file() {
             bail!("{} is not a file (putfile copies files)", f.display());
         }
-        let target = dest.join(name);
-        fs::copy(f, &target).with_context(|| format!("copying {} into the image", f.display()))?;
-        put.push(Path::new("/root/vm").join(name));
+        let guest = Path::new("/root/vm").join(name);
+        let mut src = fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+        let mode = src.metadata()?.permissions().mode() & 0o7777;
+        let mut dst = guestpath::open_file(
+            dest.as_fd(),
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+            mode,
+            &guest,
+        )?
+        .with_context(|| format!("creating {}", guest.display()))?;
+        std::io::copy(&mut src, &mut dst)
+            .with_context(|| format!("copying {} into the image", f.display()))?;
+        dst.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", guest.display()))?;
+        put.push(guest);
     }
     Ok(put)
 }
@@ -85,14 +102,25 @@ pub const MAC_BOUND_RULES: &[&str] = &[
     "etc/udev/rules.d/75-persistent-net-generator.rules",
 ];
 
-/// Removes MAC-bound persistent network rules; returns the guest paths removed.
+/// Removes MAC-bound persistent network rules; returns the guest paths removed. Their
+/// directory is resolved inside the image; a rule that is a symlink is removed itself.
 pub fn fix_net(root: &Path) -> Result<Vec<PathBuf>> {
+    let groot = GuestRoot::open(root)?;
     let mut removed = Vec::new();
     for rel in MAC_BOUND_RULES {
-        let p = root.join(rel);
-        if p.symlink_metadata().is_ok() {
-            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            removed.push(Path::new("/").join(rel));
+        let guest = Path::new("/").join(rel);
+        let (Some(dir), Some(name)) = (guest.parent(), guest.file_name()) else {
+            continue;
+        };
+        let dirfd = match groot.open_dir(dir) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening {} in the image", dir.display()))
+            }
+        };
+        if guestpath::remove_file(dirfd.as_fd(), name, &guest)? {
+            removed.push(guest);
         }
     }
     Ok(removed)

@@ -14,10 +14,13 @@ use vmk_common::qemu_img::QemuImgCreate;
 use vmk_common::shell;
 
 pub mod guestfiles;
+pub mod guestpath;
 pub mod image;
 pub mod signals;
 
+use guestpath::GuestRoot;
 use image::{Backend, MountRequest, MountState, TempMount};
+use rustix::fs::OFlags;
 
 /// Mount, change and prepare VM disk images.
 #[derive(Parser, Debug)]
@@ -197,21 +200,25 @@ fn find_state(cfg: &VmConfig, arg: Option<&Path>) -> Result<MountState> {
     if let Some(s) = MountState::load(&abs)? {
         return Ok(s);
     }
+    let mut refused = Vec::new();
     for entry in std::fs::read_dir(&cfg.dir)
         .with_context(|| format!("reading {}", cfg.dir.display()))?
         .flatten()
     {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "mount") {
-            if let Ok(s) = std::fs::read_to_string(&p)
-                .map_err(anyhow::Error::from)
-                .and_then(|t| MountState::parse(&t))
-            {
-                if s.dir == abs {
-                    return Ok(s);
-                }
+            match MountState::load_file(&p) {
+                Ok(Some(s)) if s.dir == abs => return Ok(s),
+                Ok(_) => {}
+                Err(e) => refused.push(e),
             }
         }
+    }
+    if let Some(e) = refused.into_iter().next() {
+        return Err(e.context(format!(
+            "{} is not a mount made by vmk, or its state file is refused",
+            arg.display()
+        )));
     }
     bail!(
         "{} is not a mount made by vmk (no state file found in {})",
@@ -284,31 +291,129 @@ fn fixnet(cfg: &VmConfig, opts: &MountOpts, dry: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Bind mounts for a chroot, undone in reverse by the guard.
+/// Mounts for a chroot (their host paths), undone in reverse by the guard.
 #[derive(Debug, Default)]
 struct Binds(Vec<PathBuf>);
 
-/// `mount <extra> SRC DST`.
+/// `mount <extra> SRC DST`: how a dry run shows a system mount.
 fn bind_command(src: &Path, dst: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new("mount");
     c.args(extra).arg(src).arg(dst);
     c
 }
 
+/// A system directory a chroot needs from the host.
+struct SystemBind {
+    /// The source (a host directory, or the filesystem's name).
+    src: &'static str,
+    /// The directory in the guest.
+    dst: &'static str,
+    /// The options of mount(8) that do the same (shown by a dry run).
+    extra: &'static [&'static str],
+    /// A fresh filesystem of this type, instead of a recursive bind of `src`.
+    fstype: Option<&'static str>,
+}
+
+/// The system directories a chroot needs.
+const SYSTEM_BINDS: [SystemBind; 3] = [
+    SystemBind {
+        src: "/dev",
+        dst: "dev",
+        extra: &["--rbind", "--make-rslave"],
+        fstype: None,
+    },
+    SystemBind {
+        src: "proc",
+        dst: "proc",
+        extra: &["-t", "proc"],
+        fstype: Some("proc"),
+    },
+    SystemBind {
+        src: "/sys",
+        dst: "sys",
+        extra: &["--rbind", "--make-rslave"],
+        fstype: None,
+    },
+];
+
 impl Binds {
-    fn bind(&mut self, src: &Path, dst: &Path, extra: &[&str]) -> Result<()> {
-        let out = bind_command(src, dst, extra)
-            .output()
-            .context("running mount")?;
-        if !out.status.success() {
-            bail!(
-                "mounting {} on {}: {}",
-                src.display(),
-                dst.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+    /// Mounts `b` on its directory in the guest, opened inside the root without following
+    /// a symlink (a guest `/proc -> /host/dir` is refused) and mounted on through its
+    /// descriptor, so nothing can swap the directory in between.
+    fn system(&mut self, root: &GuestRoot, b: &SystemBind) -> Result<()> {
+        use nix::mount::{mount, MsFlags};
+        let guest = Path::new("/").join(b.dst);
+        let target = root.open_mount_point(&guest).with_context(|| {
+            format!(
+                "chroot needs {} of the image as a plain directory to mount the host's on",
+                guest.display()
+            )
+        })?;
+        let real = root.check_inside(&target, &guest)?;
+        let on = guestpath::fd_path(&target);
+        let done = match b.fstype {
+            Some(t) => mount(Some(b.src), &on, Some(t), MsFlags::empty(), None::<&str>),
+            None => mount(
+                Some(b.src),
+                &on,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+        };
+        done.with_context(|| format!("mounting {} on {}", b.src, real.display()))?;
+        self.0.push(real.clone());
+        if b.fstype.is_none() {
+            // The new mount, reached through the same directory (a mount point cannot be
+            // renamed away): make it a slave so unmounting it leaves the host's alone.
+            let top = root.open_mount_point(&guest)?;
+            let host = rustix::fs::stat(b.src)?;
+            let st = rustix::fs::fstat(&top)?;
+            if (st.st_dev, st.st_ino) != (host.st_dev, host.st_ino) {
+                bail!(
+                    "{} is not the host's {} after binding it there",
+                    real.display(),
+                    b.src
+                );
+            }
+            mount(
+                None::<&str>,
+                &guestpath::fd_path(&top),
+                None::<&str>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .with_context(|| format!("making {} a slave mount", real.display()))?;
         }
-        self.0.push(dst.to_path_buf());
+        Ok(())
+    }
+
+    /// Binds the host's /etc/resolv.conf over the guest's when that is a plain file.
+    fn resolv_conf(&mut self, root: &GuestRoot) -> Result<()> {
+        let guest = Path::new("/etc/resolv.conf");
+        let host = Path::new("/etc/resolv.conf");
+        let fd = root.open_in_root(guest, OFlags::PATH | OFlags::NOFOLLOW);
+        let plain = fd
+            .as_ref()
+            .ok()
+            .and_then(|fd| rustix::fs::fstat(fd).ok())
+            .is_some_and(|st| {
+                rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+            });
+        let (Ok(fd), true, true) = (fd, plain, host.exists()) else {
+            log::info!("the guest's /etc/resolv.conf is not a plain file: not bound");
+            return Ok(());
+        };
+        let real = root.check_inside(&fd, guest)?;
+        nix::mount::mount(
+            Some(host),
+            &guestpath::fd_path(&fd),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting {} on {}", host.display(), real.display()))?;
+        self.0.push(real);
         Ok(())
     }
 
@@ -333,26 +438,13 @@ impl Drop for Binds {
     }
 }
 
-/// The system directories a chroot needs: source, directory in the guest, mount options.
-const SYSTEM_BINDS: [(&str, &str, &[&str]); 3] = [
-    ("/dev", "dev", &["--rbind", "--make-rslave"]),
-    ("proc", "proc", &["-t", "proc"]),
-    ("/sys", "sys", &["--rbind", "--make-rslave"]),
-];
-
-/// Binds /dev, /proc, /sys and resolv.conf into `root`.
+/// Mounts /dev, /proc, /sys and resolv.conf into `root`.
 fn bind_system(root: &Path, binds: &mut Binds) -> Result<()> {
-    for (src, dst, extra) in SYSTEM_BINDS {
-        binds.bind(Path::new(src), &root.join(dst), extra)?;
+    let root = GuestRoot::open(root)?;
+    for b in &SYSTEM_BINDS {
+        binds.system(&root, b)?;
     }
-    let resolv = root.join("etc/resolv.conf");
-    match resolv.symlink_metadata() {
-        Ok(m) if m.file_type().is_file() && Path::new("/etc/resolv.conf").exists() => {
-            binds.bind(Path::new("/etc/resolv.conf"), &resolv, &["--bind"])?
-        }
-        _ => log::info!("the guest's /etc/resolv.conf is not a plain file: not bound"),
-    }
-    Ok(())
+    binds.resolv_conf(&root)
 }
 
 fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Result<ExitCode> {
@@ -362,11 +454,14 @@ fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Re
     let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
     if dry {
         let (root, mut lines) = TempMount::plan(&req)?;
-        for (src, dst, extra) in SYSTEM_BINDS {
+        lines.push(
+            "# each directory opened inside the image (a symlink there is refused) and mounted on through its descriptor:".into(),
+        );
+        for b in &SYSTEM_BINDS {
             lines.push(shell::command_line(&bind_command(
-                Path::new(src),
-                &root.join(dst),
-                extra,
+                Path::new(b.src),
+                &root.join(b.dst),
+                b.extra,
             )));
         }
         lines.push(
@@ -391,9 +486,10 @@ fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Re
     let mut c = Command::new("chroot");
     c.arg(m.root());
     if command.is_empty() {
+        let groot = GuestRoot::open(m.root())?;
         let sh = ["bin/bash", "bin/sh"]
             .into_iter()
-            .find(|s| m.root().join(s).exists())
+            .find(|s| groot.exists(Path::new(s)))
             .context("the image has no /bin/sh")?;
         eprintln!(
             "vmk-mount: shell in {}; exit it to unmount",

@@ -2,29 +2,40 @@
 //! to the loop device's partitions, and its other local filesystems mounted below the root
 //! (btrfs subvolumes, /boot/efi…) so the mount shows the guest as it boots.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Result;
+use rustix::fs::OFlags;
 
 use super::journal::MountState;
-use super::run_quiet;
+use crate::guestpath::{self, normalize_guest_path, GuestRoot};
 
 /// Mounts the other local filesystems of the guest's /etc/fstab below the root.
+///
+/// The fstab is data from the image: a mount point must be absolute and free of `..`
+/// (checked on the text), it is resolved inside the mounted root (the guest's symlinks as
+/// the guest sees them, never reaching the host), must be a directory there, and the
+/// filesystem is mounted on that opened directory (`/proc/self/fd/N`), so no path race
+/// remains. Bad lines are skipped with a warning that quotes them.
 pub(super) fn mount_fstab(
     state: &mut MountState,
     root_dev: &Path,
     devices: &[PathBuf],
 ) -> Result<()> {
-    let Ok(fstab) = fs::read_to_string(state.dir.join("etc/fstab")) else {
-        return Ok(());
+    let root = GuestRoot::open(&state.dir)?;
+    let fstab = match root.read_file(Path::new("/etc/fstab")) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            log::warn!("fstab: not used: {e:#}");
+            return Ok(());
+        }
     };
     let ids: Vec<(PathBuf, Vec<(String, String)>)> =
         devices.iter().map(|d| (d.clone(), blkid_tags(d))).collect();
     for e in parse_fstab(&fstab) {
-        if e.target == "/" || !e.target.starts_with('/') || e.options.iter().any(|o| o == "noauto")
-        {
+        if e.target == "/" || e.options.iter().any(|o| o == "noauto") {
             continue;
         }
         const SKIP: &[&str] = &[
@@ -48,6 +59,17 @@ pub(super) fn mount_fstab(
         if SKIP.contains(&e.fstype.as_str()) {
             continue;
         }
+        let rel = match normalize_guest_path(&e.target) {
+            Ok(rel) if rel.as_os_str().is_empty() => continue,
+            Ok(rel) => rel,
+            Err(why) => {
+                log::warn!(
+                    "fstab: skipped the line {:?}: its mount point {why}",
+                    e.line
+                );
+                continue;
+            }
+        };
         let Some(dev) = resolve_fstab_device(&e.source, &ids, root_dev) else {
             log::info!(
                 "fstab: {} ({}) is not on this image: skipped",
@@ -56,28 +78,68 @@ pub(super) fn mount_fstab(
             );
             continue;
         };
-        let target = state.dir.join(e.target.trim_start_matches('/'));
-        if !target.is_dir() {
-            log::info!("fstab: {} does not exist in the image: skipped", e.target);
+        let guest = Path::new("/").join(&rel);
+        let dir = match root.open_in_root(&guest, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                log::info!("fstab: {} does not exist in the image: skipped", e.target);
+                continue;
+            }
+            Err(err) => {
+                log::warn!(
+                    "fstab: skipped the line {:?}: {} is no directory in the image ({err})",
+                    e.line,
+                    guest.display()
+                );
+                continue;
+            }
+        };
+        let target = match root.check_inside(&dir, &guest) {
+            Ok(t) => t,
+            Err(err) => {
+                log::warn!("fstab: skipped the line {:?}: {err:#}", e.line);
+                continue;
+            }
+        };
+        let Some(fstype) = fs_type(&dev) else {
+            log::warn!(
+                "fstab: skipped the line {:?}: no filesystem found on {}",
+                e.line,
+                dev.display()
+            );
             continue;
-        }
+        };
         let keep: Vec<&str> = e
             .options
             .iter()
             .map(String::as_str)
             .filter(|o| o.starts_with("subvol=") || o.starts_with("subvolid="))
             .collect();
-        let mut c = Command::new("mount");
-        if !keep.is_empty() {
-            c.arg("-o").arg(keep.join(","));
-        }
-        c.arg(&dev).arg(&target);
-        match run_quiet(&mut c) {
+        let data = (!keep.is_empty()).then(|| keep.join(","));
+        log::debug!(
+            "mounting {} ({fstype}{}) on {}",
+            dev.display(),
+            data.as_deref()
+                .map(|d| format!(", {d}"))
+                .unwrap_or_default(),
+            target.display()
+        );
+        match nix::mount::mount(
+            Some(dev.as_path()),
+            &guestpath::fd_path(&dir),
+            Some(fstype.as_str()),
+            nix::mount::MsFlags::empty(),
+            data.as_deref(),
+        ) {
             Ok(()) => {
                 state.mounts.push(target);
                 state.save()?;
             }
-            Err(err) => log::warn!("fstab: could not mount {}: {err:#}", e.target),
+            Err(err) => log::warn!(
+                "fstab: could not mount {} on {}: {err}",
+                dev.display(),
+                target.display()
+            ),
         }
     }
     Ok(())
@@ -94,6 +156,8 @@ pub struct FstabEntry {
     pub fstype: String,
     /// Options.
     pub options: Vec<String>,
+    /// The line as written (for messages).
+    pub line: String,
 }
 
 /// Parses fstab text (comments and short lines skipped; `\040` is a space).
@@ -111,6 +175,7 @@ pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
                     .get(3)
                     .map(|o| o.split(',').map(str::to_string).collect())
                     .unwrap_or_default(),
+                line: l.to_string(),
             })
         })
         .collect()

@@ -3,6 +3,7 @@
 //! that holds `/etc` is the root, and its fstab says what else to mount.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -125,8 +126,22 @@ pub(super) fn mount(
 /// returns the file.
 fn export_fuse(req: &MountRequest, state: &mut MountState) -> Result<PathBuf> {
     let e = fuse_export(req);
-    fs::File::create(&e.fuse_file)
-        .with_context(|| format!("creating {}", e.fuse_file.display()))?;
+    // A new file, never whatever is at its path (a planted symlink would make root
+    // truncate or export over its target).
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc_o_nofollow())
+        .mode(0o600)
+        .open(&e.fuse_file)
+    {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} exists already (left by a crashed mount, or planted): check it and remove it",
+            e.fuse_file.display()
+        ),
+        Err(err) => return Err(err).with_context(|| format!("creating {}", e.fuse_file.display())),
+    }
     state.fuse_file = Some(e.fuse_file.clone());
     let _ = fs::remove_file(&e.pidfile);
     log::debug!("running {}", e.shell_quoted());
@@ -144,6 +159,11 @@ fn export_fuse(req: &MountRequest, state: &mut MountState) -> Result<PathBuf> {
     state.qsd_pidfile = Some(e.pidfile);
     state.save()?;
     Ok(e.fuse_file)
+}
+
+/// `O_NOFOLLOW` as `OpenOptions` takes it.
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 /// Stops the storage daemon named by `pidfile` (only if it is the one exporting `fuse`).
@@ -196,8 +216,12 @@ fn partitions(dev: &Path) -> Result<Vec<PathBuf>> {
     Ok(parts.into_iter().map(|(_, p)| p).collect())
 }
 
+/// Whether the filesystem mounted at `dir` looks like a Linux root (looked up inside it).
 fn looks_like_root(dir: &Path) -> bool {
-    dir.join("etc").is_dir()
+    let Ok(root) = crate::guestpath::GuestRoot::open(dir) else {
+        return false;
+    };
+    root.open_dir(Path::new("etc")).is_ok()
         && [
             "etc/fstab",
             "etc/os-release",
@@ -205,7 +229,7 @@ fn looks_like_root(dir: &Path) -> bool {
             "etc/passwd",
         ]
         .iter()
-        .any(|f| dir.join(f).exists())
+        .any(|f| root.exists(Path::new(f)))
 }
 
 /// Detaches a loop device and waits until it is really gone: while something (udev's
