@@ -1,10 +1,8 @@
 //! vmk-sshkey: SSH into VMs: the VM's own key pair, ssh, waitssh, scp and sshfs as root@ the
 //! VM, and two ways to put the key into a guest that does not take it as a credential.
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -14,13 +12,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::config::VmConfig;
 
+pub mod hostkey;
 pub mod ssh;
 pub mod target;
 pub mod wait;
+pub mod watch;
 
+use hostkey::HostKeys;
 use ssh::{key_file, Auth};
 use vmk_common::layout::PUBLIC_KEY_FILE;
-use vmk_common::process::exit_code;
 use vmk_common::shell::command_line;
 
 /// SSH into VMs: keys, ssh, scp, sshfs.
@@ -241,11 +241,13 @@ fn sshkeyput(
 fn scpkeyput(cfg: &VmConfig, dry: bool) -> Result<ExitCode> {
     let key = public_key(cfg)?;
     let t = target::target(cfg)?;
+    let hk = HostKeys::for_vm(cfg)?;
     // Append only when missing; create ~/.ssh with the right modes.
     let script = "umask 077; mkdir -p ~/.ssh && k=$(cat) && { grep -qxF \"$k\" ~/.ssh/authorized_keys 2>/dev/null || printf '%s\\n' \"$k\" >> ~/.ssh/authorized_keys; }";
     let mut c = ssh::ssh_command(
         &key_file(&cfg.dir),
         &t,
+        &hk,
         Auth::Password,
         Some(ssh::CONNECT_TIMEOUT),
         false,
@@ -255,37 +257,29 @@ fn scpkeyput(cfg: &VmConfig, dry: bool) -> Result<ExitCode> {
         vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut child = c
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("running ssh (install openssh-client)")?;
-    child
+    c.stdin(Stdio::piped());
+    let mut w = watch::spawn(c, &hk)?;
+    w.child
         .stdin
         .take()
         .context("ssh's stdin")?
         .write_all(format!("{key}\n").as_bytes())
         .context("sending the key to ssh")?;
-    let status = child.wait().context("waiting for ssh")?;
-    Ok(exit_code(status))
-}
-
-/// Replaces this process with `c` (so ssh's status, signals and terminal are its own).
-fn exec(mut c: Command) -> Result<ExitCode> {
-    let program: OsString = c.get_program().to_owned();
-    let err = c.exec();
-    Err(err).with_context(|| format!("running {}", program.to_string_lossy()))
+    let status = w.wait(&t)?;
+    Ok(vmk_common::process::exit_code(status))
 }
 
 fn ssh_run(cfg: &VmConfig, command: &[String], dry: bool) -> Result<ExitCode> {
     let key = existing_key(cfg)?;
     let t = target::target(cfg)?;
-    let c = user_ssh(&key, &t, command);
+    let hk = HostKeys::for_vm(cfg)?;
+    let c = user_ssh(&key, &t, &hk, command);
     if dry {
         vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
     }
     log::debug!("{}", command_line(&c));
-    exec(c)
+    watch::run(c, &hk, &t)
 }
 
 fn waitssh(
@@ -297,15 +291,24 @@ fn waitssh(
 ) -> Result<ExitCode> {
     let key = existing_key(cfg)?;
     let t = target::target(cfg)?;
+    let hk = HostKeys::for_vm(cfg)?;
     if dry {
-        let c = ssh::ssh_command(&key, &t, Auth::KeyBatch, Some(2), false, &["true".into()]);
+        let c = ssh::ssh_command(
+            &key,
+            &t,
+            &hk,
+            Auth::KeyBatch,
+            Some(2),
+            false,
+            &["true".into()],
+        );
         eprintln!("would poll {t} for sshd, then: {}", command_line(&c));
         if !command.is_empty() {
-            vmk_common::outln!("{}", command_line(&user_ssh(&key, &t, command)))?;
+            vmk_common::outln!("{}", command_line(&user_ssh(&key, &t, &hk, command)))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let w = wait::wait_for_ssh(&key, &t, timeout)?;
+    let w = wait::wait_for_ssh(&key, &t, &hk, timeout)?;
     if times {
         eprintln!(
             "vmk-sshkey: sshd banner after {:.3}s, login after {:.3}s",
@@ -316,15 +319,16 @@ fn waitssh(
     if command.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    exec(user_ssh(&key, &t, command))
+    watch::run(user_ssh(&key, &t, &hk, command), &hk, &t)
 }
 
 /// The ssh that runs the user's command in the VM (`vmk ssh`, `vmk waitssh CMD`): with the
 /// VM's key, the usual connect timeout, and a terminal when there is no command (a shell).
-fn user_ssh(key: &Path, t: &target::Target, command: &[String]) -> Command {
+fn user_ssh(key: &Path, t: &target::Target, hk: &HostKeys, command: &[String]) -> Command {
     ssh::ssh_command(
         key,
         t,
+        hk,
         Auth::Key,
         Some(ssh::CONNECT_TIMEOUT),
         command.is_empty(),
@@ -342,20 +346,22 @@ fn scp(
 ) -> Result<ExitCode> {
     let key = existing_key(cfg)?;
     let t = target::target(cfg)?;
+    let hk = HostKeys::for_vm(cfg)?;
     let dest = dest.to_str().context("the guest path is not valid UTF-8")?;
-    let c = ssh::scp_command(&key, &t, recursive, legacy, files, dest);
+    let c = ssh::scp_command(&key, &t, &hk, recursive, legacy, files, dest);
     if dry {
         vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
     }
-    exec(c)
+    watch::run(c, &hk, &t)
 }
 
 fn sshfs(cfg: &VmConfig, dir: Option<PathBuf>, guest_path: &str, dry: bool) -> Result<ExitCode> {
     let key = existing_key(cfg)?;
     let t = target::target(cfg)?;
+    let hk = HostKeys::for_vm(cfg)?;
     let dir = dir.unwrap_or_else(|| cfg.dir.join("mnt-ssh"));
-    let c = ssh::sshfs_command(&key, &t, guest_path, &dir);
+    let c = ssh::sshfs_command(&key, &t, &hk, guest_path, &dir);
     if dry {
         vmk_common::outln!("{}", command_line(&c))?;
         return Ok(ExitCode::SUCCESS);
@@ -364,6 +370,24 @@ fn sshfs(cfg: &VmConfig, dir: Option<PathBuf>, guest_path: &str, dry: bool) -> R
     let mut c = c;
     let status = c.status().context("running sshfs (install sshfs)")?;
     if !status.success() {
+        // sshfs hides why its ssh failed; one ssh with the same options tells a refused
+        // host key apart (the mounted sshfs keeps its ssh's stderr, so it is not watched).
+        let probe = ssh::ssh_command(
+            &key,
+            &t,
+            &hk,
+            Auth::KeyBatch,
+            Some(ssh::CONNECT_TIMEOUT),
+            false,
+            &["true".into()],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+        if let Ok(out) = probe {
+            watch::check(out.status, &out.stderr, &hk, &t, true)?;
+        }
         bail!("sshfs failed ({status})");
     }
     eprintln!(

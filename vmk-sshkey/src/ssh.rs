@@ -1,10 +1,11 @@
 //! The ssh, scp and sshfs command lines for this VM: its own key, no user ssh config, and
-//! host-key checks off for this throwaway VM's address only.
+//! the guest's host key checked against the VM's own known_hosts file (see [`crate::hostkey`]).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::hostkey::{config_path, HostKeys};
 use crate::target::Target;
 
 /// ssh's ConnectTimeout (seconds; it covers the banner exchange too). Generous: a guest
@@ -28,7 +29,12 @@ pub enum Auth {
 }
 
 /// `-o` options shared by ssh, scp and sshfs (without `-p`/`-P`, which differ).
-pub fn common_options(key: &Path, auth: Auth, connect_timeout: Option<u32>) -> Vec<OsString> {
+pub fn common_options(
+    key: &Path,
+    auth: Auth,
+    connect_timeout: Option<u32>,
+    host_keys: &HostKeys,
+) -> Vec<OsString> {
     let mut o: Vec<OsString> = vec!["-F".into(), "/dev/null".into()];
     let mut opt = |s: String| {
         o.push("-o".into());
@@ -36,9 +42,7 @@ pub fn common_options(key: &Path, auth: Auth, connect_timeout: Option<u32>) -> V
     };
     match auth {
         Auth::KeyBatch | Auth::Key => {
-            let mut id = OsString::from("IdentityFile=");
-            id.push(key.as_os_str());
-            opt(id.to_string_lossy().into_owned());
+            opt(format!("IdentityFile={}", config_path(key)));
             opt("IdentitiesOnly=yes".into());
         }
         Auth::Password => {
@@ -46,9 +50,9 @@ pub fn common_options(key: &Path, auth: Auth, connect_timeout: Option<u32>) -> V
             opt("PreferredAuthentications=keyboard-interactive,password".into());
         }
     }
-    opt("StrictHostKeyChecking=no".into());
-    opt("UserKnownHostsFile=/dev/null".into());
-    opt("GlobalKnownHostsFile=/dev/null".into());
+    for o in host_keys.options() {
+        opt(o);
+    }
     opt("LogLevel=ERROR".into());
     opt(format!(
         "BatchMode={}",
@@ -64,13 +68,14 @@ pub fn common_options(key: &Path, auth: Auth, connect_timeout: Option<u32>) -> V
 pub fn ssh_command(
     key: &Path,
     target: &Target,
+    host_keys: &HostKeys,
     auth: Auth,
     connect_timeout: Option<u32>,
     tty: bool,
     remote: &[String],
 ) -> Command {
     let mut c = Command::new("ssh");
-    c.args(common_options(key, auth, connect_timeout));
+    c.args(common_options(key, auth, connect_timeout, host_keys));
     c.arg("-p").arg(target.port.to_string());
     if tty {
         c.arg("-t");
@@ -87,13 +92,19 @@ pub fn ssh_command(
 pub fn scp_command(
     key: &Path,
     target: &Target,
+    host_keys: &HostKeys,
     recursive: bool,
     legacy: bool,
     files: &[PathBuf],
     guest_path: &str,
 ) -> Command {
     let mut c = Command::new("scp");
-    c.args(common_options(key, Auth::Key, Some(CONNECT_TIMEOUT)));
+    c.args(common_options(
+        key,
+        Auth::Key,
+        Some(CONNECT_TIMEOUT),
+        host_keys,
+    ));
     c.arg("-P").arg(target.port.to_string());
     if recursive {
         c.arg("-r");
@@ -108,13 +119,32 @@ pub fn scp_command(
 }
 
 /// `sshfs root@HOST:/ DIR -p PORT -F /dev/null -o …`.
-pub fn sshfs_command(key: &Path, target: &Target, guest_path: &str, dir: &Path) -> Command {
+pub fn sshfs_command(
+    key: &Path,
+    target: &Target,
+    host_keys: &HostKeys,
+    guest_path: &str,
+    dir: &Path,
+) -> Command {
     let mut c = Command::new("sshfs");
     c.arg(target.remote_path(guest_path));
     c.arg(dir);
     c.arg("-p").arg(target.port.to_string());
-    // sshfs takes ssh's -F itself and passes unknown -o options on to ssh.
-    c.args(common_options(key, Auth::KeyBatch, Some(CONNECT_TIMEOUT)));
+    // sshfs takes ssh's -F itself and passes the ssh options it knows on to ssh; FUSE
+    // splits -o values at commas first, so those (and backslashes) are escaped for it.
+    let mut next_is_value = false;
+    for a in common_options(key, Auth::KeyBatch, Some(CONNECT_TIMEOUT), host_keys) {
+        if next_is_value {
+            let v = a
+                .to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace(',', "\\,");
+            c.arg(v);
+        } else {
+            c.arg(&a);
+        }
+        next_is_value = a == "-o";
+    }
     c.args(["-o", "reconnect"]);
     c
 }
@@ -131,6 +161,13 @@ mod tests {
         }
     }
 
+    fn hk() -> HostKeys {
+        HostKeys {
+            file: PathBuf::from("/vm/vm-known_hosts"),
+            learn: false,
+        }
+    }
+
     fn argv(c: &Command) -> String {
         c.get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -143,6 +180,7 @@ mod tests {
         let c = ssh_command(
             Path::new("/vm/vm-key"),
             &t(),
+            &hk(),
             Auth::KeyBatch,
             Some(2),
             false,
@@ -154,9 +192,13 @@ mod tests {
             "{a}"
         );
         assert!(
-            a.contains("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"),
+            a.contains(
+                "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/vm/vm-known_hosts \
+                 -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=vmk-vm -o CheckHostIP=no"
+            ),
             "{a}"
         );
+        assert!(!a.contains("StrictHostKeyChecking=no"), "{a}");
         assert!(
             a.ends_with("-o BatchMode=yes -o ConnectTimeout=2 -p 10021 root@127.0.0.1 -- exit 7"),
             "{a}"
@@ -166,7 +208,7 @@ mod tests {
 
     #[test]
     fn interactive_ssh_asks_for_a_tty_and_sends_no_command() {
-        let c = ssh_command(Path::new("k"), &t(), Auth::Key, None, true, &[]);
+        let c = ssh_command(Path::new("k"), &t(), &hk(), Auth::Key, None, true, &[]);
         let a = argv(&c);
         assert!(a.ends_with("-p 10021 -t root@127.0.0.1"), "{a}");
         assert!(a.contains("BatchMode=no"));
@@ -177,6 +219,7 @@ mod tests {
         let c = scp_command(
             Path::new("k"),
             &t(),
+            &hk(),
             true,
             false,
             &[PathBuf::from("a b"), PathBuf::from("c")],
@@ -188,9 +231,41 @@ mod tests {
 
     #[test]
     fn password_auth_does_not_offer_keys() {
-        let o = common_options(Path::new("k"), Auth::Password, None);
+        let o = common_options(Path::new("k"), Auth::Password, None, &hk());
         let s: Vec<String> = o.iter().map(|x| x.to_string_lossy().into_owned()).collect();
         assert!(s.contains(&"PubkeyAuthentication=no".to_string()));
         assert!(!s.iter().any(|x| x.starts_with("IdentityFile")));
+        assert!(s.contains(&"StrictHostKeyChecking=yes".to_string()));
+    }
+
+    #[test]
+    fn sshfs_escapes_commas_for_fuse_and_checks_host_keys() {
+        let keys = HostKeys {
+            file: PathBuf::from("/my vms/a,b/vm-known_hosts"),
+            learn: true,
+        };
+        let c = sshfs_command(
+            Path::new("/my vms/a,b/vm-key"),
+            &t(),
+            &keys,
+            "/",
+            Path::new("/mnt"),
+        );
+        let a: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            a.contains(&"UserKnownHostsFile=\"/my vms/a\\,b/vm-known_hosts\"".to_string()),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&"IdentityFile=\"/my vms/a\\,b/vm-key\"".to_string()),
+            "{a:?}"
+        );
+        assert!(
+            a.contains(&"StrictHostKeyChecking=accept-new".to_string()),
+            "{a:?}"
+        );
     }
 }

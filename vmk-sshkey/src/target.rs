@@ -1,7 +1,7 @@
 //! Where this VM's sshd is: the forwarded port on VMK_LISTEN with user networking, or the
 //! guest's own address (VMK_HOSTNAME, VMK_IP, the neighbour table entry of its MAC) when
-//! bridged. Every ssh, scp and sshfs invocation goes to exactly this address, and only for
-//! it are host-key checks switched off.
+//! bridged. Every ssh, scp and sshfs invocation goes to exactly this address; the host key
+//! it answers with is checked against the VM's own known_hosts file ([`crate::hostkey`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

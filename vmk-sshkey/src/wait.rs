@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::hostkey::HostKeys;
 use crate::ssh::{ssh_command, Auth};
 use crate::target::Target;
 
@@ -35,7 +36,13 @@ pub struct Waited {
 }
 
 /// Waits until `ssh root@target true` succeeds with `key`, or fails after `timeout`.
-pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Waited> {
+/// A host key that ssh refuses ends the wait at once, with the error that says why.
+pub fn wait_for_ssh(
+    key: &Path,
+    target: &Target,
+    host_keys: &HostKeys,
+    timeout: Duration,
+) -> Result<Waited> {
     let start = Instant::now();
     let deadline = start + timeout;
     let spinner = Spinner::new(target);
@@ -68,6 +75,7 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
         let out = ssh_command(
             key,
             target,
+            host_keys,
             Auth::KeyBatch,
             Some(left.clamp(1, u64::from(crate::ssh::CONNECT_TIMEOUT)) as u32),
             false,
@@ -86,6 +94,10 @@ pub fn wait_for_ssh(key: &Path, target: &Target, timeout: Duration) -> Result<Wa
             };
             log::info!("logged in to {target} after {:.2?}", w.login);
             return Ok(w);
+        }
+        if let Some(r) = crate::hostkey::refusal(out.status.code(), &out.stderr) {
+            spinner.finish();
+            return Err(crate::hostkey::explain(r, host_keys, target));
         }
         last_ssh_error = String::from_utf8_lossy(&out.stderr).trim().to_string();
         log::debug!("ssh true: {:?}: {last_ssh_error}", out.status);

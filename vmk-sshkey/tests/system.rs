@@ -1,5 +1,7 @@
 //! Real boots of the Debian guest (TCG): vmk-sshkey's commands against a real sshd, with the
-//! key given as a systemd credential and with the key put into the image by `sshkeyput`.
+//! key given as a systemd credential and with the key put into the image by `sshkeyput`;
+//! and the guest's host key, learned into vm-known_hosts while vmk runs the VM and checked
+//! ever after (a changed key is refused with exit 1 and a message that says what to do).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -300,6 +302,228 @@ fn no_key_is_a_clear_error() -> Result<()> {
     Ok(())
 }
 
+/// The known_hosts lines for the alias vmk gives the guest.
+fn alias_lines(known_hosts: &Path) -> Result<Vec<String>> {
+    Ok(fs::read_to_string(known_hosts)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some("vmk-vm"))
+        .map(str::to_string)
+        .collect())
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Hides the pidfile of disk0 while alive, so that vmk sees no running VM (the guard and
+/// the guest keep running); puts it back on drop.
+struct HiddenPidfile(PathBuf);
+
+impl HiddenPidfile {
+    fn new(pidfile: &Path) -> Result<HiddenPidfile> {
+        let hidden = pidfile.with_extension("pid.hidden");
+        fs::rename(pidfile, &hidden)?;
+        Ok(HiddenPidfile(hidden))
+    }
+}
+
+impl Drop for HiddenPidfile {
+    fn drop(&mut self) {
+        let _ = fs::rename(&self.0, self.0.with_extension(""));
+    }
+}
+
+fn host_key_learned_then_checked() -> Result<()> {
+    let vm = Vm::new(76, "")?;
+    let sshkey = PathBuf::from(env!("CARGO_BIN_EXE_vmk-sshkey"));
+    vm.ok(&sshkey, &["sshkeygen"])?;
+    let known_hosts = vm.path().join("vm-known_hosts");
+    ensure!(!known_hosts.exists());
+    let _qemu = vm.vmk_run(false)?;
+
+    // While vmk runs the VM, ssh may learn the key (accept-new), under the alias.
+    let dry = vm.ok(&sshkey, &["-D", "ssh", "--", "true"])?;
+    ensure!(
+        dry.contains("StrictHostKeyChecking=accept-new")
+            && dry.contains("HostKeyAlias=vmk-vm")
+            && dry.contains(&format!("UserKnownHostsFile={}", known_hosts.display())),
+        "dry run while running: {dry}"
+    );
+    vm.ok(&sshkey, &["waitssh", "--timeout", BOOT_TIMEOUT])?;
+    vm.ok(&sshkey, &["ssh", "--", "true"])?;
+    let learned = alias_lines(&known_hosts)?;
+    ensure!(
+        !learned.is_empty(),
+        "no vmk-vm line in {}",
+        known_hosts.display()
+    );
+    let text = fs::read_to_string(&known_hosts)?;
+    ensure!(
+        !text.contains("127.0.0.1") && !text.contains('['),
+        "the key is tied to the address or port: {text}"
+    );
+    // It is the guest's own key.
+    let guest_key = vm.ok(
+        &sshkey,
+        &["ssh", "--", "cat /etc/ssh/ssh_host_ed25519_key.pub"],
+    )?;
+    let blob = guest_key
+        .split_whitespace()
+        .nth(1)
+        .context("no key in the guest's ssh_host_ed25519_key.pub")?;
+    ensure!(
+        learned.iter().any(|l| l.contains(blob)),
+        "known_hosts {learned:?} lacks the guest's key {blob}"
+    );
+    // A second contact works and learns nothing new.
+    vm.ok(&sshkey, &["ssh", "--", "true"])?;
+    ensure!(
+        fs::read_to_string(&known_hosts)? == text,
+        "known_hosts changed"
+    );
+
+    // Per the pidfile the VM does not run: checks are strict; the known key still passes,
+    // an unknown one is refused (nothing learned).
+    {
+        let _hidden = HiddenPidfile::new(&vm.path().join("disk0.pid"))?;
+        let dry = vm.ok(&sshkey, &["-D", "ssh", "--", "true"])?;
+        ensure!(dry.contains("StrictHostKeyChecking=yes"), "{dry}");
+        vm.ok(&sshkey, &["ssh", "--", "true"])?;
+        fs::rename(&known_hosts, known_hosts.with_extension("saved"))?;
+        let out = vm.sshkey(&["ssh", "--", "true"])?;
+        fs::rename(known_hosts.with_extension("saved"), &known_hosts)?;
+        ensure!(
+            out.status.code() == Some(1),
+            "unknown key: {:?}",
+            out.status
+        );
+        let err = stderr_of(&out);
+        ensure!(
+            err.contains("no host key of this VM is known yet") && err.contains("vmk run"),
+            "{err}"
+        );
+    }
+    ensure!(
+        fs::read_to_string(&known_hosts)? == text,
+        "known_hosts changed"
+    );
+
+    // Another key recorded: ssh, scp and waitssh refuse with exit 1 and say what to do.
+    let other = tempfile::tempdir()?;
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(other.path().join("host"))
+        .status()?;
+    ensure!(st.success(), "ssh-keygen failed");
+    let other_pub = fs::read_to_string(other.path().join("host.pub"))?;
+    let mut w = other_pub.split_whitespace();
+    let forged = format!(
+        "vmk-vm {} {}\n",
+        w.next().context("key type")?,
+        w.next().context("key")?
+    );
+    fs::write(&known_hosts, &forged)?;
+    let want = format!(
+        "the guest's host key changed since vmk first saw it ({})",
+        known_hosts.display()
+    );
+    let payload = vm.path().join("payload.txt");
+    fs::write(&payload, "x\n")?;
+    for args in [
+        &["ssh", "--", "true"][..],
+        &["scp", payload.to_str().unwrap(), "/root/"][..],
+        &["waitssh", "--timeout", "60", "--", "true"][..],
+    ] {
+        let start = Instant::now();
+        let out = vm.sshkey(args)?;
+        let err = stderr_of(&out);
+        ensure!(out.status.code() == Some(1), "{args:?}: {:?}", out.status);
+        ensure!(
+            err.contains(&want) && err.contains("remove that file"),
+            "{args:?}: {err}"
+        );
+        ensure!(
+            start.elapsed() < Duration::from_secs(50),
+            "{args:?} waited instead of failing"
+        );
+    }
+    ensure!(
+        fs::read_to_string(&known_hosts)? == forged,
+        "the recorded key was replaced"
+    );
+    // The advice works: without the file, the running VM's key is learned again.
+    fs::remove_file(&known_hosts)?;
+    vm.ok(&sshkey, &["ssh", "--", "true"])?;
+    ensure!(
+        alias_lines(&known_hosts)? == learned,
+        "relearned another key"
+    );
+    Ok(())
+}
+
+/// No VM runs per the pidfile: every command's options check the host key strictly
+/// against the VM's known_hosts file under the alias; nothing says StrictHostKeyChecking=no.
+fn not_running_means_strict_checking() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    fs::write(
+        dir.path().join("vm-config"),
+        "VMK_DISK0=disk0\nVMK_VNC=77\n",
+    )?;
+    let run = |args: &[&str]| -> Result<Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"))
+            .current_dir(dir.path())
+            .env_remove("VMK_OPT_CONFIG")
+            .env_remove("VMK_OPT_DRY_RUN")
+            .args(args)
+            .output()?)
+    };
+    ensure!(run(&["sshkeygen"])?.status.success());
+    // A stale pidfile (a live process that is not this VM's qemu) is not a running VM.
+    fs::write(
+        dir.path().join("disk0.pid"),
+        format!("{}\n", std::process::id()),
+    )?;
+    fs::write(
+        dir.path().join("snap-disk0.pid"),
+        format!("{}\n", std::process::id()),
+    )?;
+    let kh = format!(
+        "UserKnownHostsFile={}",
+        dir.path().join("vm-known_hosts").display()
+    );
+    for args in [
+        &["-D", "ssh", "--", "true"][..],
+        &["-D", "ssh"][..],
+        &["-D", "scp", "a", "/root/"][..],
+        &["-D", "sshfs"][..],
+        &["-D", "scpkeyput"][..],
+        &["-D", "waitssh", "--", "true"][..],
+    ] {
+        let out = run(args)?;
+        ensure!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr_of(&out)
+        );
+        ensure!(
+            text.contains("StrictHostKeyChecking=yes")
+                && text.contains(&kh)
+                && text.contains("HostKeyAlias=vmk-vm")
+                && text.contains("GlobalKnownHostsFile=/dev/null"),
+            "{args:?}: {text}"
+        );
+        ensure!(
+            !text.contains("StrictHostKeyChecking=no")
+                && !text.contains("accept-new")
+                && !text.contains("UserKnownHostsFile=/dev/null"),
+            "{args:?}: {text}"
+        );
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     run_system_tests(vec![
         SystemTest::new(
@@ -311,6 +535,16 @@ fn main() -> std::process::ExitCode {
             "waitssh_times_out_clearly",
             &[Need::Ssh],
             waitssh_times_out_clearly,
+        ),
+        SystemTest::new(
+            "not_running_means_strict_host_key_checking",
+            &[],
+            not_running_means_strict_checking,
+        ),
+        SystemTest::new(
+            "debian_host_key_learned_then_checked_changed_key_refused",
+            &[Need::Root, Need::Qemu, Need::Debootstrap, Need::Ssh],
+            host_key_learned_then_checked,
         ),
         SystemTest::new(
             "debian_key_by_credential_ssh_waitssh_scp",
