@@ -7,7 +7,10 @@
 //! - a closed stdout pipe (`vmk ps | head -1`) is not an error;
 //! - logging through env_logger: `-v` (info), `-vv`/`-x` (debug), `-vvv` (trace) or `RUST_LOG`;
 //! - help starts with its usage line, which names the command as the user typed it
-//!   (`Usage: vmk dsnap …` when run as `vmk dsnap`, see [`shown_command`]).
+//!   (`Usage: vmk dsnap …` when run as `vmk dsnap`, see [`shown_command`]);
+//! - the file mode creation mask is [`PRIVATE_UMASK`] whatever the caller's: everything a
+//!   tool creates (sockets, logs, pidfiles, images, directories), and everything its
+//!   children such as qemu create, is its owner's only (see [`set_private_umask`]).
 //!
 //! The front door passes its global options on through the environment (`VMK_OPT_*`), so
 //! that plugins see them too without having to accept unknown arguments, and the name
@@ -37,6 +40,16 @@ pub const ENV_COMMAND: &str = "VMK_COMMAND";
 /// `vmk NAME --help | head -1` is its usage.
 pub const HELP_TEMPLATE: &str =
     "{before-help}{usage-heading} {usage}\n\n{about-with-newline}\n{all-args}{after-help}";
+
+/// The umask of every vmk tool: no permission for group or others.
+pub const PRIVATE_UMASK: u32 = 0o077;
+
+/// Sets the process umask to [`PRIVATE_UMASK`] and returns the previous one. A caller's
+/// umask 000 would otherwise make qemu's QMP socket (root's qemu, driven by any local user),
+/// the console log and new images world-readable or writable.
+pub fn set_private_umask() -> u32 {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(PRIVATE_UMASK)).as_raw_mode()
+}
 
 /// Exit status for a failure.
 pub const EXIT_FAILURE: u8 = 1;
@@ -118,6 +131,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let old_umask = set_private_umask();
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let tool = A::command().get_name().to_string();
     // help and usage errors come from the command as shown; the values from the tool's own
@@ -129,6 +143,11 @@ where
         Err(e) => return clap_exit(&e),
     };
     init_logging(args.globals().verbosity());
+    if old_umask != PRIVATE_UMASK {
+        log::debug!(
+            "umask {old_umask:03o} replaced by {PRIVATE_UMASK:03o}: what vmk creates is private"
+        );
+    }
     match run(args) {
         Ok(code) => code,
         Err(err) => report(&tool, &err),
