@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -78,7 +79,10 @@ pub(crate) fn install_system(
             .progress
             .note(&format!("using the cached system in {}", tree.display()));
         runner.progress.detail("unpacking");
-        fs::create_dir(root).with_context(|| format!("creating {}", root.display()))?;
+        // the guest's `/`: 0755 whatever vmk's private umask (tar may keep it)
+        fs::create_dir(root)
+            .and_then(|()| fs::set_permissions(root, fs::Permissions::from_mode(0o755)))
+            .with_context(|| format!("creating {}", root.display()))?;
         runner
             .run("tar -x", &mut unpack_tree(tree, root))
             .with_context(|| {

@@ -44,7 +44,8 @@ fn copy_newest(dir: &Path, prefix: &str, dest: &Path) -> Result<()> {
     })?;
     fs::copy(&src, dest)
         .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
-    fs::set_permissions(dest, fs::Permissions::from_mode(0o644))?;
+    // private like the disk: an initrd can hold the guest's secrets
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o600))?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! to DIR only when complete, so that a failure or Ctrl-C leaves nothing behind.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -31,7 +31,7 @@ impl Staging {
     pub(crate) fn create(dir: &Path) -> Result<Staging> {
         for n in 0..100 {
             let path = staging_path(dir, n);
-            match fs::create_dir(&path) {
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
                     return Ok(Staging { path, keep: false });
                 }
@@ -42,9 +42,10 @@ impl Staging {
         bail!("cannot find a free staging name beside {}", dir.display())
     }
 
-    /// Moves the finished staging directory to `dir` (an absent or empty directory).
+    /// Moves the finished staging directory to `dir` (an absent or empty directory),
+    /// private (mode 0700): a VM directory holds the guest's disk and keys.
     pub(crate) fn persist(mut self, dir: &Path) -> Result<()> {
-        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o755))
+        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("setting the mode of {}", self.path.display()))?;
         fs::rename(&self.path, dir).with_context(|| {
             format!(

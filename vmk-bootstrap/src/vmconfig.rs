@@ -18,7 +18,7 @@ pub const APPEND: &str = "console=ttyS0 root=/dev/vda rw";
 pub(crate) fn write_vm_config(plan: &Plan, dir: &Path) -> Result<()> {
     write_file(
         &dir.join(config::VM_FILE_NAME),
-        0o644,
+        0o600,
         &vm_config_text(plan, &UtcTime::now().to_string()),
     )
 }

@@ -12,6 +12,7 @@
 //! - Whatever fails, the clone directory is removed: no half-made clone stays.
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -131,7 +132,11 @@ pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
 
     let created_outdir = (!outdir.exists()).then(|| outdir.clone());
     fs::create_dir_all(outdir).with_context(|| format!("creating {}", outdir.display()))?;
-    fs::create_dir(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    // private: a VM directory holds the guest's disks and keys
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dest)
+        .with_context(|| format!("creating {}", dest.display()))?;
     let mut cleanup = Cleanup {
         dir: dest.clone(),
         created_outdir,

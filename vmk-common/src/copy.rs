@@ -18,7 +18,8 @@ pub struct CopyMode {
 
 /// Copies `src` to `dst` by reflink (see [`fileops::reflink_copy`]); with `mode.full_copy`, a
 /// filesystem that cannot reflink gets a full copy with a progress bar on stderr when stderr is
-/// a terminal. Errors keep the [`fileops::FileopsError`] as their source.
+/// a terminal. The copy is private to its owner (mode without group and other bits): a disk
+/// image is the guest's data. Errors keep the [`fileops::FileopsError`] as their source.
 pub fn copy_file(
     src: &Path,
     dst: &Path,
@@ -35,6 +36,7 @@ pub fn copy_file(
         force: mode.force,
         allow_full_copy: mode.full_copy,
         progress: Some(&progress),
+        private: true,
     };
     let result = fileops::reflink_copy(src, dst, &opts);
     bar.finish_and_clear();

@@ -222,14 +222,16 @@ pub fn set_nocow_file(file: &File, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates a new file `path` (refusing an existing one), makes it NOCOW when the
-/// filesystem supports that, then sets its length to `size` (sparse). Returns whether it
-/// is NOCOW. On error the new file is removed.
+/// Creates a new file `path` (refusing an existing one, a symlink included), private
+/// (mode 0600: a disk image is the guest's data), makes it NOCOW when the filesystem
+/// supports that, then sets its length to `size` (sparse). Returns whether it is NOCOW. On
+/// error the new file is removed.
 pub fn create_nocow_file(path: &Path, size: u64) -> Result<bool> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .mode(0o600)
         .open(path)
         .map_err(io_err("creating", path))?;
     let result = (|| {
@@ -283,6 +285,9 @@ pub struct CopyOptions<'a> {
     pub allow_full_copy: bool,
     /// Called during a full copy with (bytes done, total bytes).
     pub progress: Option<&'a dyn Fn(u64, u64)>,
+    /// Drop the group and other permission bits from the copy (disk images: only their
+    /// owner reads them, whatever the source's mode).
+    pub private: bool,
 }
 
 impl std::fmt::Debug for CopyOptions<'_> {
@@ -291,6 +296,7 @@ impl std::fmt::Debug for CopyOptions<'_> {
             .field("force", &self.force)
             .field("allow_full_copy", &self.allow_full_copy)
             .field("progress", &self.progress.is_some())
+            .field("private", &self.private)
             .finish()
     }
 }
@@ -321,6 +327,52 @@ fn random_suffix() -> u32 {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let seed = format!("{nanos}-{n}-{:p}", &n);
     crate::state::fnv1a64(seed.as_bytes()) as u32
+}
+
+/// 16 hex digits for a temporary name that others cannot guess: 8 bytes of
+/// /dev/urandom (a hash of the clock and a counter when that cannot be read).
+pub fn random_hex() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let n = match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        Ok(()) => u64::from_ne_bytes(bytes),
+        Err(_) => u64::from(random_suffix()) << 32 | u64::from(random_suffix()),
+    };
+    format!("{n:016x}")
+}
+
+/// Writes `bytes` to `path` without ever opening what sits at `path`: a new temporary file
+/// beside it (random name, created with `O_EXCL|O_NOFOLLOW`, mode `mode`), synced, then
+/// renamed over `path`. A planted symlink at `path` is replaced, never followed; a
+/// directory there makes the rename fail. The temporary file is removed on error.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} has no file name", path.display()),
+        )
+    })?;
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".vmk-tmp-{}-{}", std::process::id(), random_hex()));
+    let tmp = dir_of(path).join(tmp_name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .mode(mode)
+        .open(&tmp)?;
+    let result = (|| {
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn dir_of(path: &Path) -> &Path {
@@ -472,7 +524,7 @@ pub fn reflink_copy(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyOu
         Err(e) => return Err(io_err("cloning into", &tmp_path)(e.into())),
     };
 
-    copy_attributes(&src_meta, &tmp_file, &tmp_path)?;
+    copy_attributes(&src_meta, &tmp_file, &tmp_path, opts.private)?;
     // A full copy's data sits in the page cache: make it durable before the rename. A reflink
     // needs no fsync (which costs tens of ms on btrfs, where fsync of a cloned file commits the
     // whole transaction, and would make snapshots no longer instant): btrfs and XFS journal
@@ -497,13 +549,19 @@ pub fn reflink_copy(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyOu
     })
 }
 
-fn copy_attributes(src_meta: &fs::Metadata, tmp: &File, tmp_path: &Path) -> Result<()> {
+fn copy_attributes(
+    src_meta: &fs::Metadata,
+    tmp: &File,
+    tmp_path: &Path,
+    private: bool,
+) -> Result<()> {
     if crate::host::is_root() {
         // before chmod: chown clears set-id bits
         std::os::unix::fs::fchown(tmp, Some(src_meta.uid()), Some(src_meta.gid()))
             .map_err(io_err("setting the owner of", tmp_path))?;
     }
-    tmp.set_permissions(fs::Permissions::from_mode(src_meta.mode() & 0o7777))
+    let keep = if private { 0o7700 } else { 0o7777 };
+    tmp.set_permissions(fs::Permissions::from_mode(src_meta.mode() & keep))
         .map_err(io_err("setting the mode of", tmp_path))?;
     let mut times = fs::FileTimes::new();
     if let Ok(a) = src_meta.accessed() {

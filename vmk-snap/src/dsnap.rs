@@ -84,7 +84,7 @@ pub fn take(image: &Path, note: Option<&str>, mode: CopyMode) -> Result<CopyOutc
         let path = note_path(&outcome.dst);
         let mut text = note.trim_end().to_string();
         text.push('\n');
-        fs::write(&path, text).with_context(|| {
+        vmk_common::fileops::replace_file(&path, text.as_bytes(), 0o600).with_context(|| {
             format!(
                 "writing the note {} (the snapshot {} was made)",
                 path.display(),

@@ -119,7 +119,11 @@ pub fn create_overlay(disk0: &Path, format: DiskFormat, overlay: &Path) -> Resul
         std::path::absolute(disk0).with_context(|| format!("resolving {}", disk0.display()))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(overlay.file_name().unwrap_or_default());
-    tmp_name.push(format!(".vmk-tmp-{}", std::process::id()));
+    tmp_name.push(format!(
+        ".vmk-tmp-{}-{}",
+        std::process::id(),
+        fileops::random_hex()
+    ));
     let tmp: PathBuf = overlay.with_file_name(tmp_name);
     let _ = fs::remove_file(&tmp);
     QemuImgCreate::overlay(&tmp, &backing, format)
