@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, TcpListener};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -71,9 +71,16 @@ impl RuntimePaths {
         self.qmp_socket.with_extension("qga")
     }
 
-    /// Creates the directory of the QMP socket when it is a per-user runtime directory
-    /// (mode 0700), and checks that such a directory belongs to us.
+    /// Makes the instance's runtime files safe for qemu to open, before it starts: the
+    /// console log exists as a private regular file (created `O_NOFOLLOW`, mode 0600;
+    /// qemu appends to it), nothing but a regular file sits at the pidfile's path (qemu
+    /// opens and truncates it, following a symlink), and the directory of a QMP socket in a
+    /// per-user runtime directory is ours and private ([`ensure_private_dir`]). A symlink
+    /// or anything but a regular file at one of those paths is refused: it would make qemu
+    /// (often root) write through it.
     pub fn prepare(&self) -> Result<()> {
+        check_regular_or_absent(&self.pidfile, "pidfile")?;
+        open_console_log(&self.console_log)?;
         let dir = self
             .qmp_socket
             .parent()
@@ -83,6 +90,89 @@ impl RuntimePaths {
         }
         ensure_private_dir(dir)
     }
+}
+
+/// What sits at `path`, named for messages.
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_file() {
+        "a regular file"
+    } else {
+        "a special file (device, FIFO or socket)"
+    }
+}
+
+/// The refusal of something other than a regular file at a runtime file's path.
+fn not_regular(path: &Path, what: &str, meta: &fs::Metadata) -> anyhow::Error {
+    let target = if meta.file_type().is_symlink() {
+        fs::read_link(path)
+            .map(|t| format!(" (to {})", t.display()))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!(
+        "refusing to use the {what} {}: it is {}{target}, not a regular file, and vmk never \
+         writes through one; remove it (rm {}) if you did not put it there",
+        path.display(),
+        kind_of(meta),
+        crate::shell::quote(path.as_os_str())
+    )
+}
+
+/// Fails unless `path` is absent or a regular file (never following a symlink).
+fn check_regular_or_absent(path: &Path, what: &str) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(()),
+        Ok(m) => Err(not_regular(path, what, &m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking the {what} {}", path.display())),
+    }
+}
+
+/// Creates (or opens) the console log for appending without following a symlink (mode
+/// 0600), checks it is a regular file and makes an existing one of ours private.
+pub fn open_console_log(path: &Path) -> Result<fs::File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            // ELOOP (a symlink), ENXIO (a FIFO without reader), EISDIR …: say what is there
+            if let Ok(m) = fs::symlink_metadata(path) {
+                if !m.file_type().is_file() {
+                    return Err(not_regular(path, "console log", &m));
+                }
+            }
+            return Err(e).with_context(|| format!("creating the console log {}", path.display()));
+        }
+    };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("checking the console log {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(not_regular(path, "console log", &meta));
+    }
+    if meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
+        log::info!(
+            "making the console log {} private (mode {:04o} to 0600)",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    Ok(file)
 }
 
 /// The directory for sockets whose natural path is too long: `$XDG_RUNTIME_DIR/vmk`,
@@ -125,24 +215,67 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-fn ensure_private_dir(dir: &Path) -> Result<()> {
-    match fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(dir)
-    {
+/// Makes sure `dir` is a private directory of ours, as every runtime directory (sockets,
+/// `vmk ps` records) must be, checked on every use: created with mode 0700 when missing
+/// (its parents too), then looked at without following a symlink. A symlink, anything
+/// but a directory, or a directory of another user is refused (another user who made it
+/// first could replace what vmk writes there); a directory of ours with a wider mode is
+/// made 0700, and that is logged.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if fs::symlink_metadata(parent).is_err() {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
     }
+    check_private_dir(dir)
+}
+
+/// The checks of [`ensure_private_dir`] on an existing directory, creating nothing.
+pub fn check_private_dir(dir: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
     let uid = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != uid {
+    let quoted = crate::shell::quote(dir.as_os_str());
+    if !meta.is_dir() {
         bail!(
-            "{} is not a directory owned by uid {uid}: remove it or set XDG_RUNTIME_DIR",
-            dir.display()
+            "refusing the runtime directory {}: it is {}, not a directory vmk made; \
+             remove it (rm {quoted}) or set XDG_RUNTIME_DIR to a private directory",
+            dir.display(),
+            kind_of(&meta),
         );
     }
-    if meta.permissions().mode() & 0o077 != 0 {
+    if meta.uid() != uid {
+        bail!(
+            "refusing the runtime directory {}: it belongs to uid {} (mode {:04o}), not to \
+             uid {uid} who runs vmk, so that user could replace what vmk keeps there; remove \
+             it (rm -r {quoted}) or set XDG_RUNTIME_DIR to a private directory",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777,
+        );
+    }
+    if meta.mode() & 0o1000 != 0 {
+        bail!(
+            "refusing the runtime directory {}: it is a shared directory (mode {:04o}, sticky); \
+             give vmk a private one (set XDG_RUNTIME_DIR)",
+            dir.display(),
+            meta.mode() & 0o7777,
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        log::warn!(
+            "{} had mode {:04o}: making it private (0700)",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("making {} private", dir.display()))?;
     }
@@ -168,23 +301,11 @@ pub fn read_pidfile(path: &Path) -> Result<Option<u32>> {
     }
 }
 
-/// Writes `pid` to `path` atomically (temporary file in the same directory, then rename).
+/// Writes `pid` to `path` atomically and without following a symlink: a new temporary
+/// file beside it (random name, `O_EXCL|O_NOFOLLOW`, mode 0600), then renamed over `path`
+/// (see [`crate::fileops::replace_file`]).
 pub fn write_pidfile(path: &Path, pid: u32) -> Result<()> {
-    let dir = parent_dir(path);
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(path.file_name().context("pidfile path has no file name")?);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        writeln!(f, "{pid}")?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write()
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+    crate::fileops::replace_file(path, format!("{pid}\n").as_bytes(), 0o600)
         .with_context(|| format!("writing pidfile {}", path.display()))
 }
 
@@ -194,13 +315,6 @@ pub fn remove_pidfile(path: &Path) -> Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("removing pidfile {}", path.display())),
-    }
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
     }
 }
 

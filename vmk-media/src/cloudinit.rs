@@ -76,7 +76,11 @@ pub fn read_keys(path: &Path) -> Result<Vec<String>> {
 pub fn ensure_seed(cfg: &VmConfig) -> Result<PathBuf> {
     let seed_path = cfg.dir.join(SEED_FILE);
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let seed_time = mtime(&seed_path);
+    // only a regular file counts as a seed: a symlink planted there is replaced, not followed
+    let seed_time = std::fs::symlink_metadata(&seed_path)
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .and_then(|m| m.modified().ok());
     let inputs = [cfg.dir.join(PUBLIC_KEY_FILE), cfg.config_file.clone()];
     let fresh = seed_time
         .is_some_and(|t: SystemTime| inputs.iter().all(|i| mtime(i).is_none_or(|m| m <= t)));
@@ -163,13 +167,18 @@ impl Seed {
         Ok(())
     }
 
-    /// Writes the seed ISO to `path`.
+    /// Writes the seed ISO to `path` (mode 0600: it holds the VM's keys and settings)
+    /// through a new temporary file renamed into place, so that whatever sat at `path` (a
+    /// planted symlink too) is replaced, never opened.
     pub fn write_iso(&self, path: &Path) -> Result<()> {
         self.validate()?;
         let mut iso = IsoBuilder::new(SEED_LABEL)?;
         iso.add_bytes("user-data", self.user_data())?;
         iso.add_bytes("meta-data", self.meta_data())?;
-        iso.write_file(path)
+        let mut bytes = Vec::new();
+        iso.write(&mut bytes)?;
+        vmk_common::fileops::replace_file(path, &bytes, 0o600)
+            .with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -239,6 +248,32 @@ mod tests {
             before,
             "fresh seed kept"
         );
+    }
+
+    #[test]
+    fn a_planted_seed_link_is_replaced_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let canary = outside.path().join("canary");
+        std::fs::write(&canary, "precious\n").unwrap();
+        let cfg = VmConfig::defaults(d.path());
+        std::fs::write(d.path().join(PUBLIC_KEY_FILE), "ssh-ed25519 AAAA k\n").unwrap();
+        let seed_path = d.path().join(SEED_FILE);
+        std::os::unix::fs::symlink(&canary, &seed_path).unwrap();
+        // the link is newer than every input: it must not pass for a fresh seed either
+        let seed = ensure_seed(&cfg).unwrap();
+        assert_eq!(std::fs::read_to_string(&canary).unwrap(), "precious\n");
+        let m = std::fs::symlink_metadata(&seed).unwrap();
+        assert!(m.file_type().is_file(), "the seed is still a link");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        assert!(std::fs::read(&seed).unwrap().len() > 32 * 1024);
+        // no temporary file stays behind
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! `vmk ps` without a daemon: `run` leaves a small JSON record per running instance in
 //! `<runtime dir>/running/`, named by a hash of its pidfile's path; `ps` reads them all,
 //! verifies each against its pidfile and /proc, and drops the dead ones.
+//!
+//! The runtime directory and `running/` in it are checked on every use to be ours and
+//! private ([`state::ensure_private_dir`]): another user who made `/tmp/vmk-<uid>` first
+//! gets a refusal, never a record. Records are written through random `O_EXCL|O_NOFOLLOW`
+//! temporary names and renamed into place ([`vmk_common::fileops::replace_file`]).
 
 use std::fs;
 use std::io;
@@ -10,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use vmk_common::layout;
 use vmk_common::state::{self, RuntimePaths, VmStatus};
+use vmk_common::{fileops, layout};
 
 use crate::instance::{Endpoints, Instance};
 
@@ -85,26 +90,60 @@ pub fn dir() -> PathBuf {
     }
 }
 
-fn record_path(pidfile: &Path) -> PathBuf {
+/// The registry directory, created when missing, after checking that it and the runtime
+/// directory that holds it are ours and private.
+fn private_dir() -> Result<PathBuf> {
+    let d = dir();
+    if let Some(runtime) = runtime_parent(&d) {
+        state::ensure_private_dir(&runtime)?;
+    }
+    state::ensure_private_dir(&d)?;
+    Ok(d)
+}
+
+/// The runtime directory that holds the registry `d`, when it is the default one (not
+/// the `VMK_RUNNING_DIR` of a test).
+fn runtime_parent(d: &Path) -> Option<PathBuf> {
+    let runtime = state::runtime_dir();
+    (d.parent() == Some(runtime.as_path())).then_some(runtime)
+}
+
+/// The registry directory when it exists (checked as in [`private_dir`]); `None` when it
+/// does not, so that reading creates nothing.
+fn existing_dir() -> Result<Option<PathBuf>> {
+    let d = dir();
+    match fs::symlink_metadata(&d) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // a missing registry is fine, a foreign runtime directory still is not
+            if let Some(runtime) = runtime_parent(&d).filter(|r| r.exists()) {
+                state::check_private_dir(&runtime)?;
+            }
+            Ok(None)
+        }
+        _ => private_dir().map(Some),
+    }
+}
+
+fn record_path(dir: &Path, pidfile: &Path) -> PathBuf {
     let hash = state::fnv1a64(pidfile.as_os_str().as_bytes());
-    dir().join(format!("{hash:016x}.json"))
+    dir.join(format!("{hash:016x}.json"))
 }
 
 /// Records a started instance.
 pub fn add(entry: &Entry) -> Result<()> {
-    let d = dir();
-    fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    let path = record_path(&entry.pidfile);
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let d = private_dir()?;
+    let path = record_path(&d, &entry.pidfile);
     let json = serde_json::to_vec_pretty(entry)?;
-    fs::write(&tmp, json)
-        .and_then(|()| fs::rename(&tmp, &path))
+    fileops::replace_file(&path, &json, 0o600)
         .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Forgets the instance whose pidfile is `pidfile`.
 pub fn remove(pidfile: &Path) -> Result<()> {
-    let path = record_path(pidfile);
+    let Some(d) = existing_dir()? else {
+        return Ok(());
+    };
+    let path = record_path(&d, pidfile);
     match fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -115,7 +154,9 @@ pub fn remove(pidfile: &Path) -> Result<()> {
 /// Every recorded instance that still runs, sorted by directory; records of instances
 /// that are gone are removed.
 pub fn list() -> Result<Vec<Running>> {
-    let d = dir();
+    let Some(d) = existing_dir()? else {
+        return Ok(Vec::new());
+    };
     let entries = match fs::read_dir(&d) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -124,7 +165,10 @@ pub fn list() -> Result<Vec<Running>> {
     let mut out = Vec::new();
     for e in entries.flatten() {
         let path = e.path();
-        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+        // records only: never a temporary file, a symlink or anything else planted here
+        let is_record = path.extension().and_then(|x| x.to_str()) == Some("json")
+            && e.file_type().is_ok_and(|t| t.is_file());
+        if !is_record {
             continue;
         }
         let entry: Option<Entry> = fs::read(&path)
