@@ -25,9 +25,14 @@
 //! - `VMK_ISO` is a path when it contains a `/`, else a file name in `VMK_ISO_DIR` (or in the
 //!   VM directory when `VMK_ISO_DIR` is empty).
 //! - `VMK_QEMU` is a path when it contains a `/`, else a program looked up on PATH.
+//! - Only trusted sources are read ([`trust`]): a config file, and a VM directory that holds
+//!   one, must belong to the user who runs vmk or to root (`/etc/vmk-config` to root) and
+//!   must not be writable by group or others; anything else is refused, naming the path, its
+//!   owner and mode, and the `chown`/`chmod` that fixes it.
 
 pub mod keys;
 pub mod raw;
+pub mod trust;
 pub mod values;
 
 use std::collections::BTreeMap;
@@ -257,17 +262,47 @@ pub fn load(opts: &LoadOptions) -> Result<VmConfig, ConfigError> {
         _ => dir.join(GROUP_FILE_NAME).display().to_string(),
     };
 
-    let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
-    let mut sources: Vec<(PathBuf, String, bool)> =
-        vec![(system.clone(), system.display().to_string(), false)];
-    if let Some(user) = user {
-        sources.push((user.clone(), user.display().to_string(), false));
+    let me = rustix::process::geteuid().as_raw();
+    let holds_config = [dir.join(GROUP_FILE_NAME), config_file.clone()]
+        .iter()
+        .any(|p| std::fs::symlink_metadata(p).is_ok());
+    if holds_config {
+        check_vm_dir(&dir, me)?;
     }
-    sources.push((dir.join(GROUP_FILE_NAME), group_display, false));
-    sources.push((config_file.clone(), vm_display.clone(), required));
+    let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
+    let system_kind = match opts.system_file {
+        None => trust::Trusted::SystemFile,
+        Some(_) => trust::Trusted::ConfigFile, // a test's stand-in
+    };
+    let mut sources: Vec<(PathBuf, String, bool, trust::Trusted)> = vec![(
+        system.clone(),
+        system.display().to_string(),
+        false,
+        system_kind,
+    )];
+    if let Some(user) = user {
+        sources.push((
+            user.clone(),
+            user.display().to_string(),
+            false,
+            trust::Trusted::ConfigFile,
+        ));
+    }
+    sources.push((
+        dir.join(GROUP_FILE_NAME),
+        group_display,
+        false,
+        trust::Trusted::ConfigFile,
+    ));
+    sources.push((
+        config_file.clone(),
+        vm_display.clone(),
+        required,
+        trust::Trusted::ConfigFile,
+    ));
     let mut config_found = false;
-    for (path, display, required) in sources {
-        let Some(raw) = read_source(&path, &display, required)? else {
+    for (path, display, required, kind) in sources {
+        let Some(raw) = read_source(&path, &display, required, kind, me)? else {
             continue;
         };
         config_found |= path == config_file;
@@ -310,14 +345,52 @@ fn absolute(cwd: &Path, p: &Path) -> PathBuf {
     std::path::absolute(cwd.join(p)).unwrap_or_else(|_| cwd.join(p))
 }
 
-/// Reads and parses one source; `None` when an optional file does not exist.
+/// Refuses a VM directory that is not the user's (or root's) or that others can write to
+/// ([`trust::check`]).
+fn check_vm_dir(dir: &Path, me: u32) -> Result<(), ConfigError> {
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        ConfigError::new(format!(
+            "cannot read the VM directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    trust::check(
+        dir,
+        &dir.display().to_string(),
+        &meta,
+        trust::Trusted::VmDir,
+        me,
+    )
+}
+
+/// Reads and parses one source, after checking that it is trusted ([`trust::check`], on
+/// the opened file); `None` when an optional file does not exist.
 fn read_source(
     path: &Path,
     display: &str,
     required: bool,
+    kind: trust::Trusted,
+    me: u32,
 ) -> Result<Option<RawConfig>, ConfigError> {
-    match std::fs::read(path) {
-        Ok(bytes) => RawConfig::parse(&bytes, display).map(Some),
+    let read = |path: &Path| -> std::io::Result<(std::fs::Metadata, Vec<u8>)> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let meta = f.metadata()?;
+        let mut bytes = Vec::new();
+        if meta.is_file() {
+            f.read_to_end(&mut bytes)?;
+        }
+        Ok((meta, bytes))
+    };
+    match read(path) {
+        Ok((meta, _)) if !meta.is_file() => Err(ConfigError::file(
+            display,
+            "is not a regular file: a config must be one",
+        )),
+        Ok((meta, bytes)) => {
+            trust::check(path, display, &meta, kind, me)?;
+            RawConfig::parse(&bytes, display).map(Some)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
             log::trace!("no config file {display}");
             Ok(None)

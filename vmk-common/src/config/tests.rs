@@ -370,3 +370,63 @@ fn empty_values_mean_default() {
     assert_eq!(c.mem.mib(), 1024);
     assert_eq!(c.disk_bus, DiskBus::Virtio);
 }
+
+#[test]
+fn config_files_and_vm_directories_others_can_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let f = Fixture::new();
+    f.write("vm/vm-config", "VMK_MEM=1G\n");
+    chmod(&f.vm().join("vm-config"), 0o644);
+    chmod(&f.vm(), 0o755);
+    assert!(f.load().is_ok());
+    // the VM directory
+    chmod(&f.vm(), 0o775);
+    let e = f.err();
+    let vm = f.vm().display().to_string();
+    assert!(
+        e.contains(&vm)
+            && e.contains("refusing this VM directory")
+            && e.contains("writable by its group")
+            && e.contains("mode 0775")
+            && e.contains(&format!("chmod go-w {vm}")),
+        "{e}"
+    );
+    chmod(&f.vm(), 0o700);
+    // its files, and the user's and the system-wide stand-ins
+    for (rel, mode) in [
+        ("vm/vm-config", 0o666),
+        ("vm/vmkrc", 0o620),
+        ("etc-vmk-config", 0o602),
+    ] {
+        f.write(rel, "VMK_CPU=2\n");
+        let p = f.tmp.path().join(rel);
+        chmod(&p, mode);
+        let e = f.err();
+        let name = Path::new(rel).file_name().unwrap().to_str().unwrap();
+        assert!(
+            e.contains(name)
+                && e.contains("refusing this config file")
+                && e.contains(&format!("mode {mode:04o}"))
+                && e.contains("chmod go-w"),
+            "{rel}: {e}"
+        );
+        chmod(&p, 0o600);
+    }
+    assert_eq!(f.load().unwrap().cpus, 2);
+    // a directory where the config should be is no config
+    std::fs::remove_file(f.vm().join("vmkrc")).unwrap();
+    std::fs::create_dir(f.vm().join("vmkrc")).unwrap();
+    assert!(f.err().contains("not a regular file"), "{}", f.err());
+}
+
+#[test]
+fn a_directory_without_a_config_is_not_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    // `vmk ps` or `newconfig` run from a shared directory such as /tmp still work
+    let f = Fixture::new();
+    std::fs::set_permissions(f.vm(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let c = f.load().unwrap();
+    assert!(!c.config_found);
+}
