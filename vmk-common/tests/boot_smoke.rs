@@ -28,6 +28,11 @@ fn main() -> std::process::ExitCode {
             boots_to_first_line,
         ),
         SystemTest::new("guest_poweroff_ends_qemu", needs, poweroff_ends_qemu),
+        SystemTest::new(
+            "root_runs_a_users_vm_as_that_user_in_the_sandbox",
+            &[Need::Root, Need::Qemu, Need::Busybox, Need::Kernel],
+            root_runs_a_users_vm_as_that_user,
+        ),
     ])
 }
 
@@ -58,14 +63,21 @@ fn vm_config(dir: &Path, g: &BusyboxGuest, append: &str) -> Result<VmConfig> {
     config::load(&opts).context("loading the smoke test's vm-config")
 }
 
-/// Starts qemu as `vmk run` would (daemonized, serial on a telnet port, console logged)
+/// Starts qemu as `vmk run` would (daemonized under its sandbox, serial on its unix socket,
+/// console logged)
 /// and guards the pid from its pidfile.
 fn start(dir: &Path, append: &str) -> Result<(QemuGuard, RuntimePaths)> {
     let g = guest::busybox_guest()?;
     let cfg = vm_config(dir, &g, append)?;
     let paths = RuntimePaths::new(dir, Path::new("disk0.raw"))?;
     paths.prepare()?;
-    let mut qemu = QemuCommand::from_config(&cfg, Mode::Run, &paths)?;
+    let qemu = QemuCommand::from_config(&cfg, Mode::Run, &paths)?;
+    Ok((launch(qemu, &paths)?, paths))
+}
+
+/// Runs a `Mode::Run` command line without its display and guards the pid from its
+/// pidfile.
+fn launch(mut qemu: QemuCommand, paths: &RuntimePaths) -> Result<QemuGuard> {
     qemu.vnc = None; // no display: nothing to collide with other tests' VNC ports
     eprintln!("{}", qemu.shell_quoted());
     let out = qemu
@@ -79,8 +91,20 @@ fn start(dir: &Path, append: &str) -> Result<(QemuGuard, RuntimePaths)> {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let guard = QemuGuard::from_pidfile(&paths.pidfile)?;
-    Ok((guard, paths))
+    QemuGuard::from_pidfile(&paths.pidfile)
+}
+
+/// The `Uid:` and `Seccomp:` lines of a process's status.
+fn uid_and_seccomp(pid: i32) -> Result<(String, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))
+    };
+    Ok((line("Uid:")?, line("Seccomp:")?))
 }
 
 fn boots_to_first_line() -> Result<()> {
@@ -98,6 +122,43 @@ fn boots_to_first_line() -> Result<()> {
     ensure!(
         log.contains("vmk-busybox-guest: block vda "),
         "disk0 is not vda:\n{log}"
+    );
+    ensure!(guard.is_running(), "qemu stopped while the guest idles");
+    let (_, seccomp) = uid_and_seccomp(guard.pid())?;
+    ensure!(
+        seccomp == "2",
+        "qemu runs without its seccomp filter: {seccomp}"
+    );
+    guard.kill();
+    Ok(())
+}
+
+/// Root starting a VM whose directory belongs to another user (`nobody`): qemu opens its
+/// files as root, then runs as that user (`-runas`) under its seccomp filter, daemonized,
+/// and the guest boots.
+fn root_runs_a_users_vm_as_that_user() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let g = guest::busybox_guest()?;
+    let cfg = vm_config(dir.path(), &g, "console=ttyS0 panic=-1")?;
+    // From here on the VM directory is nobody's (the config was read while it was root's).
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let paths = RuntimePaths::new(dir.path(), Path::new("disk0.raw"))?;
+    paths.prepare()?;
+    let qemu = QemuCommand::from_config(&cfg, Mode::Run, &paths)?;
+    ensure!(
+        qemu.runas == Some((65534, 65534)),
+        "no -runas for nobody's VM: {:?}",
+        qemu.runas
+    );
+    let mut guard = launch(qemu, &paths)?;
+    guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_READY, BOOT_TIMEOUT)?;
+    let (uid, seccomp) = uid_and_seccomp(guard.pid())?;
+    ensure!(uid == "65534 65534 65534 65534", "qemu runs as uid {uid}");
+    ensure!(
+        seccomp == "2",
+        "qemu runs without its seccomp filter: {seccomp}"
     );
     ensure!(guard.is_running(), "qemu stopped while the guest idles");
     guard.kill();

@@ -16,6 +16,30 @@ struct FakeHost {
     kvm: bool,
 }
 
+/// [`FakeHost`] where vmk runs as root and /vm belongs to uid 1000, gid 100.
+struct RootHost;
+
+impl Host for RootHost {
+    fn kvm_usable(&self) -> bool {
+        false
+    }
+    fn find_program(&self, name: &str) -> Option<PathBuf> {
+        FakeHost { kvm: false }.find_program(name)
+    }
+    fn disk_format(&self, path: &Path) -> io::Result<DiskFormat> {
+        FakeHost { kvm: false }.disk_format(path)
+    }
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        FakeHost { kvm: false }.read_to_string(path)
+    }
+    fn is_root(&self) -> bool {
+        true
+    }
+    fn owner(&self, path: &Path) -> Option<(u32, u32)> {
+        (path == Path::new("/vm")).then_some((1000, 100))
+    }
+}
+
 impl Host for FakeHost {
     fn kvm_usable(&self) -> bool {
         self.kvm
@@ -218,4 +242,60 @@ fn dry_run_line_is_shell_quoted() {
     expected.extend(cmd.argv().iter().map(|a| a.to_string_lossy().into_owned()));
     assert_eq!(words, expected);
     insta::assert_snapshot!("dry_run_line", line);
+}
+
+/// VMK_CONSOLE=telnet keeps the original tool's telnet port (open to every local user).
+#[test]
+fn run_telnet_console() {
+    let mut cfg = config();
+    cfg.console_telnet = true;
+    let cmd = build(&cfg, Mode::Run);
+    let text = lines(&cmd);
+    assert!(text.contains("host=127.0.0.1,port=9993,server=on,wait=off,telnet=on,"));
+    insta::assert_snapshot!("run_telnet_console", text);
+}
+
+/// Root running a user's VM: qemu drops to the VM directory's owner (`-runas`), which needs
+/// set*uid under the sandbox; VMK_VNC_SOCKET=yes puts VNC on a unix socket, not a port.
+#[test]
+fn root_runs_a_users_vm_with_vnc_on_a_socket() {
+    let mut cfg = config();
+    cfg.vnc_socket = true;
+    let cmd = QemuCommand::from_config_with(&cfg, Mode::Foreground, &paths(""), &RootHost).unwrap();
+    let text = lines(&cmd);
+    assert!(text.contains("\n-runas\n1000:100\n"));
+    assert!(text.contains("\n-vnc\nunix:/run/vmk/sles15.vnc\n"));
+    assert!(!text.contains("127.0.0.1:3"));
+    insta::assert_snapshot!("root_runs_a_users_vm_vnc_socket", text);
+}
+
+/// Root with bridge networking keeps a sandbox that lets qemu spawn qemu-bridge-helper; a
+/// user gets none (the filter's no_new_privs would strip the helper's setuid root).
+#[test]
+fn bridge_sandbox_as_root_and_as_a_user() {
+    let mut cfg = config();
+    cfg.net_type = NetType::Bridge;
+    let root =
+        QemuCommand::from_config_with(&cfg, Mode::Foreground, &paths(""), &RootHost).unwrap();
+    let sandbox = |c: &QemuCommand| {
+        let argv = c.argv();
+        argv.iter()
+            .position(|a| a == "-sandbox")
+            .map(|i| argv[i + 1].to_string_lossy().into_owned())
+    };
+    assert_eq!(
+        sandbox(&root).as_deref(),
+        Some("on,obsolete=deny,resourcecontrol=deny")
+    );
+    assert_eq!(sandbox(&build(&cfg, Mode::Foreground)), None);
+    cfg.net_type = NetType::User;
+    assert_eq!(
+        sandbox(&build(&cfg, Mode::Foreground)).as_deref(),
+        Some("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+    );
+    // VMK_EXTRA_ARGS with a -sandbox of its own: that one alone
+    cfg.extra_args = vec!["-sandbox".into(), "off".into()];
+    let cmd = build(&cfg, Mode::Foreground);
+    assert_eq!(sandbox(&cmd).as_deref(), Some("off"));
+    assert_eq!(cmd.argv().iter().filter(|a| *a == "-sandbox").count(), 1);
 }

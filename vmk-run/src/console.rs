@@ -1,12 +1,16 @@
-//! `vmk console`: a minimal telnet client for qemu's serial port. The terminal goes raw
-//! (restored on exit, error or panic), Ctrl-] detaches and leaves the VM running, and the
-//! telnet option negotiation qemu starts is answered and kept out of the output. When
-//! stdin is not a terminal, it is sent to the guest, and output is read until the guest
-//! has been quiet for a moment after stdin ended (`echo uname -a | vmk console`).
+//! `vmk console`: a minimal client for qemu's serial port, on its unix socket (the
+//! default: a plain byte stream that only the VM's user may open) or on a telnet port
+//! (VMK_CONSOLE=telnet). The terminal goes raw (restored on exit, error or panic), Ctrl-]
+//! detaches and leaves the VM running, and on telnet the option negotiation qemu starts is
+//! answered and kept out of the output. When stdin is not a terminal, it is sent to the
+//! guest, and output is read until the guest has been quiet for a moment after stdin
+//! ended (`echo uname -a | vmk console`).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -112,12 +116,83 @@ pub fn connect_addr(listen: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(host, port)
 }
 
-/// Attaches stdin/stdout to the console at `addr`. `quiet` is how long output may pause
+/// Where a serial console listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// qemu's unix socket: raw bytes.
+    Socket(PathBuf),
+    /// qemu's telnet server.
+    Telnet(SocketAddr),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Socket(p) => write!(f, "{}", p.display()),
+            Target::Telnet(a) => write!(f, "telnet {a}"),
+        }
+    }
+}
+
+/// A connected console.
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn connect(target: &Target) -> io::Result<Conn> {
+        match target {
+            Target::Socket(p) => UnixStream::connect(p).map(Conn::Unix),
+            Target::Telnet(a) => {
+                let s = TcpStream::connect_timeout(a, Duration::from_secs(5))?;
+                s.set_nodelay(true).ok();
+                Ok(Conn::Tcp(s))
+            }
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Conn::Unix(s) => s.as_fd(),
+            Conn::Tcp(s) => s.as_fd(),
+        }
+    }
+
+    fn is_telnet(&self) -> bool {
+        matches!(self, Conn::Tcp(_))
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.flush(),
+            Conn::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// Attaches stdin/stdout to the console at `target`. `quiet` is how long output may pause
 /// after stdin ended (non-terminal stdin) before we leave.
-pub fn attach(addr: SocketAddr, quiet: Duration, banner: Option<&str>) -> Result<()> {
-    let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connecting to the serial console at {addr}"))?;
-    sock.set_nodelay(true).ok();
+pub fn attach(target: &Target, quiet: Duration, banner: Option<&str>) -> Result<()> {
+    let mut sock = Conn::connect(target)
+        .with_context(|| format!("connecting to the serial console at {target}"))?;
     let raw = term::Saved::raw_stdin()?;
     if raw.is_some() {
         if let Some(b) = banner {
@@ -134,7 +209,7 @@ pub fn attach(addr: SocketAddr, quiet: Duration, banner: Option<&str>) -> Result
 
 /// Moves bytes both ways until detach, stdin end (+quiet period) or the socket closing.
 /// Returns why it ended, for a terminal user.
-fn pump(sock: &mut TcpStream, interactive: bool, quiet: Duration) -> Result<Option<String>> {
+fn pump(sock: &mut Conn, interactive: bool, quiet: Duration) -> Result<Option<String>> {
     let stdin = io::stdin();
     let mut stdout = io::stdout();
     let mut telnet = Telnet::default();
@@ -154,7 +229,7 @@ fn pump(sock: &mut TcpStream, interactive: bool, quiet: Duration) -> Result<Opti
             None => PollTimeout::NONE,
         };
         let (sock_ready, stdin_ready) = {
-            let mut fds = vec![PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+            let mut fds = vec![PollFd::new(sock.fd(), PollFlags::POLLIN)];
             if stdin_open {
                 fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
             }
@@ -180,7 +255,11 @@ fn pump(sock: &mut TcpStream, interactive: bool, quiet: Duration) -> Result<Opti
                 return Ok(interactive.then(|| "the console closed (the VM stopped?)".to_string()));
             }
             let mut reply = Vec::new();
-            let data = telnet.receive(&buf[..n], &mut reply);
+            let data = if sock.is_telnet() {
+                telnet.receive(&buf[..n], &mut reply)
+            } else {
+                buf[..n].to_vec()
+            };
             if !reply.is_empty() {
                 sock.write_all(&reply)
                     .context("answering telnet negotiation")?;
@@ -212,7 +291,12 @@ fn pump(sock: &mut TcpStream, interactive: bool, quiet: Duration) -> Result<Opti
                     detach = true;
                 }
             }
-            sock.write_all(&escape_outgoing(data))
+            let out = if sock.is_telnet() {
+                escape_outgoing(data)
+            } else {
+                data.to_vec()
+            };
+            sock.write_all(&out)
                 .context("writing to the serial console")?;
             if detach {
                 return Ok(Some("detached; the VM keeps running".to_string()));

@@ -48,7 +48,7 @@ impl Tool for Args {
 /// The commands of vmk-run.
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
-    /// Start the VM in the background (serial console on a telnet port, VNC, QMP, pidfile)
+    /// Start the VM in the background (serial console on a unix socket or telnet port, VNC, QMP, pidfile)
     Run {
         /// Print pid, ports and files as one JSON object on stdout
         #[arg(long)]
@@ -237,13 +237,30 @@ pub fn cmd_console(inst: &Instance, wait: f64) -> Result<ExitCode> {
             inst.commands
         );
     }
-    let addr = console::connect_addr(inst.cfg.listen, inst.cfg.telnet_port());
+    let target = if inst.cfg.console_telnet {
+        console::Target::Telnet(console::connect_addr(
+            inst.cfg.listen,
+            inst.cfg.telnet_port(),
+        ))
+    } else {
+        let sock = instance::console_socket(inst);
+        if !sock.exists() {
+            anyhow::bail!(
+                "{} runs but has no console socket {}: was it started with VMK_CONSOLE=telnet? \
+                 (`{} stop` and start it again, or set VMK_CONSOLE=telnet)",
+                inst.cfg.display_name(),
+                sock.display(),
+                inst.commands
+            );
+        }
+        console::Target::Socket(sock)
+    };
     let banner = format!(
-        "connected to {}'s serial console ({addr}); Ctrl-] detaches",
+        "connected to {}'s serial console ({target}); Ctrl-] detaches",
         inst.cfg.display_name()
     );
     let wait = Duration::try_from_secs_f64(wait.max(0.0)).unwrap_or(Duration::from_secs(2));
-    console::attach(addr, wait, Some(&banner))?;
+    console::attach(&target, wait, Some(&banner))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -255,9 +272,50 @@ const VIEWERS: &[(&str, &str)] = &[
     ("remote-viewer", "vnc://{hostport}"),
 ];
 
+/// Viewers tried by `vnc` for a unix socket (VMK_VNC_SOCKET=yes), in order; `{}` is the
+/// socket's path.
+const SOCKET_VIEWERS: &[(&str, &str)] = &[
+    ("vncviewer", "{}"), // TigerVNC takes a socket path
+    ("remote-viewer", "vnc+unix://{}"),
+];
+
+/// `vnc` for a display on a unix socket: exec a viewer that can open one.
+fn vnc_on_socket(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
+    let sock = instance::vnc_socket(inst);
+    let path = sock.display().to_string();
+    let found = SOCKET_VIEWERS.iter().find_map(|(name, arg)| {
+        vmk_common::host::which(name).map(|p| (p, arg.replace("{}", &path)))
+    });
+    let Some((viewer, arg)) = found else {
+        outln!("{path}")?;
+        eprintln!(
+            "no VNC viewer that opens a unix socket found (tried {}): connect one to {path}",
+            SOCKET_VIEWERS
+                .iter()
+                .map(|v| v.0)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    };
+    if dry_run {
+        outln!("{} {arg}", viewer.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !instance::is_running(inst)? {
+        eprintln!("warning: {} is not running", inst.cfg.display_name());
+    }
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(&viewer).arg(&arg).exec();
+    Err(err).with_context(|| format!("running {}", viewer.display()))
+}
+
 /// `vnc`: exec a viewer.
 pub fn cmd_vnc(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
     let cfg = &inst.cfg;
+    if cfg.vnc_socket {
+        return vnc_on_socket(inst, dry_run);
+    }
     let host = console::connect_addr(cfg.listen, cfg.vnc_port()).ip();
     let display = format!("{host}:{}", cfg.vnc);
     let hostport = format!("{host}:{}", cfg.vnc_port());

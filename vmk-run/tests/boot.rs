@@ -26,6 +26,18 @@ fn main() -> std::process::ExitCode {
         SystemTest::new("two_vms_in_ps_and_a_port_clash_refused", bb, two_vms),
         SystemTest::new("kill_never_signals_an_unrelated_pid", bb, kill_unrelated),
         SystemTest::new(
+            "sockets_are_the_owners_alone_and_console_works_for_the_owner",
+            &[
+                Need::Root,
+                Need::Qemu,
+                Need::Busybox,
+                Need::Kernel,
+                Need::Program("setpriv"),
+                Need::Program("python3"),
+            ],
+            sockets_are_the_owners,
+        ),
+        SystemTest::new(
             "runin_in_a_terminal_tells_how_to_leave_and_restores_it",
             &[
                 Need::Qemu,
@@ -144,7 +156,12 @@ fn debian_lifecycle() -> Result<()> {
         "info pid {}",
         info["pid"]
     );
-    ensure!(info["console_port"] == 9990 + 91);
+    ensure!(info["console_port"].is_null(), "{}", info["console_port"]);
+    ensure!(
+        info["console_socket"] == dir.join("disk0.img.con").to_str().unwrap(),
+        "{}",
+        info["console_socket"]
+    );
     ensure!(vmk_run(dir, &["isrunning"], None)?.status.code() == Some(0));
     ensure!(vmk_run(dir, &["status"], None)?.status.success());
 
@@ -220,7 +237,7 @@ fn two_vms() -> Result<()> {
         "the clashing VM was not refused"
     );
     ensure!(
-        err.contains("port 10083") && err.contains("VMK_VNC 93"),
+        err.contains("port 5993") && err.contains("VMK_VNC 93"),
         "the refusal does not name the port and VMK_VNC: {err}"
     );
     ensure!(
@@ -429,5 +446,90 @@ fn console_in_a_terminal() -> Result<()> {
         "the VM stopped when the console detached"
     );
     drop(guard);
+    Ok(())
+}
+
+/// As `nobody` (another local user): connect to the unix socket `path`; the error text,
+/// or `connected` when it connected.
+fn connect_as_nobody(path: &Path) -> Result<String> {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "python3",
+            "-c",
+            "import os, socket, sys\n\
+             os.stat(sys.argv[1])\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             try:\n    s.connect(sys.argv[1]); print('connected')\n\
+             except OSError as e:\n    print(os.strerror(e.errno))\n",
+        ])
+        .arg(path)
+        // the system's python, not one in root's home (pyenv shims) that nobody cannot run
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "as nobody, cannot even see {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A VM started with the default settings in a directory every user may enter: its
+/// console, QMP and guest-agent sockets are there for all to see, yet `nobody` cannot
+/// connect to any of them (EACCES), while the owner's `vmk console` talks to the guest.
+fn sockets_are_the_owners() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let pidfile = busybox_vm(dir, 96)?;
+    let out = vmk_run(dir, &["run", "--json"], None)?;
+    let guard = QemuGuard::from_pidfile(&pidfile);
+    let started: serde_json::Value = serde_json::from_str(&ok(&out)?)?;
+    let mut guard = guard?;
+    let console = dir.join("disk0.raw.con");
+    ensure!(
+        started["console_socket"] == console.to_str().unwrap() && started["console"].is_null(),
+        "run --json does not name the console socket: {started}"
+    );
+    guest::wait_for_file_line(
+        &dir.join("disk0.raw.console.log"),
+        "vmk-busybox-guest: ready",
+        BOOT_TIMEOUT,
+    )?;
+    for sock in [
+        console.clone(),
+        dir.join("disk0.raw.qmp"),
+        dir.join("disk0.raw.qga"),
+    ] {
+        let answer = connect_as_nobody(&sock)?;
+        ensure!(
+            answer == "Permission denied" || answer == "Operation not permitted",
+            "nobody connecting to {}: {answer}",
+            sock.display()
+        );
+    }
+    let out = ok(&vmk_run(
+        dir,
+        &["console", "--wait", "3"],
+        Some(b"echo through-the-socket-$((6*7))\n"),
+    )?)?;
+    ensure!(
+        out.contains("through-the-socket-42"),
+        "the guest did not answer on the console: {out:?}"
+    );
+    guest::wait_for_file_line(
+        &dir.join("disk0.raw.console.log"),
+        "through-the-socket-42",
+        Duration::from_secs(10),
+    )?;
+    ok(&vmk_run(dir, &["kill"], None)?)?;
+    ensure!(!guard.is_running(), "kill left qemu running");
     Ok(())
 }

@@ -37,7 +37,12 @@ fn dry_run_without_disk0_guesses_the_format_and_prints_only_the_command() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains("format=qcow2"), "{stdout}");
     assert!(stdout.contains("-daemonize"), "{stdout}");
-    assert!(stdout.contains("port=10087"), "{stdout}");
+    // the serial console is a unix socket beside the QMP socket, no TCP port
+    assert!(
+        stdout.contains("id=serial0,path=") && stdout.contains("disk0.qcow2.con,server=on"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("port=10087"), "{stdout}");
     let out = vmk_run(tmp.path()).args(["-D", "runin"]).assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
@@ -432,7 +437,7 @@ fn front_door_dry_run_of_a_config_in_the_original_tools_style() {
         "accel=tcg",
         "-m 4096",
         "-vnc 127.0.0.1:3",
-        "port=9993",
+        "sles,,15.qcow2.con,server=on",
         "hostfwd=tcp:127.0.0.1:10023-:22",
         "mac=52:54:00:00:00:03",
         "sles,,15.qcow2,format=qcow2",
@@ -476,4 +481,104 @@ fn a_directory_without_vm_config_is_named_as_no_vm_directory() {
                     .and(predicate::str::contains("`vmk newconfig > vm-config`")),
             );
     }
+}
+
+/// VMK_CONSOLE=telnet gives the original tool's telnet port (VMK_TELNET_BASE + VMK_VNC), and
+/// `info` says so; the default is the socket.
+#[test]
+fn console_telnet_gives_the_tcp_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    vm(tmp.path(), "VMK_CONSOLE=telnet\n");
+    let out = vmk_run(tmp.path()).args(["-D", "run"]).assert().success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout.contains("id=serial0,host=127.0.0.1,port=10087,server=on,wait=off,telnet=on"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(".con,"), "{stdout}");
+    let out = vmk_run(tmp.path())
+        .args(["info", "--json"])
+        .assert()
+        .success();
+    let info: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(info["console_port"], 10087);
+    assert!(info["console_socket"].is_null(), "{info}");
+    let out = vmk_run(tmp.path()).arg("info").assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        text.contains("telnet 127.0.0.1:10087 (open to every local user)"),
+        "{text}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    vm(tmp.path(), "");
+    let out = vmk_run(tmp.path())
+        .args(["info", "--json"])
+        .assert()
+        .success();
+    let info: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert!(info["console_port"].is_null(), "{info}");
+    assert!(
+        info["console_socket"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/disk0.qcow2.con")),
+        "{info}"
+    );
+    vm(tmp.path(), "VMK_CONSOLE=serial\n");
+    vmk_run(tmp.path())
+        .args(["-D", "run"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("socket or telnet"));
+}
+
+/// VMK_VNC_SOCKET=yes: VNC on a unix socket beside the QMP socket, no TCP display.
+#[test]
+fn vnc_socket_replaces_the_tcp_display() {
+    let tmp = tempfile::tempdir().unwrap();
+    vm(tmp.path(), "VMK_VNC_SOCKET=yes\n");
+    let out = vmk_run(tmp.path()).args(["-D", "run"]).assert().success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        stdout.contains("-vnc unix:/") && stdout.contains("/disk0.qcow2.vnc "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("127.0.0.1:97"), "{stdout}");
+}
+
+/// A listener beyond loopback (VMK_LISTEN=0.0.0.0) is warned about, once, before qemu
+/// starts; on loopback nothing is said.
+#[test]
+fn listen_beyond_loopback_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    vm(tmp.path(), "VMK_LISTEN=0.0.0.0\n");
+    std::fs::write(tmp.path().join("disk0.qcow2"), b"QFI\xfb").unwrap();
+    let out = vmk_run(tmp.path()).arg("run").assert().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(tmp.path().join("fake-called").exists(), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("reachable beyond this machine"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    for needle in [
+        "VNC display on 0.0.0.0:5997",
+        "ssh forward on 0.0.0.0:10117",
+    ] {
+        assert!(warnings[0].contains(needle), "{stderr}");
+    }
+    assert!(!warnings[0].contains("serial console"), "{stderr}");
+
+    vm(tmp.path(), "VMK_LISTEN=0.0.0.0\nVMK_CONSOLE=telnet\n");
+    let out = vmk_run(tmp.path()).arg("run").assert().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("serial console on 0.0.0.0:10087"),
+        "{stderr}"
+    );
+
+    vm(tmp.path(), "");
+    let out = vmk_run(tmp.path()).arg("run").assert().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(!stderr.contains("reachable beyond"), "{stderr}");
 }

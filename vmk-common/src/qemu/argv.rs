@@ -32,6 +32,19 @@ impl QemuCommand {
         if self.daemonize {
             a.push("-daemonize");
         }
+        if let Some(sb) = &self.sandbox {
+            let mut o = Opts::word("on").kv("obsolete", "deny");
+            if !sb.elevate_privileges {
+                o = o.kv("elevateprivileges", "deny");
+            }
+            if !sb.spawn {
+                o = o.kv("spawn", "deny");
+            }
+            a.pair("-sandbox", o.kv("resourcecontrol", "deny"));
+        }
+        if let Some((uid, gid)) = self.runas {
+            a.pair("-runas", format!("{uid}:{gid}"));
+        }
         // a unix socket server that qemu listens on without waiting for a client
         let listening_socket = |id: &str, path: &Path| {
             Opts::word("socket")
@@ -78,7 +91,13 @@ impl QemuCommand {
 
     fn display(&self, a: &mut Args) {
         a.pair("-display", "none");
-        if let Some((listen, n)) = self.vnc {
+        if let Some(path) = &self.vnc_socket {
+            a.pair("-device", "VGA");
+            // `-vnc unix:PATH`: a plain value, where a comma would start an option
+            let mut v = std::ffi::OsString::from("unix:");
+            v.push(super::escape_opt_value(path.as_os_str()));
+            a.pair("-vnc", v);
+        } else if let Some((listen, n)) = self.vnc {
             a.pair("-device", "VGA");
             a.pair("-vnc", format!("{}:{n}", host_for_display(listen)));
         }
@@ -86,6 +105,14 @@ impl QemuCommand {
 
     fn serial(&self, a: &mut Args) {
         let (chardev, log) = match &self.serial {
+            Serial::Socket { path, log } => (
+                Opts::word("socket")
+                    .kv("id", "serial0")
+                    .kv("path", path)
+                    .kv("server", "on")
+                    .kv("wait", "off"),
+                log,
+            ),
             Serial::Telnet { listen, port, log } => (
                 Opts::word("socket")
                     .kv("id", "serial0")

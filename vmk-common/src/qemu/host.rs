@@ -24,6 +24,14 @@ pub trait Host {
     fn disk_format(&self, path: &Path) -> io::Result<DiskFormat>;
     /// The content of a small file (the VM's ssh public key).
     fn read_to_string(&self, path: &Path) -> io::Result<String>;
+    /// Whether vmk runs as root (then qemu may be asked to drop to the VM's user).
+    fn is_root(&self) -> bool {
+        false
+    }
+    /// The owner (uid, gid) of a file or directory (the VM directory), if it can be read.
+    fn owner(&self, _path: &Path) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// The real machine.
@@ -49,6 +57,15 @@ impl Host for RealHost {
 
     fn read_to_string(&self, path: &Path) -> io::Result<String> {
         std::fs::read_to_string(path)
+    }
+
+    fn is_root(&self) -> bool {
+        crate::host::is_root()
+    }
+
+    fn owner(&self, path: &Path) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()))
     }
 }
 

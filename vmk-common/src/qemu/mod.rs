@@ -11,10 +11,16 @@
 //! - disks are `-drive if=none` + `-device` (so every cache mode works); the drive ids are
 //!   `disk0`…`disk6`, `cd0`, `cd1`, `fd0`. IDE devices get explicit AHCI ports in order
 //!   (disks first, then cdroms): q35's ports take one device each.
-//! - both modes show a VNC display on VMK_LISTEN:VMK_VNC and have a QMP socket and pidfile;
-//!   [`Mode::Run`] daemonizes with the serial console on a telnet port, [`Mode::Foreground`]
-//!   puts the serial console and qemu's monitor on the terminal (Ctrl-A x quits, Ctrl-A c
-//!   switches to the monitor; Ctrl-C goes to the guest). The console is logged in both.
+//! - both modes show a VNC display on VMK_LISTEN:VMK_VNC (or, with VMK_VNC_SOCKET=yes, on a
+//!   unix socket beside the QMP socket) and have a QMP socket and pidfile; [`Mode::Run`]
+//!   daemonizes with the serial console on a unix socket beside the QMP socket (a telnet
+//!   port with VMK_CONSOLE=telnet), [`Mode::Foreground`] puts the serial console and qemu's
+//!   monitor on the terminal (Ctrl-A x quits, Ctrl-A c switches to the monitor; Ctrl-C goes
+//!   to the guest). The console is logged in both. Unix sockets live in the VM's private
+//!   space and need write permission to connect: other local users cannot, unlike a TCP
+//!   port on loopback.
+//! - qemu runs under its seccomp sandbox ([`Sandbox`]), as strict as the mode allows, and,
+//!   when root runs a VM whose directory belongs to another user, as that user (`-runas`).
 //! - relative paths given to the builder are made absolute against the VM directory.
 //! - the machine probes (is /dev/kvm usable, which programs are on PATH, what format is an
 //!   image, the ssh public key) go through [`Host`], so tests give fixed answers.
@@ -35,13 +41,27 @@ use host::default_machine;
 pub use host::{resolve_accel, select_qemu, Host, RealHost, DEFAULT_ARCH, DEFAULT_MACHINE};
 pub use opts::escape_opt_value;
 
+/// The serial console's unix socket of the instance with `paths` (`vmk run`, unless
+/// VMK_CONSOLE=telnet): beside the QMP socket, with an extension as long as `qmp`, so it
+/// fits the same length limit (and falls back to the same private runtime directory).
+pub fn console_socket(paths: &RuntimePaths) -> PathBuf {
+    paths.qmp_socket.with_extension("con")
+}
+
+/// The VNC display's unix socket of the instance with `paths` (VMK_VNC_SOCKET=yes): beside
+/// the QMP socket, like [`console_socket`].
+pub fn vnc_socket(paths: &RuntimePaths) -> PathBuf {
+    paths.qmp_socket.with_extension("vnc")
+}
+
 /// The credential through which systemd guests take root's ssh key.
 pub const SSH_CREDENTIAL: &str = "ssh.authorized_keys.root";
 
 /// How the VM runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `vmk run`: in the background (`-daemonize`), serial console on a telnet port.
+    /// `vmk run`: in the background (`-daemonize`), serial console on a unix socket (or a
+    /// telnet port).
     Run,
     /// `vmk runin` and installs: in the foreground, serial console and monitor on stdio.
     Foreground,
@@ -117,7 +137,14 @@ pub enum Network {
 /// Where the serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serial {
-    /// A telnet-compatible TCP server.
+    /// A unix socket server: only users who may write the socket connect (the VM's user).
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// Console log.
+        log: PathBuf,
+    },
+    /// A telnet-compatible TCP server (VMK_CONSOLE=telnet): open to every local user.
     Telnet {
         /// Address.
         listen: IpAddr,
@@ -131,6 +158,30 @@ pub enum Serial {
         /// Console log.
         log: PathBuf,
     },
+}
+
+/// qemu's seccomp filter (`-sandbox on,…`): obsolete system calls and resource control
+/// (scheduler, priorities, cpu affinity) are always denied; spawning processes and changing
+/// credentials only when the command line needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Allow fork and exec: `-daemonize` forks after the filter is loaded, and bridge
+    /// networking runs qemu-bridge-helper.
+    pub spawn: bool,
+    /// Allow set*uid, set*gid and setsid: `-daemonize` calls setsid and `-runas` drops to
+    /// the user after the filter is loaded.
+    pub elevate_privileges: bool,
+}
+
+impl Sandbox {
+    /// The strictest filter for a command line that daemonizes or not, runs a bridge
+    /// helper or not, and drops to another user or not.
+    pub fn for_command(daemonize: bool, bridge: bool, runas: bool) -> Sandbox {
+        Sandbox {
+            spawn: daemonize || bridge,
+            elevate_privileges: daemonize || runas,
+        }
+    }
 }
 
 /// A qemu command line under construction. Fields are public so that a tool can adjust any
@@ -157,13 +208,19 @@ pub struct QemuCommand {
     pub pidfile: Option<PathBuf>,
     /// `-daemonize`.
     pub daemonize: bool,
+    /// `-sandbox on,…`; `None` for no filter.
+    pub sandbox: Option<Sandbox>,
+    /// `-runas UID:GID`: qemu drops to this user and group once it has opened its files.
+    pub runas: Option<(u32, u32)>,
     /// QMP socket.
     pub qmp_socket: Option<PathBuf>,
     /// The guest agent's socket (virtio-serial port `org.qemu.guest_agent.0`), used to
     /// freeze guest filesystems around a snapshot.
     pub qga_socket: Option<PathBuf>,
-    /// `-vnc LISTEN:N`; `None` for no display at all.
+    /// `-vnc LISTEN:N`; `None` for no display on TCP.
     pub vnc: Option<(IpAddr, u8)>,
+    /// `-vnc unix:PATH`, instead of [`QemuCommand::vnc`] (VMK_VNC_SOCKET=yes).
+    pub vnc_socket: Option<PathBuf>,
     /// The serial console.
     pub serial: Serial,
     /// Bus of all disks.
@@ -225,9 +282,13 @@ impl QemuCommand {
             });
         }
         let serial = match mode {
-            Mode::Run => Serial::Telnet {
+            Mode::Run if cfg.console_telnet => Serial::Telnet {
                 listen: cfg.listen,
                 port: cfg.telnet_port(),
+                log: abs(&paths.console_log),
+            },
+            Mode::Run => Serial::Socket {
+                path: abs(&console_socket(paths)),
                 log: abs(&paths.console_log),
             },
             Mode::Foreground => Serial::Stdio {
@@ -268,6 +329,24 @@ impl QemuCommand {
                 ),
             }
         }
+        let daemonize = mode == Mode::Run;
+        let bridge = cfg.net_type == NetType::Bridge;
+        let runas = if host.is_root() {
+            host.owner(&cfg.dir).filter(|&(uid, _)| uid != 0)
+        } else {
+            None
+        };
+        let sandbox = if cfg.extra_args.iter().any(|a| a == "-sandbox") {
+            log::debug!("VMK_EXTRA_ARGS has its own -sandbox: not adding ours");
+            None
+        } else if bridge && !host.is_root() {
+            // A seccomp filter sets no_new_privs, so the setuid qemu-bridge-helper would
+            // run without the root it needs to make the tap.
+            log::debug!("bridge networking as a user: no -sandbox (qemu-bridge-helper is setuid)");
+            None
+        } else {
+            Some(Sandbox::for_command(daemonize, bridge, runas.is_some()))
+        };
         Ok(QemuCommand {
             program: select_qemu(cfg.qemu.as_deref(), arch, host)?,
             dir: cfg.dir.clone(),
@@ -284,10 +363,13 @@ impl QemuCommand {
             mem: cfg.mem,
             cpus: cfg.cpus,
             pidfile: Some(abs(&paths.pidfile)),
-            daemonize: mode == Mode::Run,
+            daemonize,
+            sandbox,
+            runas,
             qmp_socket: Some(abs(&paths.qmp_socket)),
             qga_socket: Some(abs(&paths.qga_socket())),
-            vnc: Some((cfg.listen, cfg.vnc)),
+            vnc: (!cfg.vnc_socket).then_some((cfg.listen, cfg.vnc)),
+            vnc_socket: cfg.vnc_socket.then(|| abs(&vnc_socket(paths))),
             serial,
             disk_bus: cfg.disk_bus,
             disks,

@@ -62,9 +62,7 @@ pub fn attach(inst: &Instance, cmd: &QemuCommand, watch: Watch) -> Result<Ended>
     // Dropped in reverse order: the terminal is restored before held signals arrive.
     let _signals = term::HoldSignals::new()?;
     let _terminal = term::Saved::stdin();
-    let mut child = cmd
-        .to_command()
-        .spawn()
+    let mut child = super::with_private_umask(|| cmd.to_command().spawn())
         .with_context(|| format!("starting {}", cmd.program().display()))?;
     let deadline = watch.timeout.map(|t| Instant::now() + t);
     let done = Arc::new(AtomicBool::new(false));

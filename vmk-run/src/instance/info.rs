@@ -15,7 +15,7 @@ use vmk_common::qemu;
 use vmk_common::qmp;
 use vmk_common::state::VmStatus;
 
-use super::{guess_format, seed_path, Instance};
+use super::{console_socket, guess_format, seed_path, vnc_socket, Instance};
 
 /// State of an instance as `vmk info` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -62,10 +62,14 @@ pub struct Info {
     pub vnc_display: u8,
     /// VMK_LISTEN.
     pub listen: IpAddr,
-    /// Serial console port.
-    pub console_port: u16,
-    /// VNC port.
-    pub vnc_port: u16,
+    /// Serial console TCP port of `vmk run` (VMK_CONSOLE=telnet).
+    pub console_port: Option<u16>,
+    /// Serial console unix socket of `vmk run` (VMK_CONSOLE=socket, the default).
+    pub console_socket: Option<PathBuf>,
+    /// VNC port (unless VMK_VNC_SOCKET=yes).
+    pub vnc_port: Option<u16>,
+    /// VNC unix socket (VMK_VNC_SOCKET=yes).
+    pub vnc_socket: Option<PathBuf>,
     /// Forwarded ssh port (user networking).
     pub ssh_port: Option<u16>,
     /// `vm-key` present.
@@ -145,8 +149,10 @@ pub fn info(inst: &Instance) -> Result<Info> {
         hostname: cfg.hostname.clone(),
         vnc_display: cfg.vnc,
         listen: cfg.listen,
-        console_port: cfg.telnet_port(),
-        vnc_port: cfg.vnc_port(),
+        console_port: cfg.console_telnet.then(|| cfg.telnet_port()),
+        console_socket: (!cfg.console_telnet).then(|| console_socket(inst)),
+        vnc_port: (!cfg.vnc_socket).then(|| cfg.vnc_port()),
+        vnc_socket: cfg.vnc_socket.then(|| vnc_socket(inst)),
         ssh_port: (cfg.net_type == NetType::User).then(|| cfg.ssh_port()),
         ssh_key: cfg.dir.join(KEY_FILE).exists(),
         ssh_pubkey: cfg.dir.join(PUBLIC_KEY_FILE).exists(),
@@ -214,10 +220,23 @@ pub fn info_lines(i: &Info) -> Vec<String> {
         ("mac", i.mac.clone()),
         ("ip", opt(i.ip.map(|ip| ip.to_string()))),
         ("hostname", opt(i.hostname.clone())),
-        ("console", format!("{}:{}", i.listen, i.console_port)),
+        (
+            "console",
+            match (&i.console_socket, i.console_port) {
+                (Some(s), _) => format!("socket {}", s.display()),
+                (None, Some(p)) => {
+                    format!("telnet {}:{p} (open to every local user)", i.listen)
+                }
+                (None, None) => "-".into(),
+            },
+        ),
         (
             "vnc",
-            format!("{}:{} (port {})", i.listen, i.vnc_display, i.vnc_port),
+            match (&i.vnc_socket, i.vnc_port) {
+                (Some(s), _) => format!("socket {}", s.display()),
+                (None, Some(p)) => format!("{}:{} (port {p})", i.listen, i.vnc_display),
+                (None, None) => "-".into(),
+            },
         ),
         (
             "ssh",

@@ -16,7 +16,7 @@ use anyhow::Result;
 use serde::Serialize;
 use vmk_common::config::{DiskFormat, VmConfig};
 use vmk_common::layout;
-use vmk_common::qemu::{Mode, Network, QemuCommand, Serial};
+use vmk_common::qemu::{self, Mode, Network, QemuCommand, Serial};
 use vmk_common::state::{self, RuntimePaths, VmStatus};
 use vmk_media::cloudinit;
 
@@ -134,10 +134,14 @@ impl std::fmt::Display for Endpoint {
 /// Where a VM's console, display and ssh are (from its command line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoints {
-    /// The serial console's telnet port (background runs only).
+    /// The serial console's telnet port (background runs with VMK_CONSOLE=telnet).
     pub console: Option<Endpoint>,
+    /// The serial console's unix socket (background runs with VMK_CONSOLE=socket).
+    pub console_socket: Option<PathBuf>,
     /// VNC (TCP port 5900 + display).
     pub vnc: Option<Endpoint>,
+    /// VNC's unix socket (VMK_VNC_SOCKET=yes).
+    pub vnc_socket: Option<PathBuf>,
     /// The VNC display number.
     pub vnc_display: Option<u8>,
     /// The host port forwarded to the guest's ssh (user networking only).
@@ -152,7 +156,11 @@ impl Endpoints {
                 host: *listen,
                 port: *port,
             }),
-            Serial::Stdio { .. } => None,
+            Serial::Socket { .. } | Serial::Stdio { .. } => None,
+        };
+        let console_socket = match &cmd.serial {
+            Serial::Socket { path, .. } => Some(path.clone()),
+            _ => None,
         };
         let vnc = cmd.vnc.map(|(host, n)| Endpoint {
             host,
@@ -169,12 +177,64 @@ impl Endpoints {
         };
         Endpoints {
             console,
+            console_socket,
             vnc,
+            vnc_socket: cmd.vnc_socket.clone(),
             vnc_display: cmd.vnc.map(|(_, n)| n),
             ssh,
         }
     }
 }
+/// The TCP listeners of `ep` that are bound beyond loopback, named for a warning.
+pub fn exposed(ep: &Endpoints) -> Vec<String> {
+    [
+        ("VNC display", ep.vnc),
+        ("serial console", ep.console),
+        ("ssh forward", ep.ssh),
+    ]
+    .into_iter()
+    .filter_map(|(what, e)| {
+        let e = e?;
+        (!e.host.is_loopback()).then(|| format!("{what} on {e}"))
+    })
+    .collect()
+}
+
+/// Warns when `cmd` listens beyond loopback: whoever reaches those ports gets the VM's
+/// screen, its console or its ssh login prompt.
+pub fn warn_exposed(cmd: &QemuCommand) {
+    let open = exposed(&Endpoints::of(cmd));
+    if !open.is_empty() {
+        log::warn!(
+            "{}: reachable beyond this machine (VMK_LISTEN); whoever connects gets the VM's \
+             screen, console or ssh login; set VMK_LISTEN=127.0.0.1 unless that is meant",
+            open.join(", ")
+        );
+    }
+}
+
+/// Runs `f` (which starts qemu) with umask 077, so that the sockets and files qemu creates
+/// (console log, QMP, guest-agent and console sockets) are the user's alone: connecting to
+/// a unix socket needs write permission on it. (`-daemonize` sets qemu's umask to 027
+/// itself, which also leaves the group without write.)
+pub fn with_private_umask<T>(f: impl FnOnce() -> T) -> T {
+    use rustix::fs::Mode;
+    let old = rustix::process::umask(Mode::from_raw_mode(0o077));
+    let out = f();
+    rustix::process::umask(old);
+    out
+}
+
+/// The serial console's unix socket of `inst` (`vmk run` with VMK_CONSOLE=socket).
+pub fn console_socket(inst: &Instance) -> PathBuf {
+    qemu::console_socket(&inst.paths)
+}
+
+/// The VNC unix socket of `inst` (VMK_VNC_SOCKET=yes).
+pub fn vnc_socket(inst: &Instance) -> PathBuf {
+    qemu::vnc_socket(&inst.paths)
+}
+
 /// The qemu command line for `inst` in `mode`, with `adjust` applied.
 ///
 /// When the image does not exist (yet) and VMK_DISK0_FORMAT is empty, the format is

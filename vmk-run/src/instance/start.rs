@@ -136,6 +136,7 @@ pub fn find_qemu_using(image: &Path) -> Result<Option<u32>> {
 /// start of qemu (background or foreground) does first.
 pub fn prepare(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     preflight(inst, cmd)?;
+    super::warn_exposed(cmd);
     inst.paths.prepare()
 }
 
@@ -145,13 +146,14 @@ pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
     let cmd = command(inst, Mode::Run, opts.adjust)?;
     prepare(inst, &cmd)?;
     log::debug!("starting {}", cmd.shell_quoted());
-    let out = cmd
-        .to_command()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("starting {}", cmd.program().display()))?;
+    let out = super::with_private_umask(|| {
+        cmd.to_command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+    })
+    .with_context(|| format!("starting {}", cmd.program().display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
         let _ = state::remove_pidfile(&inst.paths.pidfile);
@@ -213,10 +215,18 @@ pub fn describe(inst: &Instance, s: &Started) -> Vec<String> {
     let mut lines = vec![format!("{} runs (pid {})", s.name, s.pid)];
     if let Some(c) = s.endpoints.console {
         lines.push(format!(
-            "  console: {} (or telnet {} {}); log {}",
+            "  console: {} (or telnet {} {}, open to every local user); log {}",
             inst.hint("console"),
             c.host,
             c.port,
+            s.console_log.display()
+        ));
+    }
+    if let Some(sock) = &s.endpoints.console_socket {
+        lines.push(format!(
+            "  console: {} (socket {}); log {}",
+            inst.hint("console"),
+            sock.display(),
             s.console_log.display()
         ));
     }
@@ -226,6 +236,13 @@ pub fn describe(inst: &Instance, s: &Started) -> Vec<String> {
             inst.hint("vnc"),
             v.host,
             v.port
+        ));
+    }
+    if let Some(sock) = &s.endpoints.vnc_socket {
+        lines.push(format!(
+            "  vnc:     {} (socket {})",
+            inst.hint("vnc"),
+            sock.display()
         ));
     }
     if let Some(ssh) = s.endpoints.ssh {
