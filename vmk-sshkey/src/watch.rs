@@ -5,7 +5,8 @@
 //! Otherwise the child is the session, as if vmk had exec'd it: its exit status is passed
 //! through, stdin and stdout are the terminal's, SIGINT and SIGQUIT (which the terminal
 //! sends to the whole process group, ssh included) do not end this process before ssh, and
-//! SIGTERM and SIGHUP sent to this process are passed on to ssh.
+//! SIGTERM and SIGHUP sent to this process are passed on to ssh. (The signals are blocked
+//! after ssh starts: a child inherits the mask, and ssh must keep getting them.)
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
@@ -35,7 +36,13 @@ pub struct Watched {
 /// Starts `c` with its stderr through this process.
 pub fn spawn(mut c: Command, host_keys: &HostKeys) -> Result<Watched> {
     let known_before = host_keys.known()?;
-    // Blocked here and in the threads started below; children start with an empty mask.
+    let program = c.get_program().to_string_lossy().into_owned();
+    let mut child = c
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program} (install openssh-client)"))?;
+    // Blocked only now: a child inherits the signal mask, and ssh must get the terminal's
+    // signals. The threads started below inherit it (the forwarder waits for its two).
     let mut blocked = SigSet::empty();
     for s in [
         Signal::SIGINT,
@@ -46,11 +53,6 @@ pub fn spawn(mut c: Command, host_keys: &HostKeys) -> Result<Watched> {
         blocked.add(s);
     }
     blocked.thread_block().context("blocking signals")?;
-    let program = c.get_program().to_string_lossy().into_owned();
-    let mut child = c
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {program} (install openssh-client)"))?;
     let pid = Pid::from_raw(i32::try_from(child.id()).context("child pid")?);
     std::thread::spawn(move || {
         let mut forwarded = SigSet::empty();
