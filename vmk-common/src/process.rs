@@ -27,6 +27,22 @@ pub fn exit_status_byte(status: ExitStatus) -> u8 {
     }
 }
 
+/// The umask of a child that builds a guest's files (chroot, zypper): the usual 022, so
+/// what a package or a user creates in the guest gets the modes a guest expects, not
+/// vmk's own private [`crate::cli::PRIVATE_UMASK`].
+pub const GUEST_UMASK: u32 = 0o022;
+
+/// Runs `f` (which starts a child) with the process umask set to `mask`, then restores
+/// the previous one; the child inherits `mask`. vmk's tools are single-threaded when they
+/// start children, so the process-wide umask is theirs to change for that moment.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    use rustix::fs::Mode;
+    let old = rustix::process::umask(Mode::from_raw_mode(mask));
+    let out = f();
+    rustix::process::umask(old);
+    out
+}
+
 /// Which processes [`terminate`] signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -81,6 +97,21 @@ mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
     use std::process::Command;
+
+    #[test]
+    fn a_child_inherits_the_umask_asked_for_and_ours_comes_back() {
+        let read = || {
+            let mode = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+            rustix::process::umask(mode);
+            mode.as_raw_mode()
+        };
+        let before = read();
+        let out = with_umask(0o027, || {
+            Command::new("sh").args(["-c", "umask"]).output().unwrap()
+        });
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0027");
+        assert_eq!(read(), before);
+    }
 
     #[test]
     fn exit_codes_pass_through_like_a_shell() {

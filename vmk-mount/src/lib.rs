@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::config::{DiskFormat, Size, VmConfig};
 use vmk_common::mountinfo::is_mount_point;
-use vmk_common::process::exit_code;
+use vmk_common::process::{exit_code, with_umask, GUEST_UMASK};
 use vmk_common::qemu_img::QemuImgCreate;
 use vmk_common::shell;
 
@@ -500,7 +500,8 @@ fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Re
         c.args(command);
     }
     // Ctrl-C goes to the shell; vmk only notes it (signals are caught) and cleans up after.
-    let status = c.status().context("running chroot");
+    // What is made in the guest gets a guest's usual umask, not vmk's private one.
+    let status = with_umask(GUEST_UMASK, || c.status()).context("running chroot");
     m.signals().clear();
     binds.undo()?;
     m.unmount()?;
@@ -525,7 +526,7 @@ fn zypper(cfg: &VmConfig, opts: &MountOpts, args: &[String], dry: bool) -> Resul
         bail!("zypper is not installed on this host (it runs here with --root on the image)");
     }
     let m = TempMount::mount(&req)?;
-    let status = zypper_command(m.root(), args).status();
+    let status = with_umask(GUEST_UMASK, || zypper_command(m.root(), args).status());
     m.signals().clear();
     m.unmount()?;
     Ok(exit_code(status.context("running zypper")?))

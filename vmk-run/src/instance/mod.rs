@@ -213,16 +213,13 @@ pub fn warn_exposed(cmd: &QemuCommand) {
     }
 }
 
-/// Runs `f` (which starts qemu) with umask 077, so that the sockets and files qemu creates
-/// (console log, QMP, guest-agent and console sockets) are the user's alone: connecting to
-/// a unix socket needs write permission on it. (`-daemonize` sets qemu's umask to 027
-/// itself, which also leaves the group without write.)
+/// Runs `f` (which starts qemu) with vmk's private umask, so that the sockets and files
+/// qemu creates (console log, QMP, guest-agent and console sockets) are the user's alone:
+/// connecting to a unix socket needs write permission on it. (`-daemonize` sets qemu's
+/// umask to 027 itself, which also leaves the group without write.) The tools run with it
+/// already; this holds for library callers too.
 pub fn with_private_umask<T>(f: impl FnOnce() -> T) -> T {
-    use rustix::fs::Mode;
-    let old = rustix::process::umask(Mode::from_raw_mode(0o077));
-    let out = f();
-    rustix::process::umask(old);
-    out
+    vmk_common::process::with_umask(vmk_common::cli::PRIVATE_UMASK, f)
 }
 
 /// The serial console's unix socket of `inst` (`vmk run` with VMK_CONSOLE=socket).
