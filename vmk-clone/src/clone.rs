@@ -288,7 +288,9 @@ fn pick_vnc(cfg: &VmConfig, outdir: &Path) -> Result<(u8, String)> {
 }
 
 /// Copies vm-key and vm-key.pub (mode kept) with `-k`; otherwise says the clone has none.
+/// The guest's known host key always goes along: the clone's disk has the same host keys.
 fn copy_keys(src_dir: &Path, dest: &Path, keys: bool) -> Result<()> {
+    copy_known_hosts(src_dir, dest)?;
     let key = src_dir.join(KEY_FILE);
     if !keys {
         if key.exists() {
@@ -319,5 +321,20 @@ fn copy_keys(src_dir: &Path, dest: &Path, keys: bool) -> Result<()> {
             src_dir.display()
         );
     }
+    Ok(())
+}
+
+/// Copies the VM's known ssh host key, when it has one.
+fn copy_known_hosts(src_dir: &Path, dest: &Path) -> Result<()> {
+    let src = src_dir.join(layout::KNOWN_HOSTS_FILE);
+    if !src.is_file() {
+        return Ok(());
+    }
+    let mode = CopyMode {
+        force: false,
+        full_copy: true,
+    };
+    copy_file(&src, &dest.join(layout::KNOWN_HOSTS_FILE), mode)
+        .with_context(|| format!("copying {}", src.display()))?;
     Ok(())
 }

@@ -135,6 +135,21 @@ fn clone_needs_outdir_and_name_and_refuses_existing() {
         .stdout(contains("out/c1"));
     let cfg = fs::read_to_string(dir.path().join("out/c1/vm-config")).unwrap();
     assert_eq!(cfg, "VMK_DISK0=disk0.img\nVMK_NAME=c1\nVMK_VNC=42\n");
+    assert!(!dir.path().join("out/c1/vm-known_hosts").exists());
+    // the guest's known host key goes along (the clone's disk has the same host keys)
+    fs::write(
+        dir.path().join("vm-known_hosts"),
+        "vmk-vm ssh-ed25519 AAAAkey\n",
+    )
+    .unwrap();
+    vmk_clone(dir.path())
+        .args(["-o", "out", "-n", "c2", "--full-copy", "--vnc", "43"])
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_to_string(dir.path().join("out/c2/vm-known_hosts")).unwrap(),
+        "vmk-vm ssh-ed25519 AAAAkey\n"
+    );
     assert_eq!(
         fs::read(dir.path().join("out/c1/disk0.img")).unwrap(),
         b"data"

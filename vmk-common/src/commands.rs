@@ -114,7 +114,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "run",
         "run",
         &["run"],
-        "Start the VM in the background: serial console on a telnet port, VNC, QMP, pidfile",
+        "Start the VM in the background: serial console on a private socket, VNC, QMP, pidfile",
     ),
     cmd(
         "runin",

@@ -529,15 +529,27 @@ fn files(out: &mut String, uses: &[Uses]) {
                 ("DISK0.pid", "The pid of the running VM (DISK0 is the image VMK_DISK0 names)."),
                 ("DISK0.console.log", "What the VM wrote on its serial console."),
                 ("DISK0.qmp", "The QMP socket of the running VM."),
+                (
+                    "DISK0.qmp.con",
+                    "The serial console's unix socket (VMK_CONSOLE=socket, the default); \
+                     only the VM's user can connect.",
+                ),
             ],
             Registry => &[(
                 "$XDG_RUNTIME_DIR/vmk/running/",
                 "One record per VM started by vmk run, for vmk ps.",
             )],
-            Key => &[(
-                "vm-key, vm-key.pub",
-                "The VM's ssh key pair (vm-key is 0600); root in the guest accepts vm-key.pub.",
-            )],
+            Key => &[
+                (
+                    "vm-key, vm-key.pub",
+                    "The VM's ssh key pair (vm-key is 0600); root in the guest accepts vm-key.pub.",
+                ),
+                (
+                    "vm-known_hosts",
+                    "The guest's ssh host key, learned the first time vmk reaches the VM while it \
+                     runs, checked on every connection after.",
+                ),
+            ],
             SnapVm => &[(
                 "snap-DISK0",
                 "The snapshot VM's image, a reflink copy of DISK0; snap-DISK0.pid and the \
