@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,18 @@ use rustix::fs::OFlags;
 
 use crate::guestpath::{self, GuestRoot};
 
+/// The guest's `/root`, resolved inside the image mounted at `root`.
+fn root_home(root: &Path) -> Result<OwnedFd> {
+    GuestRoot::open(root)?
+        .open_dir(Path::new("/root"))
+        .with_context(|| {
+            format!(
+                "{} has no /root directory: is it a Linux root filesystem?",
+                root.display()
+            )
+        })
+}
+
 /// Appends `key` to `<root>/root/.ssh/authorized_keys` (dir 0700, file 0600, owner root),
 /// unless it is there already. Returns whether it was added.
 ///
@@ -20,13 +32,7 @@ use crate::guestpath::{self, GuestRoot};
 /// guest's own target, never to the host's; `.ssh` and `authorized_keys` must not be
 /// symlinks (refused).
 pub fn append_authorized_key(root: &Path, key: &str) -> Result<bool> {
-    let groot = GuestRoot::open(root)?;
-    let home = groot.open_dir(Path::new("/root")).with_context(|| {
-        format!(
-            "{} has no /root directory: is it a Linux root filesystem?",
-            root.display()
-        )
-    })?;
+    let home = root_home(root)?;
     let ssh_what = Path::new("/root/.ssh");
     let ssh = guestpath::ensure_dir(home.as_fd(), OsStr::new(".ssh"), 0o700, ssh_what)?;
     guestpath::set_owner_mode(&ssh, 0o700, 0, 0, ssh_what)?;
@@ -60,13 +66,7 @@ pub fn append_authorized_key(root: &Path, key: &str) -> Result<bool> {
 /// Copies `files` into `<root>/root/vm/` (created 0700); returns the guest paths. `/root`
 /// is resolved inside the image; `vm` and the files in it must not be symlinks (refused).
 pub fn put_files(root: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let groot = GuestRoot::open(root)?;
-    let home = groot.open_dir(Path::new("/root")).with_context(|| {
-        format!(
-            "{} has no /root directory: is it a Linux root filesystem?",
-            root.display()
-        )
-    })?;
+    let home = root_home(root)?;
     let dest = guestpath::ensure_dir(home.as_fd(), OsStr::new("vm"), 0o700, Path::new("/root/vm"))?;
     let mut put = Vec::new();
     for f in files {
