@@ -206,10 +206,20 @@ pub fn report(tool: &str, err: &anyhow::Error) -> ExitCode {
     if is_broken_pipe(err) {
         return ExitCode::SUCCESS;
     }
+    // Errors quote configs, arguments, file names and guest output: printed through
+    // `text::message`, escaped and bounded, whatever they hold.
     let mut stderr = io::stderr().lock();
-    let _ = writeln!(stderr, "{tool}: error: {err}");
+    let _ = writeln!(
+        stderr,
+        "{tool}: error: {}",
+        crate::text::message(&err.to_string())
+    );
     for cause in err.chain().skip(1) {
-        let _ = writeln!(stderr, "  caused by: {cause}");
+        let _ = writeln!(
+            stderr,
+            "  caused by: {}",
+            crate::text::message(&cause.to_string())
+        );
     }
     ExitCode::from(exit_status_of(err))
 }

@@ -26,4 +26,5 @@ pub mod qemu_img;
 pub mod qmp;
 pub mod shell;
 pub mod state;
+pub mod text;
 pub mod time;
