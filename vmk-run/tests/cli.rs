@@ -56,16 +56,200 @@ fn dry_run_without_disk0_guesses_the_format_and_prints_only_the_command() {
 fn missing_disk0_is_refused_before_qemu() {
     let tmp = tempfile::tempdir().unwrap();
     vm(tmp.path(), "");
-    vmk_run(tmp.path())
-        .arg("run")
-        .assert()
-        .code(1)
-        .stderr(
-            predicate::str::contains("disk0").and(predicate::str::contains(
-                "not found: run `vmk mkdisk0` or set VMK_DISK0",
-            )),
-        );
+    let disk0 = tmp.path().join("disk0.qcow2");
+    vmk_run(tmp.path()).arg("run").assert().code(2).stderr(
+        predicate::str::contains(format!(
+            "vm-config:2: VMK_DISK0: disk image {} does not exist",
+            disk0.display()
+        ))
+        .and(predicate::str::contains("`vmk mkdisk0`")),
+    );
     assert!(!tmp.path().join("fake-called").exists());
+}
+
+/// One case of [`every_file_a_key_names_is_checked_before_qemu_and_warned_by_the_dry_run`]:
+/// config lines (from line 6 of vm-config on), files to create, the key expected in the
+/// error, the line it was set on (`None`: the environment), and the missing file.
+struct Missing {
+    extra: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    create: &'static [&'static str],
+    key: &'static str,
+    line: Option<usize>,
+    file: &'static str,
+}
+
+#[test]
+fn every_file_a_key_names_is_checked_before_qemu_and_warned_by_the_dry_run() {
+    let disk = |n: usize| -> &'static str {
+        [
+            "", "d1.qcow2", "d2.raw", "d3.qcow2", "d4.img", "d5.qcow2", "d6.raw",
+        ][n]
+    };
+    let mut cases = vec![Missing {
+        extra: "VMK_NET_TYPE=none\n",
+        env: &[],
+        create: &[],
+        key: "VMK_DISK0",
+        line: Some(2),
+        file: "disk0.qcow2",
+    }];
+    let disk_lines = [
+        "",
+        "VMK_DISK1=d1.qcow2\n",
+        "VMK_DISK2=d2.raw\n",
+        "VMK_DISK3=d3.qcow2\n",
+        "VMK_DISK4=d4.img\n",
+        "VMK_DISK5=d5.qcow2\n",
+        "VMK_DISK6=d6.raw\n",
+    ];
+    let keys = [
+        "",
+        "VMK_DISK1",
+        "VMK_DISK2",
+        "VMK_DISK3",
+        "VMK_DISK4",
+        "VMK_DISK5",
+        "VMK_DISK6",
+    ];
+    for n in 1..=6 {
+        cases.push(Missing {
+            extra: disk_lines[n],
+            env: &[],
+            create: &["disk0.qcow2"],
+            key: keys[n],
+            line: Some(6),
+            file: disk(n),
+        });
+    }
+    cases.extend([
+        // disk1 is there, disk2 is not: disk2 is named, in its place
+        Missing {
+            extra: "VMK_DISK1=d1.qcow2\nVMK_DISK2=d2.raw\n",
+            env: &[],
+            create: &["disk0.qcow2", "d1.qcow2"],
+            key: "VMK_DISK2",
+            line: Some(7),
+            file: "d2.raw",
+        },
+        Missing {
+            extra: "",
+            env: &[("VMK_DISK3", "from-env.qcow2")],
+            create: &["disk0.qcow2"],
+            key: "VMK_DISK3",
+            line: None,
+            file: "from-env.qcow2",
+        },
+        Missing {
+            extra: "VMK_KERNEL=vmlinuz\n",
+            env: &[],
+            create: &["disk0.qcow2"],
+            key: "VMK_KERNEL",
+            line: Some(6),
+            file: "vmlinuz",
+        },
+        Missing {
+            extra: "VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\n",
+            env: &[],
+            create: &["disk0.qcow2", "vmlinuz"],
+            key: "VMK_INITRD",
+            line: Some(7),
+            file: "initrd.img",
+        },
+        Missing {
+            extra: "VMK_QEMU=bin/qemu-system-x86_64\n",
+            env: &[],
+            create: &["disk0.qcow2"],
+            key: "VMK_QEMU",
+            line: Some(6),
+            file: "bin/qemu-system-x86_64",
+        },
+        Missing {
+            extra: "VMK_CLOUD_INIT=yes\n",
+            env: &[],
+            create: &["disk0.qcow2"],
+            key: "VMK_CLOUD_INIT",
+            line: Some(6),
+            file: "vm-key.pub",
+        },
+    ]);
+    for case in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        vm(dir, case.extra);
+        for f in case.create {
+            std::fs::write(dir.join(f), b"QFI\xfb").unwrap();
+        }
+        let file = dir.join(case.file);
+        let at = match case.line {
+            Some(l) => format!("vm-config:{l}: {}: ", case.key),
+            None => format!("environment: {}: ", case.key),
+        };
+        let label = format!("{} ({})", case.key, case.extra.trim());
+        let out = vmk_run(dir)
+            .envs(case.env.iter().copied())
+            .arg("run")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{label}: {stderr}");
+        assert!(stderr.contains(&at), "{label}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{} does not exist", file.display())),
+            "{label}: {stderr}"
+        );
+        if case.key != "VMK_DISK0" {
+            assert!(!stderr.contains("VMK_DISK0"), "{label}: {stderr}");
+        }
+        assert!(!dir.join("fake-called").exists(), "{label}: qemu ran");
+        for mode in ["run", "runin"] {
+            let out = vmk_run(dir)
+                .envs(case.env.iter().copied())
+                .args(["-D", mode])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{label} -D {mode}: {stderr}");
+            let warnings: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.contains("WARN") && l.contains(&at))
+                .collect();
+            assert_eq!(warnings.len(), 1, "{label} -D {mode}: {stderr}");
+            assert!(
+                warnings[0].contains(&format!("{} does not exist", file.display())),
+                "{label} -D {mode}: {stderr}"
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains(&*file.to_string_lossy())
+                    || case.key == "VMK_CLOUD_INIT",
+                "{label} -D {mode}: the command line does not name the file"
+            );
+        }
+    }
+}
+
+/// Several missing files: the error names each with its key, the dry run warns once each.
+#[test]
+fn several_missing_files_are_all_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    vm(
+        dir,
+        "VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\nVMK_DISK1=d1.qcow2\n",
+    );
+    let out = vmk_run(dir).arg("run").assert().code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    for key in ["VMK_DISK0", "VMK_DISK1", "VMK_KERNEL", "VMK_INITRD"] {
+        assert!(stderr.contains(&format!("{key}: ")), "{key}: {stderr}");
+    }
+    let out = vmk_run(dir).args(["-D", "run"]).assert().success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("does not exist"))
+        .count();
+    assert_eq!(warnings, 4, "{stderr}");
+    assert!(!dir.join("fake-called").exists());
 }
 
 #[test]
@@ -177,7 +361,7 @@ fn cloud_init_seed_is_made_and_attached_as_a_cd() {
         .env("VMK_VNC", "94")
         .arg("run")
         .assert()
-        .code(1)
+        .code(2)
         .stderr(
             predicate::str::contains("VMK_CLOUD_INIT")
                 .and(predicate::str::contains("vmk sshkeygen")),

@@ -13,7 +13,10 @@ use vmk_common::qmp;
 use vmk_common::state::{self, VmStatus};
 use vmk_media::cloudinit;
 
-use super::{command, seed_path, Endpoints, Instance, StartOptions, KILL_INTERVAL};
+use super::{
+    command, missing_files, missing_files_error, seed_path, Endpoints, Instance, StartOptions,
+    KILL_INTERVAL,
+};
 use crate::{bridge, registry};
 
 /// What [`start`] started.
@@ -38,8 +41,9 @@ pub struct Started {
     pub qmp_status: String,
 }
 
-/// Checks done before qemu starts: not running already (a stale pidfile is removed),
-/// image present and not used by another qemu, ports free, bridge usable.
+/// Checks done before qemu starts: not running already (a stale pidfile is removed), every
+/// file the config names present ([`missing_files`], a config error), image present and not
+/// used by another qemu, ports free, bridge usable.
 fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     match inst.status()? {
         VmStatus::Running { pid } => bail!(
@@ -57,14 +61,12 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
         }
         VmStatus::Stopped => {}
     }
+    let missing = missing_files(inst, cmd);
+    if !missing.is_empty() {
+        return Err(missing_files_error(&inst.cfg, &missing).into());
+    }
     for disk in &cmd.disks {
         if !disk.file.exists() {
-            if disk.file == inst.image && inst.is_disk0() {
-                bail!(
-                    "disk0 {} not found: run `vmk mkdisk0` or set VMK_DISK0",
-                    disk.file.display()
-                );
-            }
             bail!("disk image {} not found", disk.file.display());
         }
     }
