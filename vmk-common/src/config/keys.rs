@@ -61,8 +61,10 @@ impl KeyKind {
             KeyKind::Text => "text".into(),
             KeyKind::Word => "a word (letters, digits and . _ - + : @)".into(),
             KeyKind::Hostname => "a host name".into(),
-            KeyKind::Mem => "a memory size: MiB, or with G or M (2048, 2G, 512M)".into(),
-            KeyKind::Size => "a disk size: bytes, or with K, M, G or T (30G)".into(),
+            KeyKind::Mem => {
+                "a memory size from 16M to 16T: MiB, or with M, G or T (2048, 2G, 512M)".into()
+            }
+            KeyKind::Size => "a disk size up to 1024T: bytes, or with K, M, G or T (30G)".into(),
             KeyKind::Cache => one_of(CacheMode::ALL),
             KeyKind::Bus => one_of(DiskBus::ALL),
             KeyKind::Format => one_of(DiskFormat::ALL),
@@ -71,7 +73,7 @@ impl KeyKind {
             KeyKind::Bool => "yes or no".into(),
             KeyKind::Port => "a TCP port, 1 to 65535".into(),
             KeyKind::Vnc => "a VM number, 0 to 99".into(),
-            KeyKind::Cpus => "a cpu count".into(),
+            KeyKind::Cpus => "a cpu count, 1 to 1024".into(),
             KeyKind::MacFormat => "a printf format with one %x, %02x or %d".into(),
             KeyKind::Ip => "an IP address".into(),
             KeyKind::Path => {
@@ -427,8 +429,16 @@ pub fn key(name: &str) -> Option<&'static KeySpec> {
     KEYS.iter().find(|k| k.name == name)
 }
 
-/// The known key closest to `name`, when one is close enough to be a typo.
+/// The known key closest to `name`, when one is close enough to be a typo: first the key
+/// that `name` spells in another case (`VMK_mem`, `vmk_mem`), then one a few letters away.
 pub fn closest_key(name: &str) -> Option<&'static str> {
+    if let Some(k) = KEYS.iter().find(|k| k.name.eq_ignore_ascii_case(name)) {
+        return Some(k.name);
+    }
+    // far longer than any key is no typo of one (and would cost quadratic time to compare)
+    if name.len() > 40 {
+        return None;
+    }
     KEYS.iter()
         .map(|k| (strsim::jaro_winkler(name, k.name), k.name))
         .filter(|(score, _)| *score > 0.85)
@@ -436,31 +446,92 @@ pub fn closest_key(name: &str) -> Option<&'static str> {
         .map(|(_, n)| n)
 }
 
-/// The message for an unknown `VMK_` key, with the closest known one.
+/// The message for an unknown key, with the closest known one (the name is quoted as a
+/// short, escaped excerpt).
 pub fn unknown_key_message(name: &str) -> String {
+    let shown = crate::text::excerpt(name);
     match closest_key(name) {
-        Some(k) => format!("unknown key {name} (did you mean {k}?)"),
-        None => format!("unknown key {name} (vmk-config(5) lists the keys)"),
+        Some(k) => format!("unknown key {shown} (did you mean {k}?)"),
+        None => format!("unknown key {shown} (vmk-config(5) lists the keys)"),
     }
 }
 
-/// Checks one value for one key, as `vmk set` needs before writing it.
+/// The key that `name` spells in another case (`vmk_mem` for VMK_MEM): such a name is an
+/// error rather than a variable of the user's own, because it is a key gone wrong far more
+/// often than a helper variable, and silently ignoring it would leave VMK_MEM at its default.
+fn other_case_of_key(name: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .find(|k| k.name != name && k.name.eq_ignore_ascii_case(name))
+        .map(|k| k.name)
+}
+
+/// Checks one value for one key, as the loader (for every file, the environment and the
+/// command line) and `vmk set` need before using or writing it.
 ///
-/// Empty values are accepted (they mean "unset": the default applies). Keys that do not start
-/// with `VMK_` are accepted as they are (they only serve `${NAME}` references). The error names
-/// the key but no file; callers that know where the value came from use
-/// [`ConfigError::with_origin`].
+/// Empty values are accepted (they mean "unset": the default applies). Names that do not
+/// start with `VMK_` are accepted as they are (they only serve `${NAME}` references; a value
+/// that uses one is checked where it is used), except one that spells a key in another case
+/// (`vmk_mem`), which is an error naming the key. A value of a key is at most
+/// [`MAX_VALUE_BYTES`](super::files::MAX_VALUE_BYTES) and holds no control characters (NUL,
+/// ESC, BEL…; a word list, VMK_EXTRA_ARGS, may be split over lines with newlines and tabs).
+/// Errors name the key but no file, and quote the value as a short escaped excerpt; callers
+/// that know where the value came from use [`ConfigError::with_origin`].
 pub fn validate_value(name: &str, value: &str) -> Result<(), ConfigError> {
     if !name.starts_with("VMK_") {
-        return Ok(());
+        return match other_case_of_key(name) {
+            Some(_) => Err(ConfigError::new(unknown_key_message(name))),
+            None => Ok(()),
+        };
     }
     let spec = key(name).ok_or_else(|| ConfigError::new(unknown_key_message(name)))?;
     if value.is_empty() {
         return Ok(());
     }
+    check_text(spec, value).map_err(|e| ConfigError::new(e).with_key(name))?;
     spec.kind.check(value).map_err(|expected| {
-        ConfigError::new(format!("expected {expected}, got \"{value}\"")).with_key(name)
+        ConfigError::new(format!(
+            "expected {expected}, got \"{}\"",
+            crate::text::excerpt(value)
+        ))
+        .with_key(name)
     })
+}
+
+/// The rules every value of a key follows, whatever its kind: bounded, and no control
+/// characters (which would reach qemu's command line, files and terminals as they are).
+fn check_text(spec: &KeySpec, value: &str) -> Result<(), String> {
+    let max = super::files::MAX_VALUE_BYTES;
+    if value.len() > max {
+        return Err(format!(
+            "the value is {} bytes, longer than a value may be ({} KiB)",
+            value.len(),
+            max >> 10
+        ));
+    }
+    let whitespace_ok = spec.kind == KeyKind::Words;
+    if let Some((i, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() && !(whitespace_ok && matches!(c, '\t' | '\n' | '\r')))
+    {
+        let what = match c {
+            '\0' => "a NUL byte".to_string(),
+            c => format!(
+                "a control character ({})",
+                crate::text::escaped_line(&c.to_string())
+            ),
+        };
+        return Err(format!(
+            "the value holds {what} at character {}: values must be printable text{}",
+            i + 1,
+            if whitespace_ok {
+                " (tabs and newlines may separate words)"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@
 //!   must not be writable by group or others; anything else is refused, naming the path, its
 //!   owner and mode, and the `chown`/`chmod` that fixes it.
 
+pub mod files;
 pub mod keys;
 pub mod raw;
 pub mod trust;
@@ -121,15 +122,17 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The file as named (escaped: a path may hold anything) and the key as a short
+        // excerpt (a key name read from a hostile file may be a megabyte long).
         if let Some(file) = &self.file {
-            write!(f, "{file}:")?;
+            write!(f, "{}:", crate::text::escaped_line(file))?;
             if let Some(line) = self.line {
                 write!(f, "{line}:")?;
             }
             f.write_str(" ")?;
         }
         if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
+            write!(f, "{}: ", crate::text::excerpt(key))?;
         }
         f.write_str(&self.message)
     }
@@ -301,12 +304,13 @@ pub fn load(opts: &LoadOptions) -> Result<VmConfig, ConfigError> {
         trust::Trusted::ConfigFile,
     ));
     let mut config_found = false;
+    let mut budget = files::MAX_EXPANDED_BYTES;
     for (path, display, required, kind) in sources {
         let Some(raw) = read_source(&path, &display, required, kind, me)? else {
             continue;
         };
         config_found |= path == config_file;
-        merge_file(&raw, &mut settings, opts)?;
+        merge_file(&raw, &mut settings, opts, &mut budget)?;
     }
     for spec in keys() {
         if let Some(value) = opts.env_var(spec.name) {
@@ -372,34 +376,20 @@ fn read_source(
     kind: trust::Trusted,
     me: u32,
 ) -> Result<Option<RawConfig>, ConfigError> {
-    let read = |path: &Path| -> std::io::Result<(std::fs::Metadata, Vec<u8>)> {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path)?;
-        let meta = f.metadata()?;
-        let mut bytes = Vec::new();
-        if meta.is_file() {
-            f.read_to_end(&mut bytes)?;
-        }
-        Ok((meta, bytes))
-    };
-    match read(path) {
-        Ok((meta, _)) if !meta.is_file() => Err(ConfigError::file(
-            display,
-            "is not a regular file: a config must be one",
-        )),
-        Ok((meta, bytes)) => {
+    match files::open_config(path, display)? {
+        Some((file, meta)) => {
             trust::check(path, display, &meta, kind, me)?;
+            let bytes = files::read_bounded(file, display)?;
             RawConfig::parse(&bytes, display).map(Some)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+        None if !required => {
             log::trace!("no config file {display}");
             Ok(None)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::file(
+        None => Err(ConfigError::file(
             display,
             "no such config file: give an existing file with -c, or run `vmk newconfig`",
         )),
-        Err(e) => Err(ConfigError::file(display, format!("cannot read it: {e}"))),
     }
 }
 
@@ -408,14 +398,16 @@ fn merge_file(
     raw: &RawConfig,
     settings: &mut BTreeMap<String, Setting>,
     opts: &LoadOptions,
+    budget: &mut usize,
 ) -> Result<(), ConfigError> {
     for (line, a) in raw.assignments() {
         let origin = Origin::File {
             path: raw.path().to_string(),
             line,
         };
+        let limit = files::MAX_VALUE_BYTES.min(*budget);
         let value = a
-            .expand(|name| {
+            .expand_within(limit, |name| {
                 settings.get(name).map(|s| s.value.clone()).or_else(|| {
                     if name.starts_with("VMK_") {
                         None
@@ -424,21 +416,28 @@ fn merge_file(
                     }
                 })
             })
-            .map_err(|name| {
-                ConfigError::new(format!(
-                    "${{{name}}} is not set: only keys assigned earlier (or, outside VMK_, environment variables) can be referenced"
-                ))
-                .with_key(&a.key)
-                .with_origin(&origin)
+            .map_err(|e| {
+                let message = match e {
+                    raw::Unexpanded::Unset(name) => format!(
+                        "${{{}}} is not set: only keys assigned earlier (or, outside VMK_, environment variables) can be referenced",
+                        crate::text::excerpt(&name)
+                    ),
+                    raw::Unexpanded::TooLong if limit == files::MAX_VALUE_BYTES => format!(
+                        "the value is longer than a value may be ({} KiB) once its references are expanded",
+                        files::MAX_VALUE_BYTES >> 10
+                    ),
+                    raw::Unexpanded::TooLong => format!(
+                        "expanding references makes more text than a config may ({} MiB over all values)",
+                        files::MAX_EXPANDED_BYTES >> 20
+                    ),
+                };
+                ConfigError::new(message).with_key(&a.key).with_origin(&origin)
             })?;
-        if a.key.starts_with("VMK_") {
-            if key(&a.key).is_none() {
-                return Err(
-                    ConfigError::new(keys::unknown_key_message(&a.key)).with_origin(&origin)
-                );
-            }
-            validate_value(&a.key, &value).map_err(|e| e.with_origin(&origin))?;
-        } else {
+        if a.value.iter().any(|p| matches!(p, Piece::Var(_))) {
+            *budget = budget.saturating_sub(value.len());
+        }
+        validate_value(&a.key, &value).map_err(|e| e.with_origin(&origin))?;
+        if !a.key.starts_with("VMK_") {
             log::debug!(
                 "{origin}: {} is not a vmk key; kept for ${{{}}} references",
                 a.key,
@@ -571,9 +570,12 @@ impl Typed<'_> {
     fn parse<T>(&self, key: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
         let (value, origin) = self.text(key);
         f(&value).map_err(|expected| {
-            ConfigError::new(format!("expected {expected}, got \"{value}\""))
-                .with_key(key)
-                .with_origin(&origin)
+            ConfigError::new(format!(
+                "expected {expected}, got \"{}\"",
+                crate::text::excerpt(&value)
+            ))
+            .with_key(key)
+            .with_origin(&origin)
         })
     }
 
@@ -720,7 +722,9 @@ impl VmConfig {
             .with_origin(&self.origin(key))
     }
 
-    /// Checks the rules that involve several keys.
+    /// Checks the rules that involve several keys: every port a base plus VMK_VNC makes is
+    /// within 1…65535 (the bases are at least 1, VMK_VNC at most 99, so 5900 + VMK_VNC is
+    /// too), and the ports the VM listens on differ from each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let vnc = u32::from(self.vnc);
         for (key, base) in [
@@ -731,6 +735,30 @@ impl VmConfig {
                 return Err(self.error(
                     key,
                     format!("{base} + VMK_VNC ({vnc}) is above the highest port, 65535"),
+                ));
+            }
+        }
+        let ports = self.ports();
+        let mut used = vec![("VMK_VNC", "the VNC port, 5900 + VMK_VNC", ports.vnc)];
+        if self.console_telnet {
+            used.push((
+                "VMK_TELNET_BASE",
+                "the serial console's port, VMK_TELNET_BASE + VMK_VNC",
+                ports.console,
+            ));
+        }
+        if self.net_type == NetType::User {
+            used.push((
+                "VMK_SSH_BASE",
+                "the ssh port, VMK_SSH_BASE + VMK_VNC",
+                ports.ssh,
+            ));
+        }
+        for (i, (key, what, port)) in used.iter().enumerate().skip(1) {
+            if let Some((_, other, _)) = used[..i].iter().find(|(_, _, p)| p == port) {
+                return Err(self.error(
+                    key,
+                    format!("{what} is {port}, which is {other} too: give the VM distinct ports"),
                 ));
             }
         }

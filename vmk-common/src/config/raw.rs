@@ -78,6 +78,15 @@ pub enum Piece {
     Var(String),
 }
 
+/// Why [`Assignment::expand_within`] gave no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unexpanded {
+    /// This reference is not known.
+    Unset(String),
+    /// The value would be longer than the limit.
+    TooLong,
+}
+
 /// How a value was quoted: kept so that `vmk set` writes the new value the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quoting {
@@ -94,13 +103,33 @@ pub enum Quoting {
 impl Assignment {
     /// The value with references looked up by `lookup`; `Err(name)` names the first one
     /// that `lookup` does not know.
-    pub fn expand(&self, mut lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+    pub fn expand(&self, lookup: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+        self.expand_within(usize::MAX, lookup).map_err(|e| match e {
+            Unexpanded::Unset(name) => name,
+            Unexpanded::TooLong => unreachable!("no limit"),
+        })
+    }
+
+    /// The value with references looked up by `lookup`, stopping as soon as it would grow
+    /// past `limit` bytes (so a value that references itself twice, line after line, costs
+    /// at most `limit`).
+    pub fn expand_within(
+        &self,
+        limit: usize,
+        mut lookup: impl FnMut(&str) -> Option<String>,
+    ) -> Result<String, Unexpanded> {
         let mut out = String::new();
         for piece in &self.value {
-            match piece {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Var(name) => out.push_str(&lookup(name).ok_or_else(|| name.clone())?),
+            let add = match piece {
+                Piece::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
+                Piece::Var(name) => lookup(name)
+                    .ok_or_else(|| Unexpanded::Unset(name.clone()))?
+                    .into(),
+            };
+            if out.len().saturating_add(add.len()) > limit {
+                return Err(Unexpanded::TooLong);
             }
+            out.push_str(&add);
         }
         Ok(out)
     }
@@ -113,7 +142,12 @@ impl Assignment {
 
 impl RawConfig {
     /// Parses the bytes of a config file; `path` is how messages name the file.
+    ///
+    /// A file larger than [`MAX_FILE_BYTES`](super::files::MAX_FILE_BYTES) is refused. A
+    /// leading UTF-8 byte order mark (which some editors write) is skipped: it stays in the
+    /// bytes, as part of the first line, so [`RawConfig::set`] keeps it.
     pub fn parse(bytes: &[u8], path: &str) -> Result<RawConfig, ConfigError> {
+        super::files::check_file_size(bytes.len(), path)?;
         let text = std::str::from_utf8(bytes).map_err(|e| {
             let line = 1 + bytes[..e.valid_up_to()]
                 .iter()
@@ -121,13 +155,18 @@ impl RawConfig {
                 .count();
             ConfigError::at(path, line, "this line is not valid UTF-8")
         })?;
-        let lines = Parser {
+        let start = if text.starts_with(BOM) { BOM.len() } else { 0 };
+        let mut lines = Parser {
             text,
             path,
-            pos: 0,
+            pos: start,
+            start,
             line: 1,
         }
         .lines()?;
+        if let Some(first) = lines.first_mut() {
+            first.span.start = 0;
+        }
         Ok(RawConfig {
             path: path.to_string(),
             bytes: bytes.to_vec(),
@@ -135,12 +174,10 @@ impl RawConfig {
         })
     }
 
-    /// Reads and parses a config from any reader.
-    pub fn read(mut reader: impl std::io::Read, path: &str) -> Result<RawConfig, ConfigError> {
-        let mut bytes = Vec::new();
-        reader
-            .read_to_end(&mut bytes)
-            .map_err(|e| ConfigError::file(path, format!("cannot read it: {e}")))?;
+    /// Reads and parses a config from any reader, reading at most one byte more than a
+    /// config may have.
+    pub fn read(reader: impl std::io::Read, path: &str) -> Result<RawConfig, ConfigError> {
+        let bytes = super::files::read_bounded(reader, path)?;
         RawConfig::parse(&bytes, path)
     }
 
@@ -211,10 +248,15 @@ pub fn quote(value: &str, like: Quoting) -> String {
     }
 }
 
+/// The UTF-8 byte order mark.
+const BOM: &str = "\u{feff}";
+
 struct Parser<'a> {
     text: &'a str,
     path: &'a str,
     pos: usize,
+    /// Where the text starts (after a byte order mark).
+    start: usize,
     line: usize,
 }
 
@@ -272,7 +314,7 @@ impl Parser<'_> {
 
     fn line_kind(&mut self) -> Result<LineKind, ConfigError> {
         let number = self.line;
-        let at_column0 = self.pos == 0;
+        let at_column0 = self.pos == self.start;
         self.skip_blanks();
         match self.peek() {
             None | Some('\n') => {
@@ -301,21 +343,7 @@ impl Parser<'_> {
             || key.starts_with(|c: char| c.is_ascii_digit())
             || self.peek() != Some('=')
         {
-            let shown: String = self.text[self.pos..]
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(40)
-                .collect();
-            return Err(self.err(
-                number,
-                None,
-                format!(
-                    "expected an assignment like VMK_MEM=2048 or a # comment, got \"{}{shown}\"",
-                    if export { "export " } else { "" }.to_string() + &key
-                ),
-            ));
+            return Err(self.not_an_assignment(number, export, &key));
         }
         self.bump(); // '='
         let value_start = self.pos;
@@ -342,6 +370,42 @@ impl Parser<'_> {
             value_span,
             quoting,
         }))
+    }
+
+    /// The error for a line that is not an assignment. It quotes only the name-like start
+    /// of the line and the character after it: enough to recognise the line, and never the
+    /// rest of a file that is no config at all (`-c /etc/shadow` shows `root:`).
+    fn not_an_assignment(&self, number: usize, export: bool, key: &str) -> ConfigError {
+        let next = self.peek();
+        let mut start = String::new();
+        if export {
+            start.push_str("export ");
+        }
+        start.push_str(key);
+        start.extend(next);
+        let shown = crate::text::excerpt_of(&start, 40);
+        let hint = match next {
+            _ if key.starts_with(|c: char| c.is_ascii_digit()) => {
+                ": a name cannot start with a digit"
+            }
+            Some(' ' | '\t')
+                if !key.is_empty() && {
+                    let rest = self.text[self.pos..].trim_start_matches([' ', '\t']);
+                    rest.starts_with('=')
+                } =>
+            {
+                ": no spaces around = in an assignment"
+            }
+            _ if number == 1 => ": is this a vmk config file?",
+            _ => "",
+        };
+        self.err(
+            number,
+            None,
+            format!(
+                "expected an assignment like VMK_MEM=2048 or a # comment, but the line starts with \"{shown}\"{hint}"
+            ),
+        )
     }
 
     fn name(&mut self) -> String {

@@ -38,6 +38,12 @@ pub struct MemSize {
 }
 
 impl MemSize {
+    /// The least memory a config may give a VM: 16 MiB (less boots nothing).
+    pub const MIN: MemSize = MemSize { mib: 16 };
+    /// The most memory a config may give a VM: 16 TiB (more is a typo, and past what
+    /// qemu's x86 machines address).
+    pub const MAX: MemSize = MemSize { mib: 16 << 20 };
+
     /// A size of `mib` MiB.
     pub const fn from_mib(mib: u64) -> Self {
         MemSize { mib }
@@ -57,13 +63,14 @@ impl FromStr for MemSize {
             None | Some('m') => Some(n),
             Some('g') => n.checked_mul(1024),
             Some('t') => n.checked_mul(1024 * 1024),
-            _ => None,
+            _ => return Err(expected()),
+        };
+        match mib {
+            Some(mib) if (MemSize::MIN.mib..=MemSize::MAX.mib).contains(&mib) => {
+                Ok(MemSize { mib })
+            }
+            _ => Err("a memory size from 16M to 16T, like 2048, 2G or 512M".into()),
         }
-        .ok_or_else(expected)?;
-        if mib == 0 {
-            return Err("a memory size above zero, like 2048, 2G or 512M".into());
-        }
-        Ok(MemSize { mib })
     }
 }
 
@@ -86,6 +93,9 @@ pub struct Size {
 }
 
 impl Size {
+    /// The largest disk a config may ask for: 1 PiB (1024T).
+    pub const MAX: Size = Size { bytes: 1 << 50 };
+
     /// A size of `bytes` bytes.
     pub const fn from_bytes(bytes: u64) -> Self {
         Size { bytes }
@@ -109,11 +119,10 @@ impl FromStr for Size {
             Some('t') => 1 << 40,
             _ => return Err(expected()),
         };
-        let bytes = n.checked_mul(mult).ok_or_else(expected)?;
-        if bytes == 0 {
-            return Err("a disk size above zero, like 30G".into());
+        match n.checked_mul(mult) {
+            Some(bytes) if bytes > 0 && bytes <= Size::MAX.bytes => Ok(Size { bytes }),
+            _ => Err("a disk size above zero and up to 1024T, like 30G".into()),
         }
-        Ok(Size { bytes })
     }
 }
 
@@ -213,10 +222,12 @@ config_enum!(
 });
 
 impl DiskFormat {
-    /// qcow2 when the file starts with the qcow2 magic `QFI\xfb`, else raw.
+    /// qcow2 when the file starts with the qcow2 magic `QFI\xfb`, else raw. Only a regular
+    /// file or a block device is read ([`super::files::open_image`]): a FIFO or a character
+    /// device is an error naming it, never a read that blocks or never ends.
     pub fn detect(path: &Path) -> std::io::Result<DiskFormat> {
         let mut magic = [0u8; 4];
-        let mut file = std::fs::File::open(path)?;
+        let mut file = super::files::open_image(path)?;
         let mut got = 0;
         while got < magic.len() {
             match file.read(&mut magic[got..])? {
