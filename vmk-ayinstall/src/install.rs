@@ -418,7 +418,7 @@ pub fn create_disk(path: &Path, format: DiskFormat, size: u64) -> Result<()> {
 }
 
 fn say(msg: &str) {
-    eprintln!("vmk-ayinstall: {msg}");
+    vmk_common::errln!("vmk-ayinstall: {msg}");
 }
 
 #[cfg(test)]

@@ -378,7 +378,7 @@ fn cloudinit_cmd(global: &GlobalOpts, o: &CloudInitOpts) -> Result<ExitCode> {
         .unwrap_or_else(|| cfg.dir.join(cloudinit::SEED_FILE));
     seed.write_iso(&output)?;
     if !cfg.cloud_init {
-        eprintln!(
+        vmk_common::errln!(
             "vmk-ayinstall: attach it with `vmk set VMK_CLOUD_INIT yes` (or boot it as a CD-ROM)"
         );
     }
@@ -458,7 +458,7 @@ fn loader_cmd(o: &LoaderOpts) -> Result<ExitCode> {
     let arch = o.arch.clone().or_else(|| std::env::var("VMK_ARCH").ok());
     let iso = iso9660::IsoImage::open(&o.iso)?;
     let loader = iso9660::find_loader(&iso, arch.as_deref())?;
-    eprintln!(
+    vmk_common::errln!(
         "vmk-ayinstall: {}: found the {} installer ({}, {} bytes; {}, {} bytes)",
         o.iso.display(),
         loader.arch,

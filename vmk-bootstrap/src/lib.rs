@@ -89,7 +89,7 @@ pub fn run(global: &GlobalOpts, args: BootstrapArgs) -> Result<ExitCode> {
         .iter()
         .map(|(what, d)| format!("{what} {}", human::duration(*d)))
         .collect();
-    eprintln!(
+    vmk_common::errln!(
         "vmk-ayinstall: bootstrapped Debian {} into {} in {} ({})",
         plan.debian.suite,
         plan.dir.display(),
@@ -102,7 +102,7 @@ pub fn run(global: &GlobalOpts, args: BootstrapArgs) -> Result<ExitCode> {
     })
     .map(|c| format!("; ssh on {}:{}", c.listen, c.ssh_port()))
     .unwrap_or_default();
-    eprintln!(
+    vmk_common::errln!(
         "vmk-ayinstall: next: cd {} && vmk run && vmk waitssh   (VM number {}{ports})",
         plan.dir.display(),
         plan.vnc,

@@ -43,7 +43,7 @@ impl Progress {
                 b.set_prefix(what.to_string());
                 b.set_message("");
             }
-            None => eprintln!("vmk-ayinstall: {what}…"),
+            None => vmk_common::errln!("vmk-ayinstall: {what}…"),
         }
     }
 
@@ -55,7 +55,7 @@ impl Progress {
     pub(crate) fn note(&self, text: &str) {
         match &self.bar {
             Some(b) => b.println(format!("vmk-ayinstall: {text}")),
-            None => eprintln!("vmk-ayinstall: {text}"),
+            None => vmk_common::errln!("vmk-ayinstall: {text}"),
         }
     }
 
@@ -71,7 +71,7 @@ impl Progress {
         if self.verbose {
             match &self.bar {
                 Some(b) => b.println(format!("  {text}")),
-                None => eprintln!("  {text}"),
+                None => vmk_common::errln!("  {text}"),
             }
         }
     }

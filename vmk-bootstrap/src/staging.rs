@@ -64,7 +64,7 @@ impl Drop for Staging {
     fn drop(&mut self) {
         if !self.keep {
             if let Err(e) = remove_tree(&self.path) {
-                eprintln!("vmk-ayinstall: warning: {e:#}");
+                vmk_common::errln!("vmk-ayinstall: warning: {e:#}");
             }
         }
     }

@@ -129,7 +129,7 @@ pub fn run(global: &GlobalOpts, a: &SetArgs) -> Result<ExitCode> {
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            eprintln!("vmk-clone: {display} does not exist: creating it");
+            vmk_common::errln!("vmk-clone: {display} does not exist: creating it");
             Vec::new()
         }
         Err(e) => return Err(e).with_context(|| format!("reading {display}")),
@@ -147,8 +147,8 @@ pub fn run(global: &GlobalOpts, a: &SetArgs) -> Result<ExitCode> {
         write_atomic(&path, &out)?;
     }
     match old {
-        Some(old) => eprintln!("{display}: {key}={} (was {old})", a.value),
-        None => eprintln!("{display}: {key}={}", a.value),
+        Some(old) => vmk_common::errln!("{display}: {key}={} (was {old})", a.value),
+        None => vmk_common::errln!("{display}: {key}={}", a.value),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -106,6 +106,9 @@ pub trait Tool: Parser {
 }
 
 /// Starts env_logger at the level asked for; `RUST_LOG` wins when set.
+///
+/// Log lines quote configs, file names and guest output as errors do: every message
+/// passes through [`crate::text::message`], escaped and bounded.
 pub fn init_logging(verbosity: u8) {
     let level = match verbosity {
         0 => "warn",
@@ -114,8 +117,22 @@ pub fn init_logging(verbosity: u8) {
         _ => "trace",
     };
     let env = env_logger::Env::default().default_filter_or(level);
+    let with_target = verbosity >= 3;
     let _ = env_logger::Builder::from_env(env)
-        .format_target(verbosity >= 3)
+        .format(move |buf, record| {
+            let style = buf.default_level_style(record.level());
+            let level = record.level();
+            let target = if with_target {
+                format!(" {}", record.target())
+            } else {
+                String::new()
+            };
+            writeln!(
+                buf,
+                "[{style}{level:<5}{style:#}{target}] {}",
+                crate::text::message(&record.args().to_string())
+            )
+        })
         .try_init();
 }
 
@@ -250,6 +267,22 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 pub fn print_line(line: impl std::fmt::Display) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "{line}")
+}
+
+/// Writes a status line to stderr (`X runs (pid N)`, warnings, notes), escaped and
+/// bounded by [`crate::text::message`]: such lines name configs, files and guests.
+/// A closed stderr is ignored.
+pub fn status_line(line: impl std::fmt::Display) {
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "{}", crate::text::message(&line.to_string()));
+}
+
+/// `eprintln!` for status lines: through [`status_line`], escaped and bounded.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::status_line(format_args!($($arg)*))
+    };
 }
 
 /// `println!` that returns an `io::Result` instead of panicking on a closed pipe.

@@ -176,7 +176,7 @@ fn mount(
     }
     let signals = signals::Interrupts::install()?;
     let state = image::mount_at(&req, &dir, &signals)?;
-    eprintln!(
+    vmk_common::errln!(
         "vmk-mount: mounted; undo with `vmk umount` (state in {})",
         image::state_file(&req.image).display()
     );
@@ -234,7 +234,7 @@ fn umount(cfg: &VmConfig, dir: Option<&Path>, dry: bool) -> Result<ExitCode> {
     }
     let _signals = signals::Interrupts::install()?;
     state.undo()?;
-    eprintln!("vmk-mount: unmounted {}", state.image.display());
+    vmk_common::errln!("vmk-mount: unmounted {}", state.image.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -283,7 +283,7 @@ fn fixnet(cfg: &VmConfig, opts: &MountOpts, dry: bool) -> Result<ExitCode> {
     let removed = guestfiles::fix_net(m.root())?;
     m.unmount()?;
     if removed.is_empty() {
-        eprintln!("vmk-mount: no MAC-bound network rules found");
+        vmk_common::errln!("vmk-mount: no MAC-bound network rules found");
     }
     for p in removed {
         vmk_common::outln!("removed {}", p.display())?;
@@ -491,7 +491,7 @@ fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Re
             .into_iter()
             .find(|s| groot.exists(Path::new(s)))
             .context("the image has no /bin/sh")?;
-        eprintln!(
+        vmk_common::errln!(
             "vmk-mount: shell in {}; exit it to unmount",
             req.image.display()
         );
@@ -595,7 +595,7 @@ pub fn mkdisks(paths: &[PathBuf], size: Size, dry: bool) -> Result<ExitCode> {
             log::warn!("{}: this filesystem takes no NOCOW flag", p.display());
         }
         create.run()?;
-        eprintln!(
+        vmk_common::errln!(
             "vmk-mount: created {} ({size}, qcow2{})",
             p.display(),
             if nocow { ", NOCOW" } else { "" }

@@ -144,7 +144,7 @@ pub fn cmd_run(
         outln!("{}", serde_json::to_string(&started)?)?;
     } else {
         for l in instance::describe(inst, &started) {
-            eprintln!("{l}");
+            vmk_common::errln!("{l}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -191,7 +191,7 @@ pub fn cmd_kill(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
             vmk_common::state::VmStatus::Running { pid } => {
                 outln!("kill -INT {pid}; sleep 1; kill -TERM {pid}; sleep 1; kill -KILL {pid}")?
             }
-            other => eprintln!("nothing to kill ({other:?})"),
+            other => vmk_common::errln!("nothing to kill ({other:?})"),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -214,10 +214,10 @@ pub fn cmd_stop(inst: &Instance, timeout: Duration, dry_run: bool) -> Result<Exi
 }
 
 fn report_stop(inst: &Instance, outcome: StopOutcome) -> Result<ExitCode> {
-    eprintln!("{}: {outcome}", inst.cfg.display_name());
+    vmk_common::errln!("{}: {outcome}", inst.cfg.display_name());
     if let StopOutcome::StalePidfile { .. } = outcome {
         if let Some(pid) = vmk_common::state::qemu_pids_using(&inst.image)?.first() {
-            eprintln!(
+            vmk_common::errln!(
                 "note: qemu pid {pid} still uses {} but was not started through this pidfile: \
                  not touched",
                 inst.image.display()
@@ -288,7 +288,7 @@ fn vnc_on_socket(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
     });
     let Some((viewer, arg)) = found else {
         outln!("{path}")?;
-        eprintln!(
+        vmk_common::errln!(
             "no VNC viewer that opens a unix socket found (tried {}): connect one to {path}",
             SOCKET_VIEWERS
                 .iter()
@@ -303,7 +303,7 @@ fn vnc_on_socket(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !instance::is_running(inst)? {
-        eprintln!("warning: {} is not running", inst.cfg.display_name());
+        vmk_common::errln!("warning: {} is not running", inst.cfg.display_name());
     }
     use std::os::unix::process::CommandExt;
     let err = std::process::Command::new(&viewer).arg(&arg).exec();
@@ -329,7 +329,7 @@ pub fn cmd_vnc(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
     });
     let Some((viewer, arg)) = found else {
         outln!("{display}")?;
-        eprintln!(
+        vmk_common::errln!(
             "no VNC viewer found (tried {}): connect one to {display} (port {})",
             VIEWERS.iter().map(|v| v.0).collect::<Vec<_>>().join(", "),
             cfg.vnc_port()
@@ -341,7 +341,7 @@ pub fn cmd_vnc(inst: &Instance, dry_run: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !instance::is_running(inst)? {
-        eprintln!("warning: {} is not running", cfg.display_name());
+        vmk_common::errln!("warning: {} is not running", cfg.display_name());
     }
     use std::os::unix::process::CommandExt;
     let err = std::process::Command::new(&viewer).arg(&arg).exec();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vmk_common::state::{self, RuntimePaths, VmStatus};
-use vmk_common::{fileops, layout};
+use vmk_common::{fileops, layout, text};
 
 use crate::instance::{Endpoints, Instance};
 
@@ -201,7 +201,8 @@ pub fn who_uses_port(port: u16) -> Option<PathBuf> {
     })
 }
 
-/// `ps` as a table.
+/// `ps` as a table. Names, directories and image names are shown escaped
+/// ([`text::escaped_line`]): they come from configs and directory names.
 pub fn table(running: &[Running]) -> Vec<String> {
     let port = |p: Option<u16>| p.map_or("-".to_string(), |p| p.to_string());
     let mut lines = vec![format!(
@@ -213,17 +214,17 @@ pub fn table(running: &[Running]) -> Vec<String> {
         let image = e
             .image
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| text::escaped_line(&n.to_string_lossy()).into_owned())
             .unwrap_or_default();
         let vnc = e.vnc.and_then(layout::vnc_display).map(|d| format!(":{d}"));
         lines.push(format!(
             "{:<16} {:>7} {:>7} {:>5} {:>6}  {} ({image})",
-            e.name,
+            text::escaped_line(&e.name),
             r.pid,
             port(e.console),
             vnc.unwrap_or_else(|| "-".into()),
             port(e.ssh),
-            e.dir.display()
+            text::escaped_line(&e.dir.display().to_string())
         ));
     }
     lines

@@ -341,7 +341,7 @@ pub fn fixme(g: &GlobalOpts, a: &FixArgs) -> Result<ExitCode> {
     }
     let changed = bridge::fix(&bridge_name, &a.group, &files)?;
     if changed.is_empty() {
-        eprintln!(
+        vmk_common::errln!(
             "nothing to fix: the bridge helper is setuid root for group {} and {} allows {bridge_name}",
             a.group,
             files.conf.display()

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use vmk_common::fileops::{CopyOutcome, FileopsError};
 
@@ -115,9 +115,7 @@ pub fn list(image: &Path) -> Result<Vec<Snapshot>> {
         if !meta.is_file() {
             continue;
         }
-        let note = fs::read_to_string(note_path(&path))
-            .ok()
-            .map(|n| n.trim_end().to_string());
+        let note = read_note(&note_path(&path));
         snaps.push(Snapshot {
             name,
             time: order.stamp.rfc3339(),
@@ -130,6 +128,27 @@ pub fn list(image: &Path) -> Result<Vec<Snapshot>> {
     }
     snaps.sort_by_key(|s| s.order);
     Ok(snaps)
+}
+
+/// The longest part of a note file read, in bytes: a note is a line or two, and a huge
+/// file planted beside a snapshot must not be read whole.
+const NOTE_MAX_BYTES: u64 = 64 << 10;
+
+/// The note kept beside a snapshot, at most [`NOTE_MAX_BYTES`] of it (invalid UTF-8
+/// shown lossily); `None` when there is none or it is not a plain file (a symlink or a
+/// FIFO planted there is not opened).
+fn read_note(path: &Path) -> Option<String> {
+    use std::io::Read;
+    if !fs::symlink_metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take(NOTE_MAX_BYTES)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(String::from_utf8_lossy(&bytes).trim_end().to_string())
 }
 
 /// Finds the snapshot of `image` called `name`: its file name, or the part after
@@ -146,16 +165,19 @@ pub fn resolve(image: &Path, name: &str) -> Result<PathBuf> {
             if name.contains('/') {
                 let given = fs::canonicalize(name).ok();
                 if given != fs::canonicalize(dir.join(c)).ok() {
-                    bail!("{name} is not a snapshot of {}", image.display());
+                    return Err(vmk_common::usage!(
+                        "{name} is not a snapshot of {}",
+                        image.display()
+                    ));
                 }
             }
             return Ok(dir.join(c));
         }
     }
-    bail!(
+    Err(vmk_common::usage!(
         "no snapshot {name} of {}: `vmk dsnap list` shows them",
         image.display()
-    )
+    ))
 }
 
 /// Removes a snapshot and its note.

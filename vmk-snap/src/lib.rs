@@ -22,7 +22,7 @@ use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::config::VmConfig;
 use vmk_common::outln;
 use vmk_common::state::{self, RuntimePaths, VmStatus};
-use vmk_common::usage;
+use vmk_common::{text, usage};
 
 use vmk_common::copy::{copy_file, CopyMode};
 
@@ -348,6 +348,9 @@ fn dsnap_take(global: &GlobalOpts, t: &Target, a: &DsnapArgs) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// The longest note `dsnap list` shows, in characters.
+const NOTE_CHARS: usize = 200;
+
 fn dsnap_list(t: &Target, json: bool) -> Result<ExitCode> {
     let snaps = dsnap::list(&t.image)?;
     if json {
@@ -356,28 +359,36 @@ fn dsnap_list(t: &Target, json: bool) -> Result<ExitCode> {
     }
     if snaps.is_empty() {
         if std::io::stderr().is_terminal() {
-            eprintln!(
+            vmk_common::errln!(
                 "no snapshots of {} (take one with `vmk dsnap`)",
                 t.image.display()
             );
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let width = snaps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
+    // file names and notes are shown escaped, notes cut to an excerpt: either may have
+    // been written by anyone who could write the image's directory
+    let names: Vec<_> = snaps.iter().map(|s| text::escaped_line(&s.name)).collect();
+    let width = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     outln!(
         "{:width$}  {:20}  {:>10}  NOTE",
         "NAME",
         "TIME (UTC)",
         "SIZE"
     )?;
-    for s in &snaps {
+    for (s, name) in snaps.iter().zip(&names) {
         let note = s.note.as_deref().unwrap_or("").replace('\n', " / ");
         outln!(
             "{:width$}  {:20}  {:>10}  {}",
-            s.name,
+            name,
             s.time,
             vmk_common::human::size(s.size),
-            note
+            text::excerpt_of(&note, NOTE_CHARS)
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -410,7 +421,7 @@ fn dsnap_revert(
         full_copy: copy.full_copy,
     };
     let saved = dsnap::revert(&t.image, &snapshot, mode)?;
-    eprintln!(
+    vmk_common::errln!(
         "{} is {} again; its previous content is kept in {}",
         t.image.display(),
         snapshot.file_name().unwrap_or_default().to_string_lossy(),

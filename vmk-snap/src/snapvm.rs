@@ -86,7 +86,7 @@ pub fn recreate_snapshot(t: &Target, base_pid: Option<u32>) -> Result<SnapKind> 
                 );
             }
             let format = disk0_format(t)?;
-            eprintln!(
+            vmk_common::errln!(
                 "vmk-snap: cannot reflink {} ({reason}): booting {} as a qcow2 overlay backed by it instead; disk0 must not change while the snapshot VM runs",
                 t.disk0.display(),
                 t.image.display()

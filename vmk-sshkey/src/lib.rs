@@ -228,12 +228,12 @@ fn sshkeyput(
     let added = vmk_mount::guestfiles::append_authorized_key(mounted.root(), &key)?;
     mounted.unmount()?;
     if added {
-        eprintln!(
+        vmk_common::errln!(
             "vmk-sshkey: added vm-key.pub to root's authorized_keys in {}",
             req.image.display()
         );
     } else {
-        eprintln!("vmk-sshkey: vm-key.pub was already in root's authorized_keys");
+        vmk_common::errln!("vmk-sshkey: vm-key.pub was already in root's authorized_keys");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -302,7 +302,7 @@ fn waitssh(
             false,
             &["true".into()],
         );
-        eprintln!("would poll {t} for sshd, then: {}", command_line(&c));
+        vmk_common::errln!("would poll {t} for sshd, then: {}", command_line(&c));
         if !command.is_empty() {
             vmk_common::outln!("{}", command_line(&user_ssh(&key, &t, &hk, command)))?;
         }
@@ -310,7 +310,7 @@ fn waitssh(
     }
     let w = wait::wait_for_ssh(&key, &t, &hk, timeout)?;
     if times {
-        eprintln!(
+        vmk_common::errln!(
             "vmk-sshkey: sshd banner after {:.3}s, login after {:.3}s",
             w.banner.as_secs_f64(),
             w.login.as_secs_f64()
@@ -390,7 +390,7 @@ fn sshfs(cfg: &VmConfig, dir: Option<PathBuf>, guest_path: &str, dry: bool) -> R
         }
         bail!("sshfs failed ({status})");
     }
-    eprintln!(
+    vmk_common::errln!(
         "vmk-sshkey: guest {guest_path} mounted at {}; unmount with `fusermount -u {}`",
         dir.display(),
         dir.display()

@@ -255,7 +255,7 @@ pub fn plan(req: &MountRequest, dir: &Path) -> Result<Vec<String>> {
 pub fn mount_at(req: &MountRequest, dir: &Path, signals: &Interrupts) -> Result<MountState> {
     check_free(req)?;
     let chosen = choose(req)?;
-    eprintln!(
+    vmk_common::errln!(
         "vmk-mount: mounting {} ({}) at {} with the {} backend",
         req.image.display(),
         req.format.as_str(),
@@ -444,7 +444,7 @@ mod tests {
         let snap = vmk_common::layout::snap_image(&base);
         let create = vmk_common::qemu_img::QemuImgCreate::overlay(&snap, "disk0", DiskFormat::Raw);
         if create.run().is_err() {
-            eprintln!("qemu-img not usable: skipped");
+            vmk_common::errln!("qemu-img not usable: skipped");
             return;
         }
         assert_eq!(snap_overlay_of(&base), Some(snap.clone()));

@@ -14,6 +14,7 @@ use vmk_common::layout::{KEY_FILE, PUBLIC_KEY_FILE};
 use vmk_common::qemu;
 use vmk_common::qmp;
 use vmk_common::state::VmStatus;
+use vmk_common::text;
 
 use super::{console_socket, guess_format, seed_path, vnc_socket, Instance};
 
@@ -174,7 +175,9 @@ fn net_name(n: NetType) -> &'static str {
     }
 }
 
-/// `info` as aligned `key: value` lines.
+/// `info` as aligned `key: value` lines. Every value is one escaped line
+/// ([`text::escaped_line`]): names, tags, paths and qemu's answers come from configs,
+/// directories and the guest, and print as they are, never as terminal controls.
 pub fn info_lines(i: &Info) -> Vec<String> {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let size = match (i.image_size, i.image_allocated) {
@@ -261,6 +264,6 @@ pub fn info_lines(i: &Info) -> Vec<String> {
         ("console log", i.console_log.display().to_string()),
     ];
     rows.into_iter()
-        .map(|(k, v)| format!("{:<12} {v}", format!("{k}:")))
+        .map(|(k, v)| format!("{:<12} {}", format!("{k}:"), text::escaped_line(&v)))
         .collect()
 }
