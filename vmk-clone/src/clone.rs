@@ -9,7 +9,8 @@
 //!   uses, that differs from the original's, and whose VNC, console and ssh ports are free.
 //! - Relative paths in vm-config that point outside the copied files (kernel, initrd, ISO
 //!   directory…) are made absolute, so the clone still finds them.
-//! - Whatever fails, the clone directory is removed: no half-made clone stays.
+//! - The name is checked before anything is made; whatever fails later, the clone directory
+//!   and the levels of OUTDIR the clone created are removed: no half-made clone stays.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -44,11 +45,46 @@ pub struct CloneArgs {
     pub full_copy: bool,
 }
 
-/// Removes the clone directory unless disarmed.
+/// What a clone has created so far, removed unless disarmed: the clone directory and the
+/// levels of OUTDIR it made (each only when empty), newest first.
 struct Cleanup {
-    dir: PathBuf,
-    created_outdir: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    created_outdirs: Vec<PathBuf>,
     armed: bool,
+}
+
+impl Cleanup {
+    fn new() -> Cleanup {
+        Cleanup {
+            dir: None,
+            created_outdirs: Vec::new(),
+            armed: true,
+        }
+    }
+
+    /// Creates `outdir` and its missing parents, remembering each level it made.
+    fn create_outdir(&mut self, outdir: &Path) -> Result<()> {
+        let missing: Vec<&Path> = outdir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && fs::symlink_metadata(a).is_err())
+            .collect();
+        for level in missing.into_iter().rev() {
+            fs::create_dir(level).with_context(|| format!("creating {}", level.display()))?;
+            self.created_outdirs.push(level.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// Creates the clone directory `dest` (private: a VM directory holds the guest's disks
+    /// and keys); it must not exist.
+    fn create_clone_dir(&mut self, dest: &Path) -> Result<()> {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dest)
+            .with_context(|| format!("creating {}", dest.display()))?;
+        self.dir = Some(dest.to_path_buf());
+        Ok(())
+    }
 }
 
 impl Drop for Cleanup {
@@ -56,21 +92,43 @@ impl Drop for Cleanup {
         if !self.armed {
             return;
         }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            log::warn!(
-                "could not remove the unfinished clone {}: {e}",
-                self.dir.display()
-            );
-        } else {
-            eprintln!(
-                "vmk-clone: removed the unfinished clone {}",
-                self.dir.display()
-            );
+        if let Some(dir) = &self.dir {
+            if let Err(e) = fs::remove_dir_all(dir) {
+                log::warn!(
+                    "could not remove the unfinished clone {}: {e}",
+                    dir.display()
+                );
+            } else {
+                vmk_common::errln!("vmk-clone: removed the unfinished clone {}", dir.display());
+            }
         }
-        if let Some(o) = &self.created_outdir {
+        for o in self.created_outdirs.iter().rev() {
             let _ = fs::remove_dir(o); // only when empty
         }
     }
+}
+
+/// The longest clone name, in bytes: it is a directory name (NAME_MAX).
+pub const NAME_MAX_BYTES: usize = 255;
+
+/// Checks a clone's name before anything is made: a plain directory name (not empty, `.`
+/// or `..`, no `/`), at most [`NAME_MAX_BYTES`], and a valid VMK_NAME (no control
+/// characters). A usage error otherwise.
+pub fn check_name(name: &str) -> Result<()> {
+    let shown = vmk_common::text::excerpt(name);
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(usage!(
+            "-n \"{shown}\": the clone's name must be a plain directory name"
+        ));
+    }
+    if name.len() > NAME_MAX_BYTES {
+        return Err(usage!(
+            "-n \"{shown}\": the clone's name is {} bytes, longer than a directory name may be ({NAME_MAX_BYTES})",
+            name.len()
+        ));
+    }
+    config::validate_value("VMK_NAME", name)?;
+    Ok(())
 }
 
 /// One file to copy into the clone, and the config key that names it (if any).
@@ -86,12 +144,7 @@ pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
     let (Some(outdir), Some(name)) = (&a.outdir, &a.name) else {
         return Err(usage!("clone needs -o OUTDIR and -n NAME"));
     };
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(usage!(
-            "-n {name:?}: the clone's name must be a plain directory name"
-        ));
-    }
-    config::validate_value("VMK_NAME", name)?;
+    check_name(name)?;
     let cfg = VmConfig::load_for(global)?;
     cfg.require_vm_dir()?;
     let src_config = &cfg.config_file;
@@ -103,6 +156,12 @@ pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
             "{} already exists: refusing to overwrite a clone (pick another -n, or remove it)",
             dest.display()
         );
+    }
+    if a.keys && !cfg.dir.join(KEY_FILE).exists() && !cfg.dir.join(PUBLIC_KEY_FILE).exists() {
+        return Err(usage!(
+            "-k: {} has no vm-key to copy (`vmk sshkeygen` makes one)",
+            cfg.dir.display()
+        ));
     }
     let (vnc, why) = match a.vnc {
         Some(n) => (n, "given with --vnc".to_string()),
@@ -130,18 +189,10 @@ pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let created_outdir = (!outdir.exists()).then(|| outdir.clone());
-    fs::create_dir_all(outdir).with_context(|| format!("creating {}", outdir.display()))?;
-    // private: a VM directory holds the guest's disks and keys
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dest)
-        .with_context(|| format!("creating {}", dest.display()))?;
-    let mut cleanup = Cleanup {
-        dir: dest.clone(),
-        created_outdir,
-        armed: true,
-    };
+    // from here on, whatever fails removes what this clone made
+    let mut cleanup = Cleanup::new();
+    cleanup.create_outdir(outdir)?;
+    cleanup.create_clone_dir(&dest)?;
     // the directory's NOCOW attribute (if any) is inherited by new files in it
     if vmk_common::fileops::is_nocow(&cfg.dir).unwrap_or(false) {
         let _ = vmk_common::fileops::set_nocow(&dest);
@@ -166,7 +217,7 @@ pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
         let _ = fs::set_permissions(&config_dest, m.permissions());
     }
     cleanup.armed = false;
-    eprintln!(
+    vmk_common::errln!(
         "vmk-clone: {}: VMK_NAME={name}, VMK_VNC={vnc} ({why})",
         dest.display()
     );
@@ -294,7 +345,7 @@ fn copy_keys(src_dir: &Path, dest: &Path, keys: bool) -> Result<()> {
     let key = src_dir.join(KEY_FILE);
     if !keys {
         if key.exists() {
-            eprintln!(
+            vmk_common::errln!(
                 "vmk-clone: the clone has no ssh key: `vmk sshkeygen` in it, or clone with -k"
             );
         }

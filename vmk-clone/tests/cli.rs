@@ -155,3 +155,65 @@ fn clone_needs_outdir_and_name_and_refuses_existing() {
         b"data"
     );
 }
+
+#[test]
+fn clone_checks_the_name_before_making_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("vm-config"), "VMK_DISK0=disk0.img\n").unwrap();
+    fs::write(dir.path().join("disk0.img"), b"data").unwrap();
+    let long = "n".repeat(300);
+    vmk_clone(dir.path())
+        .args(["-o", "out/deeper", "-n", &long, "--full-copy"])
+        .assert()
+        .code(2)
+        .stderr(contains("longer than a directory name may be"));
+    for bad in ["", ".", "..", "a/b", "bell\x07", "esc\x1b[2J"] {
+        let out = vmk_clone(dir.path())
+            .args(["-o", "out/deeper", "-n", bad, "--full-copy"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "-n {bad:?}");
+        assert!(!out.stderr.contains(&0x1b) && !out.stderr.contains(&0x07));
+    }
+    // -k without a key to copy is a usage mistake, found before anything is made
+    vmk_clone(dir.path())
+        .args(["-o", "out/deeper", "-n", "c1", "-k", "--full-copy"])
+        .assert()
+        .code(2)
+        .stderr(contains("no vm-key"));
+    assert!(
+        !dir.path().join("out").exists(),
+        "a refused clone made OUTDIR"
+    );
+}
+
+#[test]
+fn failed_clone_removes_the_outdir_levels_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("vm-config"), "VMK_DISK0=disk0.img\n").unwrap();
+    fs::write(dir.path().join("disk0.img"), b"data").unwrap();
+    // without --full-copy the copy fails where the filesystem cannot reflink (tmpfs, ext4)
+    let out = vmk_clone(dir.path())
+        .args(["-o", "new/deeper", "-n", "c1", "--vnc", "42"])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        eprintln!("skipped: this filesystem reflinks, the clone did not fail");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed the unfinished clone"), "{err}");
+    assert!(
+        !dir.path().join("new").exists(),
+        "the failed clone left OUTDIR behind"
+    );
+    // an OUTDIR that existed before stays
+    fs::create_dir(dir.path().join("kept")).unwrap();
+    vmk_clone(dir.path())
+        .args(["-o", "kept", "-n", "c1", "--vnc", "42"])
+        .assert()
+        .code(1);
+    assert!(dir.path().join("kept").is_dir());
+    assert_eq!(fs::read_dir(dir.path().join("kept")).unwrap().count(), 0);
+}
