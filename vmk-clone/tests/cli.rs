@@ -217,3 +217,24 @@ fn failed_clone_removes_the_outdir_levels_it_made() {
     assert!(dir.path().join("kept").is_dir());
     assert_eq!(fs::read_dir(dir.path().join("kept")).unwrap().count(), 0);
 }
+
+#[test]
+fn status_lines_show_hostile_file_names_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vm\x1b]0;owned\x07");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("vm-config"), "VMK_MEM=512\n").unwrap();
+    let out = vmk_clone(tmp.path())
+        .args(["set", "-c"])
+        .arg(dir.join("vm-config"))
+        .args(["VMK_MEM", "1024"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vm\\x1b]0;owned\\x07/vm-config: VMK_MEM=1024 (was 512)"),
+        "{err}"
+    );
+    assert!(!out.stderr.contains(&0x1b) && !out.stderr.contains(&0x07));
+}

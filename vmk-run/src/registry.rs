@@ -229,3 +229,34 @@ pub fn table(running: &[Running]) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ps_shows_hostile_names_escaped() {
+        let dir = PathBuf::from("/vms/d\x1b[2Jir");
+        let image = dir.join("disk\x07.img");
+        let running = Running {
+            pid: 7,
+            entry: Entry {
+                name: "vm\x1b]0;owned\x07".into(),
+                dir: dir.clone(),
+                image: image.clone(),
+                pidfile: dir.join("p"),
+                console_log: dir.join("l"),
+                qmp_socket: dir.join("q"),
+                listen: IpAddr::from([127, 0, 0, 1]),
+                console: None,
+                vnc: Some(5901),
+                ssh: Some(2201),
+            },
+        };
+        let lines = table(&[running]);
+        let row = &lines[1];
+        assert!(!row.contains('\x1b') && !row.contains('\x07'), "{row}");
+        assert!(row.starts_with("vm\\x1b]0;owned\\x07 "), "{row}");
+        assert!(row.ends_with("/vms/d\\x1b[2Jir (disk\\x07.img)"), "{row}");
+    }
+}

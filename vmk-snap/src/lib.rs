@@ -366,8 +366,16 @@ fn dsnap_list(t: &Target, json: bool) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    // file names and notes are shown escaped, notes cut to an excerpt: either may have
-    // been written by anyone who could write the image's directory
+    for l in list_lines(&snaps) {
+        outln!("{l}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dsnap list` as aligned lines. File names and notes are shown escaped, notes cut to
+/// an excerpt of [`NOTE_CHARS`]: either may have been written by anyone who could write
+/// the image's directory.
+fn list_lines(snaps: &[dsnap::Snapshot]) -> Vec<String> {
     let names: Vec<_> = snaps.iter().map(|s| text::escaped_line(&s.name)).collect();
     let width = names
         .iter()
@@ -375,23 +383,21 @@ fn dsnap_list(t: &Target, json: bool) -> Result<ExitCode> {
         .max()
         .unwrap_or(4)
         .max(4);
-    outln!(
+    let mut lines = vec![format!(
         "{:width$}  {:20}  {:>10}  NOTE",
-        "NAME",
-        "TIME (UTC)",
-        "SIZE"
-    )?;
+        "NAME", "TIME (UTC)", "SIZE"
+    )];
     for (s, name) in snaps.iter().zip(&names) {
         let note = s.note.as_deref().unwrap_or("").replace('\n', " / ");
-        outln!(
+        lines.push(format!(
             "{:width$}  {:20}  {:>10}  {}",
             name,
             s.time,
             vmk_common::human::size(s.size),
             text::excerpt_of(&note, NOTE_CHARS)
-        )?;
+        ));
     }
-    Ok(ExitCode::SUCCESS)
+    lines
 }
 
 fn dsnap_revert(
@@ -467,4 +473,46 @@ fn dsnap_rm(global: &GlobalOpts, t: &Target, names: &[String]) -> Result<ExitCod
         log::info!("removed {}", snap.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsnap_list_shows_hostile_names_and_notes_escaped_and_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("disk\x1b[2J.img");
+        std::fs::write(&img, b"v1").unwrap();
+        let full = CopyMode {
+            force: false,
+            full_copy: true,
+        };
+        let a = dsnap::take(&img, Some("\x1b]0;owned\x07"), full)
+            .unwrap()
+            .dst;
+        let b = dsnap::take(&img, None, full).unwrap().dst;
+        // a huge note planted beside a snapshot is read bounded and shown as an excerpt
+        let huge = format!("\x1b[31m{}", "x".repeat(8 << 20));
+        std::fs::write(dsnap::note_path(&b), huge).unwrap();
+        let lines = list_lines(&dsnap::list(&img).unwrap());
+        let all = lines.join("\n");
+        assert_eq!(lines.len(), 3, "{all}");
+        assert!(!all.contains('\x1b') && !all.contains('\x07'));
+        assert!(lines[1].starts_with("disk\\x1b[2J.img-"), "{}", lines[1]);
+        assert!(lines[1].ends_with("\\x1b]0;owned\\x07"), "{}", lines[1]);
+        assert!(lines[2].contains("\\x1b[31mxxx") && lines[2].ends_with("more bytes)"));
+        assert!(lines[2].len() < 400, "{}", lines[2].len());
+        assert!(a != b);
+    }
+
+    #[test]
+    fn an_unknown_snapshot_is_a_usage_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("disk0.img");
+        std::fs::write(&img, b"v1").unwrap();
+        let err = dsnap::resolve(&img, "20990101-000000").unwrap_err();
+        assert_eq!(vmk_common::cli::exit_status_of(&err), 2, "{err:#}");
+        assert!(err.to_string().contains("`vmk dsnap list` shows them"));
+    }
 }

@@ -267,3 +267,76 @@ pub fn info_lines(i: &Info) -> Vec<String> {
         .map(|(k, v)| format!("{:<12} {}", format!("{k}:"), text::escaped_line(&v)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "vm\x1b]0;owned\x07\x1b[2J";
+
+    fn info_named(name: &str) -> Info {
+        let dir = PathBuf::from(format!("/vms/{name}"));
+        Info {
+            name: name.into(),
+            tag: Some(format!("tag {name}")),
+            dir: dir.clone(),
+            config: dir.join("vm-config"),
+            image: dir.join("disk0.img"),
+            image_exists: true,
+            image_format: Some("raw".into()),
+            image_size: Some(1 << 20),
+            image_allocated: Some(4096),
+            mem_mib: 512,
+            cpus: 1,
+            accel: "auto".into(),
+            accel_resolved: "tcg".into(),
+            qemu: None,
+            net: "user".into(),
+            bridge: None,
+            mac: "52:54:00:00:00:01".into(),
+            ip: None,
+            hostname: Some(name.into()),
+            vnc_display: 1,
+            listen: IpAddr::from([127, 0, 0, 1]),
+            console_port: None,
+            console_socket: Some(dir.join("disk0.img.con")),
+            vnc_port: Some(5901),
+            vnc_socket: None,
+            ssh_port: Some(2201),
+            ssh_key: false,
+            ssh_pubkey: false,
+            cloud_init_seed: None,
+            state: "running".into(),
+            pid: Some(42),
+            qmp_status: Some(format!("unknown ({name}\nsecond line)")),
+            pidfile: dir.join("disk0.img.pid"),
+            console_log: dir.join("disk0.img.log"),
+            qmp_socket: dir.join("disk0.img.qmp"),
+        }
+    }
+
+    #[test]
+    fn info_shows_hostile_names_escaped_one_line_each() {
+        let lines = info_lines(&info_named(HOSTILE));
+        let all = lines.join("\n");
+        assert!(!all.contains('\x1b') && !all.contains('\x07'), "{all}");
+        assert!(
+            all.contains("name:        vm\\x1b]0;owned\\x07\\x1b[2J"),
+            "{all}"
+        );
+        assert!(all.contains("dir:         /vms/vm\\x1b]0;owned"), "{all}");
+        // a value's newline cannot start a line that looks like another row
+        assert!(lines.iter().all(|l| !l.contains('\n')), "{all}");
+        assert!(all.contains("unknown (vm\\x1b]0;owned\\x07\\x1b[2J\\nsecond line)"));
+    }
+
+    #[test]
+    fn info_of_plain_names_is_unchanged() {
+        let lines = info_lines(&info_named("web"));
+        assert!(lines.contains(&"name:        web".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&"tag:         tag web".to_string()),
+            "{lines:?}"
+        );
+    }
+}
