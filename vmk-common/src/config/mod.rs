@@ -29,6 +29,16 @@
 //!   one, must belong to the user who runs vmk or to root (`/etc/vmk-config` to root) and
 //!   must not be writable by group or others; anything else is refused, naming the path, its
 //!   owner and mode, and the `chown`/`chmod` that fixes it.
+//! - Hostile input is bounded where it is read ([`files`]): a config is a regular file (a
+//!   FIFO or device is refused without blocking), at most 1 MiB; a value at most 64 KiB once
+//!   its references are expanded (4 MiB over a whole load), so a value that doubles itself
+//!   line after line stops at the line that goes over; values of keys hold no control
+//!   characters (NUL, ESC, BEL…); errors quote what they got as a short escaped excerpt.
+//! - A leading UTF-8 byte order mark is skipped (editors write one; refusing it would be an
+//!   error about an invisible character).
+//! - A name that spells a key in another case (`vmk_mem`, `VMK_mem`) is an error naming the
+//!   key: it is far more likely a key gone wrong than a variable of the user's own, and
+//!   ignoring it would silently leave the key at its default.
 
 pub mod files;
 pub mod keys;

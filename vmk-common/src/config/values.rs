@@ -28,7 +28,8 @@ fn split_size(s: &str) -> Option<(u64, Option<char>)> {
     if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((num.parse().ok()?, suffix))
+    // digits past u64 are a number out of range, not a malformed one
+    Some((num.parse().unwrap_or(u64::MAX), suffix))
 }
 
 /// A memory size in MiB, as qemu's `-m` takes it: `2048` (MiB), `2G`, `512M`, `1T`.
@@ -492,10 +493,17 @@ mod tests {
             "1.5G",
             "2 G",
             "99999999999999999T",
+            "99999999999T",
+            "8",
+            "15M",
+            "17T",
+            "99999999999999999999999",
         ] {
             let e = s.parse::<MemSize>().unwrap_err();
             assert!(e.contains("memory size"), "{s}: {e}");
         }
+        assert_eq!("16".parse::<MemSize>().unwrap(), MemSize::MIN);
+        assert_eq!("16T".parse::<MemSize>().unwrap(), MemSize::MAX);
     }
 
     #[test]
@@ -506,7 +514,16 @@ mod tests {
         assert_eq!("4096".parse::<Size>().unwrap().bytes(), 4096);
         assert_eq!("30G".parse::<Size>().unwrap().to_string(), "30G");
         assert_eq!("1536M".parse::<Size>().unwrap().to_string(), "1536M");
-        for s in ["big", "0", "", "3Q", "1.5G"] {
+        assert_eq!("1024T".parse::<Size>().unwrap(), Size::MAX);
+        for s in [
+            "big",
+            "0",
+            "",
+            "3Q",
+            "1.5G",
+            "1025T",
+            "99999999999999999999999",
+        ] {
             assert!(s.parse::<Size>().unwrap_err().contains("disk size"), "{s}");
         }
     }
