@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use keys::{closest_key, key, keys, validate_value, KeyKind, KeySpec};
-pub use raw::{Assignment, LineKind, Piece, Quoting, RawConfig, RawLine};
+pub use raw::{Assignment, LineKind, Piece, Quoting, RawConfig, RawLine, Unexpanded};
 pub use values::{Accel, CacheMode, DiskBus, DiskFormat, MacFormat, MemSize, NetType, Size};
 
 /// The system-wide config file.
