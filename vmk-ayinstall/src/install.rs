@@ -100,10 +100,10 @@ pub fn plan(global: &GlobalOpts, flavor: Flavor, req: &Request) -> Result<Plan> 
         })?,
     };
     if !iso.is_file() {
-        bail!(
+        return Err(vmk_common::usage!(
             "install medium {} not found: check VMK_ISO and VMK_ISO_DIR (or give --iso ISO)",
             iso.display()
-        );
+        ));
     }
     let flavor = match flavor {
         Flavor::AutoYast { profile } => {

@@ -532,4 +532,23 @@ mod tests {
         );
         <Args as clap::CommandFactory>::command().debug_assert();
     }
+
+    #[test]
+    fn usage_mistakes_exit_2() {
+        let status = |args: &[&str]| {
+            let a = Args::try_parse_from(args).unwrap();
+            vmk_common::cli::exit_status_of(&run(a).unwrap_err())
+        };
+        // an unknown snippet, a snippet name that is no SECTION/NAME
+        assert_eq!(
+            status(&["vmk-ayinstall", "profile", "-s", "nosuch/snippet"]),
+            2
+        );
+        assert_eq!(status(&["vmk-ayinstall", "profile", "-s", "../x"]), 2);
+        // bootstrap into a directory that is not new
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("vm-config"), "").unwrap();
+        let dir = tmp.path().to_str().unwrap();
+        assert_eq!(status(&["vmk-ayinstall", "bootstrap", dir]), 2);
+    }
 }

@@ -304,7 +304,7 @@ pub fn assemble(dir: &Path, names: &[String]) -> Result<String> {
         }
         for section in summary.sections {
             if let Some(first) = owner.insert(section.clone(), name.to_string()) {
-                bail!("snippets {first} and {name} both set <{section}>: a profile holds each section once; choose one");
+                return Err(vmk_common::usage!("snippets {first} and {name} both set <{section}>: a profile holds each section once; choose one"));
             }
         }
         out.push_str(&format!("  <!-- vmk snippet: {name} -->\n"));
@@ -330,7 +330,10 @@ fn snippet_path(dir: &Path, name: &str) -> Result<PathBuf> {
         || name.starts_with('/')
         || name.split('/').any(|p| p == ".." || p.is_empty())
     {
-        bail!("snippet name {name:?} must look like section/name (see `vmk ayinstall profile --list`)");
+        return Err(vmk_common::usage!(
+            "snippet name \"{}\" must look like section/name (see `vmk ayinstall profile --list`)",
+            vmk_common::text::excerpt(name)
+        ));
     }
     let path = dir.join("snippets").join(format!("{name}.xml"));
     if !path.is_file() {
@@ -342,7 +345,10 @@ fn snippet_path(dir: &Path, name: &str) -> Result<PathBuf> {
             .filter(|(score, _)| *score > 0.7)
             .map(|(_, n)| format!(" (did you mean {n}?)"))
             .unwrap_or_default();
-        bail!("no snippet {name}{best}: see `vmk ayinstall profile --list`");
+        return Err(vmk_common::usage!(
+            "no snippet {}{best}: see `vmk ayinstall profile --list`",
+            vmk_common::text::excerpt(name)
+        ));
     }
     Ok(path)
 }

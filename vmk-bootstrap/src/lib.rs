@@ -70,7 +70,9 @@ pub fn run(global: &GlobalOpts, args: BootstrapArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !vmk_common::host::is_root() {
-        bail!("bootstrap needs root: debootstrap installs packages as root (run it with sudo)");
+        return Err(vmk_common::usage!(
+            "bootstrap needs root: debootstrap installs packages as root (run it with sudo)"
+        ));
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [

@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use vmk_common::config::{self, LoadOptions, Size};
 use vmk_common::{layout, outln, shell};
 
@@ -90,26 +90,27 @@ fn check_dir_is_new(dir: &Path) -> Result<()> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                bail!(
+                return Err(vmk_common::usage!(
                     "{} exists and is not empty: give a new directory (bootstrap never writes into an existing VM)",
                     dir.display()
-                );
+                ));
             }
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let parent = dir.parent().unwrap_or(Path::new("/"));
             if !parent.is_dir() {
-                bail!(
+                return Err(vmk_common::usage!(
                     "{} does not exist: create it first (mkdir -p), bootstrap makes only the VM directory",
                     parent.display()
-                );
+                ));
             }
             Ok(())
         }
-        Err(_) if dir.exists() && !dir.is_dir() => {
-            bail!("{} exists and is not a directory", dir.display())
-        }
+        Err(_) if dir.exists() && !dir.is_dir() => Err(vmk_common::usage!(
+            "{} exists and is not a directory",
+            dir.display()
+        )),
         Err(e) => Err(e).with_context(|| format!("checking {}", dir.display())),
     }
 }
@@ -269,6 +270,21 @@ mod tests {
     use super::*;
     use crate::args::parse;
     use vmk_common::cli::GlobalOpts;
+
+    #[test]
+    fn a_dir_that_is_not_new_is_a_usage_mistake_exit_2() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("vm-config"), "").unwrap();
+        for dir in [
+            tmp.path().to_path_buf(),
+            tmp.path().join("vm-config"),
+            tmp.path().join("no/such"),
+        ] {
+            let err = check_dir_is_new(&dir).unwrap_err();
+            assert_eq!(vmk_common::cli::exit_status_of(&err), 2, "{err:#}");
+        }
+        check_dir_is_new(&tmp.path().join("new")).unwrap();
+    }
 
     #[test]
     fn refuses_a_non_empty_directory() {

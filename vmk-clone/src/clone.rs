@@ -152,10 +152,10 @@ pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
         .with_context(|| format!("reading {} (is this a VM directory?)", cfg.config_display))?;
     let dest = outdir.join(name);
     if fs::symlink_metadata(&dest).is_ok() {
-        bail!(
+        return Err(usage!(
             "{} already exists: refusing to overwrite a clone (pick another -n, or remove it)",
             dest.display()
-        );
+        ));
     }
     if a.keys && !cfg.dir.join(KEY_FILE).exists() && !cfg.dir.join(PUBLIC_KEY_FILE).exists() {
         return Err(usage!(

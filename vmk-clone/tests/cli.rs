@@ -116,7 +116,7 @@ fn clone_needs_outdir_and_name_and_refuses_existing() {
     vmk_clone(dir.path())
         .args(["-o", "out", "-n", "taken", "--full-copy"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("refusing to overwrite"));
     // `clone` spelled out works the same; the copy is a full copy only when asked
     vmk_clone(dir.path())

@@ -220,11 +220,11 @@ fn find_state(cfg: &VmConfig, arg: Option<&Path>) -> Result<MountState> {
             arg.display()
         )));
     }
-    bail!(
+    Err(vmk_common::usage!(
         "{} is not a mount made by vmk (no state file found in {})",
         arg.display(),
         cfg.dir.display()
-    )
+    ))
 }
 
 fn umount(cfg: &VmConfig, dir: Option<&Path>, dry: bool) -> Result<ExitCode> {
@@ -241,7 +241,10 @@ fn umount(cfg: &VmConfig, dir: Option<&Path>, dry: bool) -> Result<ExitCode> {
 fn putfile(cfg: &VmConfig, opts: &MountOpts, files: &[PathBuf], dry: bool) -> Result<ExitCode> {
     for f in files {
         if !f.is_file() {
-            bail!("{} is not a file (putfile copies files)", f.display());
+            return Err(vmk_common::usage!(
+                "{} is not a file (putfile copies files)",
+                f.display()
+            ));
         }
     }
     let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
@@ -449,7 +452,7 @@ fn bind_system(root: &Path, binds: &mut Binds) -> Result<()> {
 
 fn chroot(cfg: &VmConfig, opts: &MountOpts, command: &[String], dry: bool) -> Result<ExitCode> {
     if !vmk_common::host::is_root() {
-        bail!("chroot needs root");
+        return Err(vmk_common::usage!("chroot needs root (run it with sudo)"));
     }
     let req = MountRequest::new(cfg, None, opts.backend, opts.force)?;
     if dry {
@@ -611,4 +614,27 @@ fn print_lines<I: IntoIterator<Item = S>, S: std::fmt::Display>(lines: I) -> Res
         vmk_common::outln!("{l}")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn putfile_of_a_directory_exits_2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("vm-config");
+        std::fs::write(&cfg, "VMK_DISK0=disk0.img\n").unwrap();
+        let a = Args::try_parse_from([
+            "vmk-mount",
+            "-c",
+            cfg.to_str().unwrap(),
+            "putfile",
+            tmp.path().to_str().unwrap(),
+        ])
+        .unwrap();
+        let err = run(a).unwrap_err();
+        assert_eq!(vmk_common::cli::exit_status_of(&err), 2, "{err:#}");
+        assert!(err.to_string().contains("is not a file"), "{err:#}");
+    }
 }

@@ -360,3 +360,17 @@ pub fn cmd_ps(json: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_config_file_given_with_c_exits_2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("no-such-config");
+        let a = Args::try_parse_from(["vmk-run", "-c", cfg.to_str().unwrap(), "info"]).unwrap();
+        let err = run(a).unwrap_err();
+        assert_eq!(vmk_common::cli::exit_status_of(&err), 2, "{err:#}");
+    }
+}

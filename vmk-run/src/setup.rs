@@ -331,7 +331,9 @@ pub fn fixme(g: &GlobalOpts, a: &FixArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !vmk_common::host::is_root() {
-        anyhow::bail!("fixme changes system files: run it as root (`sudo vmk fixme`)");
+        return Err(vmk_common::usage!(
+            "fixme changes system files: run it as root (`sudo vmk fixme`)"
+        ));
     }
     if files.helper.is_none() {
         anyhow::bail!(

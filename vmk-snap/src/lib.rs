@@ -184,7 +184,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 }
 
+/// A file named on the command line that must exist: a usage error when it does not.
+fn given_file(what: &str, path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(usage!(
+            "{what} {} is not a regular file but a directory ({what} takes files only)",
+            path.display()
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(usage!("{what} {} does not exist", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 fn cpfile(global: &GlobalOpts, a: CpfileArgs) -> Result<ExitCode> {
+    given_file("cpfile", &a.src)?;
     if global.dry_run {
         outln!(
             "cpfile {} {} (reflink{})",
@@ -208,6 +224,7 @@ fn cpfile(global: &GlobalOpts, a: CpfileArgs) -> Result<ExitCode> {
 }
 
 fn fsnap(global: &GlobalOpts, a: FsnapArgs) -> Result<ExitCode> {
+    given_file("fsnap", &a.file)?;
     if global.dry_run {
         outln!("fsnap {}", a.file.display())?;
         return Ok(ExitCode::SUCCESS);
@@ -504,6 +521,36 @@ mod tests {
         assert!(lines[2].contains("\\x1b[31mxxx") && lines[2].ends_with("more bytes)"));
         assert!(lines[2].len() < 400, "{}", lines[2].len());
         assert!(a != b);
+    }
+
+    #[test]
+    fn a_missing_file_on_the_command_line_is_a_usage_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing.img");
+        let dst = tmp.path().join("copy.img");
+        for args in [
+            vec![
+                "vmk-snap",
+                "cpfile",
+                missing.to_str().unwrap(),
+                dst.to_str().unwrap(),
+            ],
+            vec![
+                "vmk-snap",
+                "cpfile",
+                tmp.path().to_str().unwrap(),
+                dst.to_str().unwrap(),
+            ],
+            vec!["vmk-snap", "fsnap", missing.to_str().unwrap()],
+        ] {
+            let err = run(Args::try_parse_from(&args).unwrap()).unwrap_err();
+            assert_eq!(
+                vmk_common::cli::exit_status_of(&err),
+                2,
+                "{args:?}: {err:#}"
+            );
+        }
+        assert!(!dst.exists());
     }
 
     #[test]

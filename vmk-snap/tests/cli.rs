@@ -89,12 +89,13 @@ fn cpfile_refuses_same_file_and_overwrite_and_explains_missing_reflink() {
     vmk_snap(d)
         .args(["cpfile", "--full-copy", "/nonexistent/x", "y"])
         .assert()
-        .code(1);
+        .code(2)
+        .stderr(contains("does not exist"));
     fs::create_dir(d.join("sub")).unwrap();
     vmk_snap(d)
         .args(["cpfile", "--full-copy", "sub", "z"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("not a regular file"));
 }
 
@@ -152,7 +153,7 @@ fn dsnap_notes_list_revert_rm() {
     vmk_snap(d)
         .args(["--base", "dsnap", "rm", "disk0.img"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("no snapshot"));
     assert!(d.join("disk0.img").exists());
     vmk_snap(d)

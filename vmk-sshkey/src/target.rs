@@ -77,11 +77,9 @@ pub fn target(cfg: &VmConfig) -> Result<Target> {
                 ),
             }
         }
-        NetType::None => {
-            bail!(
-                "VMK_NET_TYPE is none: this VM has no network to ssh into (set VMK_NET_TYPE=user)"
-            )
-        }
+        NetType::None => Err(vmk_common::usage!(
+            "VMK_NET_TYPE is none: this VM has no network to ssh into (set VMK_NET_TYPE=user)"
+        )),
     }
 }
 
@@ -137,6 +135,14 @@ pub fn parse_ip_neigh(text: &str, mac: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn no_network_is_a_config_mistake_exit_2() {
+        let mut cfg = VmConfig::defaults(Path::new("/vm"));
+        cfg.net_type = NetType::None;
+        let err = target(&cfg).unwrap_err();
+        assert_eq!(vmk_common::cli::exit_status_of(&err), 2, "{err:#}");
+    }
 
     #[test]
     fn user_net_uses_listen_and_forwarded_port() {
