@@ -103,7 +103,12 @@ pub fn vm_numbers_in(parent: &Path) -> BTreeSet<u8> {
         .unwrap_or(1);
     entries
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join(config::VM_FILE_NAME)).ok())
+        .filter_map(|e| {
+            // through the config reader: a FIFO or device planted there never blocks us
+            config::files::read_config(&e.path().join(config::VM_FILE_NAME), config::VM_FILE_NAME)
+                .ok()
+                .flatten()
+        })
         .filter_map(|bytes| RawConfig::parse(&bytes, config::VM_FILE_NAME).ok())
         .map(|raw| {
             raw.last("VMK_VNC")
@@ -149,6 +154,14 @@ mod tests {
             std::fs::create_dir(d.path().join(name)).unwrap();
             std::fs::write(d.path().join(name).join(config::VM_FILE_NAME), text).unwrap();
         }
+        // a FIFO as a neighbour's vm-config is skipped, never waited on
+        std::fs::create_dir(d.path().join("fifo")).unwrap();
+        let fifo = d.path().join("fifo").join(config::VM_FILE_NAME);
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
         assert_eq!(vm_numbers_in(d.path()), BTreeSet::from([1, 4]));
     }
 }
