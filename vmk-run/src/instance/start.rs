@@ -54,7 +54,7 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
         ),
         VmStatus::Stale { pid } => {
             eprintln!(
-                "note: removing stale pidfile {} (pid {pid} is not this VM's qemu)",
+                "note: removing stale pidfile {} (pid {pid} is gone or is not this VM's qemu)",
                 inst.paths.pidfile.display()
             );
             state::remove_pidfile(&inst.paths.pidfile)?;
@@ -75,6 +75,12 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
             "{} is in use by another qemu (pid {pid}) that this VM's pidfile does not name: \
              stop that qemu first",
             inst.image.display()
+        );
+    }
+    for s in super::stop::remove_stale_sockets(inst)? {
+        eprintln!(
+            "note: removing stale socket {} (its qemu is gone)",
+            s.display()
         );
     }
     check_ports(inst, cmd)?;
@@ -142,46 +148,93 @@ pub fn prepare(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     inst.paths.prepare()
 }
 
+/// The steps of [`start`] at which a test can make vmk-run die (see [`fault`]), in order.
+pub const FAULT_STEPS: [&str; 5] = [
+    "before-qemu",
+    "qemu-spawned",
+    "after-daemonize",
+    "before-qmp",
+    "after-qmp",
+];
+
+/// TEST-ONLY fault injection: when the environment variable `VMK_TEST_FAULT` names `step`
+/// (one of [`FAULT_STEPS`]), vmk-run SIGKILLs itself there, as a `vmk run` killed at that
+/// moment (Ctrl-C, OOM killer, a closed terminal) would die, so that
+/// `vmk-run/tests/faults.rs` can check that every later `run`, `info`, `kill` and `stop`
+/// copes with what it leaves behind. Not an interface for users: nothing else reads it.
+/// `fault` is the variable's value, read once per start.
+fn fault(fault: Option<&str>, step: &str) {
+    debug_assert!(FAULT_STEPS.contains(&step));
+    if fault == Some(step) {
+        eprintln!("VMK_TEST_FAULT={step}: vmk-run kills itself here (a test's fault injection)");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Starts `inst` in the background (`vmk run`): checks, qemu `-daemonize`, waits until QMP
-/// answers, records the VM for `vmk ps`. Fails with qemu's own error text.
+/// answers. Fails with qemu's own error text.
+///
+/// The VM is recorded for `vmk ps` before qemu starts (`ps` verifies every record against
+/// the pidfile and /proc, and drops the records of VMs that do not run), so that a qemu
+/// that runs is listed even when this process dies before QMP answers; on failure the
+/// record is removed again.
 pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
+    let injected = std::env::var("VMK_TEST_FAULT").ok();
+    let injected = injected.as_deref();
     let cmd = command(inst, Mode::Run, opts.adjust)?;
     prepare(inst, &cmd)?;
+    let endpoints = Endpoints::of(&cmd);
+    if let Err(e) = registry::add(&registry::Entry::new(inst, &endpoints)) {
+        log::warn!("cannot record the VM for `vmk ps`: {e:#}");
+    }
+    let forget = || {
+        let _ = registry::remove(&inst.paths.pidfile);
+    };
+    fault(injected, "before-qemu");
     log::debug!("starting {}", cmd.shell_quoted());
     let out = super::with_private_umask(|| {
         cmd.to_command()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
     })
-    .with_context(|| format!("starting {}", cmd.program().display()))?;
+    .and_then(|child| {
+        fault(injected, "qemu-spawned");
+        child.wait_with_output()
+    })
+    .with_context(|| format!("starting {}", cmd.program().display()))
+    .inspect_err(|_| forget())?;
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
+        forget();
         let _ = state::remove_pidfile(&inst.paths.pidfile);
         return Err(qemu_failed(inst, &stderr, out.status));
     }
     if !stderr.is_empty() {
         eprintln!("{stderr}");
     }
+    fault(injected, "after-daemonize");
     let pid = state::read_pidfile(&inst.paths.pidfile)?.with_context(|| {
         format!(
             "qemu daemonized but wrote no pidfile {}",
             inst.paths.pidfile.display()
         )
     })?;
+    fault(injected, "before-qmp");
     let qmp_status = match qmp::wait_for_socket(&inst.paths.qmp_socket, opts.qmp_timeout)
         .and_then(|mut q| q.query_status())
     {
         Ok((s, _)) => s,
         Err(e) => {
             let _ = state::kill_verified(pid, &inst.image, &state::KILL_SIGNALS, KILL_INTERVAL);
-            let _ = state::remove_pidfile(&inst.paths.pidfile);
+            let _ = super::cleanup(inst);
+            forget();
             return Err(e.context(format!("qemu (pid {pid}) did not answer on QMP: killed it")));
         }
     };
-    let endpoints = Endpoints::of(&cmd);
-    let started = Started {
+    fault(injected, "after-qmp");
+    Ok(Started {
         name: inst.cfg.display_name(),
         pid,
         image: inst.image.clone(),
@@ -190,11 +243,7 @@ pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
         qmp_socket: inst.paths.qmp_socket.clone(),
         endpoints,
         qmp_status,
-    };
-    if let Err(e) = registry::add(&registry::Entry::new(inst, &started.endpoints)) {
-        log::warn!("cannot record the VM for `vmk ps`: {e:#}");
-    }
-    Ok(started)
+    })
 }
 
 fn qemu_failed(inst: &Instance, stderr: &str, status: std::process::ExitStatus) -> anyhow::Error {

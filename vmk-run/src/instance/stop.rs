@@ -2,13 +2,15 @@
 //! then kill) and the cleanup of what a stopped instance leaves behind.
 
 use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use vmk_common::qmp;
 use vmk_common::state::{self, KillOutcome, VmStatus};
 
-use super::{is_running, Instance, KILL_INTERVAL};
+use super::{console_socket, is_running, vnc_socket, Instance, KILL_INTERVAL};
 use crate::registry;
 
 /// What [`kill`] or [`stop`] found and did.
@@ -122,17 +124,56 @@ pub fn stop(inst: &Instance, timeout: Duration) -> Result<StopOutcome> {
     Ok(outcome)
 }
 
-/// Removes what a stopped instance leaves behind: pidfile, QMP socket, `ps` entry. Only
-/// when no qemu of this instance runs.
+/// Removes what a stopped instance leaves behind: pidfile, sockets ([`stale_sockets`]),
+/// `ps` entry. Only when no qemu of this instance runs.
 pub fn cleanup(inst: &Instance) -> Result<()> {
     if is_running(inst)? {
         return Ok(());
     }
     state::remove_pidfile(&inst.paths.pidfile)?;
-    match fs::remove_file(&inst.paths.qmp_socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!("removing {}: {e}", inst.paths.qmp_socket.display()),
+    for s in remove_stale_sockets(inst)? {
+        log::debug!("removed {}", s.display());
     }
     registry::remove(&inst.paths.pidfile)
+}
+
+/// The unix sockets qemu makes for `inst`: QMP, guest agent, serial console, VNC. qemu
+/// removes them when it exits normally, not when it is killed.
+fn sockets(inst: &Instance) -> [PathBuf; 4] {
+    [
+        inst.paths.qmp_socket.clone(),
+        inst.paths.qga_socket(),
+        console_socket(inst),
+        vnc_socket(inst),
+    ]
+}
+
+/// Removes the sockets ([`sockets`]) that a qemu of `inst` left behind when it died, and
+/// returns them: only when no qemu boots the image (a qemu that runs without a pidfile
+/// keeps its sockets), and only sockets (anything else at those paths is not ours to
+/// remove).
+pub(super) fn remove_stale_sockets(inst: &Instance) -> Result<Vec<PathBuf>> {
+    let present: Vec<PathBuf> = sockets(inst)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()))
+        .collect();
+    if present.is_empty() {
+        return Ok(present);
+    }
+    if let Some(pid) = state::qemu_pids_using(&inst.image)?.first() {
+        log::debug!(
+            "qemu pid {pid} uses {}: its sockets stay",
+            inst.image.display()
+        );
+        return Ok(Vec::new());
+    }
+    let mut removed = Vec::new();
+    for p in present {
+        match fs::remove_file(&p) {
+            Ok(()) => removed.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("removing {}: {e}", p.display()),
+        }
+    }
+    Ok(removed)
 }
