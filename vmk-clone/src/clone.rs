@@ -148,8 +148,8 @@ pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
     let cfg = VmConfig::load_for(global)?;
     cfg.require_vm_dir()?;
     let src_config = &cfg.config_file;
-    let config_bytes = fs::read(src_config)
-        .with_context(|| format!("reading {} (is this a VM directory?)", cfg.config_display))?;
+    let config_bytes = config::files::read_config(src_config, &cfg.config_display)?
+        .with_context(|| format!("{} went away while cloning", cfg.config_display))?;
     let dest = outdir.join(name);
     if fs::symlink_metadata(&dest).is_ok() {
         return Err(usage!(

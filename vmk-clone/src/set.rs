@@ -126,13 +126,13 @@ pub fn run(global: &GlobalOpts, a: &SetArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(VM_FILE_NAME));
     let display = path.display().to_string();
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    // through the config reader: bounded, and a FIFO or device there is refused, not read
+    let bytes = match vmk_common::config::files::read_config(&path, &display)? {
+        Some(b) => b,
+        None => {
             vmk_common::errln!("vmk-clone: {display} does not exist: creating it");
             Vec::new()
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {display}")),
     };
     let old = RawConfig::parse(&bytes, &display)
         .ok()

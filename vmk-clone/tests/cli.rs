@@ -238,3 +238,27 @@ fn status_lines_show_hostile_file_names_escaped() {
     );
     assert!(!out.stderr.contains(&0x1b) && !out.stderr.contains(&0x07));
 }
+
+#[test]
+fn set_and_clone_refuse_a_fifo_as_config_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("vm-config");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    vmk_clone(dir.path())
+        .args(["set", "VMK_MEM", "2G"])
+        .timeout(std::time::Duration::from_secs(10))
+        .assert()
+        .code(2)
+        .stderr(contains("is a FIFO"));
+    vmk_clone(dir.path())
+        .args(["-o", "out", "-n", "c1"])
+        .timeout(std::time::Duration::from_secs(10))
+        .assert()
+        .code(2)
+        .stderr(contains("is a FIFO"));
+    assert!(!dir.path().join("out").exists());
+}
