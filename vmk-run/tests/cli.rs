@@ -316,6 +316,50 @@ fn stale_pidfile_is_reported_and_removed_by_kill() {
     assert!(!pidfile.exists());
 }
 
+/// A pidfile that holds no process id (empty, as qemu leaves it when it dies between
+/// creating and writing it, or garbage) is no running VM when no qemu uses the image:
+/// `info` and `isrunning` say so (with a warning), `kill` and `stop` remove it, `run`
+/// removes it with a note before it starts qemu.
+#[test]
+fn a_pidfile_without_a_pid_is_not_a_running_vm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    vm(dir, "VMK_NET_TYPE=none\nVMK_VNC_SOCKET=yes\n");
+    std::fs::write(dir.join("disk0.qcow2"), b"QFI\xfb").unwrap();
+    let pidfile = dir.join("disk0.qcow2.pid");
+    for content in ["", "\n", "garbage\x1b[2J", "-1"] {
+        for cmd in ["kill", "stop", "run"] {
+            std::fs::write(&pidfile, content).unwrap();
+            let out = vmk_run(dir).args(["info", "--json"]).assert().success();
+            let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+            assert_eq!(v["state"], "stopped", "{content:?}");
+            let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+            assert!(
+                stderr.contains("does not hold a process id") && !stderr.contains('\x1b'),
+                "{content:?}: {stderr}"
+            );
+            vmk_run(dir).arg("isrunning").assert().code(1);
+            let out = vmk_run(dir).arg(cmd).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if cmd == "run" {
+                // the fake qemu fails, after the pidfile was removed
+                assert_eq!(out.status.code(), Some(1), "{content:?}: {stderr}");
+                assert!(
+                    stderr.contains("note: removing pidfile") && stderr.contains("fake: boom"),
+                    "{content:?}: {stderr}"
+                );
+            } else {
+                assert!(out.status.success(), "{cmd} {content:?}: {stderr}");
+                assert!(
+                    stderr.contains("not running"),
+                    "{cmd} {content:?}: {stderr}"
+                );
+            }
+            assert!(!pidfile.exists(), "{cmd} {content:?}: the pidfile is left");
+        }
+    }
+}
+
 /// A fake qemu that writes its arguments, one per line, to `argv` beside itself and fails.
 fn recording_vm(dir: &Path, extra: &str) {
     vm(dir, extra);

@@ -73,8 +73,33 @@ impl Instance {
     }
 
     /// The state of this instance as its pidfile and /proc tell.
+    ///
+    /// A pidfile that holds no process id (empty: qemu died between creating and writing
+    /// it; or anything else) counts as no pidfile, with a warning, when no qemu boots the
+    /// image; `vmk run` then removes it ([`start::prepare`]). When a qemu does boot the
+    /// image, the pidfile's error stands: nothing tells whether that qemu is this VM's.
     pub fn status(&self) -> Result<VmStatus> {
-        state::status(&self.paths)
+        match state::status(&self.paths) {
+            Err(e) if self.pidfile_holds_no_pid() => {
+                if let Some(pid) = state::qemu_pids_using(&self.image)?.first() {
+                    return Err(e.context(format!(
+                        "qemu pid {pid} uses {} but the pidfile does not name it",
+                        self.image.display()
+                    )));
+                }
+                log::warn!("{e:#}; no qemu uses the image: taken as not running");
+                Ok(VmStatus::Stopped)
+            }
+            other => other,
+        }
+    }
+
+    /// True when the pidfile is a regular file that can be read and holds no process id.
+    fn pidfile_holds_no_pid(&self) -> bool {
+        let pidfile = &self.paths.pidfile;
+        std::fs::symlink_metadata(pidfile).is_ok_and(|m| m.is_file())
+            && std::fs::read(pidfile).is_ok()
+            && state::read_pidfile(pidfile).is_err()
     }
 
     fn hint(&self, cmd: &str) -> String {

@@ -59,7 +59,15 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
             );
             state::remove_pidfile(&inst.paths.pidfile)?;
         }
-        VmStatus::Stopped => {}
+        VmStatus::Stopped => {
+            if inst.pidfile_holds_no_pid() {
+                eprintln!(
+                    "note: removing pidfile {}: it holds no process id and no qemu uses the image",
+                    inst.paths.pidfile.display()
+                );
+                state::remove_pidfile(&inst.paths.pidfile)?;
+            }
+        }
     }
     let missing = missing_files(inst, cmd);
     if !missing.is_empty() {

@@ -72,7 +72,12 @@ pub fn kill(inst: &Instance) -> Result<StopOutcome> {
 /// (a stale pidfile is cleaned up, nothing is signalled).
 fn running_pid(inst: &Instance) -> Result<std::result::Result<u32, StopOutcome>> {
     Ok(match inst.status()? {
-        VmStatus::Stopped => Err(StopOutcome::NotRunning),
+        VmStatus::Stopped => {
+            if inst.pidfile_holds_no_pid() {
+                cleanup(inst)?; // no qemu uses the image (`Instance::status`)
+            }
+            Err(StopOutcome::NotRunning)
+        }
         VmStatus::Stale { pid } => {
             cleanup(inst)?;
             Err(StopOutcome::StalePidfile { pid })
