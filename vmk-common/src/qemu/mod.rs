@@ -80,8 +80,12 @@ pub enum QemuError {
         tried: String,
     },
     /// An image's format could not be detected.
-    #[error("cannot read disk image {path}: {source} (set VMK_DISK0 to an existing image or run `vmk mkdisk0`)")]
+    #[error("cannot read disk image {path}: {source} (set {key} to an existing image, or create it with {make})")]
     Disk {
+        /// The key that names the image (`VMK_DISK0`…`VMK_DISK6`).
+        key: String,
+        /// What creates it: `` `vmk mkdisk0` `` or `` `vmk mkdisks` ``.
+        make: &'static str,
         /// The image.
         path: PathBuf,
         /// Why.
@@ -265,7 +269,7 @@ impl QemuCommand {
         let disk0 = abs(cfg.disk0()?);
         let disk0_format = match cfg.disk0_format {
             Some(f) => f,
-            None => detect(host, &disk0)?,
+            None => detect(host, &disk0, 0)?,
         };
         let mut disks = vec![Disk {
             file: disk0,
@@ -273,8 +277,15 @@ impl QemuCommand {
             cache: cfg.disk0_cache,
         }];
         for file in cfg.extra_disks() {
+            // VMK_DISKn, or the file diskN that an empty VMK_DISKn attaches
+            let n = (1..=6)
+                .find(|&n| match &cfg.disks[n - 1] {
+                    Some(p) => *p == file,
+                    None => cfg.dir.join(format!("disk{n}")) == file,
+                })
+                .unwrap_or(1);
             let file = abs(&file);
-            let format = detect(host, &file)?;
+            let format = detect(host, &file, n)?;
             disks.push(Disk {
                 file,
                 format,
@@ -484,8 +495,15 @@ impl QemuCommand {
     }
 }
 
-fn detect(host: &dyn Host, path: &Path) -> Result<DiskFormat, QemuError> {
+/// The format of the image `path` that `VMK_DISK<n>` names.
+fn detect(host: &dyn Host, path: &Path, n: usize) -> Result<DiskFormat, QemuError> {
     host.disk_format(path).map_err(|source| QemuError::Disk {
+        key: format!("VMK_DISK{n}"),
+        make: if n == 0 {
+            "`vmk mkdisk0`"
+        } else {
+            "`vmk mkdisks`"
+        },
         path: path.to_path_buf(),
         source,
     })
@@ -519,5 +537,53 @@ mod tests {
             "VMK_DISK0 is not set in vm-config: set it or run `vmk mkdisk0`"
         );
         assert_eq!(crate::cli::exit_status_of(&e), 2);
+    }
+
+    /// NoHost, but no image can be read.
+    struct Unreadable;
+
+    impl Host for Unreadable {
+        fn kvm_usable(&self) -> bool {
+            false
+        }
+        fn find_program(&self, name: &str) -> Option<PathBuf> {
+            NoHost.find_program(name)
+        }
+        fn disk_format(&self, _: &Path) -> io::Result<DiskFormat> {
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        }
+        fn read_to_string(&self, p: &Path) -> io::Result<String> {
+            NoHost.read_to_string(p)
+        }
+    }
+
+    #[test]
+    fn an_unreadable_disk_names_its_own_key() {
+        let mut cfg = VmConfig::defaults(Path::new("/vm"));
+        cfg.disk0_path = Some("/vm/d0.qcow2".into());
+        cfg.disk0_format = Some(DiskFormat::Qcow2);
+        cfg.disks[2] = Some("/vm/d3.qcow2".into());
+        let paths = RuntimePaths {
+            image: "/vm/d0.qcow2".into(),
+            pidfile: "p".into(),
+            qmp_socket: "q".into(),
+            console_log: "l".into(),
+        };
+        let e = QemuCommand::from_config_with(&cfg, Mode::Run, &paths, &Unreadable)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/vm/d3.qcow2"), "{e}");
+        assert!(
+            e.contains("set VMK_DISK3 ") && !e.contains("VMK_DISK0"),
+            "{e}"
+        );
+        cfg.disk0_format = None;
+        let e = QemuCommand::from_config_with(&cfg, Mode::Run, &paths, &Unreadable)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("set VMK_DISK0 ") && e.contains("`vmk mkdisk0`"),
+            "{e}"
+        );
     }
 }
