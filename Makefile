@@ -9,7 +9,7 @@ FISHDIR = $(PREFIX)/share/fish/vendor_completions.d
 TOOLS = vmk vmk-run vmk-snap vmk-clone vmk-mount vmk-sshkey vmk-ayinstall vmk-completions
 CARGO ?= cargo
 
-.PHONY: all build deps install man test check demo clean
+.PHONY: all build deps install man test check demo clean fuzz
 
 all: build
 
@@ -38,6 +38,13 @@ man:
 # The test command README.md gives; .ci/run runs it too.
 test:
 	$(CARGO) test --workspace --no-fail-fast
+
+# Property tests of the config parser, `vmk set`'s editor and the qemu argv
+# (vmk-common/tests/fuzz.rs), run long: make test runs a few thousand cases of each.
+# Prints the executions and the time of each property.
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p vmk-common --test fuzz -- --nocapture
 
 check:
 	$(CARGO) fmt --all -- --check
