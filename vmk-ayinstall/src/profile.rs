@@ -60,7 +60,7 @@ pub fn check_profile(text: &str, origin: &str) -> Result<ProfileSummary, Profile
 
 /// Reads and checks a user's profile file (see [`check_profile`]).
 pub fn check_profile_file(path: &Path) -> Result<ProfileSummary> {
-    let text = std::fs::read(path).with_context(|| {
+    let text = read_small(path).with_context(|| {
         format!(
             "reading the autoyast profile {} (write one, or make one with `vmk ayinstall profile`)",
             path.display()
@@ -261,9 +261,15 @@ fn first_comment_line(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A profile or list file a user named: a regular file of at most 4 MiB, never waited on.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    vmk_common::fileops::read_user_file(path, 4 << 20)
+}
+
 /// Reads snippet names from a list file: one per line, `#` comments and blank lines ignored.
 pub fn read_list_file(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
+    let text = read_small(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .with_context(|| format!("reading snippet list {}", path.display()))?;
     Ok(text
         .lines()

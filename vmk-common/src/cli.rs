@@ -205,8 +205,26 @@ fn typed_spec(
 /// Prints a clap error, or the help or version it carries, and returns the exit status:
 /// 0 for help and version (a closed pipe included), 2 for usage errors.
 pub fn clap_exit(e: &clap::Error) -> ExitCode {
-    let _ = e.print();
-    ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 })
+    if !e.use_stderr() {
+        let _ = e.print(); // help and version, on stdout
+        return ExitCode::SUCCESS;
+    }
+    // clap quotes the offending argument whole: each line cut to a short excerpt when it
+    // is that long (no usage line is), then escaped and bounded like every error
+    let text = e.render().to_string();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match l.chars().count() > 200 {
+            true => crate::text::excerpt_of(l, 160),
+            false => l.to_string(),
+        })
+        .collect();
+    let _ = writeln!(
+        io::stderr().lock(),
+        "{}",
+        crate::text::message(&lines.join("\n"))
+    );
+    ExitCode::from(EXIT_USAGE)
 }
 
 /// Writes `bytes` to stdout at once; a closed pipe is not an error (`vmk --list | head -1`).
@@ -246,6 +264,8 @@ pub fn exit_status_of(err: &anyhow::Error) -> u8 {
     let is_usage = err.chain().any(|c| {
         c.downcast_ref::<UsageError>().is_some()
             || c.downcast_ref::<crate::config::ConfigError>().is_some()
+            || c.downcast_ref::<crate::qemu::QemuError>()
+                .is_some_and(crate::qemu::QemuError::is_config_mistake)
     });
     if is_usage {
         EXIT_USAGE

@@ -416,15 +416,44 @@ fn remove_stale_temps(dir: &Path, prefix: &OsStr) {
     }
 }
 
+/// Reads a small file a user named (a profile, a list, a note): never blocks on a FIFO or
+/// device (opened O_NONBLOCK, refused unless it is a regular file) and reads at most
+/// `max_bytes` (more is an error saying so).
+pub fn read_user_file(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
+    let ft = file.metadata()?.file_type();
+    if !ft.is_file() {
+        let what = crate::config::files::file_type_name(ft);
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("it is {what}, not a regular file"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("it is larger than {}", crate::human::size(max_bytes)),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Copies the regular file `src` to `dst` by reflink, keeping mode, times, ownership (as
 /// root) and the NOCOW attribute. DST may be a directory. The source is only ever opened
 /// read-only. The copy is made in a temporary file beside DST and renamed into place, so DST
 /// is either the complete copy or untouched. Where the filesystem cannot reflink this fails
 /// with [`FileopsError::ReflinkUnsupported`] unless `opts.allow_full_copy`.
 pub fn reflink_copy(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyOutcome> {
+    // O_NONBLOCK: a FIFO or device at `src` is opened without waiting, then refused below
     let src_file = OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
+        .custom_flags((rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(src)
         .map_err(io_err("opening", src))?;
     let src_meta = src_file.metadata().map_err(io_err("reading", src))?;

@@ -131,6 +131,9 @@ pub fn plugins(search: &SearchPath) -> BTreeMap<String, PathBuf> {
 
 /// The known name closest to a mistyped one, if any is close enough.
 pub fn closest<'a>(typed: &str, names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    if typed.len() > 64 {
+        return None; // no command name is that long, and the distance would cost quadratic time
+    }
     names
         .into_iter()
         .map(|n| (strsim::damerau_levenshtein(typed, n), n))

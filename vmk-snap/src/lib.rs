@@ -187,9 +187,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// A file named on the command line that must exist: a usage error when it does not.
 fn given_file(what: &str, path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Err(usage!(
-            "{what} {} is not a regular file but a directory ({what} takes files only)",
-            path.display()
+        Ok(m) if !m.is_file() => Err(usage!(
+            "{what} {} is not a regular file but {} ({what} takes files only)",
+            path.display(),
+            vmk_common::config::files::file_type_name(m.file_type())
         )),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

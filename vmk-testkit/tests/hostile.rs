@@ -31,7 +31,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -122,9 +121,6 @@ struct Case {
     writes: bool,
     nobody: bool,
     max_output: usize,
-    /// Why this case is known to fail (a bug reported, a fix not in yet): its failure is
-    /// printed as KNOWN FAILURE and counted, not hidden; VMK_HOSTILE_STRICT=1 fails it.
-    pending: Option<String>,
 }
 
 fn case(category: Category, name: &str) -> Case {
@@ -144,7 +140,6 @@ fn case(category: Category, name: &str) -> Case {
         writes: false,
         nobody: false,
         max_output: MAX_OUTPUT,
-        pending: None,
     }
 }
 
@@ -213,11 +208,6 @@ impl Case {
         self
     }
 
-    fn pending(mut self, why: &str) -> Self {
-        self.pending = Some(why.to_string());
-        self
-    }
-
     fn max_output(mut self, max: usize) -> Self {
         self.max_output = max;
         self
@@ -248,34 +238,7 @@ fn corpus() -> Vec<Case> {
     files(&mut all);
     disks(&mut all);
     arguments(&mut all);
-    known_failures(&mut all);
     all
-}
-
-/// The cases that fail today, each with the reason (bugs reported with the corpus).
-fn known_failures(all: &mut [Case]) {
-    let not_file = "a source that is not a regular file exits 1, while a missing or directory \
-        source exits 2 (usage mistake); the same mistake should exit 2";
-    let fifo = "hangs: opens the FIFO and waits for a writer (vmk-snap copy source)";
-    let profile_fifo = "hangs: vmk-ayinstall profile reads the FIFO and waits for a writer";
-    let front_door = "the front door's `no such command` message prints the typed name raw \
-        (ESC/BEL reach the terminal) and whole (not through text::message)";
-    let clap = "clap's own errors (cli::clap_exit) print the argument whole: a 100 KiB \
-        argument gives a 100 KiB message";
-    for (name, why) in [
-        ("fsnap_fifo", fifo),
-        ("cpfile_fifo", fifo),
-        ("fsnap_dev_zero", not_file),
-        ("cpfile_dev_null", not_file),
-        ("profile_check_fifo", profile_fifo),
-        ("profile_snippet_list_fifo", profile_fifo),
-        ("unknown_command_escape", front_door),
-        ("help_escape", front_door),
-        ("huge_command_name", front_door),
-        ("huge_unknown_option", clap),
-    ] {
-        mark(all, name, why);
-    }
 }
 
 /// Config syntax: line 3 of an otherwise good config. `vmk run` for real (with the fake
@@ -764,8 +727,7 @@ fn values(all: &mut Vec<Case>) {
     all.push(
         case(C, "env_non_utf8")
             .env("VMK_MEM", os(b"\xff\xfe2G"))
-            .says(&["environment", "VMK_MEM"])
-            .pending("config::load reads the environment with std::env::var(..).ok(): a VMK_* variable that is not UTF-8 is silently ignored (the default applies and the VM runs)"),
+            .says(&["environment", "VMK_MEM"]),
     );
     all.push(
         case(C, "env_huge_value")
@@ -1033,8 +995,7 @@ fn disks(all: &mut Vec<Case>) {
                     .file("fifo", Entry::Fifo)
                     .file("disk0.img", entry.clone())
                     .args(args)
-                    .says(&["disk0.img"])
-                    .pending("exits 1 (a clear message), while a missing disk0 exits 2: a disk0 that is not an image is the same config mistake"),
+                    .says(&["disk0.img"]),
             );
         }
     }
@@ -1182,15 +1143,6 @@ fn disks(all: &mut Vec<Case>) {
             .code(1)
             .says(&["big.xml"]),
     );
-}
-
-/// Marks the case `name` as known to fail, saying why (see [`Case::pending`]).
-fn mark(all: &mut [Case], name: &str, why: &str) {
-    let c = all
-        .iter_mut()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no case {name}"));
-    c.pending = Some(why.to_string());
 }
 
 /// Command lines of every tool.
@@ -1526,36 +1478,12 @@ fn main() -> ExitCode {
             needs.push(Need::Program("mkfifo"));
         }
         let name = format!("{}::{}", c.category.name(), c.name);
-        tests.push(SystemTest::new(&name.clone(), &needs, move || {
-            let result = run_case(&c);
-            match (&c.pending, result) {
-                (Some(why), Err(e)) if !strict() => {
-                    KNOWN.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("KNOWN FAILURE {name}: {why}\n{e:#}\n");
-                    Ok(())
-                }
-                (Some(why), Ok(())) => {
-                    eprintln!("FIXED {name}: passes now, remove its .pending({why:?})");
-                    Ok(())
-                }
-                (_, result) => result,
-            }
-        }));
+        tests.push(SystemTest::new(&name, &needs, move || run_case(&c)));
     }
     let code = vmk_testkit::run_system_tests(tests);
-    let known = KNOWN.load(Ordering::Relaxed);
-    let summary = format!("{summary}; known failures (KNOWN FAILURE above): {known}");
     eprintln!("{summary}");
     println!("{summary}");
     code
-}
-
-/// Cases marked pending that failed in this run.
-static KNOWN: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether pending cases must pass too (VMK_HOSTILE_STRICT=1).
-fn strict() -> bool {
-    std::env::var_os("VMK_HOSTILE_STRICT").is_some_and(|v| v != "0" && !v.is_empty())
 }
 
 /// The case's own directory: the VM directory `vm` (also HOME), the fake qemu, its record.

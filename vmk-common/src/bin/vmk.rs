@@ -92,7 +92,10 @@ fn exec(args: &FrontDoorArgs, search: &SearchPath, command: &str, rest: &[OsStri
 }
 
 fn no_such_command(search: &SearchPath, command: &str) -> ExitCode {
-    eprintln!("vmk: error: no such command: `{command}`");
+    eprintln!(
+        "vmk: error: no such command: `{}`",
+        vmk_common::text::excerpt(command)
+    );
     let names = frontdoor::known_names(search);
     if let Some(best) = frontdoor::closest(command, names.iter().map(String::as_str)) {
         eprintln!("\n\tDid you mean `{best}`?");

@@ -439,8 +439,12 @@ pub fn closest_key(name: &str) -> Option<&'static str> {
     if name.len() > 40 {
         return None;
     }
+    // compared without the shared `VMK_` prefix, which alone would make any `VMK_X` look
+    // like a key (`MY_VAR` as `VMK_MY_VAR` is no typo of `VMK_ARCH`)
+    let stem = |s: &'static str| s.strip_prefix("VMK_").unwrap_or(s);
+    let typed = name.strip_prefix("VMK_").unwrap_or(name);
     KEYS.iter()
-        .map(|k| (strsim::jaro_winkler(name, k.name), k.name))
+        .map(|k| (strsim::jaro_winkler(typed, stem(k.name)), k.name))
         .filter(|(score, _)| *score > 0.85)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, n)| n)
@@ -536,6 +540,16 @@ fn check_text(spec: &KeySpec, value: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn suggestions_ignore_the_shared_prefix() {
+        assert_eq!(closest_key("VMK_MEMM"), Some("VMK_MEM"));
+        assert_eq!(closest_key("VMK_DISK_CACH"), Some("VMK_DISK_CACHE"));
+        assert_eq!(closest_key("vmk_mem"), Some("VMK_MEM"));
+        // a user's own variable, tried as VMK_MY_VAR, is no typo of VMK_ARCH
+        assert_eq!(closest_key("VMK_MY_VAR"), None);
+    }
+
     use super::*;
 
     #[test]

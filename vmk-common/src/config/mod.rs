@@ -217,6 +217,22 @@ impl LoadOptions {
         Self::default()
     }
 
+    /// A key's environment variable that is set but not UTF-8 is an error, not unset.
+    fn check_env_is_text(&self, name: &str) -> Result<(), ConfigError> {
+        if !self.env || self.env_vars.is_some() {
+            return Ok(());
+        }
+        match std::env::var(name) {
+            Err(std::env::VarError::NotUnicode(v)) => Err(ConfigError::new(format!(
+                "the value is not UTF-8 text: {}",
+                crate::text::excerpt(&v.to_string_lossy())
+            ))
+            .with_key(name)
+            .with_origin(&Origin::Env)),
+            _ => Ok(()),
+        }
+    }
+
     fn env_var(&self, name: &str) -> Option<String> {
         if !self.env {
             return None;
@@ -323,6 +339,7 @@ pub fn load(opts: &LoadOptions) -> Result<VmConfig, ConfigError> {
         merge_file(&raw, &mut settings, opts, &mut budget)?;
     }
     for spec in keys() {
+        opts.check_env_is_text(spec.name)?;
         if let Some(value) = opts.env_var(spec.name) {
             validate_value(spec.name, &value).map_err(|e| e.with_origin(&Origin::Env))?;
             settings.insert(

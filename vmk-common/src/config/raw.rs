@@ -215,7 +215,12 @@ impl RawConfig {
         if let Some((_, a)) = self.last(key) {
             let mut out = self.bytes[..a.value_span.start].to_vec();
             out.extend_from_slice(quote(value, a.quoting).as_bytes());
-            out.extend_from_slice(&self.bytes[a.value_span.end..]);
+            let rest = &self.bytes[a.value_span.end..];
+            if rest.starts_with(b"#") && !value.is_empty() {
+                // `KEY=#comment`: the comment was glued to an empty value; keep it a comment
+                out.push(b' ');
+            }
+            out.extend_from_slice(rest);
             return out;
         }
         let mut out = self.bytes.clone();

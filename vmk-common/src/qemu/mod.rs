@@ -93,6 +93,20 @@ pub enum QemuError {
     },
 }
 
+impl QemuError {
+    /// A config mistake rather than a failure: a key names an image that is missing or is
+    /// no disk image at all (a FIFO, a directory…). Tools exit 2 on it, as on a bad value.
+    pub fn is_config_mistake(&self) -> bool {
+        match self {
+            QemuError::Disk { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::InvalidInput
+            ),
+            QemuError::NoQemu { .. } => false,
+        }
+    }
+}
+
 /// One disk: `-drive if=none,…` and its `-device`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
