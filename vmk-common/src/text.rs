@@ -29,18 +29,8 @@ pub const MESSAGE_CHARS: usize = 4000;
 /// A whole message for a terminal: [`escaped`] (newlines kept), cut after
 /// [`MESSAGE_CHARS`] characters with how much was left out.
 pub fn message(s: &str) -> String {
-    let mut cut = s.len();
-    for (n, (i, _)) in s.char_indices().enumerate() {
-        if n == MESSAGE_CHARS {
-            cut = i;
-            break;
-        }
-    }
-    let mut out = escaped(&s[..cut]).into_owned();
-    if cut < s.len() {
-        let _ = write!(out, "… ({} more bytes)", s.len() - cut);
-    }
-    out
+    let head = first_chars(s, MESSAGE_CHARS);
+    with_rest(escaped(head).into_owned(), s.len() - head.len())
 }
 
 /// One line of `s`: like [`escaped`], newlines and tabs escaped too.
@@ -67,16 +57,22 @@ pub fn excerpt(s: &str) -> String {
 
 /// [`excerpt`] with another length.
 pub fn excerpt_of(s: &str, max_chars: usize) -> String {
-    let mut cut = s.len();
-    for (n, (i, _)) in s.char_indices().enumerate() {
-        if n == max_chars {
-            cut = i;
-            break;
-        }
+    let head = first_chars(s, max_chars);
+    with_rest(escaped_line(head).into_owned(), s.len() - head.len())
+}
+
+/// The first `n` characters of `s` (all of it when shorter).
+fn first_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
     }
-    let mut out = escaped_line(&s[..cut]).into_owned();
-    if cut < s.len() {
-        let _ = write!(out, "… ({} more bytes)", s.len() - cut);
+}
+
+/// `out`, then how many bytes were left out, when any were.
+fn with_rest(mut out: String, rest: usize) -> String {
+    if rest > 0 {
+        let _ = write!(out, "… ({rest} more bytes)");
     }
     out
 }
