@@ -439,7 +439,7 @@ fn errors_come_first() -> Result<()> {
     expect_error(
         d.path(),
         &["qinstall", "--iso", "missing.iso"],
-        1,
+        2, // a medium named on the command line that is not there: a usage mistake
         &["install medium missing.iso not found"],
     )?;
 
