@@ -346,8 +346,8 @@ fn untrusted_vm_directories_and_config_files_are_refused() -> Result<()> {
             && err.contains(&format!("chown root {shown}")),
         "unclear refusal: {err}"
     );
-    std::os::unix::fs::lchown(&vm, Some(0), Some(0))?;
-    // writable by group, by others
+    // writable by a shared group (nogroup, not root's private group), by others
+    std::os::unix::fs::lchown(&vm, Some(0), Some(65534))?;
     for (mode, who) in [
         (0o770, "its group"),
         (0o757, "every user"),
@@ -363,6 +363,10 @@ fn untrusted_vm_directories_and_config_files_are_refused() -> Result<()> {
             "unclear refusal for mode {mode:o}: {err}"
         );
     }
+    // root's own private group may write (umask 002 with user private groups)
+    std::os::unix::fs::lchown(&vm, Some(0), Some(0))?;
+    chmod(&vm, 0o775)?;
+    ensure!(load_dir(&vm, None)?.is_empty(), "{}", load_dir(&vm, None)?);
     chmod(&vm, 0o755)?;
     ensure!(load_dir(&vm, None)?.is_empty());
     // the config files in it: another user's, or writable by others

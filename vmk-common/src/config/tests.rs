@@ -373,7 +373,7 @@ fn empty_values_mean_default() {
 
 #[test]
 fn config_files_and_vm_directories_others_can_write_are_refused() {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let chmod =
         |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     let f = Fixture::new();
@@ -381,18 +381,33 @@ fn config_files_and_vm_directories_others_can_write_are_refused() {
     chmod(&f.vm().join("vm-config"), 0o644);
     chmod(&f.vm(), 0o755);
     assert!(f.load().is_ok());
-    // the VM directory
-    chmod(&f.vm(), 0o775);
-    let e = f.err();
-    let vm = f.vm().display().to_string();
-    assert!(
-        e.contains(&vm)
-            && e.contains("refusing this VM directory")
-            && e.contains("writable by its group")
-            && e.contains("mode 0775")
-            && e.contains(&format!("chmod go-w {vm}")),
-        "{e}"
-    );
+    // group-writable with the owner's private group: fine (umask 002 systems)
+    let private = std::fs::metadata(f.vm()).unwrap();
+    if super::trust::is_private_group(private.uid(), private.gid()) {
+        chmod(&f.vm(), 0o775);
+        assert!(f.load().is_ok());
+    }
+    // writable by a group others are in (nogroup): only root can give files that group
+    let root = crate::host::is_root();
+    let shared_group = |p: &Path| {
+        if root {
+            std::os::unix::fs::lchown(p, None, Some(65534)).unwrap();
+        }
+    };
+    if root {
+        shared_group(&f.vm());
+        chmod(&f.vm(), 0o775);
+        let e = f.err();
+        let vm = f.vm().display().to_string();
+        assert!(
+            e.contains(&vm)
+                && e.contains("refusing this VM directory")
+                && e.contains("writable by its group")
+                && e.contains("mode 0775")
+                && e.contains(&format!("chmod go-w {vm}")),
+            "{e}"
+        );
+    }
     chmod(&f.vm(), 0o700);
     // its files, and the user's and the system-wide stand-ins
     for (rel, mode) in [
@@ -400,8 +415,12 @@ fn config_files_and_vm_directories_others_can_write_are_refused() {
         ("vm/vmkrc", 0o620),
         ("etc-vmk-config", 0o602),
     ] {
+        if mode & 0o002 == 0 && !root {
+            continue; // group-only: the test cannot make a shared group without root
+        }
         f.write(rel, "VMK_CPU=2\n");
         let p = f.tmp.path().join(rel);
+        shared_group(&p);
         chmod(&p, mode);
         let e = f.err();
         let name = Path::new(rel).file_name().unwrap().to_str().unwrap();

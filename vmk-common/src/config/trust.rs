@@ -41,6 +41,35 @@ pub fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// Whether `gid` is the user private group of `owner`: the owner's primary group, named as
+/// the owner, with no other member listed. Then a group-writable file (umask 002, the
+/// default on many systems for users with such groups) is writable by its owner only.
+pub(crate) fn is_private_group(owner: u32, gid: u32) -> bool {
+    let (Ok(passwd), Ok(group)) = (
+        std::fs::read_to_string("/etc/passwd"),
+        std::fs::read_to_string("/etc/group"),
+    ) else {
+        return false;
+    };
+    private_group_in(&passwd, &group, owner, gid)
+}
+
+/// [`is_private_group`] on the text of /etc/passwd and /etc/group.
+fn private_group_in(passwd: &str, group: &str, owner: u32, gid: u32) -> bool {
+    let user = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[2].parse() == Ok(owner)).then(|| (f[0], f[3].parse::<u32>().ok()))
+    });
+    let Some((name, Some(primary))) = user else {
+        return false;
+    };
+    primary == gid
+        && group.lines().any(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            f.len() >= 4 && f[2].parse() == Ok(gid) && f[0] == name && f[3].trim().is_empty()
+        })
+}
+
 /// `uid 65534 (nobody)`, or `uid N` for a user without a name.
 fn who(uid: u32) -> String {
     match user_name(uid) {
@@ -89,7 +118,8 @@ pub fn check(
             ),
         ));
     }
-    if mode & 0o022 != 0 {
+    let group_may_write = mode & 0o020 != 0 && !is_private_group(owner, meta.gid());
+    if mode & 0o002 != 0 || group_may_write {
         return Err(ConfigError::file(
             display,
             format!(
@@ -106,4 +136,27 @@ pub fn check(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0::/root:/bin/sh\nann:x:1000:1000::/home/ann:/bin/sh\n\
+                          bob:x:1001:100::/home/bob:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nann:x:1000:\nusers:x:100:bob,ann\nteam:x:1002:ann\n";
+
+    #[test]
+    fn only_a_user_private_group_may_write() {
+        assert!(private_group_in(PASSWD, GROUP, 1000, 1000));
+        assert!(private_group_in(PASSWD, GROUP, 0, 0));
+        // a shared group, another user's group, an unknown user
+        assert!(!private_group_in(PASSWD, GROUP, 1001, 100));
+        assert!(!private_group_in(PASSWD, GROUP, 1000, 1002));
+        assert!(!private_group_in(PASSWD, GROUP, 1000, 0));
+        assert!(!private_group_in(PASSWD, GROUP, 4242, 4242));
+        // a private-looking group with a member is shared
+        let shared = "ann:x:1000:bob\n";
+        assert!(!private_group_in(PASSWD, shared, 1000, 1000));
+    }
 }
