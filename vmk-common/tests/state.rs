@@ -412,27 +412,22 @@ fn untrusted_vm_directories_and_config_files_are_refused() -> Result<()> {
     );
     ensure!(trust::check(&rc, "x", &meta, trust::Trusted::ConfigFile, NOBODY).is_ok());
     // and a tool says so, exit status 2, before anything runs
-    let bin = vmk_testkit::workspace_bin("vmk-run");
-    if bin.is_file() {
-        fs::write(
-            vm.join("vm-config"),
-            "VMK_DISK0=disk0.raw\nVMK_QEMU=/bin/false\n",
-        )?;
-        chown_nobody(&vm.join("vm-config"))?;
-        let out = Command::new(&bin)
-            .args(["-D", "run"])
-            .current_dir(&vm)
-            .env_remove("VMK_OPT_CONFIG")
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            out.status.code() == Some(2) && stderr.contains("refusing this config file"),
-            "vmk-run run in an untrusted directory: {:?} {stderr}",
-            out.status
-        );
-    } else {
-        eprintln!("(vmk-run not built: its refusal not checked here)");
-    }
+    fs::write(
+        vm.join("vm-config"),
+        "VMK_DISK0=disk0.raw\nVMK_QEMU=/bin/false\n",
+    )?;
+    chown_nobody(&vm.join("vm-config"))?;
+    let out = Command::new(vmk_testkit::workspace_bin("vmk-run"))
+        .args(["-D", "run"])
+        .current_dir(&vm)
+        .env_remove("VMK_OPT_CONFIG")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && stderr.contains("refusing this config file"),
+        "vmk-run run in an untrusted directory: {:?} {stderr}",
+        out.status
+    );
     Ok(())
 }
 
@@ -458,42 +453,36 @@ fn runtime_dir_of_another_user_is_refused() -> Result<()> {
     let err = format!("{:#}", check_private_dir(&rt).unwrap_err());
     ensure!(err.contains("uid 65534"), "{err}");
     // the socket directory of a deep VM, and `vmk ps`, refuse it too and write nothing
-    let bin = vmk_testkit::workspace_bin("vmk-run");
-    if bin.is_file() {
-        let out = Command::new(&bin)
+    let ps = || {
+        Command::new(vmk_testkit::workspace_bin("vmk-run"))
             .arg("ps")
             .env("XDG_RUNTIME_DIR", base.path())
             .env_remove("VMK_RUNNING_DIR")
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // XDG_RUNTIME_DIR=base: the runtime dir is base/vmk, also made by nobody
-        ensure!(
-            !out.status.success() || !base.path().join("vmk").exists(),
-            "{stderr}"
-        );
-        let theirs = base.path().join("vmk");
-        ensure!(as_nobody(&["mkdir", "-m", "0755"])
-            .arg(&theirs)
-            .status()?
-            .success());
-        let out = Command::new(&bin)
-            .arg("ps")
-            .env("XDG_RUNTIME_DIR", base.path())
-            .env_remove("VMK_RUNNING_DIR")
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            out.status.code() == Some(1) && stderr.contains("belongs to uid 65534"),
-            "vmk ps with a foreign runtime dir: {:?} {stderr}",
-            out.status
-        );
-        ensure!(
-            fs::read_dir(&theirs)?.count() == 0,
-            "something was written there"
-        );
-    } else {
-        eprintln!("(vmk-run not built: `vmk ps` not checked here)");
-    }
+            .output()
+    };
+    let out = ps()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // XDG_RUNTIME_DIR=base: the runtime dir is base/vmk, also made by nobody
+    ensure!(
+        !out.status.success() || !base.path().join("vmk").exists(),
+        "{stderr}"
+    );
+    let theirs = base.path().join("vmk");
+    ensure!(as_nobody(&["mkdir", "-m", "0755"])
+        .arg(&theirs)
+        .status()?
+        .success());
+    let out = ps()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && stderr.contains("belongs to uid 65534"),
+        "vmk ps with a foreign runtime dir: {:?} {stderr}",
+        out.status
+    );
+    ensure!(
+        fs::read_dir(&theirs)?.count() == 0,
+        "something was written there"
+    );
     ensure!(
         fs::read_dir(&rt)?.count() == 0,
         "something was written there"
@@ -669,12 +658,12 @@ fn main() -> std::process::ExitCode {
         ),
         SystemTest::new(
             "untrusted_vm_directories_and_config_files_are_refused",
-            &[Need::Root],
+            &[Need::Root, Need::Built("vmk-run")],
             untrusted_vm_directories_and_config_files_are_refused,
         ),
         SystemTest::new(
             "runtime_dir_of_another_user_is_refused",
-            &[Need::Root, Need::Program("setpriv")],
+            &[Need::Root, Need::Program("setpriv"), Need::Built("vmk-run")],
             runtime_dir_of_another_user_is_refused,
         ),
         SystemTest::new(
