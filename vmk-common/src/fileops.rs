@@ -420,15 +420,22 @@ fn remove_stale_temps(dir: &Path, prefix: &OsStr) {
     }
 }
 
+/// Opens `path` for reading without waiting: a FIFO or device opens at once (O_NONBLOCK,
+/// no controlling terminal), so the caller can look at what it got and refuse it. Regular
+/// files read as usual.
+pub fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+}
+
 /// Reads a small file a user named (a profile, a list, a note): never blocks on a FIFO or
 /// device (opened O_NONBLOCK, refused unless it is a regular file) and reads at most
 /// `max_bytes` (more is an error saying so).
 pub fn read_user_file(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(path)?;
+    let file = open_nonblocking(path)?;
     let ft = file.metadata()?.file_type();
     if !ft.is_file() {
         let what = crate::config::files::file_type_name(ft);
@@ -454,12 +461,8 @@ pub fn read_user_file(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
 /// is either the complete copy or untouched. Where the filesystem cannot reflink this fails
 /// with [`FileopsError::ReflinkUnsupported`] unless `opts.allow_full_copy`.
 pub fn reflink_copy(src: &Path, dst: &Path, opts: &CopyOptions) -> Result<CopyOutcome> {
-    // O_NONBLOCK: a FIFO or device at `src` is opened without waiting, then refused below
-    let src_file = OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(src)
-        .map_err(io_err("opening", src))?;
+    // a FIFO or device at `src` is opened without waiting, then refused below
+    let src_file = open_nonblocking(src).map_err(io_err("opening", src))?;
     let src_meta = src_file.metadata().map_err(io_err("reading", src))?;
     if !src_meta.is_file() {
         return Err(FileopsError::NotAFile {

@@ -13,7 +13,7 @@
 
 use std::fs::{File, FileType, Metadata};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use super::ConfigError;
@@ -48,15 +48,6 @@ pub fn file_type_name(ft: FileType) -> &'static str {
     }
 }
 
-/// Opens `path` for reading without blocking on a FIFO and without acquiring a terminal.
-fn open_nonblocking(path: &Path) -> io::Result<File> {
-    use rustix::fs::OFlags;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
-        .open(path)
-}
-
 fn not_regular(display: &str, ft: FileType) -> ConfigError {
     ConfigError::file(
         display,
@@ -79,7 +70,7 @@ pub fn open_config(path: &Path, display: &str) -> Result<Option<(File, Metadata)
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(cannot(e)),
     }
-    let file = match open_nonblocking(path) {
+    let file = match crate::fileops::open_nonblocking(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(cannot(e)),
@@ -144,7 +135,7 @@ pub fn open_image(path: &Path) -> io::Result<File> {
         ))
     };
     check(&std::fs::metadata(path)?)?;
-    let file = open_nonblocking(path)?;
+    let file = crate::fileops::open_nonblocking(path)?;
     check(&file.metadata()?)?;
     Ok(file)
 }
