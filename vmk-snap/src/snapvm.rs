@@ -168,7 +168,7 @@ pub fn run(global: &GlobalOpts, a: &RunArgs, foreground: bool) -> Result<ExitCod
                 t.image.display()
             );
         }
-        if let Some(pid) = vmk_run::instance::find_qemu_using(&t.image)? {
+        if let Some(&pid) = vmk_common::state::qemu_pids_using(&t.image)?.first() {
             bail!(
                 "{} is in use by qemu pid {pid}: stop it before recreating the snapshot",
                 t.image.display()

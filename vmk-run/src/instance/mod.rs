@@ -22,7 +22,7 @@ use vmk_media::cloudinit;
 
 pub use foreground::{attach, run_foreground, Ended, Watch};
 pub use info::{info, info_lines, Info};
-pub use start::{describe, find_qemu_using, prepare, start, Started, FAULT_STEPS};
+pub use start::{describe, prepare, start, Started, FAULT_STEPS};
 pub use stop::{cleanup, kill, stop, StopOutcome};
 
 /// How long `start` waits for qemu's QMP socket to answer.

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use vmk_common::layout;
 use vmk_common::qemu::{Mode, Network, QemuCommand};
 use vmk_common::qmp;
@@ -78,7 +78,7 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
             bail!("disk image {} not found", disk.file.display());
         }
     }
-    if let Some(pid) = find_qemu_using(&inst.image)? {
+    if let Some(&pid) = state::qemu_pids_using(&inst.image)?.first() {
         bail!(
             "{} is in use by another qemu (pid {pid}) that this VM's pidfile does not name: \
              stop that qemu first",
@@ -141,11 +141,6 @@ fn check_ports(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A running qemu whose command line boots `image`, if any (found by scanning /proc).
-pub fn find_qemu_using(image: &Path) -> Result<Option<u32>> {
-    Ok(state::qemu_pids_using(image)?.first().copied())
 }
 
 /// The checks of [`preflight`], then the instance's runtime directory made: what every
