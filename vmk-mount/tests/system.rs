@@ -364,6 +364,18 @@ fn hostile_vm(format: &str, stage: impl FnOnce(&Path) -> Result<()>) -> Result<t
     Ok(vm)
 }
 
+/// sshkeyput's step on the image of the VM in `dir` (mounted, the key appended, unmounted
+/// again whatever happened): its error, or an error when it worked.
+fn sshkeyput_error(dir: &Path, key: &str) -> Result<String> {
+    let mnt = PathBuf::from(ok(dir, &["mount", "--backend", "kernel"])?);
+    let r = vmk_mount::guestfiles::append_authorized_key(&mnt, key);
+    ok(dir, &["umount"])?;
+    match r {
+        Ok(_) => bail!("the key was appended"),
+        Err(e) => Ok(format!("{e:#}")),
+    }
+}
+
 /// Runs vmk-mount expecting it to fail (status 1) with `message` in its stderr.
 fn fails_with(dir: &Path, args: &[&str], message: &str) -> Result<()> {
     let out = tool(dir, args)?;
@@ -464,13 +476,8 @@ fn guest_symlinks_lead_no_write_out() -> Result<()> {
     let dir = vm.path();
     fails_with(dir, &["putfile", "vm-config"], "has no /root directory")?;
     assert_clean(dir)?;
-    let mnt = PathBuf::from(ok(dir, &["mount", "--backend", "kernel"])?);
-    let r = vmk_mount::guestfiles::append_authorized_key(&mnt, key);
-    ok(dir, &["umount"])?;
-    let e = r
-        .err()
-        .context("sshkeyput through a symlinked /root must fail")?;
-    ensure!(format!("{e:#}").contains("has no /root directory"), "{e:#}");
+    let e = sshkeyput_error(dir, key).context("sshkeyput through a symlinked /root must fail")?;
+    ensure!(e.contains("has no /root directory"), "{e}");
     assert_clean(dir)?;
     assert_untouched(&canary, &before)?;
 
@@ -495,16 +502,8 @@ fn guest_symlinks_lead_no_write_out() -> Result<()> {
         "refusing /root/vm in the image: it (or a directory on the way) is a symlink",
     )?;
     assert_clean(dir)?;
-    let mnt = PathBuf::from(ok(dir, &["mount", "--backend", "kernel"])?);
-    let r = vmk_mount::guestfiles::append_authorized_key(&mnt, key);
-    ok(dir, &["umount"])?;
-    let e = r
-        .err()
-        .context("sshkeyput through a symlinked .ssh must fail")?;
-    ensure!(
-        format!("{e:#}").contains("refusing /root/.ssh in the image"),
-        "{e:#}"
-    );
+    let e = sshkeyput_error(dir, key).context("sshkeyput through a symlinked .ssh must fail")?;
+    ensure!(e.contains("refusing /root/.ssh in the image"), "{e}");
     let removed = ok(dir, &["fixnet"])?;
     ensure!(
         removed == "removed /etc/udev/rules.d/70-persistent-net.rules",
