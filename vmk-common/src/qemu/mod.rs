@@ -26,6 +26,8 @@
 //!   image, the ssh public key) go through [`Host`], so tests give fixed answers.
 
 mod argv;
+#[doc(hidden)]
+pub mod fixtures;
 mod host;
 mod opts;
 

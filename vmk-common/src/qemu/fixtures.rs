@@ -1,0 +1,262 @@
+//! The fixed machine and the table of modes that the qemu argv snapshots
+//! (vmk-common/tests/qemu_argv.rs) and the libvirt domain XML snapshots (vmk-libvirt) are
+//! both taken of, so that every way vmk runs a VM is checked in both forms and a mode added
+//! for one is seen by the other. Test support only: paths are fixed (`/vm/…`) and the
+//! machine is a fake [`Host`], so the outputs are stable.
+//!
+//! To add a mode: add a row to [`MODES`]; both snapshot suites pick it up (review the new
+//! snapshots with `INSTA_UPDATE=always cargo test -p vmk-common --test qemu_argv` and
+//! `… -p vmk-libvirt --test xml`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, NetType, VmConfig};
+
+use super::{Host, Mode, QemuCommand, RuntimePaths};
+
+/// A machine with qemu-system-x86_64, the given kvm answer, qcow2 images except `*.raw`,
+/// and an ssh key for VMs in /vm.
+#[derive(Debug, Clone, Copy)]
+pub struct FakeHost {
+    /// Whether /dev/kvm is usable.
+    pub kvm: bool,
+}
+
+impl Host for FakeHost {
+    fn kvm_usable(&self) -> bool {
+        self.kvm
+    }
+    fn find_program(&self, name: &str) -> Option<PathBuf> {
+        (name == "qemu-system-x86_64").then(|| PathBuf::from("/usr/bin/qemu-system-x86_64"))
+    }
+    fn disk_format(&self, path: &Path) -> io::Result<DiskFormat> {
+        Ok(if path.extension().is_some_and(|e| e == "raw") {
+            DiskFormat::Raw
+        } else {
+            DiskFormat::Qcow2
+        })
+    }
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        if path == Path::new("/vm/vm-key.pub") {
+            Ok("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKey root@vm,1\n".into())
+        } else {
+            Err(io::ErrorKind::NotFound.into())
+        }
+    }
+}
+
+/// [`FakeHost`] where vmk runs as root and /vm belongs to uid 1000, gid 100.
+#[derive(Debug, Clone, Copy)]
+pub struct RootHost;
+
+impl Host for RootHost {
+    fn kvm_usable(&self) -> bool {
+        false
+    }
+    fn find_program(&self, name: &str) -> Option<PathBuf> {
+        FakeHost { kvm: false }.find_program(name)
+    }
+    fn disk_format(&self, path: &Path) -> io::Result<DiskFormat> {
+        FakeHost { kvm: false }.disk_format(path)
+    }
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        FakeHost { kvm: false }.read_to_string(path)
+    }
+    fn is_root(&self) -> bool {
+        true
+    }
+    fn owner(&self, path: &Path) -> Option<(u32, u32)> {
+        (path == Path::new("/vm")).then_some((1000, 100))
+    }
+}
+
+/// The base config of every mode: /vm/sles15.qcow2, TCG, VM number 3, 4 GiB.
+pub fn config() -> VmConfig {
+    let mut c = VmConfig::defaults(Path::new("/vm"));
+    c.name = Some("sles15".into());
+    c.disk0_path = Some("/vm/sles15.qcow2".into());
+    c.accel = Accel::Tcg;
+    c.vnc = 3;
+    c.mem = "4G".parse().unwrap();
+    c.ssh_credential = false;
+    c
+}
+
+/// The runtime files of the instance whose image is `/vm/<prefix>sles15.qcow2`.
+pub fn paths(prefix: &str) -> RuntimePaths {
+    RuntimePaths {
+        image: format!("/vm/{prefix}sles15.qcow2").into(),
+        pidfile: format!("/vm/{prefix}sles15.qcow2.pid").into(),
+        qmp_socket: format!("/run/vmk/{prefix}sles15.qmp").into(),
+        console_log: format!("/vm/{prefix}sles15.qcow2.console.log").into(),
+    }
+}
+
+/// The command line for `cfg` in `mode` on a [`FakeHost`] without kvm.
+pub fn build(cfg: &VmConfig, mode: Mode) -> QemuCommand {
+    QemuCommand::from_config_with(cfg, mode, &paths(""), &FakeHost { kvm: false }).unwrap()
+}
+
+/// A named way of running a VM: the snapshot name and how its command line is made.
+pub type ModeRow = (&'static str, fn() -> QemuCommand);
+
+/// Every mode, by snapshot name.
+pub const MODES: &[ModeRow] = &[
+    ("run_user_net", run_user_net),
+    ("runin", runin),
+    ("snap_run", snap_run),
+    ("bridge_net_kvm", bridge_net_kvm),
+    ("no_net", no_net),
+    ("direct_kernel_boot", direct_kernel_boot),
+    ("extra_disks_scsi", || extra_disks(DiskBus::Scsi)),
+    ("extra_disks_nvme", || extra_disks(DiskBus::Nvme)),
+    ("extra_disks_ide", || extra_disks(DiskBus::Ide)),
+    ("install_phase_1", install_phase_1),
+    ("install_phase_2", install_phase_2),
+    ("comma_file_name", comma_file_name),
+    ("extra_args_last", extra_args_last),
+    ("run_telnet_console", run_telnet_console),
+    (
+        "root_runs_a_users_vm_vnc_socket",
+        root_runs_a_users_vm_vnc_socket,
+    ),
+];
+
+/// The command line of the mode called `name` in [`MODES`].
+pub fn mode(name: &str) -> QemuCommand {
+    let (_, make) = MODES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no mode {name} in MODES"));
+    make()
+}
+
+/// `vmk run` with user networking and the ssh key as a credential.
+fn run_user_net() -> QemuCommand {
+    let mut cfg = config();
+    cfg.ssh_credential = true;
+    build(&cfg, Mode::Run)
+}
+
+/// `vmk runin`.
+fn runin() -> QemuCommand {
+    build(&config(), Mode::Foreground)
+}
+
+/// `vmk snap run`: the throwaway copy as disk0.
+fn snap_run() -> QemuCommand {
+    QemuCommand::from_config_with(
+        &config(),
+        Mode::Run,
+        &paths("snap-"),
+        &FakeHost { kvm: false },
+    )
+    .unwrap()
+    .disk0_override("snap-sles15.qcow2")
+}
+
+/// VMK_ACCEL=auto on a machine with kvm, bridge networking with a MAC format of its own.
+fn bridge_net_kvm() -> QemuCommand {
+    let mut cfg = config();
+    cfg.accel = Accel::Auto;
+    cfg.net_type = NetType::Bridge;
+    cfg.bridge = "br1".into();
+    cfg.mac_format = "52:54:00:12:34:%02x".parse().unwrap();
+    QemuCommand::from_config_with(&cfg, Mode::Run, &paths(""), &FakeHost { kvm: true }).unwrap()
+}
+
+/// No network card, a cpu model with a flag.
+fn no_net() -> QemuCommand {
+    let mut cfg = config();
+    cfg.net_type = NetType::None;
+    cfg.cpu_model = Some("qemu64,+ssse3".into());
+    build(&cfg, Mode::Run)
+}
+
+/// VMK_KERNEL, VMK_INITRD, VMK_APPEND.
+fn direct_kernel_boot() -> QemuCommand {
+    let mut cfg = config();
+    cfg.kernel = Some("/vm/vmlinuz".into());
+    cfg.initrd = Some("/vm/initrd.img".into());
+    cfg.append = Some("console=ttyS0 root=/dev/vda rw".into());
+    build(&cfg, Mode::Foreground)
+}
+
+/// Two extra disks (one raw, elsewhere) on `bus`, with their own cache mode.
+fn extra_disks(bus: DiskBus) -> QemuCommand {
+    let mut cfg = config();
+    cfg.disk_bus = bus;
+    cfg.disk_cache = CacheMode::Writeback;
+    cfg.disks[0] = Some("/data/disk1.raw".into());
+    cfg.disks[1] = Some("/vm/disk2".into());
+    build(&cfg, Mode::Run)
+}
+
+/// The first install phase: installer kernel, the ISO and the autoyast CD and floppy.
+fn install_phase_1() -> QemuCommand {
+    let mut cfg = config();
+    cfg.disk0_format = Some(DiskFormat::Raw);
+    build(&cfg, Mode::Foreground)
+        .disk0_cache(CacheMode::Unsafe)
+        .kernel_boot(
+            "/vm/install/linux",
+            Some(Path::new("/vm/install/initrd")),
+            Some("autoyast=device://sr1/autoinst.xml console=ttyS0"),
+        )
+        .add_cdrom("/srv/iso/SLE-15-SP6-Full-x86_64.iso")
+        .add_cdrom("/vm/install/autoinst.iso")
+        .floppy("/vm/install/autoinst.img")
+        .no_reboot()
+}
+
+/// The second install phase: the installed disk with the ISO.
+fn install_phase_2() -> QemuCommand {
+    let mut cfg = config();
+    cfg.disk0_format = Some(DiskFormat::Raw);
+    build(&cfg, Mode::Foreground)
+        .disk0_cache(CacheMode::Unsafe)
+        .add_cdrom("/srv/iso/SLE-15-SP6-Full-x86_64.iso")
+        .no_reboot()
+}
+
+/// File names with commas (and what would be options after them).
+fn comma_file_name() -> QemuCommand {
+    let mut cfg = config();
+    cfg.disk0_path = Some("/vm/a,b.qcow2".into());
+    cfg.name = Some("x".into());
+    QemuCommand::from_config_with(
+        &cfg,
+        Mode::Run,
+        &RuntimePaths {
+            image: "/vm/a,b.qcow2".into(),
+            pidfile: "/vm/a,b.qcow2.pid".into(),
+            qmp_socket: "/run/a,b.qmp".into(),
+            console_log: "/vm/a,b.log,server=off".into(),
+        },
+        &FakeHost { kvm: false },
+    )
+    .unwrap()
+    .add_cdrom("/iso/x,readonly=off.iso")
+}
+
+/// VMK_EXTRA_ARGS, then arguments a tool appends.
+fn extra_args_last() -> QemuCommand {
+    let mut cfg = config();
+    cfg.extra_args = vec!["-device".into(), "virtio-rng-pci".into(), "-s".into()];
+    build(&cfg, Mode::Run).no_reboot().extra_args(["-S"])
+}
+
+/// VMK_CONSOLE=telnet.
+fn run_telnet_console() -> QemuCommand {
+    let mut cfg = config();
+    cfg.console_telnet = true;
+    build(&cfg, Mode::Run)
+}
+
+/// Root running a user's VM with VMK_VNC_SOCKET=yes.
+fn root_runs_a_users_vm_vnc_socket() -> QemuCommand {
+    let mut cfg = config();
+    cfg.vnc_socket = true;
+    QemuCommand::from_config_with(&cfg, Mode::Foreground, &paths(""), &RootHost).unwrap()
+}
