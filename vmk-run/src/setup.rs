@@ -8,6 +8,7 @@ use anyhow::Result;
 use vmk_common::cli::{GlobalOpts, EXIT_FAILURE};
 use vmk_common::config::{Accel, NetType, VmConfig};
 use vmk_common::host::which;
+use vmk_common::qemu::kvm_probe::KvmProbe;
 use vmk_common::qemu::{self, Host};
 use vmk_common::{fileops, layout, outln, state};
 
@@ -79,13 +80,47 @@ fn files(helper: &Option<PathBuf>, conf: &Option<PathBuf>) -> bridge::Files {
     }
 }
 
+/// Whether KVM is there and really runs guests (`usable`: /dev/kvm opens; `probe`: what
+/// booting qemu's firmware under it showed).
+fn kvm_check(usable: bool, probe: &KvmProbe, accel: Accel) -> Check {
+    match (usable, probe, accel) {
+        (true, KvmProbe::Broken(why), Accel::Kvm) => check(
+            Level::Fail,
+            "kvm",
+            format!("/dev/kvm opens, but KVM is unusable here ({why}) and VMK_ACCEL=kvm: set VMK_ACCEL=auto or tcg"),
+        ),
+        (true, KvmProbe::Broken(why), _) => check(
+            Level::Warn,
+            "kvm",
+            format!("KVM is present but unusable here ({why}): VMs run with software emulation (tcg), slowly"),
+        ),
+        (true, KvmProbe::Works, _) => check(
+            Level::Ok,
+            "kvm",
+            "/dev/kvm opens read-write and runs a guest's firmware",
+        ),
+        (true, KvmProbe::Unknown, _) => check(Level::Ok, "kvm", "/dev/kvm opens read-write"),
+        (false, _, Accel::Kvm) => check(
+            Level::Fail,
+            "kvm",
+            "/dev/kvm does not open read-write but VMK_ACCEL=kvm: add yourself to group kvm or set VMK_ACCEL=auto",
+        ),
+        (false, _, _) => check(
+            Level::Warn,
+            "kvm",
+            "/dev/kvm does not open read-write: VMs run with software emulation (tcg), slowly",
+        ),
+    }
+}
+
 /// Everything `checksetup` looks at, for the VM configured by `cfg`.
 pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
     let mut out = Vec::new();
     let host = qemu::RealHost;
     let arch = cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH);
-    out.push(match qemu::select_qemu(cfg.qemu.as_deref(), arch, &host) {
-        Ok(q) => qemu_check(&q),
+    let qemu_bin = qemu::select_qemu(cfg.qemu.as_deref(), arch, &host);
+    out.push(match &qemu_bin {
+        Ok(q) => qemu_check(q),
         Err(e) => check(Level::Fail, "qemu", e.to_string()),
     });
     for tool in ["qemu-img", "qemu-storage-daemon"] {
@@ -94,20 +129,14 @@ pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
             None => check(Level::Warn, tool, "not found: install qemu-utils"),
         });
     }
-    let kvm = host.kvm_usable();
-    out.push(match (kvm, cfg.accel) {
-        (true, _) => check(Level::Ok, "kvm", "/dev/kvm opens read-write"),
-        (false, Accel::Kvm) => check(
-            Level::Fail,
-            "kvm",
-            "/dev/kvm does not open read-write but VMK_ACCEL=kvm: add yourself to group kvm or set VMK_ACCEL=auto",
-        ),
-        (false, _) => check(
-            Level::Warn,
-            "kvm",
-            "/dev/kvm does not open read-write: VMs run with software emulation (tcg), slowly",
-        ),
-    });
+    let probe = match (&qemu_bin, host.kvm_usable()) {
+        (Ok(q), true) => {
+            let cpu = cfg.cpu_model.as_deref().unwrap_or(qemu::KVM_CPU_MODEL);
+            host.kvm_probe(q, cpu, arch)
+        }
+        _ => KvmProbe::Unknown,
+    };
+    out.push(kvm_check(host.kvm_usable(), &probe, cfg.accel));
     match fileops::fs_kind(&cfg.dir) {
         Ok(kind) if kind.can_reflink() => out.push(check(
             Level::Ok,

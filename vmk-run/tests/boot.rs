@@ -23,6 +23,11 @@ fn main() -> std::process::ExitCode {
             &[Need::Qemu, Need::Debootstrap],
             debian_lifecycle,
         ),
+        SystemTest::new(
+            "accel_auto_ends_with_a_running_guest_even_where_kvm_is_broken",
+            bb,
+            accel_auto_runs,
+        ),
         SystemTest::new("two_vms_in_ps_and_a_port_clash_refused", bb, two_vms),
         SystemTest::new("kill_never_signals_an_unrelated_pid", bb, kill_unrelated),
         SystemTest::new(
@@ -60,11 +65,14 @@ fn main() -> std::process::ExitCode {
     ])
 }
 
+/// Runs vmk-run in `dir`; the VM's config alone says VMK_VNC and VMK_ACCEL (every config
+/// here sets tcg, but one that tests `auto`).
 fn vmk_run(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmk-run"));
     cmd.args(args)
         .current_dir(dir)
         .env_remove("VMK_VNC")
+        .env_remove("VMK_ACCEL")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -191,6 +199,63 @@ fn debian_lifecycle() -> Result<()> {
         !dir.join("disk0.img.qmp").exists(),
         "QMP socket left behind"
     );
+    Ok(())
+}
+
+/// A user who never sets VMK_ACCEL gets a running guest: with KVM where it works, and
+/// where /dev/kvm opens but KVM does not run guests (nested virtualisation, as on this
+/// project's CI machines), with tcg after a one-line warning that says so.
+fn accel_auto_runs() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let pidfile = busybox_vm(dir, 66)?;
+    let config = std::fs::read_to_string(dir.join("vm-config"))?;
+    write_config(dir, &config.replace("VMK_ACCEL=tcg\n", ""))?;
+    let vmk = |args: &[&str]| vmk_run(dir, args, None);
+    let out = vmk(&["run"])?;
+    let guard = QemuGuard::from_pidfile(&pidfile);
+    ok(&out)?;
+    let mut guard = guard?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let log = dir.join("disk0.raw.console.log");
+    let took = guest::wait_for_file_line(&log, guest::BUSYBOX_READY, BOOT_TIMEOUT)?;
+    eprintln!("guest ready after {took:.1?}");
+    let info: serde_json::Value = serde_json::from_str(&ok(&vmk(&["info", "--json"])?)?)?;
+    ensure!(info["accel"] == "auto", "info: accel {}", info["accel"]);
+    let resolved = info["accel_resolved"].as_str().unwrap_or_default();
+    let kvm_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    match resolved {
+        // the guest reached its shell under kvm: kvm works here
+        "kvm" => ensure!(kvm_opens, "kvm chosen but /dev/kvm does not open"),
+        "tcg" if kvm_opens => {
+            let warnings: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.contains("unusable") || l.contains("died under KVM"))
+                .collect();
+            ensure!(
+                warnings.len() == 1 && warnings[0].contains("tcg"),
+                "kvm opens, tcg was chosen, but not with one warning saying why: {stderr}"
+            );
+            let setup = vmk(&["checksetup"])?;
+            let text = String::from_utf8_lossy(&setup.stdout);
+            ensure!(
+                text.lines()
+                    .any(|l| l.contains("kvm") && l.contains("present but unusable")),
+                "checksetup does not say that KVM is present but unusable: {text}"
+            );
+        }
+        "tcg" => ensure!(
+            stderr.contains("/dev/kvm is not usable"),
+            "no warning about tcg: {stderr}"
+        ),
+        other => anyhow::bail!("accel resolved to {other:?}"),
+    }
+    ok(&vmk(&["kill"])?)?;
+    ensure!(!guard.is_running(), "kill left qemu running");
     Ok(())
 }
 

@@ -288,7 +288,7 @@ static KEYS: &[KeySpec] = &[
         Accel,
         "auto",
         "tcg",
-        "kvm, tcg, or auto (kvm when /dev/kvm is usable, else tcg)"
+        "kvm, tcg, or auto (kvm when /dev/kvm opens and a probe boot shows that KVM runs guests, else tcg with a warning)"
     ),
     key!(
         "VMK_MACHINE",

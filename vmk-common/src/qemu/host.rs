@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Accel, DiskFormat};
 
+use super::kvm_probe::KvmProbe;
 use super::QemuError;
 
 /// Architecture assumed when VMK_ARCH is empty.
@@ -18,6 +19,11 @@ pub const DEFAULT_MACHINE: &str = "q35";
 pub trait Host {
     /// Whether /dev/kvm opens read-write.
     fn kvm_usable(&self) -> bool;
+    /// Whether KVM, once /dev/kvm opens, really runs a guest of `arch` with `qemu` and
+    /// `cpu` ([`KvmProbe::Unknown`] when this host cannot tell: kvm is then used).
+    fn kvm_probe(&self, _qemu: &Path, _cpu: &str, _arch: &str) -> KvmProbe {
+        KvmProbe::Unknown
+    }
     /// The program `name` on PATH.
     fn find_program(&self, name: &str) -> Option<PathBuf>;
     /// The format of the image at `path` (qcow2 magic, else raw).
@@ -47,6 +53,10 @@ impl Host for RealHost {
             .is_ok()
     }
 
+    fn kvm_probe(&self, qemu: &Path, cpu: &str, arch: &str) -> KvmProbe {
+        super::kvm_probe::probe_cached(qemu, cpu, arch)
+    }
+
     fn find_program(&self, name: &str) -> Option<PathBuf> {
         crate::host::which(name)
     }
@@ -69,14 +79,31 @@ impl Host for RealHost {
     }
 }
 
-/// The accelerator to use: `auto` is kvm when /dev/kvm is usable, else tcg with a warning.
-pub fn resolve_accel(accel: Accel, host: &dyn Host) -> Accel {
+/// The cpu model qemu gets under kvm when VMK_CPU_MODEL is empty.
+pub const KVM_CPU_MODEL: &str = "host";
+
+/// The accelerator to use: `auto` is kvm when /dev/kvm is usable and KVM really runs a
+/// guest with `qemu` and `cpu_model` ([`Host::kvm_probe`]), else tcg with a one-line
+/// warning saying why.
+pub fn resolve_accel(
+    accel: Accel,
+    host: &dyn Host,
+    qemu: &Path,
+    cpu_model: Option<&str>,
+    arch: &str,
+) -> Accel {
     match accel {
-        Accel::Auto if host.kvm_usable() => Accel::Kvm,
-        Accel::Auto => {
+        Accel::Auto if !host.kvm_usable() => {
             log::warn!("/dev/kvm is not usable: running with software emulation (tcg), which is much slower");
             Accel::Tcg
         }
+        Accel::Auto => match host.kvm_probe(qemu, cpu_model.unwrap_or(KVM_CPU_MODEL), arch) {
+            KvmProbe::Broken(why) => {
+                log::warn!("KVM is present but unusable here ({why}): running with software emulation (tcg); set VMK_ACCEL=tcg to skip this check");
+                Accel::Tcg
+            }
+            KvmProbe::Works | KvmProbe::Unknown => Accel::Kvm,
+        },
         other => other,
     }
 }
@@ -160,7 +187,44 @@ pub(crate) mod tests {
             Path::new("/opt/q")
         );
         assert!(select_qemu(Some(Path::new("qemu-nope")), "x86_64", &NoHost).is_err());
-        assert_eq!(resolve_accel(Accel::Auto, &NoHost), Accel::Tcg);
-        assert_eq!(resolve_accel(Accel::Kvm, &NoHost), Accel::Kvm);
+        let q = Path::new("/usr/bin/qemu-system-x86_64");
+        assert_eq!(
+            resolve_accel(Accel::Auto, &NoHost, q, None, DEFAULT_ARCH),
+            Accel::Tcg
+        );
+        assert_eq!(
+            resolve_accel(Accel::Kvm, &NoHost, q, None, DEFAULT_ARCH),
+            Accel::Kvm
+        );
+        assert_eq!(
+            resolve_accel(Accel::Auto, &BrokenKvm, q, None, DEFAULT_ARCH),
+            Accel::Tcg
+        );
+        assert_eq!(
+            resolve_accel(Accel::Kvm, &BrokenKvm, q, None, DEFAULT_ARCH),
+            Accel::Kvm,
+            "an explicit kvm is kept"
+        );
+    }
+
+    /// /dev/kvm opens, but KVM does not run guests.
+    struct BrokenKvm;
+
+    impl Host for BrokenKvm {
+        fn kvm_usable(&self) -> bool {
+            true
+        }
+        fn kvm_probe(&self, _: &Path, _: &str, _: &str) -> KvmProbe {
+            KvmProbe::Broken("qemu died under kvm: failed to set MSR 0x10a".into())
+        }
+        fn find_program(&self, name: &str) -> Option<PathBuf> {
+            NoHost.find_program(name)
+        }
+        fn disk_format(&self, p: &Path) -> io::Result<DiskFormat> {
+            NoHost.disk_format(p)
+        }
+        fn read_to_string(&self, p: &Path) -> io::Result<String> {
+            NoHost.read_to_string(p)
+        }
     }
 }

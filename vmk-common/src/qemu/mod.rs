@@ -29,6 +29,7 @@ mod argv;
 #[doc(hidden)]
 pub mod fixtures;
 mod host;
+pub mod kvm_probe;
 mod opts;
 
 use std::ffi::OsString;
@@ -40,7 +41,9 @@ use std::process::Command;
 use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, MemSize, NetType, VmConfig};
 
 use host::default_machine;
-pub use host::{resolve_accel, select_qemu, Host, RealHost, DEFAULT_ARCH, DEFAULT_MACHINE};
+pub use host::{
+    resolve_accel, select_qemu, Host, RealHost, DEFAULT_ARCH, DEFAULT_MACHINE, KVM_CPU_MODEL,
+};
 pub use opts::escape_opt_value;
 
 /// The serial console's unix socket of the instance with `paths` (`vmk run`, unless
@@ -280,7 +283,8 @@ impl QemuCommand {
         host: &dyn Host,
     ) -> anyhow::Result<Self> {
         let arch = cfg.arch.as_deref().unwrap_or(DEFAULT_ARCH);
-        let accel = resolve_accel(cfg.accel, host);
+        let program = select_qemu(cfg.qemu.as_deref(), arch, host)?;
+        let accel = resolve_accel(cfg.accel, host, &program, cfg.cpu_model.as_deref(), arch);
         let abs = |p: &Path| absolute(&cfg.dir, p);
         let disk0 = abs(cfg.disk0()?);
         let disk0_format = match cfg.disk0_format {
@@ -375,7 +379,7 @@ impl QemuCommand {
             Some(Sandbox::for_command(daemonize, bridge, runas.is_some()))
         };
         Ok(QemuCommand {
-            program: select_qemu(cfg.qemu.as_deref(), arch, host)?,
+            program,
             dir: cfg.dir.clone(),
             name: cfg.display_name(),
             machine: cfg
@@ -385,7 +389,7 @@ impl QemuCommand {
             cpu_model: cfg
                 .cpu_model
                 .clone()
-                .or_else(|| (accel == Accel::Kvm).then(|| "host".to_string())),
+                .or_else(|| (accel == Accel::Kvm).then(|| KVM_CPU_MODEL.to_string())),
             accel,
             mem: cfg.mem,
             cpus: cfg.cpus,
@@ -416,6 +420,14 @@ impl QemuCommand {
         if let Some(d) = self.disks.first_mut() {
             d.file = file;
         }
+        self
+    }
+
+    /// The same command under software emulation: for a qemu that died under the KVM that
+    /// VMK_ACCEL=auto chose. The cpu model is the configured one (`host` needs KVM).
+    pub fn fall_back_to_tcg(mut self, configured_cpu_model: Option<&str>) -> Self {
+        self.accel = Accel::Tcg;
+        self.cpu_model = configured_cpu_model.map(str::to_string);
         self
     }
 

@@ -109,13 +109,12 @@ pub fn info(inst: &Instance) -> Result<Info> {
     }
     .unwrap_or_else(|| guess_format(&inst.image));
     let host = qemu::RealHost;
-    let resolved = qemu::resolve_accel(cfg.accel, &host);
-    let qemu_bin = qemu::select_qemu(
-        cfg.qemu.as_deref(),
-        cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH),
-        &host,
-    )
-    .ok();
+    let arch = cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH);
+    let qemu_bin = qemu::select_qemu(cfg.qemu.as_deref(), arch, &host).ok();
+    let resolved = match &qemu_bin {
+        Some(q) => qemu::resolve_accel(cfg.accel, &host, q, cfg.cpu_model.as_deref(), arch),
+        None => cfg.accel,
+    };
     let (state_name, pid, qmp_status) = match inst.status()? {
         VmStatus::Running { pid } => {
             let q = qmp::Qmp::connect(&inst.paths.qmp_socket, Duration::from_secs(3))

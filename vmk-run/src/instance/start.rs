@@ -7,8 +7,9 @@ use std::process::Stdio;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
+use vmk_common::config::Accel;
 use vmk_common::layout;
-use vmk_common::qemu::{Mode, Network, QemuCommand};
+use vmk_common::qemu::{kvm_probe, Mode, Network, QemuCommand};
 use vmk_common::qmp;
 use vmk_common::state::{self, VmStatus};
 use vmk_media::cloudinit;
@@ -194,21 +195,34 @@ pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
         let _ = registry::remove(&inst.paths.pidfile);
     };
     fault(injected, "before-qemu");
-    log::debug!("starting {}", cmd.shell_quoted());
-    let out = super::with_private_umask(|| {
-        cmd.to_command()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-    })
-    .and_then(|child| {
-        fault(injected, "qemu-spawned");
-        child.wait_with_output()
-    })
-    .with_context(|| format!("starting {}", cmd.program().display()))
-    .inspect_err(|_| forget())?;
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let daemonize = |cmd: &QemuCommand| {
+        log::debug!("starting {}", cmd.shell_quoted());
+        super::with_private_umask(|| {
+            cmd.to_command()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .and_then(|child| {
+            fault(injected, "qemu-spawned");
+            child.wait_with_output()
+        })
+        .with_context(|| format!("starting {}", cmd.program().display()))
+        .inspect_err(|_| forget())
+    };
+    let mut out = daemonize(&cmd)?;
+    let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if !out.status.success() && died_of_kvm(inst, &cmd, &stderr) {
+        let _ = state::remove_pidfile(&inst.paths.pidfile);
+        eprintln!(
+            "warning: qemu died under KVM ({}): starting again with software emulation (tcg); set VMK_ACCEL=tcg to skip KVM",
+            kvm_probe::last_error_line(&stderr).unwrap_or_default()
+        );
+        let cmd = cmd.clone().fall_back_to_tcg(inst.cfg.cpu_model.as_deref());
+        out = daemonize(&cmd)?;
+        stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    }
     if !out.status.success() {
         forget();
         let _ = state::remove_pidfile(&inst.paths.pidfile);
@@ -247,6 +261,15 @@ pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
         endpoints,
         qmp_status,
     })
+}
+
+/// Whether qemu, started under KVM that `VMK_ACCEL=auto` chose, died of KVM (nested
+/// virtualisation: "failed to set MSR 0x10a", "kvm run failed"…): then it starts again
+/// under tcg. An explicit VMK_ACCEL=kvm is kept as asked.
+fn died_of_kvm(inst: &Instance, cmd: &QemuCommand, stderr: &str) -> bool {
+    inst.cfg.accel == Accel::Auto
+        && cmd.accel == Accel::Kvm
+        && (stderr.to_ascii_lowercase().contains("kvm") || stderr.contains("MSR"))
 }
 
 fn qemu_failed(inst: &Instance, stderr: &str, status: std::process::ExitStatus) -> anyhow::Error {
