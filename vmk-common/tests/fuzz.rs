@@ -480,7 +480,7 @@ fn accepted_values_reach_qemu() {
                         !valid,
                         "{key}={value:?} is accepted by the key table but load says: {e}"
                     );
-                    return Ok(());
+                    return Ok(()); // not a skip: a refused value is this case's outcome
                 }
             };
             prop_assume!(valid);

@@ -456,9 +456,8 @@ mod tests {
 
     #[test]
     fn setuid_helper_passes_for_users_when_owned_by_root() {
-        if !vmk_common::host::is_root() {
-            return; // a file owned by root needs root to make
-        }
+        // a file owned by root needs root to make
+        vmk_testkit::require(&[vmk_testkit::Need::Root]);
         let tmp = tempfile::tempdir().unwrap();
         let helper = helper_with_mode(tmp.path(), 0o4755);
         let conf = tmp.path().join("bridge.conf");

@@ -147,10 +147,20 @@ fn by_credential() -> Result<()> {
         again.status.code() == Some(1),
         "second sshkeygen must refuse"
     );
-    let before = fs::metadata(vm.path().join("disk0"))?.modified()?;
-
     let start = Instant::now();
-    let _qemu = vm.vmk_run(true)?;
+    let qemu = vm.vmk_run(true)?;
+    // The key goes in as an SMBIOS credential on qemu's command line (what qemu really got)
+    let argv = fs::read(format!("/proc/{}/cmdline", qemu.pid()))?;
+    let argv = String::from_utf8_lossy(&argv);
+    let key = fs::read_to_string(vm.path().join("vm-key.pub"))?;
+    let key_body = key
+        .split_whitespace()
+        .nth(1)
+        .context("no key in vm-key.pub")?;
+    ensure!(
+        argv.contains("io.systemd.credential:ssh.authorized_keys.root=") && argv.contains(key_body),
+        "qemu's argv carries no ssh.authorized_keys.root credential with vm-key.pub: {argv}"
+    );
     let out = vm.sshkey(&[
         "waitssh",
         "--times",
@@ -189,7 +199,10 @@ fn by_credential() -> Result<()> {
     )?;
     ensure!(sum.starts_with(&sha256(&file)?), "sha256 in guest {sum}");
     // sshfs: the guest's / at ./mnt-ssh.
-    if vmk_testkit::which("sshfs").is_some() {
+    if vmk_testkit::can_run_part(
+        "sshfs",
+        &[Need::Program("sshfs"), Need::Program("fusermount")],
+    )? {
         let mnt = vm.ok(Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")), &["sshfs"])?;
         let host = fs::read_to_string(Path::new(&mnt).join("etc/hostname"));
         let st = Command::new("fusermount").arg("-u").arg(&mnt).status();
@@ -198,13 +211,13 @@ fn by_credential() -> Result<()> {
             "sshfs showed the wrong /etc/hostname"
         );
         ensure!(st?.success(), "fusermount -u {mnt} failed");
-    } else {
-        eprintln!("SKIPPED part: sshfs not installed");
     }
-    // The key came in as a credential: the image was never mounted (no state file, and
-    // disk0's mtime only moved because the guest itself wrote to it).
+    // The key came in as the credential: the image was never mounted (no mount state
+    // file, and no loop device on it).
     ensure!(!vm.path().join("disk0.mount").exists());
-    let _ = before;
+    let loops = loops_of(&vm.path().join("disk0"))?;
+    ensure!(loops.is_empty(), "disk0 is on a loop device: {loops}");
+    drop(qemu);
     Ok(())
 }
 

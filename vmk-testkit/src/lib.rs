@@ -1,11 +1,26 @@
 //! Test fixtures for vmk's real tests: requirements that skip loudly, loop-mounted btrfs,
 //! guest images and guards that stop every qemu a test started.
 //!
-//! Tests that need the system (root, qemu, btrfs, a guest) live in integration test
-//! binaries with `harness = false` and are run through [`run_system_tests`]: a test whose
-//! requirements are missing prints why and is reported as *ignored* (skipped), never as
-//! passed. With `VMK_TEST_REQUIRE_ALL=1` (set by `.ci/run`) a missing requirement is a
-//! failure instead, so in CI everything runs.
+//! One skip mechanism; a test that did not run never reports "ok":
+//! - Tests that need the system (root, qemu, btrfs, a guest) live in integration test
+//!   binaries with `harness = false` and are run through [`run_system_tests`] with their
+//!   [`Need`]s: a test whose needs are unmet prints `SKIPPED name: why` and is reported as
+//!   *ignored*; run anyway (`cargo test -- --include-ignored` or `--ignored`) it *fails*.
+//! - A part of a running test that needs more ([`can_run_part`]): skipped loudly
+//!   (`SKIPPED part …`), a failure under `VMK_TEST_REQUIRE_ALL`.
+//! - A plain `#[test]` that needs something (a unit test of a private function):
+//!   [`require`] fails it when the need is unmet (a plain test cannot be ignored at run
+//!   time).
+//! - With `VMK_TEST_REQUIRE_ALL=1` (set by `.ci/run`) every skip, whole or partial, is a
+//!   failure, so in CI everything runs.
+//! - Never an early `return` that passes: `tests/no_silent_skips.rs` scans every test
+//!   source and fails on one (a return that is no skip says `// not a skip: why`).
+//!
+//! Isolation ([`isolation`]): [`isolation::VmSlot::reserve`] gives a VM number (and its
+//! VNC/serial/ssh ports) no other test holds, [`isolation::PortLease`] one TCP port,
+//! [`isolation::TestEnv`] a private HOME and `XDG_RUNTIME_DIR` and `VMK_SYSTEM_CONFIG`
+//! pointing at no file, for every vmk command a test runs. Write new tests with them;
+//! older tests' fixed VM numbers (1–9, 40–99) lie outside the slots' range.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -18,6 +33,7 @@ use anyhow::{ensure, Context};
 pub mod btrfs;
 pub mod guest;
 pub mod images;
+pub mod isolation;
 pub mod qemu_guard;
 
 pub use libtest_mimic::Failed;
@@ -123,6 +139,39 @@ pub fn require_all() -> bool {
     std::env::var_os("VMK_TEST_REQUIRE_ALL").is_some_and(|v| v != "0" && !v.is_empty())
 }
 
+/// Whether a part of a running system test can run: `Ok(true)` when every need is met;
+/// otherwise prints `SKIPPED part <part>: <why>` and gives `Ok(false)`, or fails under
+/// `VMK_TEST_REQUIRE_ALL=1` (a partial skip is a skip too). Use it as
+/// `if vmk_testkit::can_run_part("sshfs", &[Need::Program("sshfs")])? { … }`.
+pub fn can_run_part(part: &str, needs: &[Need]) -> anyhow::Result<bool> {
+    let unmet: Vec<String> = needs.iter().filter_map(|n| n.unmet()).collect();
+    if unmet.is_empty() {
+        return Ok(true);
+    }
+    let why = unmet.join(", ");
+    ensure!(
+        !require_all(),
+        "part {part:?} cannot run ({why}) and VMK_TEST_REQUIRE_ALL is set"
+    );
+    eprintln!("SKIPPED part {part}: {why}");
+    Ok(false)
+}
+
+/// For a plain `#[test]` (e.g. a unit test of a private function) that needs something
+/// from the machine: panics, naming what is missing, unless every need is met. A plain
+/// test cannot report itself as ignored once it runs, so it fails rather than pass without
+/// having run; a test that may legitimately not run belongs in a system-test binary
+/// ([`run_system_tests`]), where it is reported as ignored.
+#[track_caller]
+pub fn require(needs: &[Need]) {
+    let unmet: Vec<String> = needs.iter().filter_map(|n| n.unmet()).collect();
+    assert!(
+        unmet.is_empty(),
+        "SKIPPED (reported as a failure: a plain #[test] cannot be ignored at run time): {}",
+        unmet.join(", ")
+    );
+}
+
 /// One system test: a name, what it needs, and its body.
 pub struct SystemTest {
     name: String,
@@ -175,8 +224,14 @@ pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
                     Err(format!("cannot run ({why}) and VMK_TEST_REQUIRE_ALL is set").into())
                 })
             } else {
-                eprintln!("SKIPPED {name}: {}", unmet.join(", "));
-                libtest_mimic::Trial::test(t.name, || Ok(())).with_ignored_flag(true)
+                let why = unmet.join(", ");
+                eprintln!("SKIPPED {name}: {why}");
+                // Ignored; and should it run anyway (`--include-ignored`, `--ignored`), it
+                // fails: a test that did not run never reports "ok".
+                libtest_mimic::Trial::test(t.name, move || {
+                    Err(format!("SKIPPED: cannot run here ({why}); it did not run").into())
+                })
+                .with_ignored_flag(true)
             }
         })
         .collect();

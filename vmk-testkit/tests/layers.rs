@@ -125,7 +125,7 @@ fn the_graph_has_no_cycles_even_through_dev_dependencies() {
         done: &mut BTreeSet<String>,
     ) {
         if done.contains(node) {
-            return;
+            return; // not a skip: a node already walked
         }
         if let Some(at) = path.iter().position(|n| n == node) {
             panic!("dependency cycle: {} -> {node}", path[at..].join(" -> "));
