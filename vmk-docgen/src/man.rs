@@ -523,7 +523,11 @@ fn files(out: &mut String, uses: &[Uses]) {
                 ),
                 ("vmkrc", "Settings shared by the VMs in the same directory."),
                 ("~/.vmkrc", "The user's settings."),
-                ("/etc/vmk-config", "System-wide settings."),
+                (
+                    "/etc/vmk-config",
+                    "System-wide settings (or the file the environment variable \
+                     VMK_SYSTEM_CONFIG names; a path that does not exist means none).",
+                ),
             ],
             Runtime => &[
                 ("DISK0.pid", "The pid of the running VM (DISK0 is the image VMK_DISK0 names)."),
@@ -647,7 +651,8 @@ fn capitalized(text: &str) -> String {
 /// The file format and the sources, as README.md's "Configuration" says.
 const CONFIG_FORMAT: &[&str] = &[
     "vmk reads the settings of a VM from these sources, later ones win: /etc/vmk-config \
-     (system-wide), ~/.vmkrc (the user's), ./vmkrc (shared by the VMs side by side in a \
+     (system-wide; or the file the environment variable VMK_SYSTEM_CONFIG names, held to \
+     the rules of a user's file: tests point it at a file that does not exist), ~/.vmkrc (the user's), ./vmkrc (shared by the VMs side by side in a \
      directory), ./vm-config (this VM; or the file given with -c, whose directory is then \
      the VM directory), environment variables VMK_*, and command-line options.",
     "The files are written as shell assignments, one KEY=value a line, values quoted with \

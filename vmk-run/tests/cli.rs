@@ -6,32 +6,51 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use predicates::prelude::*;
+use vmk_testkit::isolation::{TestEnv, VmSlot};
 
-fn vm(dir: &Path, extra: &str) {
+/// A VM directory with a fake qemu, on a VM number reserved for the test (hold the slot
+/// while the test runs: `vmk run` checks its ports are free).
+fn vm(dir: &Path, extra: &str) -> VmSlot {
+    let slot = VmSlot::reserve().unwrap();
+    vm_numbered(dir, &slot, extra);
+    slot
+}
+
+fn vm_numbered(dir: &Path, slot: &VmSlot, extra: &str) {
     let fake = dir.join("qemu-fake");
     vmk_testkit::write_executable(&fake, "#!/bin/sh\necho called >> \"$(dirname \"$0\")/fake-called\"\necho 'fake: boom' >&2\nexit 1\n").unwrap();
     std::fs::write(
         dir.join("vm-config"),
         format!(
-            "VMK_NAME=t\nVMK_DISK0=disk0.qcow2\nVMK_ACCEL=tcg\nVMK_VNC=97\nVMK_QEMU={}\n{extra}",
+            "VMK_NAME=t\nVMK_DISK0=disk0.qcow2\nVMK_ACCEL=tcg\n{}VMK_QEMU={}\n{extra}",
+            slot.config_line(),
             fake.display()
         ),
     )
     .unwrap();
 }
 
+/// vmk-run in `dir`, with a private HOME and runtime dir, no /etc/vmk-config and no
+/// inherited VMK_* variables.
 fn vmk_run(dir: &Path) -> Command {
     let mut c = Command::cargo_bin("vmk-run").unwrap();
-    c.current_dir(dir)
-        .env_remove("VMK_VNC")
-        .env_remove("VMK_OPT_DRY_RUN");
+    isolate(&mut c, dir);
+    c.current_dir(dir);
     c
+}
+
+fn isolate(c: &mut Command, dir: &Path) {
+    let env = TestEnv::inside(dir).unwrap();
+    for name in vmk_testkit::isolation::inherited_vmk_vars() {
+        c.env_remove(name);
+    }
+    c.envs(env.vars());
 }
 
 #[test]
 fn dry_run_without_disk0_guesses_the_format_and_prints_only_the_command() {
     let tmp = tempfile::tempdir().unwrap();
-    vm(tmp.path(), "");
+    let slot = vm(tmp.path(), "");
     let out = vmk_run(tmp.path()).args(["-D", "run"]).assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -42,7 +61,10 @@ fn dry_run_without_disk0_guesses_the_format_and_prints_only_the_command() {
         stdout.contains("id=serial0,path=") && stdout.contains("disk0.qcow2.con,server=on"),
         "{stdout}"
     );
-    assert!(!stdout.contains("port=10087"), "{stdout}");
+    assert!(
+        !stdout.contains(&format!("port={}", slot.telnet_port())),
+        "{stdout}"
+    );
     let out = vmk_run(tmp.path()).args(["-D", "runin"]).assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
@@ -55,7 +77,7 @@ fn dry_run_without_disk0_guesses_the_format_and_prints_only_the_command() {
 #[test]
 fn missing_disk0_is_refused_before_qemu() {
     let tmp = tempfile::tempdir().unwrap();
-    vm(tmp.path(), "");
+    let _slot = vm(tmp.path(), "");
     let disk0 = tmp.path().join("disk0.qcow2");
     vmk_run(tmp.path()).arg("run").assert().code(2).stderr(
         predicate::str::contains(format!(
@@ -176,7 +198,7 @@ fn every_file_a_key_names_is_checked_before_qemu_and_warned_by_the_dry_run() {
     for case in cases {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        vm(dir, case.extra);
+        let _slot = vm(dir, case.extra);
         for f in case.create {
             std::fs::write(dir.join(f), b"QFI\xfb").unwrap();
         }
@@ -233,7 +255,7 @@ fn every_file_a_key_names_is_checked_before_qemu_and_warned_by_the_dry_run() {
 fn several_missing_files_are_all_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    vm(
+    let _slot = vm(
         dir,
         "VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\nVMK_DISK1=d1.qcow2\n",
     );
@@ -255,23 +277,23 @@ fn several_missing_files_are_all_named() {
 #[test]
 fn busy_port_is_refused_naming_it_and_vmk_vnc() {
     let tmp = tempfile::tempdir().unwrap();
-    // a VM number of its own: holding a port of 97, which the other tests' VMs use, made
-    // them fail whenever they ran at the same time (seen with 10 test threads)
-    vm(tmp.path(), "VMK_NET_TYPE=none\nVMK_VNC=92\n");
+    // a VM number of its own (reserved): holding a port another test's VM probes made
+    // that test fail whenever they ran at the same time (seen with 10 test threads)
+    let slot = vm(tmp.path(), "VMK_NET_TYPE=none\n");
     std::fs::write(tmp.path().join("disk0.qcow2"), b"QFI\xfb").unwrap();
-    let _hold = std::net::TcpListener::bind("127.0.0.1:5992").unwrap();
-    vmk_run(tmp.path())
-        .arg("run")
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("port 5992").and(predicate::str::contains("VMK_VNC 92")));
+    let _hold = std::net::TcpListener::bind(("127.0.0.1", slot.vnc_port())).unwrap();
+    vmk_run(tmp.path()).arg("run").assert().code(1).stderr(
+        predicate::str::contains(format!("port {}", slot.vnc_port())).and(
+            predicate::str::contains(format!("VMK_VNC {}", slot.number())),
+        ),
+    );
     assert!(!tmp.path().join("fake-called").exists());
 }
 
 #[test]
 fn qemu_errors_are_shown_and_not_running_answers() {
     let tmp = tempfile::tempdir().unwrap();
-    vm(tmp.path(), "VMK_NET_TYPE=none\nVMK_TELNET_BASE=9900\n");
+    let slot = vm(tmp.path(), "VMK_NET_TYPE=none\nVMK_TELNET_BASE=9900\n");
     std::fs::write(tmp.path().join("disk0.qcow2"), b"QFI\xfb").unwrap();
     vmk_run(tmp.path())
         .arg("run")
@@ -301,14 +323,14 @@ fn qemu_errors_are_shown_and_not_running_answers() {
         .success();
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(v["state"], "stopped");
-    assert_eq!(v["mac"], "52:54:00:00:00:61");
+    assert_eq!(v["mac"], format!("52:54:00:00:00:{:02x}", slot.number()));
     assert_eq!(v["ssh_port"], serde_json::Value::Null);
 }
 
 #[test]
 fn stale_pidfile_is_reported_and_removed_by_kill() {
     let tmp = tempfile::tempdir().unwrap();
-    vm(tmp.path(), "");
+    let _slot = vm(tmp.path(), "");
     let pidfile = tmp.path().join("disk0.qcow2.pid");
     std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
     vmk_run(tmp.path()).arg("kill").assert().success().stderr(
@@ -326,7 +348,7 @@ fn stale_pidfile_is_reported_and_removed_by_kill() {
 fn a_pidfile_without_a_pid_is_not_a_running_vm() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    vm(dir, "VMK_NET_TYPE=none\nVMK_VNC_SOCKET=yes\n");
+    let _slot = vm(dir, "VMK_NET_TYPE=none\nVMK_VNC_SOCKET=yes\n");
     std::fs::write(dir.join("disk0.qcow2"), b"QFI\xfb").unwrap();
     let pidfile = dir.join("disk0.qcow2.pid");
     for content in ["", "\n", "garbage\x1b[2J", "-1"] {
@@ -363,14 +385,15 @@ fn a_pidfile_without_a_pid_is_not_a_running_vm() {
 }
 
 /// A fake qemu that writes its arguments, one per line, to `argv` beside itself and fails.
-fn recording_vm(dir: &Path, extra: &str) {
-    vm(dir, extra);
+fn recording_vm(dir: &Path, extra: &str) -> VmSlot {
+    let slot = vm(dir, extra);
     // Rewritten through a child process, like `vm`'s (no ETXTBSY).
     vmk_testkit::write_executable(
         &dir.join("qemu-fake"),
         "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/argv\"\necho 'fake: recorded' >&2\nexit 1\n",
     )
     .unwrap();
+    slot
 }
 
 const PUBKEY: &str =
@@ -380,7 +403,7 @@ const PUBKEY: &str =
 fn cloud_init_seed_is_made_and_attached_as_a_cd() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    recording_vm(
+    let _slot = recording_vm(
         dir,
         "VMK_NET_TYPE=none\nVMK_TELNET_BASE=9901\nVMK_CLOUD_INIT=yes\n",
     );
@@ -388,11 +411,7 @@ fn cloud_init_seed_is_made_and_attached_as_a_cd() {
     let seed = dir.join("seed.iso");
 
     // The dry run names the seed but writes nothing.
-    let out = vmk_run(dir)
-        .env("VMK_VNC", "94")
-        .args(["-D", "run"])
-        .assert()
-        .success();
+    let out = vmk_run(dir).args(["-D", "run"]).assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     let cd = format!(
         "file={},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
@@ -403,20 +422,13 @@ fn cloud_init_seed_is_made_and_attached_as_a_cd() {
     assert!(!seed.exists(), "a dry run wrote the seed");
 
     // Without vm-key.pub: refused before qemu, saying how to make the key.
-    vmk_run(dir)
-        .env("VMK_VNC", "94")
-        .arg("run")
-        .assert()
-        .code(2)
-        .stderr(
-            predicate::str::contains("VMK_CLOUD_INIT")
-                .and(predicate::str::contains("vmk sshkeygen")),
-        );
+    vmk_run(dir).arg("run").assert().code(2).stderr(
+        predicate::str::contains("VMK_CLOUD_INIT").and(predicate::str::contains("vmk sshkeygen")),
+    );
     assert!(!dir.join("argv").exists(), "qemu ran without a seed");
 
     std::fs::write(dir.join("vm-key.pub"), PUBKEY).unwrap();
     vmk_run(dir)
-        .env("VMK_VNC", "94")
         .arg("run")
         .assert()
         .code(1)
@@ -426,11 +438,13 @@ fn cloud_init_seed_is_made_and_attached_as_a_cd() {
     assert!(seed.is_file());
 
     // Read back by an independent tool.
-    if let Ok(o) = std::process::Command::new("isoinfo")
-        .args(["-R", "-x", "/user-data", "-i"])
-        .arg(&seed)
-        .output()
-    {
+    let needs = [vmk_testkit::Need::Program("isoinfo")];
+    if vmk_testkit::can_run_part("isoinfo reads the seed", &needs).unwrap() {
+        let o = std::process::Command::new("isoinfo")
+            .args(["-R", "-x", "/user-data", "-i"])
+            .arg(&seed)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "isoinfo failed");
         let user_data = String::from_utf8(o.stdout).unwrap();
         assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
@@ -442,22 +456,12 @@ fn cloud_init_seed_is_made_and_attached_as_a_cd() {
             .unwrap();
         let pvd = String::from_utf8_lossy(&o.stdout);
         assert!(pvd.contains("Volume id: cidata"), "{pvd}");
-    } else {
-        eprintln!("warning: no isoinfo (genisoimage): the seed's content is not read back");
     }
 
     // runin attaches it too; info names it.
-    let out = vmk_run(dir)
-        .env("VMK_VNC", "94")
-        .args(["-D", "runin"])
-        .assert()
-        .success();
+    let out = vmk_run(dir).args(["-D", "runin"]).assert().success();
     assert!(String::from_utf8_lossy(&out.get_output().stdout).contains(&cd));
-    let out = vmk_run(dir)
-        .env("VMK_VNC", "94")
-        .args(["info", "--json"])
-        .assert()
-        .success();
+    let out = vmk_run(dir).args(["info", "--json"]).assert().success();
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(v["cloud_init_seed"], seed.display().to_string());
 }
@@ -466,25 +470,20 @@ fn cloud_init_seed_is_made_and_attached_as_a_cd() {
 fn bridge_run_is_refused_before_qemu_when_the_helper_may_not_use_the_bridge() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    vm(
+    let slot = vm(
         dir,
         "VMK_NET_TYPE=bridge\nVMK_BRIDGE=vmk-nobr7\nVMK_TELNET_BASE=9902\n",
     );
     std::fs::write(dir.join("disk0.qcow2"), b"QFI\xfb").unwrap();
-    let out = vmk_run(dir)
-        .env("VMK_VNC", "95")
-        .args(["-D", "run"])
-        .assert()
-        .success();
+    let out = vmk_run(dir).args(["-D", "run"]).assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
         stdout.contains("-netdev 'bridge,id=net0,br=vmk-nobr7'")
-            && stdout.contains("mac=52:54:00:00:00:5f"),
+            && stdout.contains(&format!("mac=52:54:00:00:00:{:02x}", slot.number())),
         "{stdout}"
     );
     // Whatever this machine's bridge.conf says, vmk-nobr7 is not a bridge here.
     vmk_run(dir)
-        .env("VMK_VNC", "95")
         .arg("run")
         .assert()
         .code(1)
@@ -492,7 +491,7 @@ fn bridge_run_is_refused_before_qemu_when_the_helper_may_not_use_the_bridge() {
     assert!(!dir.join("fake-called").exists());
 }
 
-/// `vmk-run checksetup ARGS` on VMK_VNC 96 (other tests hold ports of 97): the exit
+/// `vmk-run checksetup ARGS` (on the VM number of the directory's config): the exit
 /// status and the lines split into (level, what, detail).
 #[allow(clippy::type_complexity)]
 fn checksetup_lines(
@@ -501,7 +500,6 @@ fn checksetup_lines(
     args: &[&str],
 ) -> (Option<i32>, String, Vec<(String, String, String)>) {
     let out = vmk_run(dir)
-        .env("VMK_VNC", "96")
         .envs(env.iter().copied())
         .arg("checksetup")
         .args(args)
@@ -526,15 +524,8 @@ fn checksetup_one_line_per_check_and_the_exit_status() {
     let dir = tmp.path();
     // A fake qemu that answers --version.
     let fake = dir.join("qemu-fake");
-    // Bases that put the derived ports (base + VMK_VNC 96) on ports free right now.
-    let free = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port() - 96
-    };
-    vm(
-        dir,
-        &format!("VMK_TELNET_BASE={}\nVMK_SSH_BASE={}\n", free(), free()),
-    );
+    // A reserved VM number: its ports at the default bases are free and stay ours.
+    let _slot = vm(dir, "");
     vmk_testkit::write_executable(
         &fake,
         "#!/bin/sh\necho 'QEMU emulator version 9.9.9 (fake)'\n",
@@ -639,10 +630,8 @@ fn front_door(dir: &Path) -> Command {
         vmk.display()
     );
     let mut c = Command::new(vmk);
-    c.current_dir(dir)
-        .env_remove("VMK_VNC")
-        .env_remove("VMK_ACCEL")
-        .env_remove("VMK_OPT_DRY_RUN");
+    isolate(&mut c, dir);
+    c.current_dir(dir).env_remove("VMK_ACCEL");
     c
 }
 
@@ -718,11 +707,14 @@ fn a_directory_without_vm_config_is_named_as_no_vm_directory() {
 #[test]
 fn console_telnet_gives_the_tcp_port() {
     let tmp = tempfile::tempdir().unwrap();
-    vm(tmp.path(), "VMK_CONSOLE=telnet\n");
+    let slot = vm(tmp.path(), "VMK_CONSOLE=telnet\n");
+    let port = slot.telnet_port();
     let out = vmk_run(tmp.path()).args(["-D", "run"]).assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
-        stdout.contains("id=serial0,host=127.0.0.1,port=10087,server=on,wait=off,telnet=on"),
+        stdout.contains(&format!(
+            "id=serial0,host=127.0.0.1,port={port},server=on,wait=off,telnet=on"
+        )),
         "{stdout}"
     );
     assert!(!stdout.contains(".con,"), "{stdout}");
@@ -731,17 +723,19 @@ fn console_telnet_gives_the_tcp_port() {
         .assert()
         .success();
     let info: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    assert_eq!(info["console_port"], 10087);
+    assert_eq!(info["console_port"], port);
     assert!(info["console_socket"].is_null(), "{info}");
     let out = vmk_run(tmp.path()).arg("info").assert().success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
-        text.contains("telnet 127.0.0.1:10087 (open to every local user)"),
+        text.contains(&format!(
+            "telnet 127.0.0.1:{port} (open to every local user)"
+        )),
         "{text}"
     );
 
     let tmp = tempfile::tempdir().unwrap();
-    vm(tmp.path(), "");
+    let _slot = vm(tmp.path(), "");
     let out = vmk_run(tmp.path())
         .args(["info", "--json"])
         .assert()
@@ -754,7 +748,7 @@ fn console_telnet_gives_the_tcp_port() {
             .is_some_and(|s| s.ends_with("/disk0.qcow2.con")),
         "{info}"
     );
-    vm(tmp.path(), "VMK_CONSOLE=serial\n");
+    let _slot = vm(tmp.path(), "VMK_CONSOLE=serial\n");
     vmk_run(tmp.path())
         .args(["-D", "run"])
         .assert()
@@ -766,14 +760,17 @@ fn console_telnet_gives_the_tcp_port() {
 #[test]
 fn vnc_socket_replaces_the_tcp_display() {
     let tmp = tempfile::tempdir().unwrap();
-    vm(tmp.path(), "VMK_VNC_SOCKET=yes\n");
+    let slot = vm(tmp.path(), "VMK_VNC_SOCKET=yes\n");
     let out = vmk_run(tmp.path()).args(["-D", "run"]).assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
         stdout.contains("-vnc unix:/") && stdout.contains("/disk0.qcow2.vnc "),
         "{stdout}"
     );
-    assert!(!stdout.contains("127.0.0.1:97"), "{stdout}");
+    assert!(
+        !stdout.contains(&format!("127.0.0.1:{}", slot.number())),
+        "{stdout}"
+    );
 }
 
 /// A listener beyond loopback (VMK_LISTEN=0.0.0.0) is warned about, once, before qemu
@@ -781,7 +778,7 @@ fn vnc_socket_replaces_the_tcp_display() {
 #[test]
 fn listen_beyond_loopback_warns() {
     let tmp = tempfile::tempdir().unwrap();
-    vm(tmp.path(), "VMK_LISTEN=0.0.0.0\n");
+    let slot = vm(tmp.path(), "VMK_LISTEN=0.0.0.0\n");
     std::fs::write(tmp.path().join("disk0.qcow2"), b"QFI\xfb").unwrap();
     let out = vmk_run(tmp.path()).arg("run").assert().code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
@@ -792,22 +789,26 @@ fn listen_beyond_loopback_warns() {
         .collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
     for needle in [
-        "VNC display on 0.0.0.0:5997",
-        "ssh forward on 0.0.0.0:10117",
+        format!("VNC display on 0.0.0.0:{}", slot.vnc_port()),
+        format!("ssh forward on 0.0.0.0:{}", slot.ssh_port()),
     ] {
-        assert!(warnings[0].contains(needle), "{stderr}");
+        assert!(warnings[0].contains(&needle), "{stderr}");
     }
     assert!(!warnings[0].contains("serial console"), "{stderr}");
 
-    vm(tmp.path(), "VMK_LISTEN=0.0.0.0\nVMK_CONSOLE=telnet\n");
+    vm_numbered(
+        tmp.path(),
+        &slot,
+        "VMK_LISTEN=0.0.0.0\nVMK_CONSOLE=telnet\n",
+    );
     let out = vmk_run(tmp.path()).arg("run").assert().code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(
-        stderr.contains("serial console on 0.0.0.0:10087"),
+        stderr.contains(&format!("serial console on 0.0.0.0:{}", slot.telnet_port())),
         "{stderr}"
     );
 
-    vm(tmp.path(), "");
+    let _slot = vm(tmp.path(), "");
     let out = vmk_run(tmp.path()).arg("run").assert().code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(!stderr.contains("reachable beyond"), "{stderr}");

@@ -3,7 +3,9 @@
 //!
 //! Reading happens in stages, each of which reports `file:line: KEY: what was expected`:
 //! 1. bytes → [`RawConfig`] ([`raw`]): lines kept verbatim, so `vmk set` can edit one value;
-//! 2. the sources merged in order, later wins: `/etc/vmk-config`, `~/.vmkrc`, `./vmkrc`,
+//! 2. the sources merged in order, later wins: `/etc/vmk-config` (or the file
+//!    `$VMK_SYSTEM_CONFIG` names, held to a user file's rules: see [`SYSTEM_FILE_VAR`]),
+//!    `~/.vmkrc`, `./vmkrc`,
 //!    `./vm-config` (or `-c FILE`, whose directory is then the VM directory), the environment
 //!    (`VMK_*` keys of the table only: control variables such as `VMK` and `VMK_OPT_*` are
 //!    ignored), then the command line's overrides. Each value is checked against the key
@@ -60,6 +62,10 @@ pub use values::{Accel, CacheMode, DiskBus, DiskFormat, MacFormat, MemSize, NetT
 
 /// The system-wide config file.
 pub const SYSTEM_FILE: &str = "/etc/vmk-config";
+/// The environment variable naming a file to read instead of [`SYSTEM_FILE`] (tests and
+/// trying a system-wide setting without root; it is held to the rules of a user's file).
+/// A path that does not exist means no system-wide settings.
+pub const SYSTEM_FILE_VAR: &str = "VMK_SYSTEM_CONFIG";
 /// The user's config file, in the home directory.
 pub const USER_FILE_NAME: &str = ".vmkrc";
 /// The config shared by VMs beside each other, in the VM directory.
@@ -167,8 +173,12 @@ pub fn load(opts: &LoadOptions) -> Result<VmConfig, ConfigError> {
         }
     };
     let home = opts.env_var("HOME").map(PathBuf::from);
-    let system = opts
-        .system_file
+    let system_stand_in = opts.system_file.clone().or_else(|| {
+        opts.env_var(SYSTEM_FILE_VAR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let system = system_stand_in
         .clone()
         .unwrap_or_else(|| PathBuf::from(SYSTEM_FILE));
     let user = opts
@@ -188,7 +198,7 @@ pub fn load(opts: &LoadOptions) -> Result<VmConfig, ConfigError> {
         check_vm_dir(&dir, me)?;
     }
     let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
-    let system_kind = match opts.system_file {
+    let system_kind = match system_stand_in {
         None => trust::Trusted::SystemFile,
         Some(_) => trust::Trusted::ConfigFile, // a test's stand-in
     };

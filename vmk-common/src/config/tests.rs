@@ -449,3 +449,40 @@ fn a_directory_without_a_config_is_not_checked() {
     let c = f.load().unwrap();
     assert!(!c.config_found);
 }
+
+#[test]
+fn vmk_system_config_names_the_file_read_instead_of_etc_vmk_config() {
+    let mut f = Fixture::new();
+    f.write("other-system", "VMK_MEM=3G\n");
+    let mut opts = f.opts();
+    opts.system_file = None;
+    f.env.insert(
+        SYSTEM_FILE_VAR.to_string(),
+        f.tmp.path().join("other-system").display().to_string(),
+    );
+    opts.env_vars = Some(f.env.clone());
+    let c = load(&opts).unwrap();
+    assert_eq!(c.mem.mib(), 3 * 1024);
+    let origin = c.origin("VMK_MEM").to_string();
+    assert!(origin.contains("other-system"), "{origin}");
+    // a path that does not exist: no system-wide settings (whatever /etc/vmk-config says)
+    f.env.insert(
+        SYSTEM_FILE_VAR.to_string(),
+        f.tmp.path().join("absent").display().to_string(),
+    );
+    opts.env_vars = Some(f.env.clone());
+    assert_eq!(load(&opts).unwrap().mem.mib(), 1024);
+    // held to a user's file's rules: group-writable is refused
+    std::fs::set_permissions(
+        f.tmp.path().join("other-system"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    f.env.insert(
+        SYSTEM_FILE_VAR.to_string(),
+        f.tmp.path().join("other-system").display().to_string(),
+    );
+    opts.env_vars = Some(f.env.clone());
+    let e = load(&opts).unwrap_err().to_string();
+    assert!(e.contains("other-system"), "{e}");
+}

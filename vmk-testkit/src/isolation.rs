@@ -1,0 +1,381 @@
+//! Tests that share nothing with the machine or with each other: VM numbers and ports that
+//! are reserved while a test holds them, and commands that read no config, home or runtime
+//! directory of the machine's.
+//!
+//! - [`VmSlot::reserve`] hands out a VM number (`VMK_VNC`) from [`SLOT_NUMBERS`] that no
+//!   other test (of this binary, another test binary, another checkout) holds: each number
+//!   is an exclusive `flock` on `/tmp/vmk-test-locks/vm-N.lock`, held until the slot is
+//!   dropped. A number is taken only when its ports (VNC 5900+N, serial console and ssh at
+//!   the default bases + N, on 127.0.0.1) are free, so a developer's running VM keeps its
+//!   number. All those ports lie below the kernel's ephemeral range (32768–60999), so no
+//!   unrelated connection is handed one of them between the check and qemu's bind: the
+//!   lock is the reservation.
+//! - [`PortLease::reserve`] does the same for one TCP port from [`LEASE_PORTS`] (for
+//!   servers a test starts itself, or a `VMK_SSH_BASE` of its own).
+//! - [`TestEnv`] is a private HOME, a private `XDG_RUNTIME_DIR` (so sockets and the
+//!   registry `vmk ps` reads go there, never to `/run/vmk`), and `VMK_SYSTEM_CONFIG`
+//!   pointing at a file that does not exist (the config loader reads it instead of
+//!   `/etc/vmk-config`); [`TestEnv::apply`] puts that on a `Command` and removes every
+//!   inherited `VMK_*` variable except `VMK_ACCEL` (the one fact tests take from the
+//!   machine: KVM or TCG) and the harness's own `VMK_TEST_*`.
+//!
+//! Fixed VM numbers that older tests still write (1–9, 40–99) are outside
+//! [`SLOT_NUMBERS`], so a slot never collides with them.
+
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The VM numbers [`VmSlot::reserve`] hands out.
+pub const SLOT_NUMBERS: std::ops::RangeInclusive<u8> = 10..=39;
+/// The ports [`PortLease::reserve`] hands out (below the ephemeral range).
+pub const LEASE_PORTS: std::ops::RangeInclusive<u16> = 21000..=21999;
+/// `VMK_TELNET_BASE`'s default (vmk-config(5)).
+pub const DEFAULT_TELNET_BASE: u16 = 9990;
+/// `VMK_SSH_BASE`'s default (vmk-config(5)).
+pub const DEFAULT_SSH_BASE: u16 = 10020;
+/// The environment variable the config loader reads instead of `/etc/vmk-config`.
+pub const SYSTEM_CONFIG_VAR: &str = "VMK_SYSTEM_CONFIG";
+
+/// Where the reservation locks live: shared by every test process on the machine.
+fn lock_dir() -> Result<PathBuf> {
+    let dir = PathBuf::from("/tmp/vmk-test-locks");
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // other users' tests lock here too (sticky, like /tmp)
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    }
+    Ok(dir)
+}
+
+/// An exclusive lock on `<lock_dir>/<name>.lock` if nobody holds it, else `None`.
+fn try_lock(name: &str) -> Result<Option<nix::fcntl::Flock<File>>> {
+    let path = lock_dir()?.join(format!("{name}.lock"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .or_else(|_| File::open(&path))
+        .with_context(|| format!("opening {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+/// True when nothing listens on 127.0.0.1:`port` (nor on every address).
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Where to start scanning a range of `len`: differs between processes and calls, so
+/// parallel tests rarely try the same number first.
+fn start_offset(len: usize) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let calls = CALLS.fetch_add(1, Ordering::Relaxed);
+    (std::process::id() as usize)
+        .wrapping_mul(7)
+        .wrapping_add(calls)
+        % len.max(1)
+}
+
+/// The first of `candidates` (tried from a varying start) that nobody has locked as
+/// `<kind>-<candidate>` and whose `ports` are all free, with its lock held.
+fn reserve_first<T: Copy + std::fmt::Display>(
+    kind: &str,
+    candidates: &[T],
+    ports: impl Fn(T) -> Vec<u16>,
+) -> Result<Option<(T, nix::fcntl::Flock<File>)>> {
+    let start = start_offset(candidates.len());
+    for i in 0..candidates.len() {
+        let c = candidates[(start + i) % candidates.len()];
+        let Some(lock) = try_lock(&format!("{kind}-{c}"))? else {
+            continue;
+        };
+        if ports(c).into_iter().all(port_free) {
+            return Ok(Some((c, lock)));
+        }
+    }
+    Ok(None)
+}
+
+/// A VM number reserved for this test until dropped. See the module doc.
+#[derive(Debug)]
+pub struct VmSlot {
+    number: u8,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl VmSlot {
+    /// Reserves a free VM number from [`SLOT_NUMBERS`]; fails when all are taken.
+    pub fn reserve() -> Result<VmSlot> {
+        let numbers: Vec<u8> = SLOT_NUMBERS.collect();
+        let ports = |n: u8| {
+            let n = u16::from(n);
+            vec![5900 + n, DEFAULT_TELNET_BASE + n, DEFAULT_SSH_BASE + n]
+        };
+        match reserve_first("vm", &numbers, ports)? {
+            Some((number, lock)) => Ok(VmSlot {
+                number,
+                _lock: lock,
+            }),
+            None => bail!(
+                "no free VM number in {SLOT_NUMBERS:?}: other tests hold them or their ports are in use"
+            ),
+        }
+    }
+
+    /// The VM number (`VMK_VNC`).
+    pub fn number(&self) -> u8 {
+        self.number
+    }
+
+    /// The VNC port, 5900 + N.
+    pub fn vnc_port(&self) -> u16 {
+        5900 + u16::from(self.number)
+    }
+
+    /// The serial console's TCP port at the default `VMK_TELNET_BASE`.
+    pub fn telnet_port(&self) -> u16 {
+        DEFAULT_TELNET_BASE + u16::from(self.number)
+    }
+
+    /// The forwarded ssh port at the default `VMK_SSH_BASE`.
+    pub fn ssh_port(&self) -> u16 {
+        DEFAULT_SSH_BASE + u16::from(self.number)
+    }
+
+    /// Every port the VM may bind with default bases.
+    pub fn ports(&self) -> [u16; 3] {
+        [self.vnc_port(), self.telnet_port(), self.ssh_port()]
+    }
+
+    /// The vm-config line that gives the VM this number: `VMK_VNC=N\n`.
+    pub fn config_line(&self) -> String {
+        format!("VMK_VNC={}\n", self.number)
+    }
+}
+
+/// One TCP port reserved for this test until dropped. See the module doc.
+#[derive(Debug)]
+pub struct PortLease {
+    port: u16,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl PortLease {
+    /// Reserves a free port from [`LEASE_PORTS`].
+    pub fn reserve() -> Result<PortLease> {
+        let ports: Vec<u16> = LEASE_PORTS.collect();
+        match reserve_first("port", &ports, |p| vec![p])? {
+            Some((port, lock)) => Ok(PortLease { port, _lock: lock }),
+            None => bail!("no free port in {LEASE_PORTS:?}"),
+        }
+    }
+
+    /// The reserved port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A private HOME, runtime directory and (absent) system config for the commands a test
+/// runs. See the module doc.
+#[derive(Debug)]
+pub struct TestEnv {
+    root: PathBuf,
+    /// Set when the environment owns its directory (removed on drop).
+    _owned: Option<tempfile::TempDir>,
+}
+
+impl TestEnv {
+    /// Makes the directories in a temporary directory of their own (under /tmp: the
+    /// runtime dir's path must stay short for unix sockets), removed when dropped.
+    pub fn new() -> Result<TestEnv> {
+        let dir = tempfile::Builder::new()
+            .prefix("vmk-env-")
+            .tempdir_in("/tmp")
+            .context("creating a test environment directory")?;
+        Self::make_dirs(dir.path())?;
+        Ok(TestEnv {
+            root: dir.path().to_path_buf(),
+            _owned: Some(dir),
+        })
+    }
+
+    /// Makes (or reuses) the directories in `<dir>/.vmk-env`, e.g. inside a test's own
+    /// temporary directory, which removes them with itself. `dir`'s path must be short
+    /// (a tempdir under /tmp is): unix socket paths in the runtime dir are limited.
+    pub fn inside(dir: &Path) -> Result<TestEnv> {
+        let root = dir.join(".vmk-env");
+        if !root.is_dir() {
+            std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
+        }
+        Self::make_dirs(&root)?;
+        Ok(TestEnv { root, _owned: None })
+    }
+
+    fn make_dirs(root: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for sub in ["home", "run"] {
+            let p = root.join(sub);
+            if !p.is_dir() {
+                std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+            }
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+
+    /// The private HOME (empty: no `~/.vmkrc`, no `~/.ssh`).
+    pub fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+
+    /// The private `XDG_RUNTIME_DIR` (vmk uses `<it>/vmk`).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// What `VMK_SYSTEM_CONFIG` names: a file that does not exist unless the test writes
+    /// it (a test of the system-wide file may).
+    pub fn system_config(&self) -> PathBuf {
+        self.root.join("vmk-config")
+    }
+
+    /// The environment's variables, as (name, value) pairs, for callers that do not hold
+    /// a `std::process::Command` (e.g. `assert_cmd`: `cmd.envs(env.vars())`, after
+    /// removing inherited `VMK_*` with [`inherited_vmk_vars`]).
+    pub fn vars(&self) -> Vec<(String, PathBuf)> {
+        vec![
+            ("HOME".into(), self.home()),
+            ("XDG_RUNTIME_DIR".into(), self.runtime_dir()),
+            (SYSTEM_CONFIG_VAR.into(), self.system_config()),
+        ]
+    }
+
+    /// Puts the environment on `cmd` and removes the `VMK_*` variables it would inherit
+    /// (except `VMK_ACCEL` and `VMK_TEST_*`).
+    pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        for name in inherited_vmk_vars() {
+            cmd.env_remove(name);
+        }
+        for (k, v) in self.vars() {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// A `Command` for `program` in this environment.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        self.apply(&mut cmd);
+        cmd
+    }
+
+    /// The directory holding it all (removed when dropped).
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// The `VMK_*` variables of this process a test's command must not inherit: all but
+/// `VMK_ACCEL` and the harness's `VMK_TEST_*`.
+pub fn inherited_vmk_vars() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("VMK_") && k != "VMK_ACCEL" && !k.starts_with("VMK_TEST_"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_of_one_process_differ_and_free_on_drop() {
+        let slots: Vec<VmSlot> = (0..5).map(|_| VmSlot::reserve().unwrap()).collect();
+        let mut numbers: Vec<u8> = slots.iter().map(VmSlot::number).collect();
+        numbers.sort();
+        numbers.dedup();
+        assert_eq!(numbers.len(), 5, "{numbers:?}");
+        for s in &slots {
+            assert!(SLOT_NUMBERS.contains(&s.number()));
+            assert_eq!(s.vnc_port(), 5900 + u16::from(s.number()));
+            assert_eq!(s.config_line(), format!("VMK_VNC={}\n", s.number()));
+        }
+        // while held, another process cannot lock it (flock is per open file, so a second
+        // open in this process stands for it)
+        let held = slots[0].number();
+        assert!(try_lock(&format!("vm-{held}")).unwrap().is_none());
+        drop(slots);
+        assert!(try_lock(&format!("vm-{held}")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_slot_whose_port_is_busy_is_not_handed_out() {
+        // Find a number, then make its VNC port busy (as a developer's VM would) and
+        // reserve as many times as there are numbers: each call starts at another number,
+        // so one of them tries the busy one first; none may return it.
+        let n = VmSlot::reserve().unwrap().number();
+        let _busy = TcpListener::bind(("127.0.0.1", 5900 + u16::from(n))).unwrap();
+        for _ in SLOT_NUMBERS {
+            let s = VmSlot::reserve().unwrap();
+            assert_ne!(
+                s.number(),
+                n,
+                "handed out a VM number whose VNC port is busy"
+            );
+        }
+    }
+
+    #[test]
+    fn leased_ports_differ_and_are_bindable() {
+        let a = PortLease::reserve().unwrap();
+        let b = PortLease::reserve().unwrap();
+        assert_ne!(a.port(), b.port());
+        assert!(LEASE_PORTS.contains(&a.port()));
+        TcpListener::bind(("127.0.0.1", a.port())).unwrap();
+    }
+
+    #[test]
+    fn test_env_is_private_and_drops_inherited_vmk_vars() {
+        let env = TestEnv::new().unwrap();
+        let out = env
+            .command("sh")
+            .args(["-c", "echo $HOME; echo $XDG_RUNTIME_DIR; echo $VMK_SYSTEM_CONFIG; env | grep -c '^VMK_MEM=' || true"])
+            .env("VMK_MEM", "not dropped: set after apply")
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], env.home().to_str().unwrap());
+        assert_eq!(lines[1], env.runtime_dir().to_str().unwrap());
+        assert_eq!(lines[2], env.system_config().to_str().unwrap());
+        assert_eq!(lines[3], "1");
+        assert!(!env.system_config().exists());
+        assert!(env.runtime_dir().as_os_str().len() < 60);
+        let root = env.path().to_path_buf();
+        drop(env);
+        assert!(!root.exists(), "TestEnv::new left {}", root.display());
+
+        let dir = tempfile::tempdir().unwrap();
+        let inside = TestEnv::inside(dir.path()).unwrap();
+        assert!(inside.home().starts_with(dir.path()) && inside.home().is_dir());
+        let again = TestEnv::inside(dir.path()).unwrap();
+        assert_eq!(again.runtime_dir(), inside.runtime_dir());
+        drop((inside, again));
+        assert!(
+            dir.path().join(".vmk-env/home").is_dir(),
+            "inside() owns nothing"
+        );
+    }
+}
