@@ -19,6 +19,7 @@ pub mod host;
 pub mod human;
 pub mod jsonline;
 pub mod layout;
+pub mod libvirt;
 pub mod mountinfo;
 pub mod process;
 pub mod qemu;
