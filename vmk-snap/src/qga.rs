@@ -23,6 +23,8 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub struct Agent {
     conn: JsonLine,
+    /// Answers meant for earlier clients that the sync skipped.
+    skipped: usize,
 }
 
 impl Agent {
@@ -30,22 +32,29 @@ impl Agent {
     pub fn connect(path: &Path) -> Result<Agent> {
         let mut agent = Agent {
             conn: JsonLine::connect(path, SYNC_TIMEOUT, "the guest agent at")?,
+            skipped: 0,
         };
         let id = u64::from(std::process::id()) << 16 | u64::from(rand16());
-        agent
+        agent.skipped = agent
             .sync(id)
             .context("no guest agent answered (is qemu-guest-agent running in the guest?)")?;
         agent.conn.set_timeout(TIMEOUT)?;
         Ok(agent)
     }
 
-    /// Sends `guest-sync-delimited` with `id` and skips everything until its answer.
+    /// How many answers meant for earlier clients the sync on connecting skipped.
+    pub fn stale_answers_skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Sends `guest-sync-delimited` with `id` and skips everything until its answer;
+    /// returns how many answers it skipped.
     ///
     /// Commands sent by earlier clients that gave up (e.g. while the guest was booting) stay
     /// queued in the virtio port, and their answers arrive at the next client first: only
     /// the answer carrying our `id` after the 0xFF delimiter ends the stale stream. The 0xFF
     /// sent first makes the agent drop a partial command an earlier client left behind.
-    fn sync(&mut self, id: u64) -> Result<()> {
+    fn sync(&mut self, id: u64) -> Result<usize> {
         self.conn.send(
             &[DELIMITER],
             "guest-sync-delimited",
@@ -65,7 +74,7 @@ impl Agent {
                             "skipped {skipped} guest agent answer(s) meant for earlier clients"
                         );
                     }
-                    return Ok(());
+                    return Ok(skipped);
                 }
             }
             skipped += 1;
@@ -203,6 +212,31 @@ mod tests {
                 "guest-fsfreeze-thaw"
             ]
         );
+    }
+
+    /// The stale answers are counted as skipped, one by one, and none of them is taken
+    /// for the answer to the next command (the freeze answers 2, not a stale value).
+    #[test]
+    fn every_stale_answer_is_skipped_and_none_answers_the_next_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vm.qga");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let agent = std::thread::spawn(move || {
+            fake_agent(
+                listener,
+                &[
+                    b"{\"return\": {}}\n",
+                    b"\xff{\"return\": 12345}\n",
+                    b"{\"return\": \"thawed\"}\n",
+                    b"\xff{\"error\": {\"desc\": \"x\"}}\n",
+                ],
+            )
+        });
+        let mut a = Agent::connect(&sock).unwrap();
+        assert_eq!(a.stale_answers_skipped(), 4);
+        assert_eq!(a.execute("guest-fsfreeze-freeze", None).unwrap(), json!(2));
+        drop(a);
+        agent.join().unwrap();
     }
 
     #[test]

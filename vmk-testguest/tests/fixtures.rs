@@ -76,6 +76,18 @@ fn debian_guest_is_built() -> Result<()> {
     let copy = dir.path().join("disk0.raw");
     g.copy_image(&copy)?;
     ensure!(size(&copy)? == size(&g.image)?, "copy has another size");
+    let cmp = Command::new("cmp").arg(&g.image).arg(&copy).output()?;
+    ensure!(
+        cmp.status.success(),
+        "cmp: the copy's content differs: {}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (std::fs::metadata(&g.image)?, std::fs::metadata(&copy)?);
+    ensure!(
+        (a.dev(), a.ino()) != (b.dev(), b.ino()),
+        "the copy is the cached image itself (a hard link)"
+    );
     Ok(())
 }
 
