@@ -4,7 +4,8 @@
 //!
 //! Decisions:
 //! - disk0 and the extra disks that live inside the VM directory are copied (reflink) to the
-//!   same relative paths; disks outside it stay shared and a warning says so.
+//!   same relative paths; disks outside it stay shared and a warning says so. disk0's UEFI
+//!   variable store and TPM state (`layout::companions`) go with it.
 //! - VMK_VNC: `--vnc N`, else the first number from 1 that no VM beside the clone in OUTDIR
 //!   uses, that differs from the original's, and whose VNC, console and ssh ports are free.
 //! - Relative paths in vm-config that point outside the copied files (kernel, initrd, ISO
@@ -234,11 +235,27 @@ fn disks_to_copy(cfg: &VmConfig) -> Result<Vec<DiskCopy>> {
             Ok(r) if !r.starts_with("..") => r.to_path_buf(),
             _ => PathBuf::from(disk0.file_name().context("VMK_DISK0 has no file name")?),
         };
-        out.push(DiskCopy {
-            key: Some("VMK_DISK0".into()),
-            src: disk0,
-            rel,
-        });
+        // disk0's UEFI variable store and TPM state go with it, beside the copy
+        for (src, to) in layout::companions(&disk0)
+            .into_iter()
+            .zip(layout::companions(&rel))
+        {
+            if fs::symlink_metadata(&src).is_ok() {
+                out.push(DiskCopy {
+                    key: None,
+                    src,
+                    rel: to,
+                });
+            }
+        }
+        out.insert(
+            0,
+            DiskCopy {
+                key: Some("VMK_DISK0".into()),
+                src: disk0,
+                rel,
+            },
+        );
     } else {
         log::warn!(
             "{} does not exist yet: the clone gets the config only",

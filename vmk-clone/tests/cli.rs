@@ -156,6 +156,30 @@ fn clone_needs_outdir_and_name_and_refuses_existing() {
     );
 }
 
+/// disk0's UEFI variable store and TPM state are disk0's: the clone gets copies beside its
+/// disk0, so it boots with the same boot entries and sealed secrets, and changes neither.
+#[test]
+fn clone_copies_the_variable_store_and_tpm_state() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("vm-config"), "VMK_DISK0=disk0.img\n").unwrap();
+    fs::write(dir.path().join("disk0.img"), b"data").unwrap();
+    fs::write(dir.path().join("disk0.img.efivars"), b"vars").unwrap();
+    fs::write(dir.path().join("disk0.img.tpm"), b"tpm").unwrap();
+    vmk_clone(dir.path())
+        .args(["-o", "out", "-n", "c1", "--full-copy", "--vnc", "42"])
+        .assert()
+        .success();
+    let c1 = dir.path().join("out/c1");
+    assert_eq!(fs::read(c1.join("disk0.img.efivars")).unwrap(), b"vars");
+    assert_eq!(fs::read(c1.join("disk0.img.tpm")).unwrap(), b"tpm");
+    fs::remove_file(dir.path().join("disk0.img.tpm")).unwrap();
+    vmk_clone(dir.path())
+        .args(["-o", "out", "-n", "c2", "--full-copy", "--vnc", "43"])
+        .assert()
+        .success();
+    assert!(!dir.path().join("out/c2/disk0.img.tpm").exists());
+}
+
 #[test]
 fn clone_checks_the_name_before_making_anything() {
     let dir = tempfile::tempdir().unwrap();

@@ -351,16 +351,7 @@ pub fn random_hex() -> String {
 /// directory there makes the rename fail. The temporary file is removed on error.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} has no file name", path.display()),
-        )
-    })?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".vmk-tmp-{}-{}", std::process::id(), random_hex()));
-    let tmp = dir_of(path).join(tmp_name);
+    let tmp = temp_beside(path);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -377,6 +368,15 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A fresh temporary name beside `path` for a file that is renamed to `path` once it is
+/// complete: `.<name>.vmk-tmp-<pid>-<random>` (hidden, and recognisable as vmk's).
+pub fn temp_beside(path: &Path) -> PathBuf {
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or(path.as_os_str()));
+    tmp_name.push(format!(".vmk-tmp-{}-{}", std::process::id(), random_hex()));
+    dir_of(path).join(tmp_name)
 }
 
 fn dir_of(path: &Path) -> &Path {

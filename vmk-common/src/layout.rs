@@ -21,6 +21,10 @@ pub const PUBLIC_KEY_FILE: &str = "vm-key.pub";
 pub const KNOWN_HOSTS_FILE: &str = "vm-known_hosts";
 /// Prefix of the snapshot VM's image beside disk0: `snap-<disk0 file name>`.
 pub const SNAP_PREFIX: &str = "snap-";
+/// Suffix of an image's UEFI variable store beside it: `<image>.efivars` (VMK_FIRMWARE=uefi).
+pub const FIRMWARE_VARS_SUFFIX: &str = ".efivars";
+/// Suffix of an image's TPM state beside it: `<image>.tpm` (VMK_TPM=yes).
+pub const TPM_STATE_SUFFIX: &str = ".tpm";
 /// VNC display N listens on TCP port 5900 + N.
 pub const VNC_PORT_BASE: u16 = 5900;
 /// The highest VM number (VMK_VNC).
@@ -31,6 +35,32 @@ pub fn snap_image(disk0: &Path) -> PathBuf {
     let mut name = OsString::from(SNAP_PREFIX);
     name.push(disk0.file_name().unwrap_or(disk0.as_os_str()));
     disk0.with_file_name(name)
+}
+
+/// `<image><suffix>` beside `image`.
+fn beside(image: &Path, suffix: &str) -> PathBuf {
+    let mut s = image.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The UEFI variable store of the VM that boots `image`: `<image>.efivars`. It belongs to
+/// the image (the boot entries in it name the image's partitions), so it travels with it:
+/// `dsnap` snapshots it, `snap run` boots a throwaway copy, `clone` copies it.
+pub fn firmware_vars(image: &Path) -> PathBuf {
+    beside(image, FIRMWARE_VARS_SUFFIX)
+}
+
+/// The TPM state of the VM that boots `image`: `<image>.tpm` (one swtpm state file).
+pub fn tpm_state(image: &Path) -> PathBuf {
+    beside(image, TPM_STATE_SUFFIX)
+}
+
+/// The files that belong to `image` and travel with it wherever it is copied (snapshots,
+/// the snapshot VM, clones): its UEFI variable store and its TPM state. Either may not
+/// exist.
+pub fn companions(image: &Path) -> [PathBuf; 2] {
+    [firmware_vars(image), tpm_state(image)]
 }
 
 /// `base + vm`, or `None` past port 65535.
@@ -130,6 +160,22 @@ mod tests {
             Path::new("/vms/a/snap-disk0.qcow2")
         );
         assert_eq!(snap_image(Path::new("d.raw")), Path::new("snap-d.raw"));
+    }
+
+    #[test]
+    fn companions_are_beside_their_image() {
+        assert_eq!(
+            companions(Path::new("/vms/a/disk0.qcow2")),
+            [
+                PathBuf::from("/vms/a/disk0.qcow2.efivars"),
+                PathBuf::from("/vms/a/disk0.qcow2.tpm")
+            ]
+        );
+        let snap = snap_image(Path::new("/vms/a/disk0.qcow2"));
+        assert_eq!(
+            firmware_vars(&snap),
+            Path::new("/vms/a/snap-disk0.qcow2.efivars")
+        );
     }
 
     #[test]

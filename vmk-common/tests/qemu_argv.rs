@@ -5,8 +5,8 @@
 //! `Host`, so the snapshots are stable. Review changes with `INSTA_UPDATE=always cargo test -p vmk-common --test qemu_argv` and
 //! a look at `tests/snapshots/`.
 
-use vmk_common::config::NetType;
-use vmk_common::qemu::fixtures::{build, config, mode, paths, RootHost, MODES};
+use vmk_common::config::{Firmware, NetType};
+use vmk_common::qemu::fixtures::{build, config, mode, paths, FakeHost, RootHost, MODES};
 use vmk_common::qemu::{Mode, QemuCommand};
 
 /// The program and each argument on its own line.
@@ -103,4 +103,41 @@ fn bridge_sandbox_as_root_and_as_a_user() {
     let cmd = build(&cfg, Mode::Foreground);
     assert_eq!(sandbox(&cmd).as_deref(), Some("off"));
     assert_eq!(cmd.argv().iter().filter(|a| *a == "-sandbox").count(), 1);
+}
+
+/// VMK_FIRMWARE=uefi: OVMF's code read-only in pflash 0, the VM's own variable store beside
+/// disk0 in pflash 1; the snapshot VM boots its own copy beside snap-<disk0>.
+#[test]
+fn uefi() {
+    let text = lines(&mode("uefi"));
+    assert!(text.contains("\n-drive\nif=pflash,format=raw,unit=1,file=/vm/sles15.qcow2.efivars\n"));
+    assert!(!text.contains("smm"));
+    assert!(lines(&mode("uefi_snap_run")).contains("file=/vm/snap-sles15.qcow2.efivars\n"));
+}
+
+/// VMK_FIRMWARE=uefi-secure: the Secure Boot build with Microsoft's and Debian's keys
+/// enrolled, SMM on and the flash secure; direct kernel boot stays possible.
+#[test]
+fn uefi_secure() {
+    let text = lines(&mode("uefi_secure"));
+    assert!(text.contains("\n-machine\nq35,accel=tcg,smm=on\n"));
+    assert!(text.contains("\n-global\ndriver=cfi.pflash01,property=secure,value=on\n"));
+    assert!(text.contains("OVMF_CODE_4M.ms.fd,readonly=on"));
+    assert!(text.ends_with("\n-kernel\n/vm/vmlinuz"));
+}
+
+/// No firmware for the machine: the error names the key, the machine and the package.
+#[test]
+fn uefi_without_firmware_for_the_machine() {
+    let mut cfg = config();
+    cfg.firmware = Firmware::Uefi;
+    cfg.machine = Some("pc".into());
+    let e = QemuCommand::from_config_with(&cfg, Mode::Run, &paths(""), &FakeHost { kvm: false })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("VMK_FIRMWARE=uefi: no UEFI firmware for x86_64 (machine pc)")
+            && e.contains("install ovmf"),
+        "{e}"
+    );
 }

@@ -16,7 +16,7 @@ use vmk_common::shell;
 pub mod guestfiles;
 pub mod guestpath;
 pub mod image;
-pub use vmk_common::signals;
+pub mod signals;
 
 use guestpath::GuestRoot;
 use image::{Backend, MountRequest, MountState, TempMount};

@@ -1,5 +1,8 @@
 //! Snapshots of an image beside it: `<image>-YYYYMMDD-HHMMSS` reflink copies, an optional note
-//! in `<snapshot>.note`, and listing, reverting and removing them.
+//! in `<snapshot>.note`, and listing, reverting and removing them. The files that travel with
+//! an image (its UEFI variable store and TPM state, [`layout::companions`]) are snapshotted,
+//! reverted and removed with it: the firmware's boot entries and the TPM's sealed secrets
+//! belong to that disk's state.
 //!
 //! Notes are plain files beside each snapshot rather than one index file, so a snapshot
 //! without a note costs nothing more than the reflink, an index can never disagree with the
@@ -12,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use vmk_common::fileops::{CopyOutcome, FileopsError};
+use vmk_common::layout;
 
 use crate::stamp::{parse_snapshot_name, snapshot_name, SnapName, Stamp};
 use vmk_common::copy::{copy_file, CopyMode};
@@ -80,6 +84,13 @@ pub fn take(image: &Path, note: Option<&str>, mode: CopyMode) -> Result<CopyOutc
             Err(e) => return Err(e).with_context(|| format!("snapshotting {}", image.display())),
         }
     };
+    copy_companions(image, &outcome.dst).with_context(|| {
+        format!(
+            "snapshotting the files that travel with {} (the snapshot {} was made)",
+            image.display(),
+            outcome.dst.display()
+        )
+    })?;
     if let Some(note) = note {
         let path = note_path(&outcome.dst);
         let mut text = note.trim_end().to_string();
@@ -93,6 +104,42 @@ pub fn take(image: &Path, note: Option<&str>, mode: CopyMode) -> Result<CopyOutc
         })?;
     }
     Ok(outcome)
+}
+
+/// Copies the files that travel with `from` ([`layout::companions`]: its UEFI variable
+/// store and TPM state) to those of `to`, replacing them; where `from` has none, `to`'s is
+/// removed, so that `to` boots with exactly the state `from` had (a fresh one, made from
+/// the template on its first run, when `from` had none). They are small (a variable store
+/// is at most a few MiB… 64 MiB on arm), so where the filesystem cannot reflink they are
+/// copied in full whatever `--full-copy` says about the image.
+pub fn copy_companions(from: &Path, to: &Path) -> Result<()> {
+    for (src, dst) in layout::companions(from)
+        .into_iter()
+        .zip(layout::companions(to))
+    {
+        if fs::symlink_metadata(&src).is_ok() {
+            copy_file(
+                &src,
+                &dst,
+                CopyMode {
+                    force: true,
+                    full_copy: true,
+                },
+            )
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        } else {
+            remove_if_present(&dst)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
 }
 
 /// The snapshots of `image`, oldest first.
@@ -180,14 +227,14 @@ pub fn resolve(image: &Path, name: &str) -> Result<PathBuf> {
     ))
 }
 
-/// Removes a snapshot and its note.
+/// Removes a snapshot, its note and the files that travel with it.
 pub fn remove(snapshot: &Path) -> Result<()> {
     fs::remove_file(snapshot).with_context(|| format!("removing {}", snapshot.display()))?;
-    match fs::remove_file(note_path(snapshot)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing the note of {}", snapshot.display())),
+    for companion in layout::companions(snapshot) {
+        remove_if_present(&companion)?;
     }
+    remove_if_present(&note_path(snapshot))
+        .with_context(|| format!("removing the note of {}", snapshot.display()))
 }
 
 /// Makes `image` a copy of `snapshot` again, after snapshotting the current `image` (returned)
@@ -207,6 +254,8 @@ pub fn revert(image: &Path, snapshot: &Path, mode: CopyMode) -> Result<CopyOutco
             ..mode
         },
     )
+    .map_err(anyhow::Error::from)
+    .and_then(|_| copy_companions(snapshot, image))
     .with_context(|| {
         format!(
             "copying {} over {} (its previous content is in {})",
@@ -255,5 +304,36 @@ mod tests {
         remove(&a).unwrap();
         assert!(!a.exists() && !note_path(&a).exists());
         assert_eq!(list(&img).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_variable_store_and_tpm_state_travel_with_the_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("disk0.img");
+        let vars = layout::firmware_vars(&img);
+        let tpm = layout::tpm_state(&img);
+        fs::write(&img, b"disk v1").unwrap();
+        fs::write(&vars, b"vars v1").unwrap();
+        let full = CopyMode {
+            force: false,
+            full_copy: true,
+        };
+        let snap = take(&img, None, full).unwrap().dst;
+        assert_eq!(fs::read(layout::firmware_vars(&snap)).unwrap(), b"vars v1");
+        assert!(!layout::tpm_state(&snap).exists());
+        // companions are not snapshots of their own
+        assert_eq!(list(&img).unwrap().len(), 1);
+
+        fs::write(&img, b"disk v2").unwrap();
+        fs::write(&vars, b"vars v2").unwrap();
+        fs::write(&tpm, b"tpm v2").unwrap();
+        let saved = revert(&img, &snap, full).unwrap().dst;
+        assert_eq!(fs::read(&vars).unwrap(), b"vars v1");
+        assert!(!tpm.exists(), "the snapshot had no TPM state: the image has none again");
+        assert_eq!(fs::read(layout::firmware_vars(&saved)).unwrap(), b"vars v2");
+        assert_eq!(fs::read(layout::tpm_state(&saved)).unwrap(), b"tpm v2");
+
+        remove(&saved).unwrap();
+        assert!(!layout::firmware_vars(&saved).exists() && !layout::tpm_state(&saved).exists());
     }
 }

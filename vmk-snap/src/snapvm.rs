@@ -15,7 +15,7 @@ use vmk_common::fileops::{self, FileopsError};
 use vmk_common::qemu::QemuCommand;
 use vmk_common::qemu_img::QemuImgCreate;
 use vmk_common::state::VmStatus;
-use vmk_run::instance::{Adjust, End};
+use vmk_run::instance::Adjust;
 use vmk_run::{Instance, StartOptions};
 
 use crate::Target;
@@ -25,10 +25,8 @@ use vmk_common::copy::{copy_file, CopyMode};
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunArgs {
     /// Print pid, ports and files as one JSON object on stdout
-    #[arg(long, conflicts_with = "exec")]
+    #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub exec: vmk_run::ExecArgs,
 }
 
 /// Options of `snap info`.
@@ -66,8 +64,18 @@ pub enum SnapKind {
 }
 
 /// Recreates `snap-<disk0>` from disk0: a reflink copy, or where the filesystem cannot
-/// reflink a qcow2 overlay backed by disk0 (saying so). The snapshot VM must not run.
+/// reflink a qcow2 overlay backed by disk0 (saying so); and the files that travel with
+/// disk0 (UEFI variable store, TPM state) as throwaway copies beside it, so the snapshot VM
+/// never writes disk0's. The snapshot VM must not run.
 pub fn recreate_snapshot(t: &Target, base_pid: Option<u32>) -> Result<SnapKind> {
+    let kind = recreate_image(t, base_pid)?;
+    crate::dsnap::copy_companions(&t.disk0, &t.image)
+        .context("giving the snapshot VM its own copy of disk0's UEFI variables and TPM state")?;
+    Ok(kind)
+}
+
+/// `snap-<disk0>` itself, made from disk0 ([`recreate_snapshot`]).
+fn recreate_image(t: &Target, base_pid: Option<u32>) -> Result<SnapKind> {
     if !t.disk0.exists() {
         bail!(
             "disk0 {} does not exist: run `vmk mkdisk0` or set VMK_DISK0",
@@ -195,37 +203,9 @@ pub fn run(global: &GlobalOpts, a: &RunArgs, foreground: bool) -> Result<ExitCod
         ..StartOptions::default()
     };
     if foreground {
-        return vmk_run::cmd_runin(&inst, global.dry_run, &opts);
-    }
-    match a.exec.options(End::Kill) {
-        Some(x) => {
-            let status = vmk_run::cmd_exec(&inst, global.dry_run, &opts, &x);
-            if !global.dry_run {
-                discard_snapshot(&t, &inst);
-            }
-            status
-        }
-        None => vmk_run::cmd_run(&inst, global.dry_run, a.json, &opts),
-    }
-}
-
-/// Removes snap-<disk0> after `snap run --exec` (nothing of the throwaway VM stays), unless
-/// a qemu still uses it.
-fn discard_snapshot(t: &Target, inst: &Instance) {
-    match vmk_common::state::qemu_pids_using(&t.image) {
-        Ok(pids) if pids.is_empty() => {
-            if let Err(e) = fs::remove_file(&t.image) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("removing {}: {e}", t.image.display());
-                }
-            }
-        }
-        Ok(pids) => log::warn!(
-            "{} still in use by qemu pid {:?}: kept",
-            inst.image.display(),
-            pids
-        ),
-        Err(e) => log::warn!("checking {}: {e:#}", t.image.display()),
+        vmk_run::cmd_runin(&inst, global.dry_run, &opts)
+    } else {
+        vmk_run::cmd_run(&inst, global.dry_run, a.json, &opts)
     }
 }
 

@@ -21,6 +21,8 @@ use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{guest, run_ok, run_system_tests, Need, SystemTest};
 
 const MIB: u64 = 1 << 20;
+/// The firmware descriptor Debian's `ovmf` installs (UEFI tests need it).
+const OVMF_DESCRIPTOR: &str = "/usr/share/qemu/firmware/60-edk2-x86_64.json";
 const GIB: u64 = 1 << 30;
 
 fn vmk_snap(dir: &Path, args: &[&str]) -> Command {
@@ -683,6 +685,167 @@ fn dsnap_freeze_without_an_agent_warns_and_snapshots() -> Result<()> {
     Ok(())
 }
 
+/// The guest's part of the UEFI variable test: says whether it booted through EFI, prints
+/// the test variable's value, then replaces it with the word after `vmk.efitest=` on the
+/// kernel command line (a non-volatile variable: attributes NV|BS|RT, then the text).
+/// efivarfs makes variables that exist at boot immutable, and cannot seek in them.
+const EFI_TEST_SCRIPT: &str = r#"#!/bin/sh
+v=/sys/firmware/efi/efivars/VmkTest-3f8e4c2a-6b1d-4e55-9a0b-7c2d1e0f5a11
+say() { echo "vmk-efitest: $*" > /dev/console; }
+if [ -d /sys/firmware/efi ]; then say "efi yes"; else say "efi no"; fi
+if [ -e "$v" ]; then say "read $(cat "$v" | tail -c +5)"; else say "read none"; fi
+new=$(sed -n 's/.*vmk.efitest=\([a-z]*\).*/\1/p' /proc/cmdline)
+chattr -i "$v" 2>/dev/null
+rm -f "$v"
+printf '\007\000\000\000%s' "$new" > "$v" && say "wrote $new"
+sync
+"#;
+
+/// A UEFI VM of the Debian guest that runs [`EFI_TEST_SCRIPT`] once booted, then powers
+/// off; the guest's kernel and initrd are copied into `dir` (a test cache entry may be
+/// replaced while the test runs).
+fn efi_config(g: &vmk_testguest::DebianGuest, dir: &Path, vnc: u8) -> Result<String> {
+    fs::copy(&g.kernel, dir.join("vmlinuz")).context("copying the guest's kernel")?;
+    fs::copy(&g.initrd, dir.join("initrd.img")).context("copying the guest's initrd")?;
+    Ok(format!(
+        "VMK_NAME=efi-test\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_DISK_BUS=virtio\n\
+         VMK_ACCEL=tcg\nVMK_VNC={vnc}\nVMK_VNC_SOCKET=yes\nVMK_MEM=1024\nVMK_NET_TYPE=none\n\
+         VMK_FIRMWARE=uefi\nVMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\n"
+    ))
+}
+
+/// Boots `image` of the VM in `dir` with `cmd` (`vmk-run run` or `vmk-snap run`) until the
+/// guest's script has written `value` and powered off; returns the script's lines.
+fn efi_test_boot(
+    g: &vmk_testguest::DebianGuest,
+    dir: &Path,
+    mut cmd: Command,
+    image: &str,
+    value: &str,
+) -> Result<Vec<String>> {
+    let log = dir.join(format!("{image}.console.log"));
+    let _ = fs::remove_file(&log);
+    cmd.env(
+        "VMK_APPEND",
+        format!(
+            "{} systemd.run=\"/bin/sh /root/efitest.sh\" systemd.run_success_action=poweroff \
+             vmk.efitest={value}",
+            g.append
+        ),
+    );
+    let out = cmd.output().context("starting the UEFI guest")?;
+    let mut guard = QemuGuard::from_pidfile(&dir.join(format!("{image}.pid")));
+    ensure!(
+        out.status.success(),
+        "starting {image} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    if let Err(e) = guard
+        .as_mut()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?
+        .wait_exit(Duration::from_secs(400))
+    {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        bail!(
+            "{e}; console log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    eprintln!(
+        "{image} under UEFI (TCG): booted, ran the script and powered off in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let text = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            l.split_once("vmk-efitest: ")
+                .map(|(_, r)| r.trim().to_string())
+        })
+        .collect())
+}
+
+/// VMK_FIRMWARE=uefi: the first run makes disk0's variable store (NOCOW) and the guest
+/// sees EFI; a variable the guest sets lives in the store, `dsnap` snapshots the store with
+/// disk0 and `dsnap revert` brings its value back; `snap run` boots a copy of the store and
+/// leaves disk0's unchanged.
+fn uefi_variables_travel_with_disk0() -> Result<()> {
+    let (g, btrfs) = debian_guest_on_btrfs()?;
+    let dir = btrfs.path().join("vm");
+    let disk0 = dir.join("disk0.img");
+    let script = dir.join("efitest.sh");
+    fs::write(&script, EFI_TEST_SCRIPT)?;
+    run_ok({
+        let mut c = Command::new("debugfs");
+        c.arg("-w")
+            .arg("-R")
+            .arg(format!("write {} /root/efitest.sh", script.display()))
+            .arg(&disk0);
+        c
+    })?;
+    let slot = vmk_testkit::isolation::VmSlot::reserve()?;
+    write_config(&dir, &efi_config(&g, &dir, slot.number())?)?;
+    let vars = dir.join("disk0.img.efivars");
+
+    let said = efi_test_boot(&g, &dir, vmk_run(&dir, &["run"])?, "disk0.img", "first")?;
+    ensure!(
+        said == ["efi yes", "read none", "wrote first"],
+        "first boot: {said:?}"
+    );
+    ensure!(
+        vars.is_file(),
+        "no variable store {} after the first run",
+        vars.display()
+    );
+    ensure!(lsattr_has_c(&vars)?, "the variable store is not NOCOW");
+
+    let out = run_ok(vmk_snap(&dir, &["--base", "dsnap"]))?;
+    let snap = PathBuf::from(stdout_line(&out));
+    let snap_vars = PathBuf::from(format!("{}.efivars", snap.display()));
+    ensure!(
+        fs::read(&snap_vars)? == fs::read(&vars)?,
+        "dsnap did not snapshot the variable store beside {}",
+        snap.display()
+    );
+
+    let said = efi_test_boot(&g, &dir, vmk_run(&dir, &["run"])?, "disk0.img", "second")?;
+    ensure!(
+        said == ["efi yes", "read first", "wrote second"],
+        "second boot: {said:?}"
+    );
+
+    let name = snap.file_name().unwrap().to_string_lossy().into_owned();
+    run_ok(vmk_snap(&dir, &["--base", "dsnap", "revert", &name]))?;
+    ensure!(
+        fs::read(&vars)? == fs::read(&snap_vars)?,
+        "revert did not restore the store"
+    );
+    let base = sha256(&vars)?;
+
+    let said = efi_test_boot(
+        &g,
+        &dir,
+        vmk_snap(&dir, &["run"]),
+        "snap-disk0.img",
+        "third",
+    )?;
+    ensure!(
+        said == ["efi yes", "read first", "wrote third"],
+        "snapshot VM after the revert: {said:?}"
+    );
+    ensure!(
+        sha256(&vars)? == base,
+        "snap run changed disk0's variable store"
+    );
+    ensure!(
+        sha256(&dir.join("snap-disk0.img.efivars"))? != base,
+        "the snapshot VM's variable change is not in its own store"
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let btrfs = &[Need::Root, Need::Btrfs, Need::Program("lsattr")];
     run_system_tests(vec![
@@ -746,6 +909,19 @@ fn main() -> std::process::ExitCode {
                 Need::Program("lsattr"),
             ],
             dsnap_freeze_without_an_agent_warns_and_snapshots,
+        ),
+        SystemTest::new(
+            "uefi_variables_travel_with_disk0",
+            &[
+                Need::Root,
+                Need::Btrfs,
+                Need::Qemu,
+                Need::Debootstrap,
+                Need::Program("debugfs"),
+                Need::Program("lsattr"),
+                Need::File(OVMF_DESCRIPTOR, "ovmf"),
+            ],
+            uefi_variables_travel_with_disk0,
         ),
     ])
 }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::config::VmConfig;
 
-pub use vmk_common::ssh::{self, hostkey, target, wait, watch};
+pub mod hostkey;
+pub mod ssh;
+pub mod target;
+pub mod wait;
+pub mod watch;
 
 use hostkey::HostKeys;
 use ssh::{key_file, Auth};

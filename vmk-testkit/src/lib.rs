@@ -59,6 +59,8 @@ pub enum Need {
     Ssh,
     /// Any other program on PATH, by name.
     Program(&'static str),
+    /// A file that a system package installs: (path, package).
+    File(&'static str, &'static str),
     /// A binary of this workspace, built (see [`workspace_bin`]): cargo builds only the
     /// binaries of the package under test, `cargo test --workspace` builds them all.
     Built(&'static str),
@@ -82,6 +84,8 @@ impl Need {
             Need::Guestmount => missing_program("guestmount"),
             Need::Ssh => missing_program("ssh").or_else(|| missing_program("ssh-keygen")),
             Need::Program(p) => missing_program(p),
+            Need::File(path, package) => (!Path::new(path).exists())
+                .then(|| format!("needs {path} (apt-get install {package})")),
             Need::Built(name) => (!workspace_bin(name).is_file()).then(|| {
                 format!(
                     "needs {} built (cargo build --workspace --bins)",

@@ -5,7 +5,7 @@
 //! [`super::VmConfig`].
 
 use super::values::{
-    self, Accel, CacheMode, DiskBus, DiskFormat, MacFormat, MemSize, NetType, Size,
+    self, Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, Size,
 };
 use super::ConfigError;
 
@@ -32,6 +32,8 @@ pub enum KeyKind {
     Accel,
     /// A [`NetType`].
     Net,
+    /// A [`Firmware`].
+    Firmware,
     /// yes or no.
     Bool,
     /// A TCP port.
@@ -70,6 +72,7 @@ impl KeyKind {
             KeyKind::Format => one_of(DiskFormat::ALL),
             KeyKind::Accel => one_of(Accel::ALL),
             KeyKind::Net => one_of(NetType::ALL),
+            KeyKind::Firmware => one_of(Firmware::ALL),
             KeyKind::Bool => "yes or no".into(),
             KeyKind::Port => "a TCP port, 1 to 65535".into(),
             KeyKind::Vnc => "a VM number, 0 to 99".into(),
@@ -96,6 +99,7 @@ impl KeyKind {
             KeyKind::Format => value.parse::<DiskFormat>().map(drop),
             KeyKind::Accel => value.parse::<Accel>().map(drop),
             KeyKind::Net => value.parse::<NetType>().map(drop),
+            KeyKind::Firmware => value.parse::<Firmware>().map(drop),
             KeyKind::Bool => values::parse_bool(value).map(drop),
             KeyKind::Port => values::parse_port(value).map(drop),
             KeyKind::Vnc => values::parse_vnc(value).map(drop),
@@ -298,6 +302,20 @@ static KEYS: &[KeySpec] = &[
         "qemu machine type (default q35)"
     ),
     key!(
+        "VMK_FIRMWARE",
+        Firmware,
+        "bios",
+        "uefi",
+        "bios (SeaBIOS; x86 only, other architectures boot UEFI), uefi (OVMF/AAVMF from qemu's firmware descriptors, with the VM's own variable store <disk0>.efivars), uefi-secure (Secure Boot, the distribution's keys enrolled)"
+    ),
+    key!(
+        "VMK_TPM",
+        Bool,
+        "no",
+        "yes",
+        "yes: a TPM 2.0 emulated by swtpm, its state in <disk0>.tpm beside disk0"
+    ),
+    key!(
         "VMK_CPU_MODEL",
         Text,
         "",
@@ -416,20 +434,6 @@ static KEYS: &[KeySpec] = &[
         "no",
         "yes",
         "attach a cloud-init seed image"
-    ),
-    key!(
-        "VMK_LIBVIRT_URI",
-        Text,
-        "",
-        "qemu+ssh://root@host.example/system",
-        "libvirt connection of `vmk libvirt` (empty: libvirt's default, LIBVIRT_DEFAULT_URI or virsh's own); a remote one gets the disk images uploaded into VMK_LIBVIRT_POOL"
-    ),
-    key!(
-        "VMK_LIBVIRT_POOL",
-        Word,
-        "default",
-        "vmk",
-        "libvirt storage pool on a remote host that `vmk libvirt define` uploads the disk images into"
     ),
 ];
 
@@ -625,6 +629,8 @@ mod tests {
             "VMK_DISK6",
             "VMK_SSH_CREDENTIAL",
             "VMK_CLOUD_INIT",
+            "VMK_FIRMWARE",
+            "VMK_TPM",
         ] {
             assert!(key(spec_key).is_some(), "{spec_key} missing");
         }

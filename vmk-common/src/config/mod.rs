@@ -58,7 +58,9 @@ use serde::Serialize;
 pub use error::{ConfigError, Origin};
 pub use keys::{closest_key, key, keys, validate_value, KeyKind, KeySpec};
 pub use raw::{Assignment, LineKind, Piece, Quoting, RawConfig, RawLine, Unexpanded};
-pub use values::{Accel, CacheMode, DiskBus, DiskFormat, MacFormat, MemSize, NetType, Size};
+pub use values::{
+    Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, Size,
+};
 
 /// The system-wide config file.
 pub const SYSTEM_FILE: &str = "/etc/vmk-config";
@@ -428,6 +430,10 @@ pub struct VmConfig {
     pub machine: Option<String>,
     /// VMK_CPU_MODEL.
     pub cpu_model: Option<String>,
+    /// VMK_FIRMWARE.
+    pub firmware: Firmware,
+    /// VMK_TPM.
+    pub tpm: bool,
     /// VMK_NET_TYPE.
     pub net_type: NetType,
     /// VMK_BRIDGE.
@@ -462,10 +468,6 @@ pub struct VmConfig {
     pub ssh_credential: bool,
     /// VMK_CLOUD_INIT.
     pub cloud_init: bool,
-    /// VMK_LIBVIRT_URI: the libvirt connection of `vmk libvirt` (`None`: libvirt's default).
-    pub libvirt_uri: Option<String>,
-    /// VMK_LIBVIRT_POOL: the storage pool a remote host gets the disk images in.
-    pub libvirt_pool: String,
     /// Assignments of names outside `VMK_` (kept for references; not used by vmk).
     #[serde(skip)]
     pub other: BTreeMap<String, String>,
@@ -588,6 +590,8 @@ impl VmConfig {
             accel: t.parsed("VMK_ACCEL")?,
             machine: t.opt("VMK_MACHINE", values::parse_word)?,
             cpu_model: t.opt_text("VMK_CPU_MODEL"),
+            firmware: t.parsed("VMK_FIRMWARE")?,
+            tpm: t.parse("VMK_TPM", values::parse_bool)?,
             net_type: t.parsed("VMK_NET_TYPE")?,
             bridge: t.parse("VMK_BRIDGE", values::parse_word)?,
             mac_format: t.parsed("VMK_MAC_BASE_FORMAT")?,
@@ -611,8 +615,6 @@ impl VmConfig {
                 .unwrap_or_default(),
             ssh_credential: t.parse("VMK_SSH_CREDENTIAL", values::parse_bool)?,
             cloud_init: t.parse("VMK_CLOUD_INIT", values::parse_bool)?,
-            libvirt_uri: t.opt_text("VMK_LIBVIRT_URI"),
-            libvirt_pool: t.parse("VMK_LIBVIRT_POOL", values::parse_word)?,
             other: settings
                 .iter()
                 .filter(|(k, _)| !k.starts_with("VMK_"))

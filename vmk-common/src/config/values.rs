@@ -261,6 +261,17 @@ config_enum!(
 });
 
 config_enum!(
+    /// The firmware the VM boots (VMK_FIRMWARE).
+    Firmware, "one of bios, uefi, uefi-secure", {
+    /// SeaBIOS, qemu's default on x86 (other architectures have no BIOS: they get UEFI).
+    Bios = "bios",
+    /// UEFI (OVMF, AAVMF) without Secure Boot, with the VM's own variable store.
+    Uefi = "uefi",
+    /// UEFI with Secure Boot enforced: the distribution's keys enrolled in the variable store.
+    UefiSecure = "uefi-secure",
+});
+
+config_enum!(
     /// How the VM is networked.
     NetType, "one of user, bridge, none", {
     /// qemu user networking (NAT), the ssh port forwarded from the host.

@@ -17,15 +17,18 @@ impl QemuCommand {
         let mut a = Args::default();
         a.push("-nodefaults");
         a.pair("-name", Opts::new().kv("guest", &self.name));
-        a.pair(
-            "-machine",
-            Opts::word(&self.machine).kv("accel", self.accel.as_str()),
-        );
+        let smm = self.firmware.as_ref().is_some_and(|f| f.requires_smm);
+        let mut machine = Opts::word(&self.machine).kv("accel", self.accel.as_str());
+        if smm {
+            machine = machine.kv("smm", "on");
+        }
+        a.pair("-machine", machine);
         if let Some(cpu) = &self.cpu_model {
             a.pair("-cpu", cpu);
         }
         a.pair("-m", self.mem.mib().to_string());
         a.pair("-smp", self.cpus.to_string());
+        self.flash(&mut a);
         if let Some(p) = &self.pidfile {
             a.pair("-pidfile", p);
         }
@@ -87,6 +90,26 @@ impl QemuCommand {
         }
         a.0.extend(self.extra_args.iter().cloned());
         a.0
+    }
+
+    /// UEFI: the firmware code read-only in pflash unit 0, the VM's variable store in unit 1;
+    /// with SMM the flash is secure (only SMM code may write it: Secure Boot's guard).
+    fn flash(&self, a: &mut Args) {
+        let Some(fw) = &self.firmware else {
+            return;
+        };
+        if fw.requires_smm {
+            a.pair("-global", "driver=cfi.pflash01,property=secure,value=on");
+        }
+        let pflash = |unit: &str, file: &Path| {
+            Opts::new()
+                .kv("if", "pflash")
+                .kv("format", "raw")
+                .kv("unit", unit)
+                .kv("file", file)
+        };
+        a.pair("-drive", pflash("0", &fw.code).kv("readonly", "on"));
+        a.pair("-drive", pflash("1", &fw.vars));
     }
 
     fn display(&self, a: &mut Args) {

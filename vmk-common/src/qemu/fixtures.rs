@@ -11,7 +11,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, NetType, VmConfig};
+use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, Firmware, NetType, VmConfig};
 
 use super::{Host, Mode, QemuCommand, RuntimePaths};
 
@@ -44,6 +44,71 @@ impl Host for FakeHost {
             Err(io::ErrorKind::NotFound.into())
         }
     }
+    fn firmware_descriptors(&self) -> Vec<(PathBuf, String)> {
+        debian_firmware_descriptors()
+    }
+}
+
+/// qemu firmware descriptors as Debian 12's ovmf and qemu-efi-aarch64 ship them (trimmed).
+pub fn debian_firmware_descriptors() -> Vec<(PathBuf, String)> {
+    let d = |code: &str, vars: &str, arch: &str, machine: &str, features: &[&str]| {
+        serde_json::json!({
+            "description": "test",
+            "interface-types": ["uefi"],
+            "mapping": {
+                "device": "flash",
+                "executable": {"filename": code, "format": "raw"},
+                "nvram-template": {"filename": vars, "format": "raw"}
+            },
+            "targets": [{"architecture": arch, "machines": [machine]}],
+            "features": features,
+            "tags": []
+        })
+        .to_string()
+    };
+    let dir = "/usr/share/qemu/firmware";
+    vec![
+        (
+            format!("{dir}/40-edk2-x86_64-secure-enrolled.json").into(),
+            d(
+                "/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+                "x86_64",
+                "pc-q35-*",
+                &["acpi-s3", "enrolled-keys", "requires-smm", "secure-boot"],
+            ),
+        ),
+        (
+            format!("{dir}/50-edk2-x86_64-secure.json").into(),
+            d(
+                "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+                "x86_64",
+                "pc-q35-*",
+                &["acpi-s3", "requires-smm", "secure-boot"],
+            ),
+        ),
+        (
+            format!("{dir}/60-edk2-aarch64.json").into(),
+            d(
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "/usr/share/AAVMF/AAVMF_VARS.fd",
+                "aarch64",
+                "virt-*",
+                &["verbose-static"],
+            ),
+        ),
+        (
+            format!("{dir}/60-edk2-x86_64.json").into(),
+            d(
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+                "x86_64",
+                "pc-q35-*",
+                &["acpi-s3", "amd-sev"],
+            ),
+        ),
+    ]
 }
 
 /// [`FakeHost`] where vmk runs as root and /vm belongs to uid 1000, gid 100.
@@ -121,6 +186,9 @@ pub const MODES: &[ModeRow] = &[
         "root_runs_a_users_vm_vnc_socket",
         root_runs_a_users_vm_vnc_socket,
     ),
+    ("uefi", uefi),
+    ("uefi_snap_run", uefi_snap_run),
+    ("uefi_secure", uefi_secure),
 ];
 
 /// The command line of the mode called `name` in [`MODES`].
@@ -259,4 +327,28 @@ fn root_runs_a_users_vm_vnc_socket() -> QemuCommand {
     let mut cfg = config();
     cfg.vnc_socket = true;
     QemuCommand::from_config_with(&cfg, Mode::Foreground, &paths(""), &RootHost).unwrap()
+}
+
+/// VMK_FIRMWARE=uefi.
+fn uefi() -> QemuCommand {
+    let mut cfg = config();
+    cfg.firmware = Firmware::Uefi;
+    build(&cfg, Mode::Run)
+}
+
+/// VMK_FIRMWARE=uefi, `vmk snap run`: the snapshot's own variable store.
+fn uefi_snap_run() -> QemuCommand {
+    let mut cfg = config();
+    cfg.firmware = Firmware::Uefi;
+    QemuCommand::from_config_with(&cfg, Mode::Run, &paths("snap-"), &FakeHost { kvm: false })
+        .unwrap()
+        .disk0_override("snap-sles15.qcow2")
+}
+
+/// VMK_FIRMWARE=uefi-secure with direct kernel boot.
+fn uefi_secure() -> QemuCommand {
+    let mut cfg = config();
+    cfg.firmware = Firmware::UefiSecure;
+    cfg.kernel = Some("/vm/vmlinuz".into());
+    build(&cfg, Mode::Foreground)
 }

@@ -38,6 +38,11 @@ pub trait Host {
     fn owner(&self, _path: &Path) -> Option<(u32, u32)> {
         None
     }
+    /// qemu's firmware descriptors as (path, JSON text), in the order they are tried
+    /// ([`super::firmware::read_descriptors`]); none by default.
+    fn firmware_descriptors(&self) -> Vec<(PathBuf, String)> {
+        Vec::new()
+    }
 }
 
 /// The real machine.
@@ -76,6 +81,10 @@ impl Host for RealHost {
     fn owner(&self, path: &Path) -> Option<(u32, u32)> {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()))
+    }
+
+    fn firmware_descriptors(&self) -> Vec<(PathBuf, String)> {
+        super::firmware::read_descriptors(&super::firmware::descriptor_dirs())
     }
 }
 

@@ -26,6 +26,7 @@
 //!   image, the ssh public key) go through [`Host`], so tests give fixed answers.
 
 mod argv;
+pub mod firmware;
 #[doc(hidden)]
 pub mod fixtures;
 mod host;
@@ -38,8 +39,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, MemSize, NetType, VmConfig};
+use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, Firmware, MemSize, NetType, VmConfig};
 
+pub use firmware::Uefi;
 use host::default_machine;
 pub use host::{
     resolve_accel, select_qemu, Host, RealHost, DEFAULT_ARCH, DEFAULT_MACHINE, KVM_CPU_MODEL,
@@ -96,6 +98,9 @@ pub enum QemuError {
         /// Why.
         source: io::Error,
     },
+    /// VMK_FIRMWARE asks for UEFI and no descriptor offers it.
+    #[error(transparent)]
+    NoFirmware(#[from] firmware::NoFirmware),
 }
 
 impl QemuError {
@@ -107,7 +112,7 @@ impl QemuError {
                 source.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::InvalidInput
             ),
-            QemuError::NoQemu { .. } => false,
+            QemuError::NoQemu { .. } | QemuError::NoFirmware(_) => false,
         }
     }
 }
@@ -223,6 +228,9 @@ pub struct QemuCommand {
     pub accel: Accel,
     /// `-cpu` (verbatim: a model and its flags).
     pub cpu_model: Option<String>,
+    /// UEFI firmware (pflash code and the VM's variable store); `None`: qemu's default
+    /// (SeaBIOS on x86).
+    pub firmware: Option<Uefi>,
     /// `-m`.
     pub mem: MemSize,
     /// `-smp`.
@@ -378,14 +386,26 @@ impl QemuCommand {
         } else {
             Some(Sandbox::for_command(daemonize, bridge, runas.is_some()))
         };
+        let machine = cfg
+            .machine
+            .clone()
+            .unwrap_or_else(|| default_machine(arch).to_string());
+        let firmware = match effective_firmware(cfg.firmware, arch) {
+            Firmware::Bios => None,
+            fw => Some(firmware::select(
+                &host.firmware_descriptors(),
+                fw,
+                arch,
+                &machine,
+                &crate::layout::firmware_vars(&abs(&paths.image)),
+            )?),
+        };
         Ok(QemuCommand {
             program,
             dir: cfg.dir.clone(),
             name: cfg.display_name(),
-            machine: cfg
-                .machine
-                .clone()
-                .unwrap_or_else(|| default_machine(arch).to_string()),
+            machine,
+            firmware,
             cpu_model: cfg
                 .cpu_model
                 .clone()
@@ -520,6 +540,15 @@ impl QemuCommand {
         crate::shell::join(
             std::iter::once(self.program.as_os_str().to_os_string()).chain(self.argv()),
         )
+    }
+}
+
+/// The firmware a VM of `arch` boots with VMK_FIRMWARE=`configured`: architectures without
+/// a BIOS that boot from flash (arm, riscv) get UEFI for `bios`.
+pub fn effective_firmware(configured: Firmware, arch: &str) -> Firmware {
+    match (configured, arch) {
+        (Firmware::Bios, "aarch64" | "arm" | "riscv64") => Firmware::Uefi,
+        (fw, _) => fw,
     }
 }
 

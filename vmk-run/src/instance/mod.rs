@@ -3,7 +3,6 @@
 //! state, kill, stop. `vmk-run` and `vmk-snap` both call these, so `vmk snap run` behaves
 //! exactly like `vmk run`, only on another image.
 
-mod exec;
 mod foreground;
 mod info;
 mod start;
@@ -21,7 +20,6 @@ use vmk_common::qemu::{self, Mode, Network, QemuCommand, Serial};
 use vmk_common::state::{self, RuntimePaths, VmStatus};
 use vmk_media::cloudinit;
 
-pub use exec::{exec, End, ExecOptions};
 pub use foreground::{attach, run_foreground, Ended, Watch};
 pub use info::{info, info_lines, Info};
 pub use start::{describe, prepare, start, Started, FAULT_STEPS};
@@ -380,7 +378,8 @@ fn present(path: &Path) -> bool {
 
 /// The one rule for files named by the config: every file that `cmd` (a command line of
 /// `inst`) would open and that a key names (VMK_DISK0…VMK_DISK6, VMK_KERNEL, VMK_INITRD,
-/// VMK_ISO, VMK_QEMU as a path, the public key VMK_CLOUD_INIT's seed is made from), when it
+/// VMK_ISO, VMK_QEMU as a path, the public key VMK_CLOUD_INIT's seed is made from, the
+/// firmware files VMK_FIRMWARE's descriptor names), when it
 /// is missing. `vmk run` refuses to start on any ([`start::prepare`]); a dry run warns about
 /// each ([`dry_run`]). VMK_DISK0 is checked whatever image `inst` boots: a snapshot VM is
 /// made from it.
@@ -450,6 +449,25 @@ pub fn missing_files(inst: &Instance, cmd: &QemuCommand) -> Vec<MissingFile> {
                     ),
                     path: key,
                 });
+            }
+        }
+    }
+    if let Some(fw) = &cmd.firmware {
+        let package =
+            qemu::firmware::firmware_package(cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH))
+                .unwrap_or("the package that has it");
+        for (what, file) in [
+            ("code", &fw.code),
+            ("variable store template", &fw.vars_template),
+        ] {
+            if !present(file) {
+                let hint = format!("{} names it: reinstall {package}", fw.descriptor.display());
+                missing.push(MissingFile::new(
+                    "VMK_FIRMWARE",
+                    file,
+                    &format!("UEFI firmware {what}"),
+                    &hint,
+                ));
             }
         }
     }

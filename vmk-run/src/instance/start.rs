@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use vmk_common::config::Accel;
 use vmk_common::layout;
-use vmk_common::qemu::{kvm_probe, Mode, Network, QemuCommand};
+use vmk_common::qemu::{firmware, kvm_probe, Mode, Network, QemuCommand};
 use vmk_common::qmp;
 use vmk_common::state::{self, VmStatus};
 use vmk_media::cloudinit;
@@ -149,6 +149,15 @@ fn check_ports(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
 pub fn prepare(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     preflight(inst, cmd)?;
     super::warn_exposed(cmd);
+    if let Some(fw) = &cmd.firmware {
+        if firmware::create_vars(&fw.vars_template, &fw.vars)? {
+            eprintln!(
+                "note: made the UEFI variable store {} from {}",
+                fw.vars.display(),
+                fw.vars_template.display()
+            );
+        }
+    }
     inst.paths.prepare()
 }
 
