@@ -205,3 +205,29 @@ fn help_command_shows_the_tools_help() {
         .success()
         .stdout("sshkey:scp --help\n");
 }
+
+/// `vmk --version` prints the version the workspace's Cargo.toml gives (read here from the
+/// file itself, not from the build's own CARGO_PKG_VERSION) and exits 0.
+#[test]
+fn version_is_the_workspace_version() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    let package = &text[text
+        .find("[workspace.package]")
+        .expect("a [workspace.package]")..];
+    let version = package
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("version = "))
+        .expect("a version in [workspace.package]")
+        .trim_matches('"');
+    assert!(
+        version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "{version}"
+    );
+    Command::cargo_bin("vmk")
+        .unwrap()
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout(format!("vmk {version}\n"));
+}

@@ -1,0 +1,237 @@
+//! `stop` and `kill` when the first step is not enough, against a real qemu (TCG) running
+//! the busybox guest:
+//! - `stop` against a guest that ignores ACPI (booted with `acpi=off`: it has no power
+//!   button) waits its timeout, then kills qemu; the guest's console shows it never powered
+//!   off.
+//! - `kill` against a qemu that cannot act on SIGINT or SIGTERM (stopped with SIGSTOP: the
+//!   signals stay pending) escalates to SIGKILL.
+//!
+//! The oracle is the kernel: this test process makes itself a child subreaper, so the
+//! daemonized qemu becomes its child and `waitpid` tells how it ended (killed by SIGKILL,
+//! or exited). That is why these tests have a binary of their own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use rustix::process::{Pid, WaitOptions, WaitStatus};
+use vmk_testkit::guest::{self, BUSYBOX_READY};
+use vmk_testkit::isolation::{TestEnv, VmSlot};
+use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::{run_system_tests, Need, SystemTest};
+
+/// A hang guard, not a timing claim: two slow cores shared with other tests.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn main() -> std::process::ExitCode {
+    // Orphans (the daemonized qemu) become our children, so we can see how they end.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .expect("PR_SET_CHILD_SUBREAPER");
+    let needs = &[Need::Qemu, Need::Busybox, Need::Kernel];
+    run_system_tests(vec![
+        SystemTest::new(
+            "stop_waits_its_timeout_then_kills_a_guest_that_ignores_acpi",
+            needs,
+            stop_kills_a_guest_that_ignores_acpi,
+        ),
+        SystemTest::new(
+            "kill_escalates_to_sigkill_when_qemu_does_not_end",
+            needs,
+            kill_escalates_to_sigkill,
+        ),
+    ])
+}
+
+/// A busybox VM in its own directory, on a reserved VM number, in a private environment.
+struct Vm {
+    dir: tempfile::TempDir,
+    env: TestEnv,
+    _slot: VmSlot,
+}
+
+impl Vm {
+    fn new(append_extra: &str) -> Result<Vm> {
+        let g = guest::busybox_guest()?;
+        let dir = tempfile::tempdir()?;
+        let slot = VmSlot::reserve()?;
+        std::fs::File::create(dir.path().join("disk0.raw"))?.set_len(64 << 20)?;
+        std::fs::write(
+            dir.path().join("vm-config"),
+            format!(
+                "VMK_NAME=esc\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_MEM=256M\n\
+                 VMK_CPU=1\nVMK_ACCEL=tcg\nVMK_NET_TYPE=none\n{}VMK_KERNEL='{}'\n\
+                 VMK_INITRD='{}'\nVMK_APPEND='{} {append_extra}'\n",
+                slot.config_line(),
+                g.kernel.display(),
+                g.initrd.display(),
+                g.append
+            ),
+        )?;
+        let env = TestEnv::inside(dir.path())?;
+        Ok(Vm {
+            dir,
+            env,
+            _slot: slot,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.path().join("disk0.raw.console.log")
+    }
+
+    fn vmk_run(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.env.command(env!("CARGO_BIN_EXE_vmk-run"));
+        let out = cmd
+            .args(args)
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .output()
+            .context("running vmk-run")?;
+        eprintln!(
+            "$ vmk-run {} → {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    }
+
+    /// `vmk-run run`, the qemu guarded by the pid in its pidfile; waits for the guest's
+    /// shell prompt line.
+    fn start(&self) -> Result<QemuGuard> {
+        let out = self.vmk_run(&["run"]);
+        let guard = QemuGuard::from_pidfile(&self.path().join("disk0.raw.pid"));
+        let out = out?;
+        ensure!(out.status.success(), "vmk-run run failed");
+        let guard = guard?;
+        guest::wait_for_file_line(&self.console_log(), BUSYBOX_READY, BOOT_TIMEOUT)?;
+        Ok(guard)
+    }
+}
+
+/// Waits (as its subreaper) until `pid` ends; how it ended.
+fn reap(pid: i32, timeout: Duration) -> Result<WaitStatus> {
+    let deadline = Instant::now() + timeout;
+    let p = Pid::from_raw(pid).context("pid 0")?;
+    loop {
+        if let Some((_, status)) = rustix::process::waitpid(Some(p), WaitOptions::NOHANG)
+            .with_context(|| format!("waitpid {pid}: is qemu not our (subreaped) child?"))?
+        {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            bail!("qemu pid {pid} did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop_kills_a_guest_that_ignores_acpi() -> Result<()> {
+    let vm = Vm::new("acpi=off")?;
+    let guard = vm.start()?;
+    let pid = guard.pid();
+    let log = std::fs::read_to_string(vm.console_log())?;
+    ensure!(
+        !log.contains("Power Button"),
+        "the guest has an ACPI power button despite acpi=off:\n{log}"
+    );
+    let timeout = 3;
+    let started = Instant::now();
+    let out = vm.vmk_run(&["stop", "--timeout", &timeout.to_string()])?;
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "stop failed: {err}");
+    ensure!(
+        err.contains(&format!(
+            "did not power off within {timeout}s: killing qemu pid {pid}"
+        )),
+        "stop did not say it killed after the timeout: {err}"
+    );
+    // it really waited for the guest (a lower bound: the timeout is the behaviour)
+    ensure!(
+        took >= Duration::from_secs(timeout),
+        "stop returned after {took:?}, before its {timeout} s timeout"
+    );
+    let status = reap(pid, Duration::from_secs(30))?;
+    eprintln!("qemu ended: {status:?}");
+    ensure!(
+        status.exit_status().is_some() || status.terminating_signal().is_some(),
+        "qemu pid {pid}: {status:?}"
+    );
+    // the guest never powered off: the kernel prints this line when it does
+    let log = std::fs::read_to_string(vm.console_log())?;
+    ensure!(
+        !log.contains("reboot: Power down"),
+        "the guest powered off by itself:\n{log}"
+    );
+    ensure!(
+        !vm.path().join("disk0.raw.pid").exists(),
+        "stop left the pidfile"
+    );
+    drop(guard);
+    Ok(())
+}
+
+fn kill_escalates_to_sigkill() -> Result<()> {
+    let vm = Vm::new("")?;
+    let guard = vm.start()?;
+    let pid = guard.pid();
+    // the control for the other test: with ACPI the kernel names the power button
+    let log = std::fs::read_to_string(vm.console_log())?;
+    ensure!(
+        log.contains("Power Button"),
+        "no power button on an ACPI guest's console:\n{log}"
+    );
+    // SIGINT and SIGTERM stay pending on a stopped process; only SIGKILL ends it
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )?;
+    let out = vm.vmk_run(&["kill"])?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "kill failed: {text}");
+    ensure!(
+        text.contains(&format!("killed qemu pid {pid} (SIGKILL)")),
+        "kill does not report SIGKILL: {text}"
+    );
+    let status = reap(pid, Duration::from_secs(30))?;
+    ensure!(
+        status.terminating_signal() == Some(libc_sigkill()),
+        "qemu pid {pid} did not die of SIGKILL: {status:?}"
+    );
+    ensure!(
+        !vm.path().join("disk0.raw.pid").exists(),
+        "kill left the pidfile"
+    );
+    // a control: the same VM started again ends at the first signal (SIGINT)
+    let guard2 = vm.start()?;
+    let pid2 = guard2.pid();
+    let out = vm.vmk_run(&["kill"])?;
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains(&format!("killed qemu pid {pid2} (SIGINT)")),
+        "a running qemu did not end at SIGINT: {text}"
+    );
+    let status = reap(pid2, Duration::from_secs(30))?;
+    ensure!(
+        status.terminating_signal() != Some(libc_sigkill()),
+        "qemu pid {pid2} needed SIGKILL: {status:?}"
+    );
+    drop((guard, guard2));
+    Ok(())
+}
+
+fn libc_sigkill() -> i32 {
+    nix::sys::signal::Signal::SIGKILL as i32
+}
