@@ -329,7 +329,10 @@ mod tests {
         fs::write(&tpm, b"tpm v2").unwrap();
         let saved = revert(&img, &snap, full).unwrap().dst;
         assert_eq!(fs::read(&vars).unwrap(), b"vars v1");
-        assert!(!tpm.exists(), "the snapshot had no TPM state: the image has none again");
+        assert!(
+            !tpm.exists(),
+            "the snapshot had no TPM state: the image has none again"
+        );
         assert_eq!(fs::read(layout::firmware_vars(&saved)).unwrap(), b"vars v2");
         assert_eq!(fs::read(layout::tpm_state(&saved)).unwrap(), b"tpm v2");
 
