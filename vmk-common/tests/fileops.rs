@@ -1,4 +1,4 @@
-//! System tests of vmk_common::fileops on real filesystems (loop-mounted btrfs, ext4,
+//! System tests of vmk_common::fileops on real filesystems (loop-mounted btrfs, XFS, ext4,
 //! tmpfs): reflink, NOCOW, refusals, and that failures leave nothing behind.
 
 use std::fs;
@@ -199,6 +199,89 @@ fn full_copy_into_full_fs_fails_cleanly() -> Result<()> {
     Ok(())
 }
 
+/// The extents of `path` as `filefrag -v` (e2fsprogs, through FIEMAP) lists them: how many,
+/// and how many carry the `shared` flag.
+fn filefrag_extents(path: &Path) -> Result<(usize, usize)> {
+    let out = std::process::Command::new("filefrag")
+        .arg("-v")
+        .arg(path)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "filefrag -v {} failed",
+        path.display()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // extent lines start with "   N:" after the header
+    let extents: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            t.split(':')
+                .next()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .collect();
+    let shared = extents.iter().filter(|l| l.contains("shared")).count();
+    Ok((extents.len(), shared))
+}
+
+/// README: reflink copies work on XFS too ("any filesystem that can reflink, such as XFS");
+/// XFS has no NOCOW attribute, which vmk says instead of pretending. Oracles: `filefrag -v`
+/// (FIEMAP's shared flag) for the shared extents, `cmp` for the content.
+fn xfs_reflinks_and_has_no_nocow() -> Result<()> {
+    let fs_ = LoopFs::new("xfs", 512 * MIB)?;
+    let dir = fs_.path();
+    ensure!(fs_kind(dir)? == FsKind::Xfs, "{:?}", fs_kind(dir)?);
+    let src = dir.join("disk0.raw");
+    make_image(&src, 32 * MIB, MIB, false)?;
+    let (extents, shared) = filefrag_extents(&src)?;
+    ensure!(
+        extents > 0 && shared == 0,
+        "before the copy: {shared} of {extents} shared"
+    );
+    let out = reflink_copy(&src, &dir.join("copy.raw"), &CopyOptions::default())?;
+    ensure!(out.method == CopyMethod::Reflink, "{:?}", out.method);
+    let copy = out.dst;
+    let cmp = std::process::Command::new("cmp")
+        .arg(&src)
+        .arg(&copy)
+        .status()?;
+    ensure!(cmp.success(), "cmp: the copy differs");
+    let (extents, shared) = filefrag_extents(&copy)?;
+    ensure!(
+        extents > 0 && shared == extents,
+        "filefrag: {shared} of the copy's {extents} extents are shared"
+    );
+    // a write to the copy unshares only there; the original keeps its bytes
+    let before = checksum(&src)?;
+    use std::os::unix::fs::FileExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)?
+        .write_all_at(b"changed in the copy", 4096)?;
+    ensure!(
+        checksum(&src)? == before,
+        "writing the copy changed the original"
+    );
+    ensure!(
+        checksum(&copy)? != before,
+        "the write did not reach the copy"
+    );
+    // NOCOW: XFS has none; set_nocow says so, create_nocow_file makes a plain file
+    let e = set_nocow(&dir.join("copy.raw")).unwrap_err();
+    ensure!(matches!(e, FileopsError::NocowUnsupported { .. }), "{e}");
+    ensure!(e.to_string().contains("only btrfs"), "{e}");
+    let disk1 = dir.join("disk1.raw");
+    ensure!(
+        !create_nocow_file(&disk1, 10 * MIB)?,
+        "XFS file claimed NOCOW"
+    );
+    ensure!(fs::metadata(&disk1)?.len() == 10 * MIB && !is_nocow(&disk1)?);
+    ensure!(!lsattr_has_c(&disk1)?, "lsattr shows C on XFS");
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let btrfs = &[Need::Root, Need::Btrfs, Need::Program("lsattr")];
     run_system_tests(vec![
@@ -216,6 +299,16 @@ fn main() -> std::process::ExitCode {
             "refusals_leave_everything_untouched",
             btrfs,
             refusals_leave_everything_untouched,
+        ),
+        SystemTest::new(
+            "xfs_reflinks_and_has_no_nocow",
+            &[
+                Need::Root,
+                Need::Program("mkfs.xfs"),
+                Need::Program("filefrag"),
+                Need::Program("lsattr"),
+            ],
+            xfs_reflinks_and_has_no_nocow,
         ),
         SystemTest::new(
             "ext4_cannot_reflink_clear_error_no_file",
