@@ -6,7 +6,7 @@ SHAREDIR = $(PREFIX)/share/vmk
 BASHDIR = $(PREFIX)/share/bash-completion/completions
 ZSHDIR = $(PREFIX)/share/zsh/site-functions
 FISHDIR = $(PREFIX)/share/fish/vendor_completions.d
-TOOLS = vmk vmk-run vmk-snap vmk-clone vmk-mount vmk-sshkey vmk-ayinstall vmk-completions
+TOOLS = vmk vmk-run vmk-snap vmk-clone vmk-mount vmk-sshkey vmk-ayinstall vmk-libvirt vmk-completions
 CARGO ?= cargo
 
 .PHONY: all build deps install man test check demo clean fuzz

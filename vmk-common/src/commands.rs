@@ -71,6 +71,7 @@ pub const TOOLS: &[ToolSpec] = &[
     tool("mount", "Images"),
     tool("sshkey", "SSH"),
     tool("ayinstall", "Installing"),
+    tool("libvirt", "libvirt"),
     tool("completions", "Shell completions"),
 ];
 
@@ -340,6 +341,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         &["bootstrap"],
         "Create a new VM directory with a distribution installed from packages (debootstrap)",
     ),
+    cmd(
+        "libvirt",
+        "libvirt",
+        &[],
+        "Hand this VM to libvirt with vmk's hardware: libvirt xml|define|start|stop|undefine",
+    )
+    .group(),
     cmd(
         "completions",
         "completions",

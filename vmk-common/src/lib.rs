@@ -5,6 +5,7 @@
 //! - [`qemu`]: the one typed builder of qemu command lines.
 //! - [`state`], [`qmp`]: pidfiles, process identity, the QMP client.
 //! - [`fileops`]: reflink/NOCOW copies that never leave half-written files.
+//! - [`ssh`]: the ssh client side: the VM's sshd, its host key, waiting for it.
 //! - [`commands`]: the one table of the names typed after `vmk`.
 //! - [`frontdoor`]: the `vmk` command that execs `vmk-<command>`.
 
@@ -19,12 +20,15 @@ pub mod host;
 pub mod human;
 pub mod jsonline;
 pub mod layout;
+pub mod libvirt;
 pub mod mountinfo;
 pub mod process;
 pub mod qemu;
 pub mod qemu_img;
 pub mod qmp;
 pub mod shell;
+pub mod signals;
+pub mod ssh;
 pub mod state;
 pub mod text;
 pub mod time;

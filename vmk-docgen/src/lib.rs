@@ -22,6 +22,7 @@ pub fn tool_commands() -> Vec<(&'static str, Command)> {
         ("mount", vmk_mount::Args::command()),
         ("sshkey", vmk_sshkey::Args::command()),
         ("ayinstall", vmk_ayinstall::Args::command()),
+        ("libvirt", vmk_libvirt::Args::command()),
         ("completions", completions_command()),
     ]
 }

@@ -47,6 +47,8 @@ enum Uses {
     Seed,
     /// The new VM directory and the cache of installed systems.
     Bootstrap,
+    /// The records `vmk libvirt define` leaves for `vmk info`, `vmk ps` and `vmk run`.
+    Libvirt,
 }
 
 use Uses::*;
@@ -92,6 +94,7 @@ const USES: &[(&str, &[Uses])] = &[
     ("qinstall", &[Config, Runtime]),
     ("cloudinit", &[Config, Key, Seed]),
     ("bootstrap", &[Bootstrap]),
+    ("libvirt", &[Config, Runtime, Libvirt]),
     ("completions", &[]),
 ];
 
@@ -539,6 +542,11 @@ fn files(out: &mut String, uses: &[Uses]) {
                      only the VM's user can connect.",
                 ),
             ],
+            Libvirt => &[(
+                "$XDG_RUNTIME_DIR/vmk/libvirt/",
+                "One record per VM directory defined in libvirt by vmk libvirt define (its \
+                 connection and domain), for vmk info, vmk ps and vmk run.",
+            )],
             Registry => &[(
                 "$XDG_RUNTIME_DIR/vmk/running/",
                 "One record per VM started by vmk run, for vmk ps.",

@@ -16,7 +16,7 @@ use vmk_common::shell;
 pub mod guestfiles;
 pub mod guestpath;
 pub mod image;
-pub mod signals;
+pub use vmk_common::signals;
 
 use guestpath::GuestRoot;
 use image::{Backend, MountRequest, MountState, TempMount};

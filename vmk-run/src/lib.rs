@@ -45,14 +45,39 @@ impl Tool for Args {
     }
 }
 
+/// `--exec CMD` of `run` and `snap run`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ExecArgs {
+    /// Run CMD in the guest over ssh once it answers (stdin, stdout and stderr passed
+    /// through), then end the VM and exit with CMD's status
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// With --exec: how long to wait for the guest's sshd (seconds)
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "exec")]
+    pub ssh_timeout: u64,
+}
+
+impl ExecArgs {
+    /// The options of [`instance::exec`] for `end`, when `--exec` was given.
+    pub fn options(&self, end: instance::End) -> Option<instance::ExecOptions> {
+        self.exec.as_ref().map(|command| instance::ExecOptions {
+            command: command.clone(),
+            ssh_timeout: Duration::from_secs(self.ssh_timeout),
+            end,
+        })
+    }
+}
+
 /// The commands of vmk-run.
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Start the VM in the background (serial console on a unix socket or telnet port, VNC, QMP, pidfile)
     Run {
         /// Print pid, ports and files as one JSON object on stdout
-        #[arg(long)]
+        #[arg(long, conflicts_with = "exec")]
         json: bool,
+        #[command(flatten)]
+        exec: ExecArgs,
     },
     /// Start the VM in the foreground with its serial console on this terminal (Ctrl-A x quits)
     Runin,
@@ -107,12 +132,14 @@ fn disk0_instance(global: &GlobalOpts) -> Result<Instance> {
 pub fn run(args: Args) -> Result<ExitCode> {
     let g = &args.global;
     match args.command {
-        Command::Run { json } => cmd_run(
-            &disk0_instance(g)?,
-            g.dry_run,
-            json,
-            &StartOptions::default(),
-        ),
+        Command::Run { json, exec } => {
+            let inst = disk0_instance(g)?;
+            let opts = StartOptions::default();
+            match exec.options(instance::End::PowerOff(instance::STOP_TIMEOUT)) {
+                Some(x) => cmd_exec(&inst, g.dry_run, &opts, &x),
+                None => cmd_run(&inst, g.dry_run, json, &opts),
+            }
+        }
         Command::Runin => cmd_runin(&disk0_instance(g)?, g.dry_run, &StartOptions::default()),
         Command::Info { json } => cmd_info(&disk0_instance(g)?, json),
         Command::Isrunning => cmd_isrunning(&disk0_instance(g)?),
@@ -148,6 +175,30 @@ pub fn cmd_run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `run --exec CMD`: start, run CMD over ssh, end the VM; CMD's exit status (or print the
+/// commands with `-D`).
+pub fn cmd_exec(
+    inst: &Instance,
+    dry_run: bool,
+    opts: &StartOptions<'_>,
+    x: &instance::ExecOptions,
+) -> Result<ExitCode> {
+    if dry_run {
+        outln!("{}", instance::dry_run(inst, Mode::Run, opts.adjust)?)?;
+        vmk_common::errln!(
+            "then: wait for ssh (up to {}s), run {} in the guest, end the VM ({})",
+            x.ssh_timeout.as_secs(),
+            vmk_common::shell::quote(x.command.as_ref()),
+            match x.end {
+                instance::End::Kill => "kill".to_string(),
+                instance::End::PowerOff(t) => format!("power-off, kill after {}s", t.as_secs()),
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    instance::exec(inst, opts, x)
 }
 
 /// `runin`: run in the foreground (or print the command with `-D`).

@@ -15,7 +15,7 @@ use vmk_common::fileops::{self, FileopsError};
 use vmk_common::qemu::QemuCommand;
 use vmk_common::qemu_img::QemuImgCreate;
 use vmk_common::state::VmStatus;
-use vmk_run::instance::Adjust;
+use vmk_run::instance::{Adjust, End};
 use vmk_run::{Instance, StartOptions};
 
 use crate::Target;
@@ -25,8 +25,10 @@ use vmk_common::copy::{copy_file, CopyMode};
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunArgs {
     /// Print pid, ports and files as one JSON object on stdout
-    #[arg(long)]
+    #[arg(long, conflicts_with = "exec")]
     pub json: bool,
+    #[command(flatten)]
+    pub exec: vmk_run::ExecArgs,
 }
 
 /// Options of `snap info`.
@@ -203,9 +205,37 @@ pub fn run(global: &GlobalOpts, a: &RunArgs, foreground: bool) -> Result<ExitCod
         ..StartOptions::default()
     };
     if foreground {
-        vmk_run::cmd_runin(&inst, global.dry_run, &opts)
-    } else {
-        vmk_run::cmd_run(&inst, global.dry_run, a.json, &opts)
+        return vmk_run::cmd_runin(&inst, global.dry_run, &opts);
+    }
+    match a.exec.options(End::Kill) {
+        Some(x) => {
+            let status = vmk_run::cmd_exec(&inst, global.dry_run, &opts, &x);
+            if !global.dry_run {
+                discard_snapshot(&t, &inst);
+            }
+            status
+        }
+        None => vmk_run::cmd_run(&inst, global.dry_run, a.json, &opts),
+    }
+}
+
+/// Removes snap-<disk0> after `snap run --exec` (nothing of the throwaway VM stays), unless
+/// a qemu still uses it.
+fn discard_snapshot(t: &Target, inst: &Instance) {
+    match vmk_common::state::qemu_pids_using(&t.image) {
+        Ok(pids) if pids.is_empty() => {
+            if let Err(e) = fs::remove_file(&t.image) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("removing {}: {e}", t.image.display());
+                }
+            }
+        }
+        Ok(pids) => log::warn!(
+            "{} still in use by qemu pid {:?}: kept",
+            inst.image.display(),
+            pids
+        ),
+        Err(e) => log::warn!("checking {}: {e:#}", t.image.display()),
     }
 }
 

@@ -12,11 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::config::VmConfig;
 
-pub mod hostkey;
-pub mod ssh;
-pub mod target;
-pub mod wait;
-pub mod watch;
+pub use vmk_common::ssh::{self, hostkey, target, wait, watch};
 
 use hostkey::HostKeys;
 use ssh::{key_file, Auth};

@@ -22,6 +22,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
         ("vmk-mount", tool(&[])),
         ("vmk-sshkey", tool(&["vmk-mount"])),
         ("vmk-ayinstall", tool(&["vmk-run"])),
+        ("vmk-libvirt", tool(&[])),
         // documentation sees every tool's clap definition; nothing depends on it
         (
             "vmk-docgen",
@@ -32,6 +33,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
                 "vmk-mount",
                 "vmk-sshkey",
                 "vmk-ayinstall",
+                "vmk-libvirt",
             ]),
         ),
         // the test kit depends on no vmk crate, so every crate's tests may use it

@@ -435,6 +435,20 @@ static KEYS: &[KeySpec] = &[
         "yes",
         "attach a cloud-init seed image"
     ),
+    key!(
+        "VMK_LIBVIRT_URI",
+        Text,
+        "",
+        "qemu+ssh://root@host.example/system",
+        "libvirt connection of `vmk libvirt` (empty: libvirt's default, LIBVIRT_DEFAULT_URI or virsh's own); a remote one gets the disk images uploaded into VMK_LIBVIRT_POOL"
+    ),
+    key!(
+        "VMK_LIBVIRT_POOL",
+        Word,
+        "default",
+        "vmk",
+        "libvirt storage pool on a remote host that `vmk libvirt define` uploads the disk images into"
+    ),
 ];
 
 /// Every config key, in documentation order.

@@ -468,6 +468,10 @@ pub struct VmConfig {
     pub ssh_credential: bool,
     /// VMK_CLOUD_INIT.
     pub cloud_init: bool,
+    /// VMK_LIBVIRT_URI: the libvirt connection of `vmk libvirt` (`None`: libvirt's default).
+    pub libvirt_uri: Option<String>,
+    /// VMK_LIBVIRT_POOL: the storage pool a remote host gets the disk images in.
+    pub libvirt_pool: String,
     /// Assignments of names outside `VMK_` (kept for references; not used by vmk).
     #[serde(skip)]
     pub other: BTreeMap<String, String>,
@@ -615,6 +619,8 @@ impl VmConfig {
                 .unwrap_or_default(),
             ssh_credential: t.parse("VMK_SSH_CREDENTIAL", values::parse_bool)?,
             cloud_init: t.parse("VMK_CLOUD_INIT", values::parse_bool)?,
+            libvirt_uri: t.opt_text("VMK_LIBVIRT_URI"),
+            libvirt_pool: t.parse("VMK_LIBVIRT_POOL", values::parse_word)?,
             other: settings
                 .iter()
                 .filter(|(k, _)| !k.starts_with("VMK_"))

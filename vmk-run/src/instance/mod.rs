@@ -3,6 +3,7 @@
 //! state, kill, stop. `vmk-run` and `vmk-snap` both call these, so `vmk snap run` behaves
 //! exactly like `vmk run`, only on another image.
 
+mod exec;
 mod foreground;
 mod info;
 mod start;
@@ -20,6 +21,7 @@ use vmk_common::qemu::{self, Mode, Network, QemuCommand, Serial};
 use vmk_common::state::{self, RuntimePaths, VmStatus};
 use vmk_media::cloudinit;
 
+pub use exec::{exec, End, ExecOptions};
 pub use foreground::{attach, run_foreground, Ended, Watch};
 pub use info::{info, info_lines, Info};
 pub use start::{describe, prepare, start, Started, FAULT_STEPS};

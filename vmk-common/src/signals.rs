@@ -1,9 +1,10 @@
-//! While vmk holds a mount, a loop device or a storage daemon, Ctrl-C (and SIGTERM/SIGHUP)
-//! must not kill it before it has undone them: [`Interrupts`] turns those signals into a
-//! flag that the code checks between steps. A child in the foreground (the chroot shell)
-//! still gets its own Ctrl-C, since handlers are reset on exec.
+//! While vmk holds a mount, a loop device or a storage daemon, or runs a VM for `--exec`,
+//! Ctrl-C (and SIGTERM/SIGHUP) must not kill it before it has undone them: [`Interrupts`]
+//! turns those signals into a flag that the code checks between steps. A child in the
+//! foreground (the chroot shell, ssh) still gets its own Ctrl-C, since handlers are reset
+//! on exec (a blocked signal would stay blocked in every child, qemu included).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -13,18 +14,20 @@ use signal_hook::SigId;
 /// Catches SIGINT, SIGTERM and SIGHUP while alive.
 #[derive(Debug)]
 pub struct Interrupts {
-    flag: Arc<AtomicBool>,
+    /// The number of the last signal caught, 0 for none.
+    flag: Arc<AtomicUsize>,
     ids: Vec<SigId>,
 }
 
 impl Interrupts {
     /// Starts catching the signals.
     pub fn install() -> Result<Interrupts> {
-        let flag = Arc::new(AtomicBool::new(false));
+        let flag = Arc::new(AtomicUsize::new(0));
         let mut ids = Vec::new();
         for sig in [SIGINT, SIGTERM, SIGHUP] {
+            let number = usize::try_from(sig).context("signal number")?;
             ids.push(
-                signal_hook::flag::register(sig, Arc::clone(&flag))
+                signal_hook::flag::register_usize(sig, Arc::clone(&flag), number)
                     .context("installing a signal handler")?,
             );
         }
@@ -33,7 +36,15 @@ impl Interrupts {
 
     /// True when a signal came.
     pub fn interrupted(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
+        self.signal().is_some()
+    }
+
+    /// The signal that came last, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        match self.flag.load(Ordering::SeqCst) {
+            0 => None,
+            n => i32::try_from(n).ok(),
+        }
     }
 
     /// Fails when a signal came, so the caller stops and cleans up.
@@ -46,7 +57,7 @@ impl Interrupts {
 
     /// Forgets signals that came so far (e.g. Ctrl-C typed into the chroot shell).
     pub fn clear(&self) {
-        self.flag.store(false, Ordering::SeqCst);
+        self.flag.store(0, Ordering::SeqCst);
     }
 }
 

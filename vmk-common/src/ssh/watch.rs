@@ -12,13 +12,13 @@ use std::io::{Read, Write};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
+use crate::process::exit_code;
 use anyhow::{Context, Result};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
-use vmk_common::process::exit_code;
 
-use crate::hostkey::{explain, refusal, HostKeys};
-use crate::target::Target;
+use crate::ssh::hostkey::{explain, refusal, HostKeys};
+use crate::ssh::target::Target;
 
 /// How much of ssh's stderr is kept to look for host-key messages (they come first).
 const KEPT: usize = 64 << 10;

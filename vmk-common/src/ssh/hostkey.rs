@@ -15,12 +15,12 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::config::VmConfig;
+use crate::layout::{self, KNOWN_HOSTS_FILE};
+use crate::state::{self, RuntimePaths, VmStatus};
 use anyhow::{anyhow, Context, Result};
-use vmk_common::config::VmConfig;
-use vmk_common::layout::{self, KNOWN_HOSTS_FILE};
-use vmk_common::state::{self, RuntimePaths, VmStatus};
 
-use crate::target::Target;
+use crate::ssh::target::Target;
 
 /// The name the guest's host keys have in the VM's known_hosts file.
 pub const HOST_KEY_ALIAS: &str = "vmk-vm";

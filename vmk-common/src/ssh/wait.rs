@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::hostkey::HostKeys;
+use crate::ssh::hostkey::HostKeys;
+use crate::ssh::target::Target;
 use crate::ssh::{ssh_command, Auth};
-use crate::target::Target;
 
 /// Pause between probes.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
@@ -43,12 +43,29 @@ pub fn wait_for_ssh(
     host_keys: &HostKeys,
     timeout: Duration,
 ) -> Result<Waited> {
+    wait_for_ssh_while(key, target, host_keys, timeout, &|| Ok(()))
+}
+
+/// [`wait_for_ssh`], ending early with the error of `alive` as soon as it returns one (the
+/// VM's qemu exited, the user interrupted): checked between probes, every
+/// [`PROBE_INTERVAL`] at most.
+pub fn wait_for_ssh_while(
+    key: &Path,
+    target: &Target,
+    host_keys: &HostKeys,
+    timeout: Duration,
+    alive: &dyn Fn() -> Result<()>,
+) -> Result<Waited> {
     let start = Instant::now();
     let deadline = start + timeout;
     let spinner = Spinner::new(target);
     let mut banner = None;
     let mut last_ssh_error = String::new();
     loop {
+        if let Err(e) = alive() {
+            spinner.finish();
+            return Err(e);
+        }
         let now = Instant::now();
         if now >= deadline {
             spinner.finish();
@@ -64,8 +81,8 @@ pub fn wait_for_ssh(
         }
         if banner.is_none() {
             spinner.set("waiting for sshd");
-            if !wait_for_banner(target, deadline)? {
-                continue; // the deadline passed: report above
+            if !wait_for_banner(target, deadline, alive)? {
+                continue; // the deadline passed or `alive` failed: report above
             }
             banner = Some(start.elapsed());
             log::info!("sshd at {target} answered after {:.2?}", start.elapsed());
@@ -95,9 +112,9 @@ pub fn wait_for_ssh(
             log::info!("logged in to {target} after {:.2?}", w.login);
             return Ok(w);
         }
-        if let Some(r) = crate::hostkey::refusal(out.status.code(), &out.stderr) {
+        if let Some(r) = crate::ssh::hostkey::refusal(out.status.code(), &out.stderr) {
             spinner.finish();
-            return Err(crate::hostkey::explain(r, host_keys, target));
+            return Err(crate::ssh::hostkey::explain(r, host_keys, target));
         }
         last_ssh_error = String::from_utf8_lossy(&out.stderr).trim().to_string();
         log::debug!("ssh true: {:?}: {last_ssh_error}", out.status);
@@ -107,7 +124,7 @@ pub fn wait_for_ssh(
     }
 }
 
-/// Probes until one sees a banner (true) or `deadline` passes (false).
+/// Probes until one sees a banner (true), or `deadline` passes or `alive` fails (false).
 ///
 /// A refused probe is retried after [`PROBE_INTERVAL`]. A silent one is kept (up to
 /// [`BANNER_TIMEOUT`]), never abandoned early: with user networking qemu keeps trying to
@@ -115,7 +132,11 @@ pub fn wait_for_ssh(
 /// sshd on a slow guest spends seconds on each; a burst of them hits sshd's MaxStartups
 /// and gets the real login dropped (seen under TCG). Beside a silent probe another starts
 /// every [`STALL_INTERVAL`], at most [`MAX_PROBES`] in flight.
-fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
+fn wait_for_banner(
+    target: &Target,
+    deadline: Instant,
+    alive: &dyn Fn() -> Result<()>,
+) -> Result<bool> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // Resolve once, so that a bad host name fails at once rather than in every thread.
     (target.host.as_str(), target.port)
@@ -126,7 +147,7 @@ fn wait_for_banner(target: &Target, deadline: Instant) -> Result<bool> {
     let mut last_start: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || alive().is_err() {
             return Ok(false);
         }
         let n = in_flight.load(Ordering::SeqCst);

@@ -1,12 +1,20 @@
-//! The ssh, scp and sshfs command lines for this VM: its own key, no user ssh config, and
-//! the guest's host key checked against the VM's own known_hosts file (see [`crate::hostkey`]).
+//! The ssh client side of vmk, shared by `vmk ssh`/`waitssh` (vmk-sshkey) and `vmk run
+//! --exec`/`vmk snap run --exec` (vmk-run): the ssh, scp and sshfs command lines for this VM
+//! (its own key, no user ssh config, the guest's host key checked against the VM's own
+//! known_hosts file, see [`hostkey`]), where its sshd is ([`target`]), waiting for it
+//! ([`wait`]) and running ssh with its errors explained ([`watch`]).
+
+pub mod hostkey;
+pub mod target;
+pub mod wait;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::hostkey::{config_path, HostKeys};
-use crate::target::Target;
+use crate::ssh::hostkey::{config_path, HostKeys};
+use crate::ssh::target::Target;
 
 /// ssh's ConnectTimeout (seconds; it covers the banner exchange too). Generous: a guest
 /// under software emulation on a busy host can take seconds to fork sshd.
@@ -14,7 +22,7 @@ pub const CONNECT_TIMEOUT: u32 = 30;
 
 /// The VM's private key file in its directory.
 pub fn key_file(dir: &Path) -> PathBuf {
-    dir.join(vmk_common::layout::KEY_FILE)
+    dir.join(crate::layout::KEY_FILE)
 }
 
 /// How a command authenticates.
@@ -152,7 +160,7 @@ pub fn sshfs_command(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmk_common::shell::command_line;
+    use crate::shell::command_line;
 
     fn t() -> Target {
         Target {

@@ -1,14 +1,14 @@
 //! Where this VM's sshd is: the forwarded port on VMK_LISTEN with user networking, or the
 //! guest's own address (VMK_HOSTNAME, VMK_IP, the neighbour table entry of its MAC) when
 //! bridged. Every ssh, scp and sshfs invocation goes to exactly this address; the host key
-//! it answers with is checked against the VM's own known_hosts file ([`crate::hostkey`]).
+//! it answers with is checked against the VM's own known_hosts file ([`crate::ssh::hostkey`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
+use crate::config::{NetType, VmConfig};
 use anyhow::{bail, Context, Result};
-use vmk_common::config::{NetType, VmConfig};
 
 /// The address and port of the VM's sshd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub fn target(cfg: &VmConfig) -> Result<Target> {
                 ),
             }
         }
-        NetType::None => Err(vmk_common::usage!(
+        NetType::None => Err(crate::usage!(
             "VMK_NET_TYPE is none: this VM has no network to ssh into (set VMK_NET_TYPE=user)"
         )),
     }
@@ -141,7 +141,7 @@ mod tests {
         let mut cfg = VmConfig::defaults(Path::new("/vm"));
         cfg.net_type = NetType::None;
         let err = target(&cfg).unwrap_err();
-        assert_eq!(vmk_common::cli::exit_status_of(&err), 2, "{err:#}");
+        assert_eq!(crate::cli::exit_status_of(&err), 2, "{err:#}");
     }
 
     #[test]
