@@ -58,6 +58,9 @@ pub struct Domain {
     pub cpu: Cpu,
     /// Direct kernel boot: kernel, initrd, command line.
     pub kernel: Option<(String, Option<String>, Option<String>)>,
+    /// UEFI (VMK_FIRMWARE): the firmware code, the VM's variable store, SMM and a secure
+    /// flash (Secure Boot on x86).
+    pub uefi: Option<UefiXml>,
     /// SMBIOS type 11 strings (`io.systemd.credential:NAME=VALUE`).
     pub oem_strings: Vec<String>,
     /// `<on_reboot>destroy</on_reboot>` (qemu's `-no-reboot`).
@@ -177,6 +180,19 @@ fn utf8(what: &str, p: &Path) -> Result<String> {
     })
 }
 
+/// `<loader>` and `<nvram>` of a UEFI domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UefiXml {
+    /// The firmware code (read-only pflash).
+    pub code: String,
+    /// The VM's own variable store (the same file vmk's argv names).
+    pub vars: String,
+    /// The variable store's template.
+    pub template: String,
+    /// SMM on and the flash secure.
+    pub secure: bool,
+}
+
 impl Domain {
     /// The domain of `cmd`, a command line for `arch`.
     pub fn from_command(cmd: &QemuCommand, arch: &str) -> Result<Domain> {
@@ -187,6 +203,15 @@ impl Domain {
                 k.initrd.as_deref().map(|i| utf8("initrd", i)).transpose()?,
                 k.append.clone(),
             )),
+            None => None,
+        };
+        let uefi = match &cmd.firmware {
+            Some(fw) => Some(UefiXml {
+                code: utf8("UEFI firmware", &fw.code)?,
+                vars: utf8("UEFI variable store", &fw.vars)?,
+                template: utf8("UEFI variable store template", &fw.vars_template)?,
+                secure: fw.requires_smm,
+            }),
             None => None,
         };
         let interface = match &cmd.network {
@@ -251,6 +276,7 @@ impl Domain {
             emulator: utf8("qemu binary", &cmd.program)?,
             cpu: cpu_of(cmd.cpu_model.as_deref())?,
             kernel,
+            uefi,
             oem_strings: cmd
                 .credentials
                 .iter()
@@ -314,6 +340,11 @@ impl Domain {
             w.create_element("features").write_inner_content(|w| {
                 w.create_element("acpi").write_empty()?;
                 w.create_element("apic").write_empty()?;
+                if self.uefi.as_ref().is_some_and(|u| u.secure) {
+                    w.create_element("smm")
+                        .with_attribute(("state", "on"))
+                        .write_empty()?;
+                }
                 Ok(())
             })?;
             self.write_cpu(w)?;
@@ -337,6 +368,16 @@ impl Domain {
                 .with_attribute(("arch", self.arch.as_str()))
                 .with_attribute(("machine", self.machine.as_str()))
                 .write_text_content(BytesText::new("hvm"))?;
+            if let Some(u) = &self.uefi {
+                w.create_element("loader")
+                    .with_attribute(("readonly", "yes"))
+                    .with_attribute(("secure", if u.secure { "yes" } else { "no" }))
+                    .with_attribute(("type", "pflash"))
+                    .write_text_content(BytesText::new(&u.code))?;
+                w.create_element("nvram")
+                    .with_attribute(("template", u.template.as_str()))
+                    .write_text_content(BytesText::new(&u.vars))?;
+            }
             if let Some((kernel, initrd, cmdline)) = &self.kernel {
                 text(w, "kernel", kernel)?;
                 if let Some(i) = initrd {

@@ -48,6 +48,8 @@ struct Facts {
     credentials: Vec<String>,
     memory_mib: u64,
     cpus: u32,
+    /// UEFI: firmware code and the VM's variable store.
+    flash: Vec<String>,
 }
 
 fn opts(value: &str) -> (Vec<String>, BTreeMap<String, String>) {
@@ -76,6 +78,9 @@ fn facts_of_argv(argv: &[String]) -> Facts {
                 f.cdroms.push(get("file").unwrap())
             }
             "-drive" if get("id").as_deref() == Some("fd0") => f.floppy = get("file"),
+            "-drive" if get("if").as_deref() == Some("pflash") => {
+                f.flash.push(get("file").unwrap())
+            }
             "-drive" => f.disks.push((
                 get("file").unwrap(),
                 get("format").unwrap(),
@@ -168,6 +173,7 @@ fn facts_of_xml(xml: &str) -> Facts {
             "domain/devices/serial/source" => f.telnet = Some(attr(n, "service")),
             "domain/devices/serial/log" => f.console_log = Some(attr(n, "file")),
             "domain/os/kernel" => f.kernel = Some(n.text.clone()),
+            "domain/os/loader" | "domain/os/nvram" => f.flash.push(n.text.clone()),
             "domain/os/initrd" => f.initrd = Some(n.text.clone()),
             "domain/os/cmdline" => f.append = Some(n.text.clone()),
             "domain/sysinfo/oemStrings/entry" => f.credentials.push(n.text.clone()),
