@@ -30,5 +30,6 @@ pub mod shell;
 pub mod signals;
 pub mod ssh;
 pub mod state;
+pub mod swtpm;
 pub mod text;
 pub mod time;

@@ -344,7 +344,7 @@ pub fn split_qemu_opts(value: &[u8]) -> Vec<Vec<u8>> {
 /// A live process shows an empty cmdline for a moment while it execs (the kernel sets the
 /// new argv after the parent of a vfork-style spawn already runs again), and for good
 /// when it is a kernel thread or a zombie: retry briefly, then give up.
-fn process_argv(pid: u32) -> io::Result<Option<Vec<Vec<u8>>>> {
+pub(crate) fn process_argv(pid: u32) -> io::Result<Option<Vec<Vec<u8>>>> {
     for _ in 0..25 {
         match read_argv(pid)? {
             Some(argv) => return Ok(Some(argv)),

@@ -141,3 +141,14 @@ fn uefi_without_firmware_for_the_machine() {
         "{e}"
     );
 }
+
+/// VMK_TPM=yes: qemu talks to the VM's swtpm over a socket beside the QMP socket, and the
+/// guest gets a CRB TPM (x86).
+#[test]
+fn tpm() {
+    let text = lines(&mode("uefi_tpm"));
+    assert!(text.contains("\n-chardev\nsocket,id=chrtpm,path=/run/vmk/sles15.swtpm\n"));
+    assert!(
+        text.contains("\n-tpmdev\nemulator,id=tpm0,chardev=chrtpm\n-device\ntpm-crb,tpmdev=tpm0\n")
+    );
+}

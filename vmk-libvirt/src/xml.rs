@@ -20,6 +20,10 @@
 //! - The QMP socket, pidfile, `-daemonize`, `-sandbox` and `-runas` are libvirt's business
 //!   and have no element here; the guest agent's channel is libvirt's own unix socket.
 //! - VMK_EXTRA_ARGS and other extra arguments go to `<qemu:commandline>` unchanged.
+//! - VMK_FIRMWARE=uefi: `<loader type='pflash'>` and `<nvram>` naming the same variable store
+//!   (beside disk0) as vmk's argv; uefi-secure adds `<smm>` and a secure loader.
+//! - VMK_TPM=yes: `<tpm>` with libvirt's own emulator backend (the same device model):
+//!   libvirt starts its swtpm with state of its own, not vmk's `<disk0>.tpm`.
 
 use std::io;
 use std::path::Path;
@@ -77,6 +81,8 @@ pub struct Domain {
     pub vnc: Option<Vnc>,
     /// The guest agent's channel.
     pub guest_agent: bool,
+    /// The TPM device model (VMK_TPM=yes), with libvirt's emulator backend.
+    pub tpm_model: Option<&'static str>,
     /// Arguments passed to qemu unchanged (`<qemu:commandline>`).
     pub qemu_args: Vec<String>,
 }
@@ -289,6 +295,7 @@ impl Domain {
             serial,
             vnc,
             guest_agent: cmd.qga_socket.is_some(),
+            tpm_model: cmd.tpm.as_ref().map(|t| t.model),
             qemu_args,
         })
     }
@@ -490,6 +497,17 @@ impl Domain {
                     w.create_element("target")
                         .with_attribute(("type", "virtio"))
                         .with_attribute(("name", "org.qemu.guest_agent.0"))
+                        .write_empty()?;
+                    Ok(())
+                })?;
+        }
+        if let Some(model) = self.tpm_model {
+            w.create_element("tpm")
+                .with_attribute(("model", model))
+                .write_inner_content(|w| {
+                    w.create_element("backend")
+                        .with_attribute(("type", "emulator"))
+                        .with_attribute(("version", "2.0"))
                         .write_empty()?;
                     Ok(())
                 })?;

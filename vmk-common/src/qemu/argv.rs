@@ -29,6 +29,7 @@ impl QemuCommand {
         a.pair("-m", self.mem.mib().to_string());
         a.pair("-smp", self.cpus.to_string());
         self.flash(&mut a);
+        self.tpm(&mut a);
         if let Some(p) = &self.pidfile {
             a.pair("-pidfile", p);
         }
@@ -110,6 +111,21 @@ impl QemuCommand {
         };
         a.pair("-drive", pflash("0", &fw.code).kv("readonly", "on"));
         a.pair("-drive", pflash("1", &fw.vars));
+    }
+
+    /// The TPM: qemu talks to swtpm over its control socket.
+    fn tpm(&self, a: &mut Args) {
+        let Some(tpm) = &self.tpm else {
+            return;
+        };
+        a.pair(
+            "-chardev",
+            Opts::word("socket")
+                .kv("id", "chrtpm")
+                .kv("path", &tpm.swtpm.socket),
+        );
+        a.pair("-tpmdev", "emulator,id=tpm0,chardev=chrtpm");
+        a.pair("-device", Opts::word(tpm.model).kv("tpmdev", "tpm0"));
     }
 
     fn display(&self, a: &mut Args) {

@@ -189,6 +189,7 @@ pub const MODES: &[ModeRow] = &[
     ("uefi", uefi),
     ("uefi_snap_run", uefi_snap_run),
     ("uefi_secure", uefi_secure),
+    ("uefi_tpm", uefi_tpm),
 ];
 
 /// The command line of the mode called `name` in [`MODES`].
@@ -351,4 +352,12 @@ fn uefi_secure() -> QemuCommand {
     cfg.firmware = Firmware::UefiSecure;
     cfg.kernel = Some("/vm/vmlinuz".into());
     build(&cfg, Mode::Foreground)
+}
+
+/// VMK_FIRMWARE=uefi and VMK_TPM=yes: swtpm's socket beside the QMP socket.
+fn uefi_tpm() -> QemuCommand {
+    let mut cfg = config();
+    cfg.firmware = Firmware::Uefi;
+    cfg.tpm = true;
+    build(&cfg, Mode::Run)
 }

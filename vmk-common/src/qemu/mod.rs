@@ -117,6 +117,25 @@ impl QemuError {
     }
 }
 
+/// The guest's TPM: the swtpm that emulates it and the device model qemu gives the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmDevice {
+    /// The swtpm instance (state, socket, pidfile, log).
+    pub swtpm: crate::swtpm::Tpm,
+    /// `tpm-crb` (x86), `tpm-tis-device` (arm), `tpm-spapr` (ppc64).
+    pub model: &'static str,
+}
+
+/// The TPM device model of `arch`, if qemu has one there.
+fn tpm_model(arch: &str) -> Option<&'static str> {
+    match arch {
+        "x86_64" | "i386" => Some("tpm-crb"),
+        "aarch64" => Some("tpm-tis-device"),
+        "ppc64" | "ppc64le" => Some("tpm-spapr"),
+        _ => None,
+    }
+}
+
 /// One disk: `-drive if=none,…` and its `-device`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
@@ -231,6 +250,8 @@ pub struct QemuCommand {
     /// UEFI firmware (pflash code and the VM's variable store); `None`: qemu's default
     /// (SeaBIOS on x86).
     pub firmware: Option<Uefi>,
+    /// A TPM 2.0 emulated by swtpm (VMK_TPM=yes).
+    pub tpm: Option<TpmDevice>,
     /// `-m`.
     pub mem: MemSize,
     /// `-smp`.
@@ -400,8 +421,24 @@ impl QemuCommand {
                 &crate::layout::firmware_vars(&abs(&paths.image)),
             )?),
         };
+        let tpm = match (cfg.tpm, tpm_model(arch)) {
+            (false, _) => None,
+            (true, Some(model)) => Some(TpmDevice {
+                swtpm: crate::swtpm::Tpm::for_instance(&abs(&paths.image), &abs(&paths.qmp_socket)),
+                model,
+            }),
+            (true, None) => {
+                return Err(crate::config::ConfigError::new(format!(
+                    "qemu has no TPM device for {arch}: set VMK_TPM=no"
+                ))
+                .with_key("VMK_TPM")
+                .with_origin(&cfg.origin("VMK_TPM"))
+                .into())
+            }
+        };
         Ok(QemuCommand {
             program,
+            tpm,
             dir: cfg.dir.clone(),
             name: cfg.display_name(),
             machine,

@@ -57,13 +57,14 @@ pub fn run_foreground(inst: &Instance, opts: &StartOptions<'_>) -> Result<ExitCo
 
 /// Runs `cmd`, a foreground command line of `inst` already checked with [`prepare`], on
 /// this terminal until qemu exits (or `watch.timeout` ends it); records it for `vmk ps`
-/// meanwhile and removes its pidfile afterwards.
+/// meanwhile and removes its pidfile (and stops its swtpm) afterwards.
 pub fn attach(inst: &Instance, cmd: &QemuCommand, watch: Watch) -> Result<Ended> {
     // Dropped in reverse order: the terminal is restored before held signals arrive.
     let _signals = term::HoldSignals::new()?;
     let _terminal = term::Saved::stdin();
     let mut child = super::with_private_umask(|| cmd.to_command().spawn())
-        .with_context(|| format!("starting {}", cmd.program().display()))?;
+        .with_context(|| format!("starting {}", cmd.program().display()))
+        .inspect_err(|_| super::stop_tpm(inst))?;
     let deadline = watch.timeout.map(|t| Instant::now() + t);
     let done = Arc::new(AtomicBool::new(false));
     let watcher = watch
@@ -78,6 +79,7 @@ pub fn attach(inst: &Instance, cmd: &QemuCommand, watch: Watch) -> Result<Ended>
     let shutdown_reason = watcher.and_then(|w| w.join().ok().flatten());
     let _ = registry::remove(&inst.paths.pidfile);
     let _ = state::remove_pidfile(&inst.paths.pidfile);
+    super::stop_tpm(inst);
     let (status, timed_out) = waited?;
     Ok(Ended {
         status,

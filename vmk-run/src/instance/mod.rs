@@ -328,7 +328,8 @@ pub fn guess_format(path: &Path) -> DiskFormat {
     }
 }
 
-/// The shell-quoted qemu command line for `mode` (`vmk -D run`), after a warning on
+/// The shell-quoted qemu command line for `mode` (`vmk -D run`), after the swtpm command
+/// line when VMK_TPM=yes, and after a warning on
 /// stderr for each missing file the config names ([`missing_files`]: the same rule that
 /// makes `vmk run` refuse to start).
 pub fn dry_run(inst: &Instance, mode: Mode, adjust: Option<Adjust<'_>>) -> Result<String> {
@@ -336,7 +337,19 @@ pub fn dry_run(inst: &Instance, mode: Mode, adjust: Option<Adjust<'_>>) -> Resul
     for m in missing_files(inst, &cmd) {
         log::warn!("{}", m.error(&inst.cfg));
     }
-    Ok(cmd.shell_quoted())
+    let mut text = String::new();
+    if let Some(tpm) = &cmd.tpm {
+        // the swtpm that starts first, on a line of its own
+        let program = vmk_common::swtpm::program().unwrap_or_else(|_| "swtpm".into());
+        let c = tpm.swtpm.command(&program)?;
+        text.push_str(&vmk_common::shell::join(
+            std::iter::once(c.get_program().to_os_string())
+                .chain(c.get_args().map(|a| a.to_os_string())),
+        ));
+        text.push('\n');
+    }
+    text.push_str(&cmd.shell_quoted());
+    Ok(text)
 }
 
 /// A file the configuration names, that this run would use, and that is not there.
@@ -494,6 +507,15 @@ pub fn missing_files_error(cfg: &VmConfig, missing: &[MissingFile]) -> ConfigErr
         first.message.push_str(&format!("; also {}", m.error(cfg)));
     }
     first
+}
+
+/// Stops the swtpm of `inst` if one runs (VMK_TPM=yes; after its qemu has gone), with a
+/// warning when that fails: the caller is ending the VM anyway.
+pub fn stop_tpm(inst: &Instance) {
+    let tpm = vmk_common::swtpm::Tpm::for_instance(&inst.image, &inst.paths.qmp_socket);
+    if let Err(e) = vmk_common::swtpm::stop(&tpm) {
+        log::warn!("stopping the VM's swtpm: {e:#}");
+    }
 }
 
 /// Exit-free check: true when the instance runs.

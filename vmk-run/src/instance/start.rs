@@ -12,6 +12,7 @@ use vmk_common::layout;
 use vmk_common::qemu::{firmware, kvm_probe, Mode, Network, QemuCommand};
 use vmk_common::qmp;
 use vmk_common::state::{self, VmStatus};
+use vmk_common::swtpm;
 use vmk_media::cloudinit;
 
 use super::{
@@ -144,8 +145,10 @@ fn check_ports(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     Ok(())
 }
 
-/// The checks of [`preflight`], then the instance's runtime directory made: what every
-/// start of qemu (background or foreground) does first.
+/// The checks of [`preflight`], then the instance's runtime directory made, its UEFI
+/// variable store made on the first run, and its swtpm started (VMK_TPM=yes; stopped again
+/// by whatever ends qemu: [`super::cleanup`], the end of [`super::attach`], a failed start):
+/// what every start of qemu (background or foreground) does first.
 pub fn prepare(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     preflight(inst, cmd)?;
     super::warn_exposed(cmd);
@@ -158,7 +161,11 @@ pub fn prepare(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
             );
         }
     }
-    inst.paths.prepare()
+    inst.paths.prepare()?;
+    if let Some(tpm) = &cmd.tpm {
+        swtpm::start(&tpm.swtpm).context("VMK_TPM=yes")?;
+    }
+    Ok(())
 }
 
 /// The steps of [`start`] at which a test can make vmk-run die (see [`fault`]), in order.
@@ -202,6 +209,7 @@ pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
     }
     let forget = || {
         let _ = registry::remove(&inst.paths.pidfile);
+        super::stop_tpm(inst);
     };
     fault(injected, "before-qemu");
     let daemonize = |cmd: &QemuCommand| {
@@ -229,6 +237,10 @@ pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
             kvm_probe::last_error_line(&stderr).unwrap_or_default()
         );
         let cmd = cmd.clone().fall_back_to_tcg(inst.cfg.cpu_model.as_deref());
+        if let Some(tpm) = &cmd.tpm {
+            // the dead qemu may have connected to it, and `--terminate` ended it then
+            swtpm::start(&tpm.swtpm).context("VMK_TPM=yes")?;
+        }
         out = daemonize(&cmd)?;
         stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     }

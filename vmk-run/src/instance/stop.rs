@@ -76,6 +76,7 @@ fn running_pid(inst: &Instance) -> Result<std::result::Result<u32, StopOutcome>>
             if inst.pidfile_holds_no_pid() {
                 cleanup(inst)?; // no qemu uses the image (`Instance::status`)
             }
+            super::stop_tpm(inst); // one a killed `vmk run` started before its qemu
             Err(StopOutcome::NotRunning)
         }
         VmStatus::Stale { pid } => {
@@ -129,12 +130,13 @@ pub fn stop(inst: &Instance, timeout: Duration) -> Result<StopOutcome> {
     Ok(outcome)
 }
 
-/// Removes what a stopped instance leaves behind: pidfile, sockets ([`stale_sockets`]),
-/// `ps` entry. Only when no qemu of this instance runs.
+/// Removes what a stopped instance leaves behind: its swtpm, pidfile, sockets
+/// ([`stale_sockets`]), `ps` entry. Only when no qemu of this instance runs.
 pub fn cleanup(inst: &Instance) -> Result<()> {
     if is_running(inst)? {
         return Ok(());
     }
+    super::stop_tpm(inst);
     state::remove_pidfile(&inst.paths.pidfile)?;
     for s in remove_stale_sockets(inst)? {
         log::debug!("removed {}", s.display());
