@@ -55,15 +55,15 @@ use Uses::*;
 
 /// What each name of the table uses (a test checks that every name has a row).
 const USES: &[(&str, &[Uses])] = &[
-    ("run", &[Config, Runtime, Registry, Key]),
+    ("run", &[Config, Runtime, Registry, Key, Libvirt]),
     ("runin", &[Config, Runtime, Key]),
-    ("info", &[Config, Runtime, Key]),
+    ("info", &[Config, Runtime, Key, Libvirt]),
     ("isrunning", &[Config, Runtime]),
     ("stop", &[Config, Runtime]),
     ("kill", &[Config, Runtime]),
     ("console", &[Config, Runtime]),
     ("vnc", &[Config, Runtime]),
-    ("ps", &[Registry]),
+    ("ps", &[Registry, Libvirt]),
     ("checksetup", &[Config]),
     ("fixme", &[Config]),
     ("snap", &[Config, SnapVm, Snapshots, Key]),

@@ -26,7 +26,24 @@ use vmk_common::qemu::{Mode, QemuCommand, RuntimePaths, DEFAULT_ARCH};
 #[command(
     name = "vmk-libvirt",
     version,
-    about = "Hand this VM to libvirt: domain XML, define, start, stop, undefine"
+    about = "Hand this VM to libvirt: domain XML, define, start, stop, undefine",
+    long_about = "Hand this VM to libvirt: domain XML, define, start, stop, undefine.\n\n\
+        The domain XML is made from the same typed qemu command line `vmk run` uses: domain \
+        type kvm, or qemu where vmk would use tcg; disks with bus, format and cache; \
+        CD-ROMs; user networking (the same -netdev/-device with the ssh forward, passed in \
+        <qemu:commandline>, as libvirt cannot forward a port of qemu's own user network), \
+        a bridge with the MAC, or none; the serial console logged to the console log `vmk \
+        info` names; VNC on VMK_LISTEN with the VM's display; direct kernel boot; the guest \
+        agent's channel; the ssh key as an SMBIOS OEM string credential. NVMe disks are \
+        refused (libvirt before 10 has no element for them).\n\n\
+        libvirt is driven with virsh. The connection is --connect URI, else \
+        VMK_LIBVIRT_URI, else libvirt's default (-c stays vmk's config option). On a \
+        remote connection the disk images (and a kernel and initrd booted directly) are \
+        uploaded, sparse, into the storage pool VMK_LIBVIRT_POOL as volumes \
+        <domain>-<file name>, never over an existing volume; a failed define deletes what \
+        it uploaded. A name defined by another VM directory (or not by vmk) is refused; \
+        defining the same directory again updates its domain. `vmk info`, `vmk ps` and \
+        `vmk run` know the domains vmk defined."
 )]
 pub struct Args {
     #[command(flatten)]
@@ -178,12 +195,21 @@ fn virsh_do(dry: bool, uri: Option<&str>, args: &[&str]) -> Result<String> {
     })
 }
 
-/// The VM directory a domain was defined for (vmk's metadata), if it was by vmk.
-fn domain_vm_dir(uri: &str, name: &str) -> Result<Option<Option<String>>> {
+/// A domain already defined under a name: the VM directory it was defined for (vmk's
+/// metadata; `None` when not by vmk) and its uuid.
+struct Existing {
+    vm_dir: Option<String>,
+    uuid: Option<String>,
+}
+
+fn existing_domain(uri: &str, name: &str) -> Result<Option<Existing>> {
     let Ok(xml) = lv::virsh_query(Some(uri), &["dumpxml", name]) else {
         return Ok(None);
     };
-    Ok(Some(xml::vmk_dir_of(&xml)?))
+    Ok(Some(Existing {
+        vm_dir: xml::vmk_dir_of(&xml)?,
+        uuid: xml::text_at(&xml, &["domain", "uuid"])?,
+    }))
 }
 
 fn define(cfg: &VmConfig, a: &DefineArgs, dry: bool) -> Result<()> {
@@ -191,14 +217,18 @@ fn define(cfg: &VmConfig, a: &DefineArgs, dry: bool) -> Result<()> {
     let uri = canonical_uri(requested_uri(cfg, &a.conn))?;
     let name = domain.name.clone();
     let me = domain.vm_dir.clone();
-    match domain_vm_dir(&uri, &name)? {
+    match existing_domain(&uri, &name)? {
         None => {}
-        Some(Some(dir)) if dir == me => {
-            log::info!("domain {name} at {uri} is this VM's: defining it again")
+        Some(Existing {
+            vm_dir: Some(dir),
+            uuid,
+        }) if dir == me => {
+            log::info!("domain {name} at {uri} is this VM's: defining it again");
+            domain.uuid = uuid;
         }
-        Some(owner) => bail!(
+        Some(Existing { vm_dir, .. }) => bail!(
             "domain {name} is already defined at {uri}{}: set VMK_NAME to another name, or undefine it",
-            match owner {
+            match vm_dir {
                 Some(d) => format!(" for the VM directory {d}"),
                 None => " (not by vmk)".into(),
             }
@@ -264,6 +294,9 @@ fn state_of(uri: &str, name: &str) -> Result<String> {
         .to_string())
 }
 
+/// How often `stop` presses the power button again while the guest has not gone.
+const SHUTDOWN_REPEAT: Duration = Duration::from_secs(10);
+
 fn stop(cfg: &VmConfig, a: &StopArgs, dry: bool) -> Result<()> {
     let (uri, name) = target(cfg, &a.conn)?;
     if dry {
@@ -276,9 +309,18 @@ fn stop(cfg: &VmConfig, a: &StopArgs, dry: bool) -> Result<()> {
         return Ok(());
     }
     let begun = Instant::now();
-    virsh_do(false, Some(&uri), &["shutdown", &name])?;
     let timeout = Duration::from_secs(a.timeout);
+    let mut asked: Option<Instant> = None;
     while begun.elapsed() < timeout {
+        // asked again now and then: a guest still booting ignores the power button
+        if asked.is_none_or(|t| t.elapsed() >= SHUTDOWN_REPEAT) {
+            let pressed = virsh_do(false, Some(&uri), &["shutdown", &name]);
+            // an error is only one when the domain has not gone meanwhile
+            if pressed.is_err() && state_of(&uri, &name)? != "shut off" {
+                pressed?;
+            }
+            asked = Some(Instant::now());
+        }
         if state_of(&uri, &name)? == "shut off" {
             eprintln!(
                 "vmk-libvirt: domain {name} powered off after {}",

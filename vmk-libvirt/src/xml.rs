@@ -46,6 +46,8 @@ pub struct Domain {
     pub domain_type: &'static str,
     /// `<name>`.
     pub name: String,
+    /// `<uuid>`: libvirt's own, when a domain of this VM is defined again.
+    pub uuid: Option<String>,
     /// The VM directory (vmk's metadata).
     pub vm_dir: String,
     /// Memory in KiB.
@@ -232,7 +234,11 @@ impl Domain {
                 };
                 Interface::User {
                     netdev: value_after("-netdev", "user,")?,
-                    device: value_after("-device", "virtio-net-pci,")?,
+                    device: format!(
+                        "{},{}",
+                        value_after("-device", "virtio-net-pci,")?,
+                        passthrough_nic_address(&cmd.machine)
+                    ),
                 }
             }
             Network::Bridge { bridge, mac } => Interface::Bridge {
@@ -274,6 +280,7 @@ impl Domain {
                 _ => "qemu",
             },
             name: cmd.name.clone(),
+            uuid: None,
             vm_dir: utf8("VM directory", &cmd.dir)?,
             memory_kib: cmd.mem.mib() * 1024,
             vcpus: cmd.cpus,
@@ -319,6 +326,9 @@ impl Domain {
         }
         root.write_inner_content(|w| {
             text(w, "name", &self.name)?;
+            if let Some(uuid) = &self.uuid {
+                text(w, "uuid", uuid)?;
+            }
             w.create_element("metadata").write_inner_content(|w| {
                 w.create_element("vmk:vm")
                     .with_attribute(("xmlns:vmk", VMK_NS))
@@ -491,9 +501,6 @@ impl Domain {
             w.create_element("channel")
                 .with_attribute(("type", "unix"))
                 .write_inner_content(|w| {
-                    w.create_element("source")
-                        .with_attribute(("mode", "bind"))
-                        .write_empty()?;
                     w.create_element("target")
                         .with_attribute(("type", "virtio"))
                         .with_attribute(("name", "org.qemu.guest_agent.0"))
@@ -693,6 +700,18 @@ pub fn text_at(xml: &str, path: &[&str]) -> Result<Option<String>> {
         .into_iter()
         .find(|n| n.path == path)
         .map(|n| n.text))
+}
+
+/// Where the passed-through NIC of user networking sits: a PCI slot of the root bus that
+/// libvirt leaves free (it puts VGA in slot 1 and endpoints behind root ports from slot 2
+/// on q35, in slots from 2 upwards on pc), so that qemu's first-free choice cannot take the
+/// slot libvirt gave a device of its own ("slot 1 function 0 not available for VGA").
+fn passthrough_nic_address(machine: &str) -> &'static str {
+    if is_pc(machine) {
+        "bus=pci.0,addr=0x1c"
+    } else {
+        "bus=pcie.0,addr=0x1c"
+    }
 }
 
 /// Whether the machine type is the i440fx `pc` (IDE buses) rather than q35 (AHCI).

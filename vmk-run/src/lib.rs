@@ -408,6 +408,17 @@ pub fn cmd_ps(json: bool) -> Result<ExitCode> {
         for l in registry::table(&running) {
             outln!("{l}")?;
         }
+        let domains = vmk_common::libvirt::all_records()?;
+        if !domains.is_empty() {
+            outln!("")?;
+            let domains: Vec<_> = domains
+                .into_iter()
+                .map(vmk_common::libvirt::with_state)
+                .collect();
+            for l in registry::libvirt_table(&domains) {
+                outln!("{l}")?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -230,6 +230,25 @@ pub fn table(running: &[Running]) -> Vec<String> {
     lines
 }
 
+/// The VM directories handed to libvirt (`vmk libvirt define`), as a table after `ps`'s:
+/// domain, state, connection, directory (escaped like the rest).
+pub fn libvirt_table(domains: &[vmk_common::libvirt::Domain]) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:<16} {:<10} {}  DIR",
+        "LIBVIRT DOMAIN", "STATE", "URI"
+    )];
+    for d in domains {
+        lines.push(format!(
+            "{:<16} {:<10} {}  {}",
+            text::escaped_line(&d.record.domain),
+            text::escaped_line(&d.state.to_string()),
+            text::escaped_line(&d.record.uri),
+            text::escaped_line(&d.record.dir.display().to_string())
+        ));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@ pub mod btrfs;
 pub mod guest;
 pub mod images;
 pub mod isolation;
+pub mod libvirt;
 pub mod qemu_guard;
 
 pub use libtest_mimic::Failed;

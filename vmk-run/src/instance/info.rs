@@ -91,6 +91,19 @@ pub struct Info {
     pub console_log: PathBuf,
     /// The QMP socket.
     pub qmp_socket: PathBuf,
+    /// The libvirt domain `vmk libvirt define` made of this VM directory, if any.
+    pub libvirt: Option<LibvirtInfo>,
+}
+
+/// A VM directory's libvirt domain as `vmk info` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LibvirtInfo {
+    /// The domain's name.
+    pub domain: String,
+    /// The connection.
+    pub uri: String,
+    /// `running`, `shut off`…, or `unknown (why)`.
+    pub state: String,
 }
 
 /// Gathers [`Info`] about `inst`.
@@ -163,7 +176,23 @@ pub fn info(inst: &Instance) -> Result<Info> {
         pidfile: inst.paths.pidfile.clone(),
         console_log: inst.paths.console_log.clone(),
         qmp_socket: inst.paths.qmp_socket.clone(),
+        libvirt: libvirt_info(cfg),
     })
+}
+
+/// The libvirt domain of the VM directory (nothing is asked of libvirt without a record).
+fn libvirt_info(cfg: &vmk_common::config::VmConfig) -> Option<LibvirtInfo> {
+    match vmk_common::libvirt::domain_for(&cfg.dir) {
+        Ok(d) => d.map(|d| LibvirtInfo {
+            domain: d.record.domain,
+            uri: d.record.uri,
+            state: d.state.to_string(),
+        }),
+        Err(e) => {
+            log::warn!("{e:#}");
+            None
+        }
+    }
 }
 
 fn net_name(n: NetType) -> &'static str {
@@ -262,6 +291,13 @@ pub fn info_lines(i: &Info) -> Vec<String> {
         ),
         ("console log", i.console_log.display().to_string()),
     ];
+    let mut rows = rows;
+    if let Some(l) = &i.libvirt {
+        rows.push((
+            "libvirt",
+            format!("domain {} at {}: {}", l.domain, l.uri, l.state),
+        ));
+    }
     rows.into_iter()
         .map(|(k, v)| format!("{:<12} {}", format!("{k}:"), text::escaped_line(&v)))
         .collect()
@@ -311,6 +347,7 @@ mod tests {
             pidfile: dir.join("disk0.img.pid"),
             console_log: dir.join("disk0.img.log"),
             qmp_socket: dir.join("disk0.img.qmp"),
+            libvirt: None,
         }
     }
 

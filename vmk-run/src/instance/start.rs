@@ -80,6 +80,15 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
             bail!("disk image {} not found", disk.file.display());
         }
     }
+    if let Some(d) = vmk_common::libvirt::active_domain_using(&inst.cfg.dir, &inst.image)? {
+        bail!(
+            "{} is in use by the libvirt domain {} at {} ({}): stop it with `vmk libvirt stop` first",
+            inst.image.display(),
+            d.record.domain,
+            d.record.uri,
+            d.state
+        );
+    }
     if let Some(&pid) = state::qemu_pids_using(&inst.image)?.first() {
         bail!(
             "{} is in use by another qemu (pid {pid}) that this VM's pidfile does not name: \
