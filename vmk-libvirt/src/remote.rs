@@ -11,6 +11,9 @@
 //!   only copy of what the guest wrote since. Volumes made before a failure are deleted, so
 //!   a failed define leaves nothing behind.
 //! - The console log goes beside the volumes on the remote host (`<pool dir>/<domain>.console.log`).
+//! - UEFI: the firmware code and template are the remote host's own (same paths, from its
+//!   firmware package); the VM's variable store is uploaded like a disk, or when it does
+//!   not exist yet, made there by libvirt from the template (`<pool dir>/<domain>.efivars`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -42,6 +45,12 @@ pub fn upload(uri: &str, pool: &str, domain: &mut Domain) -> Result<Vec<Upload>>
         delete_volumes(uri, &done);
         return Err(e);
     }
+    if let Some(u) = &mut domain.uefi {
+        // no variable store yet: the remote libvirt makes it from the template, in the pool
+        if !Path::new(&u.vars).exists() {
+            u.vars = format!("{pool_dir}/{}.efivars", domain.name);
+        }
+    }
     let log = format!("{pool_dir}/{}.console.log", domain.name);
     match &mut domain.serial {
         SerialXml::Pty { log: l } | SerialXml::Telnet { log: l, .. } => *l = log,
@@ -59,6 +68,13 @@ fn upload_all(uri: &str, pool: &str, domain: &mut Domain, done: &mut Vec<Upload>
         let up = upload_file(uri, pool, &name, &what, Path::new(&domain.disks[i].file))?;
         domain.disks[i].file = up.path.clone();
         done.push(up);
+    }
+    if let Some(u) = &mut domain.uefi {
+        if Path::new(&u.vars).exists() {
+            let up = upload_file(uri, pool, &name, "UEFI variable store", Path::new(&u.vars))?;
+            u.vars = up.path.clone();
+            done.push(up);
+        }
     }
     if let Some((kernel, initrd, _)) = &mut domain.kernel {
         let up = upload_file(uri, pool, &name, "kernel", Path::new(kernel))?;

@@ -19,6 +19,9 @@ use vmk_testkit::isolation::{TestEnv, VmSlot};
 use vmk_testkit::libvirt::{Libvirtd, TestSshd, NEEDS};
 use vmk_testkit::{run_system_tests, workspace_bin, Need, SystemTest};
 
+/// The descriptor of Debian's Secure Boot OVMF (package ovmf).
+const OVMF_DESCRIPTOR: &str = "/usr/share/qemu/firmware/40-edk2-x86_64-secure-enrolled.json";
+
 /// Two slow cores shared with other tests: be generous.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
@@ -27,6 +30,8 @@ fn main() -> std::process::ExitCode {
     local.extend([Need::Debootstrap, Need::Built("vmk-run")]);
     let mut remote = local.clone();
     remote.extend([Need::Ssh, Need::Program("sshd"), Need::Program("nc")]);
+    let mut uefi = local.clone();
+    uefi.push(Need::File(OVMF_DESCRIPTOR, "ovmf"));
     run_system_tests(vec![
         SystemTest::new(
             "debian_defined_started_stopped_undefined_under_libvirtd",
@@ -37,6 +42,11 @@ fn main() -> std::process::ExitCode {
             "remote_uri_uploads_the_images_into_a_pool_and_boots_them",
             &remote,
             remote_lifecycle,
+        ),
+        SystemTest::new(
+            "uefi_secure_boot_domain_is_accepted_as_written",
+            &uefi,
+            uefi_accepted,
         ),
         SystemTest::new(
             "bad_uri_missing_pool_and_taken_name_leave_nothing_defined",
@@ -243,6 +253,20 @@ fn remote_lifecycle() -> Result<()> {
     ensure!(err.contains("powered off after"), "not graceful: {err}");
     let (_, err) = vm.libvirt(&["undefine"])?;
     ensure!(err.contains("stays in pool vmk-test-pool"), "{err}");
+    Ok(())
+}
+
+/// VMK_FIRMWARE=uefi-secure: libvirt takes the secure loader, the VM's variable store
+/// with its template and SMM as vmk wrote them (defined, not booted).
+fn uefi_accepted() -> Result<()> {
+    let lv = Libvirtd::start()?;
+    let name = format!("vmk-lv-uefi-{}", std::process::id());
+    let vm = Vm::new(&name, &lv.uri(), "VMK_FIRMWARE=uefi-secure\n")?;
+    let (ours, _) = vm.libvirt(&["xml"])?;
+    ensure!(ours.contains("<smm state=\"on\"/>"), "{ours}");
+    vm.libvirt(&["define"])?;
+    round_trips(&ours, &lv.virsh(&["dumpxml", "--inactive", &name])?)?;
+    vm.libvirt(&["undefine"])?;
     Ok(())
 }
 
