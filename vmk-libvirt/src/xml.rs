@@ -583,6 +583,7 @@ fn every_field_has_an_answer(cmd: &QemuCommand) {
         accel: _,
         cpu_model: _,
         firmware: _,
+        tpm: _,
         mem: _,
         cpus: _,
         vnc: _,

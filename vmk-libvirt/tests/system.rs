@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
     let mut remote = local.clone();
     remote.extend([Need::Ssh, Need::Program("sshd"), Need::Program("nc")]);
     let mut uefi = local.clone();
-    uefi.push(Need::File(OVMF_DESCRIPTOR, "ovmf"));
+    uefi.extend([Need::File(OVMF_DESCRIPTOR, "ovmf"), Need::Program("swtpm")]);
     run_system_tests(vec![
         SystemTest::new(
             "debian_defined_started_stopped_undefined_under_libvirtd",
@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
             remote_lifecycle,
         ),
         SystemTest::new(
-            "uefi_secure_boot_domain_is_accepted_as_written",
+            "uefi_secure_boot_and_tpm_domain_is_accepted_as_written",
             &uefi,
             uefi_accepted,
         ),
@@ -256,14 +256,17 @@ fn remote_lifecycle() -> Result<()> {
     Ok(())
 }
 
-/// VMK_FIRMWARE=uefi-secure: libvirt takes the secure loader, the VM's variable store
-/// with its template and SMM as vmk wrote them (defined, not booted).
+/// VMK_FIRMWARE=uefi-secure and VMK_TPM=yes: libvirt takes the secure loader, the VM's
+/// variable store with its template, SMM and the TPM as vmk wrote them (defined, not booted).
 fn uefi_accepted() -> Result<()> {
     let lv = Libvirtd::start()?;
     let name = format!("vmk-lv-uefi-{}", std::process::id());
-    let vm = Vm::new(&name, &lv.uri(), "VMK_FIRMWARE=uefi-secure\n")?;
+    let vm = Vm::new(&name, &lv.uri(), "VMK_FIRMWARE=uefi-secure\nVMK_TPM=yes\n")?;
     let (ours, _) = vm.libvirt(&["xml"])?;
-    ensure!(ours.contains("<smm state=\"on\"/>"), "{ours}");
+    ensure!(
+        ours.contains("<smm state=\"on\"/>") && ours.contains("<tpm model=\"tpm-crb\">"),
+        "{ours}"
+    );
     vm.libvirt(&["define"])?;
     round_trips(&ours, &lv.virsh(&["dumpxml", "--inactive", &name])?)?;
     vm.libvirt(&["undefine"])?;

@@ -48,6 +48,8 @@ struct Facts {
     credentials: Vec<String>,
     memory_mib: u64,
     cpus: u32,
+    /// The TPM's device model.
+    tpm: Option<String>,
     /// UEFI: firmware code and the VM's variable store.
     flash: Vec<String>,
 }
@@ -87,6 +89,7 @@ fn facts_of_argv(argv: &[String]) -> Facts {
                 get("cache").unwrap(),
             )),
             "-device" if kv.contains_key("mac") => f.macs.push(get("mac").unwrap()),
+            "-device" if kv.contains_key("tpmdev") => f.tpm = words.first().cloned(),
             "-netdev" if words.first().map(String::as_str) == Some("user") => {
                 f.forwards.extend(get("hostfwd"))
             }
@@ -149,6 +152,7 @@ fn facts_of_xml(xml: &str) -> Facts {
                 d.3 = attr(n, "cache");
             }
             "domain/devices/interface/mac" => f.macs.push(attr(n, "address")),
+            "domain/devices/tpm" => f.tpm = Some(attr(n, "model")),
             "domain/qemu:commandline/qemu:arg" => {
                 let (words, kv) = opts(&attr(n, "value"));
                 if words.first().map(String::as_str) == Some("user") {
@@ -211,6 +215,8 @@ fn xml_and_argv_agree_in_every_mode() {
 /// The parity check itself sees what it compares (a fact missing from one side fails).
 #[test]
 fn parity_facts_are_read_from_both_forms() {
+    let tpm = facts_of_xml(&domain_xml(&fixtures::mode("tpm")).unwrap());
+    assert_eq!(tpm.tpm.as_deref(), Some("tpm-crb"));
     let cmd = fixtures::mode("direct_kernel_boot");
     let f = facts_of_xml(&domain_xml(&cmd).unwrap());
     assert_eq!(f.kernel.as_deref(), Some("/vm/vmlinuz"));

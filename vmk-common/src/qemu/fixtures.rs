@@ -189,6 +189,7 @@ pub const MODES: &[ModeRow] = &[
     ("uefi", uefi),
     ("uefi_snap_run", uefi_snap_run),
     ("uefi_secure", uefi_secure),
+    ("tpm", tpm),
     ("uefi_tpm", uefi_tpm),
 ];
 
@@ -358,6 +359,13 @@ fn uefi_secure() -> QemuCommand {
 fn uefi_tpm() -> QemuCommand {
     let mut cfg = config();
     cfg.firmware = Firmware::Uefi;
+    cfg.tpm = true;
+    build(&cfg, Mode::Run)
+}
+
+/// VMK_TPM=yes: a TPM 2.0 of swtpm.
+fn tpm() -> QemuCommand {
+    let mut cfg = config();
     cfg.tpm = true;
     build(&cfg, Mode::Run)
 }
