@@ -11,7 +11,8 @@
 //! in a mount namespace of its own, so /etc/netns/NS/qemu hides /etc/qemu for vmk-run,
 //! qemu and the helper only. A bind mount needs its target: when /etc/qemu does not exist
 //! (qemu-system packages do not create it) the test creates it empty and removes it
-//! afterwards.
+//! afterwards; a run killed before that is swept up by the next one (a marker in
+//! /etc/netns says the empty /etc/qemu is the test's, and namespaces of dead pids go).
 //!
 //! The guest gets its address from `vmk.cmd` on the kernel command line (the busybox guest
 //! runs it after bringing eth0 up): Debian's kernel has no CONFIG_IP_PNP, so `ip=` would be
@@ -77,8 +78,43 @@ struct Netns {
     made_etc_qemu: bool,
 }
 
+/// Written when a run of this test creates /etc/qemu, removed with it: a run killed before
+/// its cleanup leaves the marker, so the next run knows the empty /etc/qemu is a leftover.
+const MADE_ETC_QEMU: &str = "/etc/netns/.vmk-test-made-etc-qemu";
+
+/// Removes what runs of this test killed before their cleanup left: namespaces
+/// `vmk-test-PID` (and their /etc/netns entries) of pids that no longer run, and an empty
+/// /etc/qemu that such a run made. Never anything of a run that still goes on.
+fn sweep_leftovers() {
+    let mut live_runs = 0;
+    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("vmk-test-")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                live_runs += 1;
+                continue;
+            }
+            eprintln!("removing the leftover network namespace {name} of a killed run");
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    if live_runs == 0 && Path::new(MADE_ETC_QEMU).exists() {
+        eprintln!("removing the empty /etc/qemu a killed run made");
+        let _ = std::fs::remove_dir("/etc/qemu"); // only when empty
+        let _ = std::fs::remove_file(MADE_ETC_QEMU);
+    }
+}
+
 impl Netns {
     fn create() -> Result<Netns> {
+        sweep_leftovers();
         let name = format!("vmk-test-{}", std::process::id());
         let etc = Path::new("/etc/netns").join(&name);
         ensure!(
@@ -88,6 +124,8 @@ impl Netns {
         );
         let made_etc_qemu = !Path::new("/etc/qemu").exists();
         if made_etc_qemu {
+            std::fs::create_dir_all("/etc/netns")?;
+            std::fs::write(MADE_ETC_QEMU, "")?;
             std::fs::create_dir("/etc/qemu").context("creating the mount point /etc/qemu")?;
         }
         // From here on, Drop cleans up whatever was made.
@@ -138,10 +176,10 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
         let _ = std::fs::remove_dir_all(&self.etc);
-        let _ = std::fs::remove_dir("/etc/netns"); // only when empty
-        if self.made_etc_qemu {
-            let _ = std::fs::remove_dir("/etc/qemu"); // only when still empty
+        if self.made_etc_qemu && std::fs::remove_dir("/etc/qemu").is_ok() {
+            let _ = std::fs::remove_file(MADE_ETC_QEMU);
         }
+        let _ = std::fs::remove_dir("/etc/netns"); // only when empty
     }
 }
 
