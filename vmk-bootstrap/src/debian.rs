@@ -95,11 +95,13 @@ pub fn debian_packages(arch: &str) -> Vec<String> {
     packages
 }
 
-/// The kernel package: the small "cloud" flavour (virtio drivers, no hardware bloat) where
-/// Debian has one.
+/// The kernel package: Debian's standard flavour. Not the smaller "cloud" one: it has no
+/// 9p at all (CONFIG_NET_9P is not set), and host folders are shared over virtio-9p
+/// (VMK_SHARE, `--modules`). The initrd stays small anyway: it holds only the modules a
+/// VM's disk needs ([`crate::devloop`]).
 fn kernel_package(arch: &str) -> String {
     match arch {
-        "amd64" | "arm64" => format!("linux-image-cloud-{arch}"),
+        "amd64" | "arm64" => format!("linux-image-{arch}"),
         "i386" => "linux-image-686".into(),
         "ppc64el" => "linux-image-powerpc64le".into(),
         other => format!("linux-image-{other}"),
@@ -164,8 +166,8 @@ pub fn debootstrap(
 
 /// Makes an installed Debian tree a VM's system: hostname, fstab (the ext4 labelled
 /// [`ROOT_LABEL`]), DHCP with systemd-networkd, sshd for keys only, a serial getty on
-/// ttyS0, no root password, an empty machine-id; nothing waits for the network or reaches
-/// out on a timer. Runs the guest's own systemctl in a chroot (needs root).
+/// ttyS0, no root password, an empty machine-id, the host's shares mounted at boot
+/// ([`crate::devloop`]); nothing waits for the network or reaches out on a timer. Runs the guest's own systemctl in a chroot (needs root).
 pub fn configure_root(root: &Path, hostname: &str, runner: &dyn CommandRunner) -> Result<()> {
     let h = hostname;
     write_file(&root.join("etc/hostname"), 0o644, &format!("{h}\n"))?;
@@ -226,7 +228,8 @@ pub fn configure_root(root: &Path, hostname: &str, runner: &dyn CommandRunner) -
             "e2scrub_reap.service",
             "e2scrub_all.timer",
         ]),
-    )
+    )?;
+    crate::devloop::install(root, runner)
 }
 
 /// Root gets no password at all (`*`): logins are by ssh key only.
@@ -317,12 +320,12 @@ mod tests {
     }
 
     #[test]
-    fn root_is_locked_and_the_kernel_is_the_cloud_flavour() {
+    fn root_is_locked_and_the_kernel_is_the_standard_flavour() {
         assert_eq!(
             lock_root("root:$6$x:19000:0:99999:7:::\nbin:*:1::\n"),
             "root:*:19000:0:99999:7:::\nbin:*:1::\n"
         );
-        assert_eq!(kernel_package("amd64"), "linux-image-cloud-amd64");
+        assert_eq!(kernel_package("amd64"), "linux-image-amd64");
     }
 
     #[test]

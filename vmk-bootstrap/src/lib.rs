@@ -36,6 +36,7 @@ use vmk_common::outln;
 mod args;
 mod cache;
 mod debian;
+pub mod devloop;
 mod image;
 mod plan;
 mod progress;

@@ -83,10 +83,24 @@ pub struct Domain {
     pub vnc: Option<Vnc>,
     /// The guest agent's channel.
     pub guest_agent: bool,
+    /// Host folders shared with the guest (VMK_SHARE, `--modules`): virtio-9p
+    /// `<filesystem>`s, `accessmode='squash'` as the argv's `security_model=none`.
+    pub filesystems: Vec<FilesystemXml>,
     /// The TPM device model (VMK_TPM=yes), with libvirt's emulator backend.
     pub tpm_model: Option<&'static str>,
     /// Arguments passed to qemu unchanged (`<qemu:commandline>`).
     pub qemu_args: Vec<String>,
+}
+
+/// One shared host folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesystemXml {
+    /// The host folder.
+    pub dir: String,
+    /// The mount tag.
+    pub tag: String,
+    /// Read-only for the guest.
+    pub readonly: bool,
 }
 
 /// The cpu model.
@@ -303,6 +317,17 @@ impl Domain {
             serial,
             vnc,
             guest_agent: cmd.qga_socket.is_some(),
+            filesystems: cmd
+                .shares
+                .iter()
+                .map(|sh| {
+                    Ok(FilesystemXml {
+                        dir: utf8("shared folder", &sh.dir)?,
+                        tag: sh.tag.clone(),
+                        readonly: sh.readonly,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
             tpm_model: cmd.tpm.as_ref().map(|t| t.model),
             qemu_args,
         })
@@ -498,6 +523,23 @@ impl Domain {
                     .write_empty()?;
                 Ok(())
             })?;
+        for fs in &self.filesystems {
+            w.create_element("filesystem")
+                .with_attribute(("type", "mount"))
+                .with_attribute(("accessmode", "squash"))
+                .write_inner_content(|w| {
+                    w.create_element("source")
+                        .with_attribute(("dir", fs.dir.as_str()))
+                        .write_empty()?;
+                    w.create_element("target")
+                        .with_attribute(("dir", fs.tag.as_str()))
+                        .write_empty()?;
+                    if fs.readonly {
+                        w.create_element("readonly").write_empty()?;
+                    }
+                    Ok(())
+                })?;
+        }
         if self.guest_agent {
             w.create_element("channel")
                 .with_attribute(("type", "unix"))
@@ -596,6 +638,7 @@ fn every_field_has_an_answer(cmd: &QemuCommand) {
         network: _,
         kernel: _,
         credentials: _,
+        shares: _,
         no_reboot: _,
         extra_args: _,
         qga_socket: _,

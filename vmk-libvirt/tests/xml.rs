@@ -52,6 +52,8 @@ struct Facts {
     tpm: Option<String>,
     /// UEFI: firmware code and the VM's variable store.
     flash: Vec<String>,
+    /// Shared folders: (folder, tag, read-only).
+    shares: Vec<(String, String, bool)>,
 }
 
 fn opts(value: &str) -> (Vec<String>, BTreeMap<String, String>) {
@@ -90,6 +92,18 @@ fn facts_of_argv(argv: &[String]) -> Facts {
             )),
             "-device" if kv.contains_key("mac") => f.macs.push(get("mac").unwrap()),
             "-device" if kv.contains_key("tpmdev") => f.tpm = words.first().cloned(),
+            "-fsdev" => f.shares.push((
+                get("path").unwrap(),
+                get("id").unwrap(),
+                get("readonly").as_deref() == Some("on"),
+            )),
+            "-device" if kv.contains_key("mount_tag") => {
+                let id = get("fsdev").unwrap();
+                let tag = get("mount_tag").unwrap();
+                for s in f.shares.iter_mut().filter(|s| s.1 == id) {
+                    s.1 = tag.clone();
+                }
+            }
             "-netdev" if words.first().map(String::as_str) == Some("user") => {
                 f.forwards.extend(get("hostfwd"))
             }
@@ -153,6 +167,10 @@ fn facts_of_xml(xml: &str) -> Facts {
             }
             "domain/devices/interface/mac" => f.macs.push(attr(n, "address")),
             "domain/devices/tpm" => f.tpm = Some(attr(n, "model")),
+            "domain/devices/filesystem" => f.shares.push((String::new(), String::new(), false)),
+            "domain/devices/filesystem/source" => f.shares.last_mut().unwrap().0 = attr(n, "dir"),
+            "domain/devices/filesystem/target" => f.shares.last_mut().unwrap().1 = attr(n, "dir"),
+            "domain/devices/filesystem/readonly" => f.shares.last_mut().unwrap().2 = true,
             "domain/qemu:commandline/qemu:arg" => {
                 let (words, kv) = opts(&attr(n, "value"));
                 if words.first().map(String::as_str) == Some("user") {

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
 use vmk_common::cli::{GlobalOpts, Tool, EXIT_FAILURE};
-use vmk_common::config::VmConfig;
+
+use vmk_common::config::{Share, VmConfig};
 use vmk_common::outln;
 use vmk_common::qemu::Mode;
 
@@ -68,6 +70,99 @@ impl ExecArgs {
     }
 }
 
+/// `--kernel`, `--initrd`, `--append`, `--modules` of `run` and `snap run`: a kernel under
+/// test for one boot, without touching the config.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BootArgs {
+    /// Boot this kernel for this run (instead of VMK_KERNEL or disk0's boot loader); without
+    /// --initrd it boots without an initrd (VMK_INITRD belongs to VMK_KERNEL)
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Boot with this initrd for this run (instead of VMK_INITRD)
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel arguments for this run (instead of VMK_APPEND)
+    #[arg(long, value_name = "ARGS")]
+    pub append: Option<String>,
+    /// A `make modules_install INSTALL_MOD_PATH=DIR` tree (DIR/lib/modules/VERSION) shared
+    /// read-only with the guest for this run; guests made by `vmk bootstrap` mount it over
+    /// /lib/modules at boot
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+}
+
+impl BootArgs {
+    /// `cfg` with the options applied (paths relative to the current directory). Usage
+    /// errors (exit 2) for files that are missing, an --initrd or --append with no kernel
+    /// to boot, and a --modules tree without modules.
+    pub fn apply(&self, mut cfg: VmConfig) -> Result<VmConfig> {
+        let given = |opt: &str, p: &Path, dir: bool| -> Result<PathBuf> {
+            let abs =
+                std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+            let ok = if dir { abs.is_dir() } else { abs.is_file() };
+            if !ok {
+                return Err(vmk_common::usage!(
+                    "{opt} {}: no such {}",
+                    p.display(),
+                    if dir { "directory" } else { "file" }
+                ));
+            }
+            Ok(abs)
+        };
+        if let Some(k) = &self.kernel {
+            cfg.kernel = Some(given("--kernel", k, false)?);
+            cfg.initrd = None;
+        }
+        if let Some(i) = &self.initrd {
+            cfg.initrd = Some(given("--initrd", i, false)?);
+        }
+        if let Some(a) = &self.append {
+            cfg.append = Some(a.clone());
+        }
+        if cfg.kernel.is_none() && (self.initrd.is_some() || self.append.is_some()) {
+            return Err(vmk_common::usage!(
+                "--initrd and --append need a kernel to boot: give --kernel or set VMK_KERNEL"
+            ));
+        }
+        if let Some(m) = &self.modules {
+            let tree = modules_dir(&given("--modules", m, true)?)?;
+            cfg.shares.retain(|s| s.tag != Share::MODULES_TAG);
+            cfg.shares.push(Share {
+                dir: tree,
+                tag: Share::MODULES_TAG.to_string(),
+                readonly: true,
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+/// The `lib/modules` directory of a `modules_install` tree `dir` (or `dir` itself when it
+/// is one): the one holding `VERSION/modules.dep`.
+fn modules_dir(dir: &Path) -> Result<PathBuf> {
+    let has_versions = |d: &Path| -> bool {
+        std::fs::read_dir(d).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().join("modules.dep").is_file())
+        })
+    };
+    for candidate in [
+        dir.join("lib/modules"),
+        dir.join("usr/lib/modules"),
+        dir.to_path_buf(),
+    ] {
+        if has_versions(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(vmk_common::usage!(
+        "--modules {}: no modules tree (expected DIR/lib/modules/VERSION/modules.dep, as \
+         `make modules_install INSTALL_MOD_PATH=DIR` makes it)",
+        dir.display()
+    ))
+}
+
 /// The commands of vmk-run.
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
@@ -78,6 +173,8 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         exec: ExecArgs,
+        #[command(flatten)]
+        boot: BootArgs,
     },
     /// Start the VM in the foreground with its serial console on this terminal (Ctrl-A x quits)
     Runin,
@@ -132,8 +229,8 @@ fn disk0_instance(global: &GlobalOpts) -> Result<Instance> {
 pub fn run(args: Args) -> Result<ExitCode> {
     let g = &args.global;
     match args.command {
-        Command::Run { json, exec } => {
-            let inst = disk0_instance(g)?;
+        Command::Run { json, exec, boot } => {
+            let inst = Instance::disk0(boot.apply(load(g)?)?)?;
             let opts = StartOptions::default();
             match exec.options(instance::End::PowerOff(instance::STOP_TIMEOUT)) {
                 Some(x) => cmd_exec(&inst, g.dry_run, &opts, &x),

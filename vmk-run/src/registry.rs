@@ -19,6 +19,7 @@ use vmk_common::state::{self, RuntimePaths, VmStatus};
 use vmk_common::{fileops, layout, text};
 
 use crate::instance::{Endpoints, Instance};
+use vmk_common::config::PortForward;
 
 /// One running instance as recorded by `run`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -43,6 +44,9 @@ pub struct Entry {
     pub vnc: Option<u16>,
     /// Forwarded ssh port.
     pub ssh: Option<u16>,
+    /// VMK_PORTS host ports (records written before VMK_PORTS have none).
+    #[serde(default)]
+    pub forwards: Vec<PortForward>,
 }
 
 impl Entry {
@@ -59,6 +63,7 @@ impl Entry {
             console: ep.console.map(|e| e.port),
             vnc: ep.vnc.map(|e| e.port),
             ssh: ep.ssh.map(|e| e.port),
+            forwards: ep.forwards.iter().map(|(_, f)| *f).collect(),
         }
     }
 
@@ -193,11 +198,34 @@ pub fn list() -> Result<Vec<Running>> {
 
 /// The directory of a running VM that uses TCP `port`, if a record says so.
 pub fn who_uses_port(port: u16) -> Option<PathBuf> {
+    who_uses(port, false).map(|(dir, _)| dir)
+}
+
+/// The directory and name of a running VM that uses `port` (UDP when `udp`), and what for
+/// (`ssh`, `VMK_PORTS 8080:80`…), if a record says so.
+pub fn who_uses(port: u16, udp: bool) -> Option<(PathBuf, String)> {
     list().ok()?.into_iter().find_map(|r| {
         let e = &r.entry;
-        [e.console, e.vnc, e.ssh]
-            .contains(&Some(port))
-            .then(|| e.dir.clone())
+        let fixed = [
+            ("serial console", e.console),
+            ("VNC", e.vnc),
+            ("ssh", e.ssh),
+        ];
+        let what = if udp {
+            None
+        } else {
+            fixed
+                .iter()
+                .find(|(_, p)| *p == Some(port))
+                .map(|(w, _)| w.to_string())
+        };
+        let what = what.or_else(|| {
+            e.forwards
+                .iter()
+                .find(|f| f.host == port && f.udp == udp)
+                .map(|f| format!("VMK_PORTS {f}"))
+        })?;
+        Some((e.dir.clone(), format!("{} ({what})", e.name)))
     })
 }
 
@@ -270,6 +298,7 @@ mod tests {
                 console: None,
                 vnc: Some(5901),
                 ssh: Some(2201),
+                forwards: Vec::new(),
             },
         };
         let lines = table(&[running]);

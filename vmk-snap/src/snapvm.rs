@@ -29,6 +29,8 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub exec: vmk_run::ExecArgs,
+    #[command(flatten)]
+    pub boot: vmk_run::BootArgs,
 }
 
 /// Options of `snap info`.
@@ -161,7 +163,8 @@ fn overlay_adjust(cmd: QemuCommand) -> Result<QemuCommand> {
 
 /// `snap run` / `snap runin`: recreate snap-<disk0> from disk0, then start it.
 pub fn run(global: &GlobalOpts, a: &RunArgs, foreground: bool) -> Result<ExitCode> {
-    let t = Target::load(global, false)?;
+    let mut t = Target::load(global, false)?;
+    t.cfg = a.boot.apply(t.cfg)?;
     let inst = instance(&t)?;
     let kind = if global.dry_run {
         // say what would boot, touching nothing

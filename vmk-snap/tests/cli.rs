@@ -266,3 +266,94 @@ fn dry_run_snap_run_boots_snap_image_and_touches_nothing() {
     assert!(argv.contains(format), "{argv}");
     assert!(!snap.exists(), "a dry run created the snapshot");
 }
+
+#[test]
+fn dry_run_shows_shares_kernel_and_modules_of_one_boot() {
+    let dir = vm_dir();
+    let d = dir.path();
+    let share = d.join("my src,x");
+    fs::create_dir(&share).unwrap();
+    fs::write(d.join("bzImage"), b"kernel").unwrap();
+    fs::create_dir_all(d.join("mods/lib/modules/6.99.0-test")).unwrap();
+    fs::write(d.join("mods/lib/modules/6.99.0-test/modules.dep"), b"").unwrap();
+    fs::write(
+        d.join("vm-config"),
+        format!(
+            "VMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\nVMK_VNC=57\n\
+             VMK_SHARE=\"'{}:src:ro'\"\n",
+            share.display()
+        ),
+    )
+    .unwrap();
+    let out = succeeds(vmk_snap(d).args([
+        "-D",
+        "run",
+        "--kernel",
+        "bzImage",
+        "--append",
+        "console=ttyS0 root=/dev/vda",
+        "--modules",
+        "mods",
+    ]));
+    let argv = String::from_utf8_lossy(&out.stdout);
+    let fsdev = format!(
+        "-fsdev 'local,id=share0,path={}/my src,,x,security_model=none,readonly=on'",
+        d.display()
+    );
+    assert!(argv.contains(&fsdev), "{argv}");
+    assert!(
+        argv.contains("virtio-9p-pci,fsdev=share0,mount_tag=src"),
+        "{argv}"
+    );
+    let modules = format!(
+        "local,id=share1,path={}/mods/lib/modules,security_model=none,readonly=on",
+        d.display()
+    );
+    assert!(argv.contains(&modules), "{argv}");
+    assert!(argv.contains("mount_tag=vmk-modules"), "{argv}");
+    assert!(
+        argv.contains(&format!("-kernel {}/bzImage -append", d.display())),
+        "{argv}"
+    );
+    assert!(!argv.contains("-initrd"), "{argv}");
+}
+
+#[test]
+fn a_missing_shared_folder_or_kernel_is_a_usage_error() {
+    let dir = vm_dir();
+    let d = dir.path();
+    fs::write(
+        d.join("vm-config"),
+        "VMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\nVMK_VNC=57\n\
+         VMK_SHARE=no-such-folder:x\n",
+    )
+    .unwrap();
+    fs::write(d.join("vm-key"), b"not checked before the config").unwrap();
+    vmk_snap(d)
+        .args(["run", "--exec", "true"])
+        .assert()
+        .code(2)
+        .stderr(contains("vm-config:5: VMK_SHARE: shared folder").and(contains("no-such-folder")));
+    vmk_snap(d)
+        .args(["run", "--kernel", "nope", "--exec", "true"])
+        .assert()
+        .code(2)
+        .stderr(contains("--kernel nope: no such file"));
+    vmk_snap(d)
+        .args(["run", "--append", "quiet"])
+        .assert()
+        .code(2)
+        .stderr(contains("--initrd and --append need a kernel"));
+    vmk_snap(d)
+        .args(["run", "--modules", "."])
+        .assert()
+        .code(2)
+        .stderr(contains("no modules tree"));
+    vmk_snap(d)
+        .args(["info"])
+        .assert()
+        .success()
+        .stdout(contains(
+            "mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 x /mnt/x",
+        ));
+}

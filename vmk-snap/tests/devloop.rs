@@ -1,11 +1,14 @@
 //! System tests of the developer's loop on the real Debian guest (TCG, user networking, the
 //! VM's key as a systemd credential): `snap run --exec CMD` passes stdin, stdout and stderr
 //! through and exits with CMD's status, leaves no qemu and no snapshot behind and never
-//! writes disk0; SIGTERM while CMD runs ends the VM and exits 143.
+//! writes disk0; SIGTERM while CMD runs ends the VM and exits 143; host folders shared
+//! with VMK_SHARE are mounted at /mnt/TAG with nothing configured in the guest, read-write
+//! (the guest's file appears on the host) or read-only (writes refused), whatever commas
+//! and spaces their paths hold.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,7 @@ use vmk_common::fileops::create_nocow_file;
 use vmk_common::state::qemu_pids_using;
 use vmk_testkit::btrfs::LoopBtrfs;
 use vmk_testkit::images::sha256;
+use vmk_testkit::isolation::{PortLease, TestEnv, VmSlot};
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_ok, run_system_tests, Need, SystemTest};
 
@@ -22,20 +26,38 @@ const GIB: u64 = 1 << 30;
 const HANG_GUARD: Duration = Duration::from_secs(600);
 
 /// A VM directory on its own loop-mounted btrfs holding a NOCOW copy of the Debian guest,
-/// a key pair, and a config for user networking on VM number `vnc`.
+/// its kernel and initrd (`vmlinuz`, `initrd.img`: copies, so a fixture rebuilt meanwhile
+/// does not pull them away), a key pair, and a config for user networking on a reserved
+/// VM number.
 struct DevVm {
     btrfs: LoopBtrfs,
+    slot: VmSlot,
+    env: TestEnv,
 }
 
 impl DevVm {
-    fn new(vnc: u8, extra: &str) -> Result<DevVm> {
+    fn new(extra: &str) -> Result<DevVm> {
+        let append = vmk_testguest::debian_guest()?.append;
+        Self::with_config(&format!(
+            "VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\nVMK_APPEND=\"{append}\"\n{extra}"
+        ))
+    }
+
+    /// The VM with `extra` as the end of its config (no kernel unless `extra` names one).
+    fn with_config(extra: &str) -> Result<DevVm> {
         let g = vmk_testguest::debian_guest()?;
         let btrfs = LoopBtrfs::new(6 * GIB)?;
-        let vm = DevVm { btrfs };
+        let vm = DevVm {
+            btrfs,
+            slot: VmSlot::reserve()?,
+            env: TestEnv::new()?,
+        };
         let dir = vm.dir();
         fs::create_dir(&dir)?;
         ensure!(create_nocow_file(&vm.disk0(), 0)?, "no NOCOW on btrfs?");
         g.copy_image(&vm.disk0())?;
+        fs::copy(&g.kernel, dir.join("vmlinuz"))?;
+        fs::copy(&g.initrd, dir.join("initrd.img"))?;
         run_ok({
             let mut c = Command::new("ssh-keygen");
             c.args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -44,10 +66,8 @@ impl DevVm {
         })?;
         let cfg = format!(
             "VMK_NAME=devloop\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
-             VMK_VNC={vnc}\nVMK_MEM=1024\nVMK_KERNEL={}\nVMK_INITRD={}\nVMK_APPEND=\"{}\"\n{extra}",
-            g.kernel.display(),
-            g.initrd.display(),
-            g.append
+             {}VMK_MEM=1024\n{extra}",
+            vm.slot.config_line(),
         );
         fs::write(dir.join("vm-config"), cfg)?;
         Ok(vm)
@@ -67,11 +87,8 @@ impl DevVm {
 
     fn vmk_snap(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-snap"));
-        c.current_dir(self.dir())
-            .args(args)
-            .env_remove("VMK_OPT_CONFIG")
-            .env_remove("VMK_OPT_DRY_RUN")
-            .env("HOME", self.dir());
+        c.current_dir(self.dir()).args(args);
+        self.env.apply(&mut c);
         c
     }
 
@@ -142,7 +159,7 @@ fn wait_output(mut child: std::process::Child, timeout: Duration) -> Result<Outp
 }
 
 fn exec_passes_io_and_status_and_leaves_nothing() -> Result<()> {
-    let vm = DevVm::new(44, "")?;
+    let vm = DevVm::new("")?;
     let before = sha256(&vm.disk0())?;
     let out = vm.snap_exec(
         "cat; echo out-marker; uname -n; echo err-marker >&2; exit 7",
@@ -163,7 +180,7 @@ fn exec_passes_io_and_status_and_leaves_nothing() -> Result<()> {
 }
 
 fn exec_interrupted_by_sigterm_ends_the_vm() -> Result<()> {
-    let vm = DevVm::new(45, "")?;
+    let vm = DevVm::new("")?;
     let mut child = vm
         .vmk_snap(&["run", "--exec", "echo running; exec sleep 600"])
         .stdin(Stdio::null())
@@ -186,7 +203,7 @@ fn exec_interrupted_by_sigterm_ends_the_vm() -> Result<()> {
 
 fn exec_without_sshd_fails_with_exit_1() -> Result<()> {
     // The guest's kernel powers off at once (no init to run): qemu exits, no sshd ever.
-    let vm = DevVm::new(46, "")?;
+    let vm = DevVm::new("")?;
     let cfg = fs::read_to_string(vm.dir().join("vm-config"))?;
     fs::write(
         vm.dir().join("vm-config"),
@@ -202,6 +219,220 @@ fn exec_without_sshd_fails_with_exit_1() -> Result<()> {
         stderr.contains("never answered") && stderr.contains("exited before"),
         "stderr: {stderr}"
     );
+    vm.nothing_left()
+}
+
+fn shares_are_mounted_at_mnt_tag() -> Result<()> {
+    let host = tempfile::Builder::new().prefix("vmk-share").tempdir()?;
+    let src = host.path().join("src");
+    let data = host.path().join("data");
+    let odd = host.path().join("my src,readonly=on");
+    for d in [&src, &data, &odd] {
+        fs::create_dir(d)?;
+    }
+    fs::write(src.join("marker"), "marker-from-host\n")?;
+    fs::write(data.join("ro-file"), "read-only-data\n")?;
+    fs::write(odd.join("odd"), "odd-path-ok\n")?;
+    let vm = DevVm::new(&format!(
+        "VMK_SHARE=\"'{}' '{}:data:ro' '{}:odd'\"\n",
+        src.display(),
+        data.display(),
+        odd.display()
+    ))?;
+    let info = run_ok(vm.vmk_snap(&["info"]))?;
+    let info = String::from_utf8_lossy(&info.stdout);
+    ensure!(
+        info.contains(
+            "mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro data /mnt/data"
+        ),
+        "info: {info}"
+    );
+    let out = vm.snap_exec(
+        "cat /mnt/src/marker /mnt/data/ro-file /mnt/odd/odd; \
+         echo written-by-guest > /mnt/src/from-guest; \
+         if echo x > /mnt/data/nope; then echo RO-WRITABLE; else echo ro-refused; fi; \
+         if echo x > /mnt/odd/rw; then echo odd-writable; fi",
+        b"",
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "exit status {:?}", out.status);
+    ensure!(
+        stdout == "marker-from-host\nread-only-data\nodd-path-ok\nro-refused\nodd-writable\n",
+        "stdout: {stdout:?}"
+    );
+    ensure!(
+        fs::read_to_string(src.join("from-guest"))? == "written-by-guest\n",
+        "the guest's file is not on the host"
+    );
+    ensure!(
+        !data.join("nope").exists(),
+        "the read-only share was written"
+    );
+    ensure!(
+        odd.join("rw").exists(),
+        "the odd path's share was not written"
+    );
+    vm.nothing_left()
+}
+
+/// Mounts disk0 (a raw ext4 image) at `mnt` for the closure, unmounting after.
+fn with_disk0_mounted<T>(vm: &DevVm, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let mnt = vm.btrfs.path().join("mnt-disk0");
+    fs::create_dir_all(&mnt)?;
+    run_ok({
+        let mut c = Command::new("mount");
+        c.args(["-o", "loop"]).arg(vm.disk0()).arg(&mnt);
+        c
+    })?;
+    let result = f(&mnt);
+    let umount = run_ok({
+        let mut c = Command::new("umount");
+        c.arg("-d").arg(&mnt);
+        c
+    });
+    let value = result?;
+    umount?;
+    Ok(value)
+}
+
+fn kernel_and_modules_from_the_host_for_one_boot() -> Result<()> {
+    // No kernel in the config: --kernel/--initrd/--append give it for this boot only.
+    let vm = DevVm::with_config("")?;
+    let host = tempfile::Builder::new().prefix("vmk-kernel").tempdir()?;
+    let modules = host.path().join("modules-install");
+    fs::create_dir_all(modules.join("lib"))?;
+    // The guest's own modules, copied out as `make modules_install INSTALL_MOD_PATH=`
+    // lays them out; disk0 keeps an empty /lib/modules.
+    with_disk0_mounted(&vm, |mnt| {
+        run_ok({
+            let mut c = Command::new("cp");
+            c.arg("-a")
+                .arg(mnt.join("usr/lib/modules"))
+                .arg(modules.join("lib/modules"));
+            c
+        })?;
+        run_ok({
+            let mut c = Command::new("find");
+            c.arg(mnt.join("usr/lib/modules"))
+                .args(["-mindepth", "1", "-delete"]);
+            c
+        })?;
+        Ok(())
+    })?;
+    let dir = vm.dir();
+    let kernel = host.path().join("bzImage");
+    fs::copy(dir.join("vmlinuz"), &kernel)?;
+    fs::remove_file(dir.join("vmlinuz"))?;
+    let (kernel, initrd, modules) = (
+        kernel.to_string_lossy().into_owned(),
+        dir.join("initrd.img").to_string_lossy().into_owned(),
+        modules.to_string_lossy().into_owned(),
+    );
+    let append = vmk_testguest::debian_guest()?.append;
+    let mut child = vm
+        .vmk_snap(&[
+            "-v",
+            "run",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--append",
+            &format!("{append} vmk.test=one-boot"),
+            "--modules",
+            &modules,
+            "--exec",
+            "grep -o vmk.test=one-boot /proc/cmdline; \
+             grep -c '^vmk-modules /usr/lib/modules 9p ' /proc/mounts; \
+             ! grep -q '^isofs ' /proc/modules && modprobe isofs && grep -o '^isofs ' /proc/modules",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let _ = child.stdin.take();
+    let out = wait_output(child, HANG_GUARD)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "exit status {:?}", out.status);
+    ensure!(
+        stdout == "vmk.test=one-boot\n1\nisofs \n",
+        "stdout: {stdout:?}"
+    );
+    // the image itself never had those modules
+    let empty = with_disk0_mounted(&vm, |mnt| {
+        Ok(fs::read_dir(mnt.join("usr/lib/modules"))?.next().is_none())
+    })?;
+    ensure!(empty, "disk0's /lib/modules is not empty");
+    vm.nothing_left()
+}
+
+fn ports_forward_to_a_real_listener_and_clashes_are_refused() -> Result<()> {
+    let lease = PortLease::reserve()?;
+    let port = lease.port();
+    let vm = DevVm::new(&format!("VMK_PORTS=\"{port}:22\"\n"))?;
+    let info = String::from_utf8_lossy(&run_ok(vm.vmk_snap(&["info"]))?.stdout).into_owned();
+    ensure!(
+        info.contains(&format!("127.0.0.1:{port} → guest 22 (tcp)")),
+        "info: {info}"
+    );
+    // the guest's sshd is the listener; the command waits for a line on stdin
+    let mut child = vm
+        .vmk_snap(&["run", "--exec", "echo ready; read line; echo got-$line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut first = String::new();
+    stdout.read_line(&mut first)?;
+    ensure!(first == "ready\n", "first line {first:?}");
+    let mut banner = [0u8; 4];
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    std::io::Read::read_exact(&mut conn, &mut banner)?;
+    ensure!(&banner == b"SSH-", "forwarded port answered {banner:?}");
+    // another VM asking for the same host port is refused before its qemu starts
+    let other = tempfile::Builder::new().prefix("vmk-other").tempdir()?;
+    let other_slot = VmSlot::reserve()?;
+    fs::write(other.path().join("disk0.img"), vec![0u8; 1 << 20])?;
+    fs::write(
+        other.path().join("vm-config"),
+        format!(
+            "VMK_NAME=other\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n{}\
+             VMK_PORTS={port}:80\n",
+            other_slot.config_line()
+        ),
+    )?;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-snap"));
+    c.current_dir(other.path()).arg("run");
+    vm.env.apply(&mut c);
+    let refused = c.output()?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        refused.status.code() == Some(1),
+        "status {:?}: {err}",
+        refused.status
+    );
+    ensure!(
+        err.contains(&format!("other: VMK_PORTS {port}:80: tcp port {port}"))
+            && err.contains("by the VM devloop (VMK_PORTS")
+            && err.contains(&vm.dir().display().to_string()),
+        "{err}"
+    );
+    ensure!(
+        qemu_pids_using(&other.path().join("snap-disk0.img"))?.is_empty(),
+        "the other VM's qemu started"
+    );
+    child.stdin.take().context("stdin")?.write_all(b"done\n")?;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest)?;
+    let out = wait_output(child, HANG_GUARD)?;
+    ensure!(out.status.success(), "exit status {:?}", out.status);
+    ensure!(rest == "got-done\n", "stdout {rest:?}");
     vm.nothing_left()
 }
 
@@ -223,6 +454,21 @@ fn main() -> std::process::ExitCode {
             "exec_interrupted_by_sigterm_ends_the_vm",
             needs,
             exec_interrupted_by_sigterm_ends_the_vm,
+        ),
+        SystemTest::new(
+            "shares_are_mounted_at_mnt_tag",
+            needs,
+            shares_are_mounted_at_mnt_tag,
+        ),
+        SystemTest::new(
+            "kernel_and_modules_from_the_host_for_one_boot",
+            needs,
+            kernel_and_modules_from_the_host_for_one_boot,
+        ),
+        SystemTest::new(
+            "ports_forward_to_a_real_listener_and_clashes_are_refused",
+            needs,
+            ports_forward_to_a_real_listener_and_clashes_are_refused,
         ),
         SystemTest::new(
             "exec_without_sshd_fails_with_exit_1",

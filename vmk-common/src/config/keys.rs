@@ -50,6 +50,10 @@ pub enum KeyKind {
     Path,
     /// Words split like a shell would (without running anything).
     Words,
+    /// Host folders shared with the guest: `HOSTDIR[:TAG][:ro]` words.
+    Shares,
+    /// Port forwards: `HOSTPORT:GUESTPORT[/udp]` words.
+    Ports,
 }
 
 impl KeyKind {
@@ -83,6 +87,13 @@ impl KeyKind {
                 "a path, relative to the VM directory; ~/ is the home directory".into()
             }
             KeyKind::Words => "words, split like a shell would (nothing is run)".into(),
+            KeyKind::Ports => "space-separated HOSTPORT:GUESTPORT[/udp] (TCP unless /udp)".into(),
+            KeyKind::Shares => {
+                "space-separated HOSTDIR[:TAG][:ro] (quoted like shell words; TAG defaults to \
+                 the folder's name; HOSTDIR relative to the VM directory, ~/ is the home \
+                 directory)"
+                    .into()
+            }
         }
     }
 
@@ -107,6 +118,8 @@ impl KeyKind {
             KeyKind::MacFormat => value.parse::<MacFormat>().map(drop),
             KeyKind::Ip => values::parse_ip(value).map(drop),
             KeyKind::Words => values::parse_words(value).map(drop),
+            KeyKind::Shares => values::parse_shares(value, &|d| d.into()).map(drop),
+            KeyKind::Ports => values::parse_ports(value).map(drop),
         }
     }
 }
@@ -448,6 +461,21 @@ static KEYS: &[KeySpec] = &[
         "default",
         "vmk",
         "libvirt storage pool on a remote host that `vmk libvirt define` uploads the disk images into"
+
+    ),
+    key!(
+        "VMK_SHARE",
+        Shares,
+        "",
+        "~/src/linux:linux ~/results:out ~/data:data:ro",
+        "host folders shared with the guest (virtio-9p); guests made by `vmk bootstrap` mount each at /mnt/TAG"
+    ),
+    key!(
+        "VMK_PORTS",
+        Ports,
+        "",
+        "8080:80 5353:53/udp",
+        "with user networking: host ports on VMK_LISTEN forwarded to guest ports"
     ),
 ];
 

@@ -59,7 +59,8 @@ pub use error::{ConfigError, Origin};
 pub use keys::{closest_key, key, keys, validate_value, KeyKind, KeySpec};
 pub use raw::{Assignment, LineKind, Piece, Quoting, RawConfig, RawLine, Unexpanded};
 pub use values::{
-    Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, Size,
+    Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, PortForward,
+    Share, Size,
 };
 
 /// The system-wide config file.
@@ -472,6 +473,10 @@ pub struct VmConfig {
     pub libvirt_uri: Option<String>,
     /// VMK_LIBVIRT_POOL: the storage pool a remote host gets the disk images in.
     pub libvirt_pool: String,
+    /// VMK_SHARE, folders made absolute.
+    pub shares: Vec<values::Share>,
+    /// VMK_PORTS.
+    pub ports: Vec<values::PortForward>,
     /// Assignments of names outside `VMK_` (kept for references; not used by vmk).
     #[serde(skip)]
     pub other: BTreeMap<String, String>,
@@ -621,6 +626,12 @@ impl VmConfig {
             cloud_init: t.parse("VMK_CLOUD_INIT", values::parse_bool)?,
             libvirt_uri: t.opt_text("VMK_LIBVIRT_URI"),
             libvirt_pool: t.parse("VMK_LIBVIRT_POOL", values::parse_word)?,
+            shares: t
+                .opt("VMK_SHARE", |s| {
+                    values::parse_shares(s, &|d| resolve_path(&dir, home.as_deref(), d))
+                })?
+                .unwrap_or_default(),
+            ports: t.opt("VMK_PORTS", values::parse_ports)?.unwrap_or_default(),
             other: settings
                 .iter()
                 .filter(|(k, _)| !k.starts_with("VMK_"))

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
@@ -356,6 +356,196 @@ pub fn parse_words(s: &str) -> Result<Vec<String>, Expected> {
     shlex::split(s).ok_or_else(|| "qemu arguments with balanced quotes".into())
 }
 
+/// One host folder shared with the guest (an entry of `VMK_SHARE`: `HOSTDIR[:TAG][:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Share {
+    /// The host folder (absolute once the config is loaded).
+    pub dir: PathBuf,
+    /// The mount tag the guest sees; guests `vmk bootstrap` makes mount it at /mnt/TAG.
+    pub tag: String,
+    /// Read-only for the guest.
+    pub readonly: bool,
+}
+
+impl Share {
+    /// How qemu exports shares: virtio-9p, in qemu itself (no daemon). virtiofs would need
+    /// virtiofsd, which vmk does not start.
+    pub const TRANSPORT: &'static str = "virtio-9p";
+
+    /// Where guests made by `vmk bootstrap` mount it.
+    pub fn guest_dir(&self) -> String {
+        format!("/mnt/{}", self.tag)
+    }
+
+    /// The 9p mount options every share is mounted with in the guest. `msize` of 512 KiB:
+    /// fewer, larger 9p messages than the kernel's default.
+    pub const MOUNT_OPTIONS: &'static str = "trans=virtio,version=9p2000.L,msize=524288";
+
+    /// The tag of the share that `--modules` mounts over /lib/modules in guests `vmk
+    /// bootstrap` makes (not a tag VMK_SHARE may use).
+    pub const MODULES_TAG: &'static str = "vmk-modules";
+
+    /// The mount options in the guest (`ro` for a read-only share).
+    pub fn mount_options(&self) -> String {
+        let mut o = Self::MOUNT_OPTIONS.to_string();
+        if self.readonly {
+            o.push_str(",ro");
+        }
+        o
+    }
+
+    /// The one command that mounts it in any Linux guest with 9p support.
+    pub fn mount_command(&self) -> String {
+        let dir = self.guest_dir();
+        format!(
+            "mkdir -p {dir} && mount -t 9p -o {} {} {dir}",
+            self.mount_options(),
+            self.tag
+        )
+    }
+}
+
+/// Longest mount tag (virtio-9p allows more, virtiofs 36 bytes; short names fit both).
+pub const MAX_TAG_LEN: usize = 31;
+
+/// True for a mount tag vmk accepts: letters, digits, `_`, `.` and `-`, not starting with
+/// `.` or `-`, at most [`MAX_TAG_LEN`] bytes (it becomes a directory name in the guest).
+pub fn is_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TAG_LEN
+        && !t.starts_with(['.', '-'])
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The tag a folder gets when none is given: its name, with every character a tag may not
+/// hold made `_` and cut to [`MAX_TAG_LEN`] bytes (`my src` → `my_src`).
+pub fn default_tag(dir: &Path) -> String {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut t: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_TAG_LEN)
+        .collect();
+    if t.starts_with(['.', '-']) {
+        t.replace_range(..1, "_");
+    }
+    if t.is_empty() {
+        t = "share".into();
+    }
+    t
+}
+
+/// `VMK_SHARE`: words split like a shell would (so a folder with spaces is quoted), each
+/// `HOSTDIR[:TAG][:ro]` (`:rw` is the default and may be written). The folder is kept as
+/// written; `resolve` makes it absolute. Two shares with one tag are an error.
+pub fn parse_shares(s: &str, resolve: &dyn Fn(&str) -> PathBuf) -> Result<Vec<Share>, Expected> {
+    let expected = || {
+        "space-separated HOSTDIR[:TAG][:ro] (TAG: letters, digits, _ . -, at most 31)".to_string()
+    };
+    let words = shlex::split(s).ok_or_else(expected)?;
+    let mut shares: Vec<Share> = Vec::new();
+    for w in words {
+        let (rest, readonly) = match w.rsplit_once(':') {
+            Some((r, "ro")) => (r, true),
+            Some((r, "rw")) => (r, false),
+            _ => (w.as_str(), false),
+        };
+        let (dir, tag) = match rest.rsplit_once(':') {
+            Some((d, t)) if !d.is_empty() => {
+                if !is_tag(t) || t == Share::MODULES_TAG {
+                    return Err(format!(
+                        "{} (bad tag \"{}\")",
+                        expected(),
+                        crate::text::excerpt(t)
+                    ));
+                }
+                (d, Some(t.to_string()))
+            }
+            _ => (rest, None),
+        };
+        if dir.is_empty() {
+            return Err(expected());
+        }
+        let dir = resolve(dir);
+        let tag = tag.unwrap_or_else(|| default_tag(&dir));
+        if shares.iter().any(|o| o.tag == tag) {
+            return Err(format!("{} (tag \"{tag}\" given twice)", expected()));
+        }
+        shares.push(Share { dir, tag, readonly });
+    }
+    Ok(shares)
+}
+
+/// One port forward of `VMK_PORTS`: `HOSTPORT:GUESTPORT[/udp]` (TCP unless `/udp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortForward {
+    /// The port on VMK_LISTEN.
+    pub host: u16,
+    /// The guest's port.
+    pub guest: u16,
+    /// UDP instead of TCP.
+    pub udp: bool,
+}
+
+impl PortForward {
+    /// `tcp` or `udp`.
+    pub fn protocol(&self) -> &'static str {
+        if self.udp {
+            "udp"
+        } else {
+            "tcp"
+        }
+    }
+}
+
+impl fmt::Display for PortForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.guest)?;
+        if self.udp {
+            f.write_str("/udp")?;
+        }
+        Ok(())
+    }
+}
+
+/// `VMK_PORTS`: space-separated `HOSTPORT:GUESTPORT[/udp]` (`/tcp` may be written); one
+/// host port and protocol at most once.
+pub fn parse_ports(s: &str) -> Result<Vec<PortForward>, Expected> {
+    let expected = || "space-separated HOSTPORT:GUESTPORT[/udp], ports 1 to 65535".to_string();
+    let mut out: Vec<PortForward> = Vec::new();
+    for w in s.split_whitespace() {
+        let (pair, udp) = match w.rsplit_once('/') {
+            Some((p, "udp")) => (p, true),
+            Some((p, "tcp")) => (p, false),
+            Some(_) => return Err(expected()),
+            None => (w, false),
+        };
+        let (h, g) = pair.split_once(':').ok_or_else(expected)?;
+        let host = parse_port(h).map_err(|_| expected())?;
+        let guest = parse_port(g).map_err(|_| expected())?;
+        let f = PortForward { host, guest, udp };
+        if out.iter().any(|o| o.host == host && o.udp == udp) {
+            return Err(format!(
+                "{} (host port {host}/{} given twice)",
+                expected(),
+                f.protocol()
+            ));
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
 /// A printf format with one integer conversion that makes the VM's MAC from its number,
 /// e.g. `52:54:00:00:00:%02x`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -635,5 +825,69 @@ mod tests {
         let dec: MacFormat = "52:54:00:00:00:%02d".parse().unwrap();
         assert!(dec.mac(99).is_ok());
         assert!(dec.mac(100).is_err());
+    }
+
+    #[test]
+    fn shares_parse_with_tags_flags_and_odd_paths() {
+        let resolve = |d: &str| PathBuf::from("/vm").join(d);
+        let s = parse_shares("src '/a b,c:odd:ro' data:d:rw /x/my\\ dir", &resolve).unwrap();
+        let got: Vec<(String, &str, bool)> = s
+            .iter()
+            .map(|s| (s.dir.display().to_string(), s.tag.as_str(), s.readonly))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/vm/src".to_string(), "src", false),
+                ("/a b,c".to_string(), "odd", true),
+                ("/vm/data".to_string(), "d", false),
+                ("/x/my dir".to_string(), "my_dir", false),
+            ]
+        );
+        assert_eq!(
+            s[1].mount_command(),
+            "mkdir -p /mnt/odd && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro odd /mnt/odd"
+        );
+        assert!(parse_shares("a:x b:x", &resolve)
+            .unwrap_err()
+            .contains("given twice"));
+        assert!(parse_shares("a:bad/tag", &resolve).is_err());
+        assert!(parse_shares("a:vmk-modules", &resolve).is_err());
+        assert!(parse_shares(":ro", &resolve).is_err());
+        assert!(parse_shares("'unbalanced", &resolve).is_err());
+        assert_eq!(default_tag(Path::new("/.hidden")), "_hidden");
+    }
+
+    #[test]
+    fn ports_parse() {
+        let p = parse_ports("8080:80 5353:53/udp 2222:22/tcp").unwrap();
+        assert_eq!(
+            p,
+            [
+                PortForward {
+                    host: 8080,
+                    guest: 80,
+                    udp: false
+                },
+                PortForward {
+                    host: 5353,
+                    guest: 53,
+                    udp: true
+                },
+                PortForward {
+                    host: 2222,
+                    guest: 22,
+                    udp: false
+                },
+            ]
+        );
+        assert_eq!(p[1].to_string(), "5353:53/udp");
+        assert!(parse_ports("8080:80 8080:81")
+            .unwrap_err()
+            .contains("given twice"));
+        parse_ports("8080:80 8080:80/udp").unwrap();
+        for bad in ["80", "0:80", "80:70000", "80:80/sctp", "a:b"] {
+            assert!(parse_ports(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -73,6 +73,7 @@ impl QemuCommand {
         self.serial(&mut a);
         self.drives(&mut a);
         self.network(&mut a);
+        self.shares(&mut a);
         if let Some(k) = &self.kernel {
             a.pair("-kernel", &k.kernel);
             if let Some(i) = &k.initrd {
@@ -249,18 +250,45 @@ impl QemuCommand {
         }
     }
 
+    /// virtio-9p in qemu itself, no daemon: `security_model=none` (files are the qemu
+    /// user's, the guest's chown is ignored rather than refused), `readonly=on` for `:ro`.
+    fn shares(&self, a: &mut Args) {
+        for (i, s) in self.shares.iter().enumerate() {
+            let id = format!("share{i}");
+            let mut fsdev = Opts::word("local")
+                .kv("id", &id)
+                .kv("path", &s.dir)
+                .kv("security_model", "none");
+            if s.readonly {
+                fsdev = fsdev.kv("readonly", "on");
+            }
+            a.pair("-fsdev", fsdev);
+            a.pair(
+                "-device",
+                Opts::word("virtio-9p-pci")
+                    .kv("fsdev", &id)
+                    .kv("mount_tag", &s.tag),
+            );
+        }
+    }
+
     fn network(&self, a: &mut Args) {
         let mac = match &self.network {
             Network::User {
                 listen,
                 ssh_port,
+                forwards,
                 mac,
             } => {
-                let fwd = format!("tcp:{}:{ssh_port}-:22", host_for_display(*listen));
-                a.pair(
-                    "-netdev",
-                    Opts::word("user").kv("id", "net0").kv("hostfwd", fwd),
-                );
+                let host = host_for_display(*listen);
+                let mut netdev = Opts::word("user")
+                    .kv("id", "net0")
+                    .kv("hostfwd", format!("tcp:{host}:{ssh_port}-:22"));
+                for f in forwards {
+                    let fwd = format!("{}:{host}:{}-:{}", f.protocol(), f.host, f.guest);
+                    netdev = netdev.kv("hostfwd", fwd);
+                }
+                a.pair("-netdev", netdev);
                 mac
             }
             Network::Bridge { bridge, mac } => {

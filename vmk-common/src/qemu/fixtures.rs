@@ -191,6 +191,8 @@ pub const MODES: &[ModeRow] = &[
     ("uefi_secure", uefi_secure),
     ("tpm", tpm),
     ("uefi_tpm", uefi_tpm),
+    ("shares", shares),
+    ("port_forwards", port_forwards),
 ];
 
 /// The command line of the mode called `name` in [`MODES`].
@@ -315,6 +317,25 @@ fn extra_args_last() -> QemuCommand {
     let mut cfg = config();
     cfg.extra_args = vec!["-device".into(), "virtio-rng-pci".into(), "-s".into()];
     build(&cfg, Mode::Run).no_reboot().extra_args(["-S"])
+}
+
+/// VMK_SHARE: a read-write share, a read-only one whose folder has a comma and a space
+/// (one path for qemu, no injected option).
+fn shares() -> QemuCommand {
+    let mut cfg = config();
+    cfg.shares = crate::config::values::parse_shares(
+        "/home/u/src/linux '/data/a,readonly=off b:data:ro'",
+        &|d| d.into(),
+    )
+    .unwrap();
+    build(&cfg, Mode::Run)
+}
+
+/// VMK_PORTS: a TCP and a UDP forward beside ssh's.
+fn port_forwards() -> QemuCommand {
+    let mut cfg = config();
+    cfg.ports = crate::config::values::parse_ports("8080:80 5353:53/udp").unwrap();
+    build(&cfg, Mode::Run)
 }
 
 /// VMK_CONSOLE=telnet.

@@ -39,7 +39,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, Firmware, MemSize, NetType, VmConfig};
+use crate::config::{
+    Accel, CacheMode, DiskBus, DiskFormat, Firmware, MemSize, NetType, PortForward, Share, VmConfig,
+};
 
 pub use firmware::Uefi;
 use host::default_machine;
@@ -167,6 +169,8 @@ pub enum Network {
         listen: IpAddr,
         /// Host port forwarded to guest port 22.
         ssh_port: u16,
+        /// VMK_PORTS: more host ports on `listen` forwarded to the guest.
+        forwards: Vec<PortForward>,
         /// The card's MAC.
         mac: String,
     },
@@ -287,6 +291,8 @@ pub struct QemuCommand {
     pub network: Network,
     /// Direct kernel boot.
     pub kernel: Option<KernelBoot>,
+    /// Host folders shared with the guest (virtio-9p), in order: fsdev ids share0, share1…
+    pub shares: Vec<Share>,
     /// systemd credentials passed as SMBIOS type 11 strings: (name, value).
     pub credentials: Vec<(String, String)>,
     /// `-no-reboot`.
@@ -359,6 +365,7 @@ impl QemuCommand {
             NetType::User => Network::User {
                 listen: cfg.listen,
                 ssh_port: cfg.ssh_port(),
+                forwards: cfg.ports.clone(),
                 mac: cfg.mac(),
             },
             NetType::Bridge => Network::Bridge {
@@ -465,6 +472,7 @@ impl QemuCommand {
             floppy: None,
             network,
             kernel,
+            shares: cfg.shares.clone(),
             credentials,
             no_reboot: false,
             extra_args: cfg.extra_args.iter().map(OsString::from).collect(),
@@ -534,6 +542,17 @@ impl QemuCommand {
     /// Boots from the disks, not a kernel given on the command line.
     pub fn no_kernel_boot(mut self) -> Self {
         self.kernel = None;
+        self
+    }
+
+    /// Shares one more host folder with the guest (after VMK_SHARE's), replacing a share
+    /// with the same tag.
+    pub fn share(mut self, share: Share) -> Self {
+        self.shares.retain(|s| s.tag != share.tag);
+        self.shares.push(Share {
+            dir: absolute(&self.dir, &share.dir),
+            ..share
+        });
         self
     }
 

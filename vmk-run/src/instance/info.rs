@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use vmk_common::config::{DiskFormat, NetType};
+use vmk_common::config::{DiskFormat, NetType, PortForward, Share};
 use vmk_common::human;
 use vmk_common::layout::{KEY_FILE, PUBLIC_KEY_FILE};
 use vmk_common::qemu;
@@ -79,6 +79,10 @@ pub struct Info {
     pub ssh_pubkey: bool,
     /// The cloud-init seed attached as a CD (VMK_CLOUD_INIT=yes), made when the VM starts.
     pub cloud_init_seed: Option<PathBuf>,
+    /// Host folders shared with the guest (VMK_SHARE).
+    pub shares: Vec<ShareInfo>,
+    /// VMK_PORTS forwards (user networking).
+    pub ports: Vec<PortForward>,
     /// running, stopped or stale.
     pub state: String,
     /// qemu's pid when running (or the stale pidfile's pid).
@@ -104,6 +108,36 @@ pub struct LibvirtInfo {
     pub uri: String,
     /// `running`, `shut off`…, or `unknown (why)`.
     pub state: String,
+}
+
+/// One share as `info` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareInfo {
+    /// The host folder.
+    pub dir: PathBuf,
+    /// The mount tag.
+    pub tag: String,
+    /// Read-only for the guest.
+    pub readonly: bool,
+    /// How it is exported ([`Share::TRANSPORT`]).
+    pub transport: &'static str,
+    /// Where guests made by `vmk bootstrap` mount it.
+    pub guest_dir: String,
+    /// The command that mounts it in other guests.
+    pub mount: String,
+}
+
+impl ShareInfo {
+    fn of(s: &Share) -> ShareInfo {
+        ShareInfo {
+            dir: s.dir.clone(),
+            tag: s.tag.clone(),
+            readonly: s.readonly,
+            transport: Share::TRANSPORT,
+            guest_dir: s.guest_dir(),
+            mount: s.mount_command(),
+        }
+    }
 }
 
 /// Gathers [`Info`] about `inst`.
@@ -170,6 +204,12 @@ pub fn info(inst: &Instance) -> Result<Info> {
         ssh_key: cfg.dir.join(KEY_FILE).exists(),
         ssh_pubkey: cfg.dir.join(PUBLIC_KEY_FILE).exists(),
         cloud_init_seed: cfg.cloud_init.then(|| seed_path(cfg)),
+        shares: cfg.shares.iter().map(ShareInfo::of).collect(),
+        ports: if cfg.net_type == NetType::User {
+            cfg.ports.clone()
+        } else {
+            Vec::new()
+        },
         state: state_name.to_string(),
         pid,
         qmp_status,
@@ -298,6 +338,34 @@ pub fn info_lines(i: &Info) -> Vec<String> {
             format!("domain {} at {}: {}", l.domain, l.uri, l.state),
         ));
     }
+    let shares = i.shares.iter().map(|s| {
+        (
+            "share",
+            format!(
+                "{} → {} ({}, tag {}, {}; elsewhere: {})",
+                s.dir.display(),
+                s.guest_dir,
+                if s.readonly { "ro" } else { "rw" },
+                s.tag,
+                s.transport,
+                s.mount
+            ),
+        )
+    });
+    let ports = i.ports.iter().map(|f| {
+        (
+            "port",
+            format!(
+                "{}:{} → guest {} ({})",
+                i.listen,
+                f.host,
+                f.guest,
+                f.protocol()
+            ),
+        )
+    });
+    rows.extend(shares);
+    rows.extend(ports);
     rows.into_iter()
         .map(|(k, v)| format!("{:<12} {}", format!("{k}:"), text::escaped_line(&v)))
         .collect()
@@ -341,6 +409,8 @@ mod tests {
             ssh_key: false,
             ssh_pubkey: false,
             cloud_init_seed: None,
+            shares: Vec::new(),
+            ports: Vec::new(),
             state: "running".into(),
             pid: Some(42),
             qmp_status: Some(format!("unknown ({name}\nsecond line)")),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use vmk_common::config::{ConfigError, DiskFormat, Origin, VmConfig};
+use vmk_common::config::{ConfigError, DiskFormat, Origin, PortForward, VmConfig};
 use vmk_common::layout;
 use vmk_common::qemu::{self, Mode, Network, QemuCommand, Serial};
 use vmk_common::state::{self, RuntimePaths, VmStatus};
@@ -173,6 +173,8 @@ pub struct Endpoints {
     pub vnc_display: Option<u8>,
     /// The host port forwarded to the guest's ssh (user networking only).
     pub ssh: Option<Endpoint>,
+    /// VMK_PORTS: more host ports forwarded to the guest (user networking only).
+    pub forwards: Vec<(Endpoint, PortForward)>,
 }
 
 impl Endpoints {
@@ -193,14 +195,29 @@ impl Endpoints {
             host,
             port: layout::vnc_port(n),
         });
-        let ssh = match &cmd.network {
+        let (ssh, forwards) = match &cmd.network {
             Network::User {
-                listen, ssh_port, ..
-            } => Some(Endpoint {
-                host: *listen,
-                port: *ssh_port,
-            }),
-            _ => None,
+                listen,
+                ssh_port,
+                forwards,
+                ..
+            } => (
+                Some(Endpoint {
+                    host: *listen,
+                    port: *ssh_port,
+                }),
+                forwards
+                    .iter()
+                    .map(|f| {
+                        let e = Endpoint {
+                            host: *listen,
+                            port: f.host,
+                        };
+                        (e, *f)
+                    })
+                    .collect(),
+            ),
+            _ => (None, Vec::new()),
         };
         Endpoints {
             console,
@@ -209,6 +226,7 @@ impl Endpoints {
             vnc_socket: cmd.vnc_socket.clone(),
             vnc_display: cmd.vnc.map(|(_, n)| n),
             ssh,
+            forwards,
         }
     }
 }
@@ -220,6 +238,11 @@ pub fn exposed(ep: &Endpoints) -> Vec<String> {
         ("ssh forward", ep.ssh),
     ]
     .into_iter()
+    .chain(
+        ep.forwards
+            .iter()
+            .map(|(e, _)| ("VMK_PORTS forward", Some(*e))),
+    )
     .filter_map(|(what, e)| {
         let e = e?;
         (!e.host.is_loopback()).then(|| format!("{what} on {e}"))
@@ -393,8 +416,8 @@ fn present(path: &Path) -> bool {
 
 /// The one rule for files named by the config: every file that `cmd` (a command line of
 /// `inst`) would open and that a key names (VMK_DISK0…VMK_DISK6, VMK_KERNEL, VMK_INITRD,
-/// VMK_ISO, VMK_QEMU as a path, the public key VMK_CLOUD_INIT's seed is made from, the
-/// firmware files VMK_FIRMWARE's descriptor names), when it
+/// VMK_ISO, VMK_SHARE's folders, VMK_QEMU as a path, the public key VMK_CLOUD_INIT's seed is
+/// made from, the firmware files VMK_FIRMWARE's descriptor names), when it
 /// is missing. `vmk run` refuses to start on any ([`start::prepare`]); a dry run warns about
 /// each ([`dry_run`]). VMK_DISK0 is checked whatever image `inst` boots: a snapshot VM is
 /// made from it.
@@ -484,6 +507,23 @@ pub fn missing_files(inst: &Instance, cmd: &QemuCommand) -> Vec<MissingFile> {
                     &hint,
                 ));
             }
+        }
+    }
+    for share in &cmd.shares {
+        if cfg.shares.contains(share) && !share.dir.is_dir() {
+            let hint = "create it, or remove it from VMK_SHARE";
+            missing.push(if present(&share.dir) {
+                MissingFile {
+                    key: "VMK_SHARE".into(),
+                    path: share.dir.clone(),
+                    message: format!(
+                        "shared folder {} is not a directory: {hint}",
+                        share.dir.display()
+                    ),
+                }
+            } else {
+                MissingFile::new("VMK_SHARE", &share.dir, "shared folder", hint)
+            });
         }
     }
     if let Some(q) = cfg.qemu.as_deref() {

@@ -112,6 +112,48 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     Ok(())
 }
 
+/// VMK_PORTS: each host port must differ from this VM's own ports and be free; one that a
+/// running VM uses is refused naming both VMs and what each uses it for.
+fn check_forwards(inst: &Instance, ep: &Endpoints) -> Result<()> {
+    let cfg = &inst.cfg;
+    if !cfg.ports.is_empty() && ep.forwards.is_empty() {
+        log::warn!("VMK_PORTS is set but only user networking forwards ports: ignored");
+    }
+    let own = [ep.console, ep.vnc, ep.ssh];
+    for (e, f) in &ep.forwards {
+        if !f.udp && own.iter().flatten().any(|o| o.port == e.port) {
+            return Err(vmk_common::config::ConfigError::new(format!(
+                "host port {} of {f} is one of this VM's own ports (ssh, console or VNC): \
+                 choose another",
+                e.port
+            ))
+            .with_key("VMK_PORTS")
+            .with_origin(&cfg.origin("VMK_PORTS"))
+            .into());
+        }
+        let free = if f.udp {
+            std::net::UdpSocket::bind((e.host, e.port)).is_ok()
+        } else {
+            state::port_is_free(e.host, e.port)
+        };
+        if free {
+            continue;
+        }
+        let who = match registry::who_uses(e.port, f.udp) {
+            Some((dir, what)) => format!("by the VM {what} in {}", dir.display()),
+            None => "by another program".to_string(),
+        };
+        bail!(
+            "{}: VMK_PORTS {f}: {} port {} on {} is in use {who}: change VMK_PORTS of one of them",
+            cfg.display_name(),
+            f.protocol(),
+            e.port,
+            e.host
+        );
+    }
+    Ok(())
+}
+
 /// Fails naming the first port of `cmd` that something already listens on.
 fn check_ports(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     let cfg = &inst.cfg;
@@ -137,6 +179,7 @@ fn check_ports(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
             format!("ssh forward: VMK_SSH_BASE {} + VMK_VNC {vnc}", cfg.ssh_base),
         ),
     ];
+    check_forwards(inst, &ep)?;
     for (endpoint, why) in checks {
         let Some(e) = endpoint else { continue };
         if !state::port_is_free(e.host, e.port) {
