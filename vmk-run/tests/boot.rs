@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use vmk_testkit::guest;
+use vmk_testkit::isolation::VmSlot;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -131,11 +132,13 @@ fn debian_lifecycle() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     g.copy_image(&dir.join("disk0.img"))?;
+    let slot = VmSlot::reserve()?;
     write_config(
         dir,
         &format!(
             "VMK_NAME=deb\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_MEM=1G\nVMK_CPU=2\n\
-             VMK_ACCEL=tcg\nVMK_VNC=91\nVMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{}'\n",
+             VMK_ACCEL=tcg\nVMK_VNC={}\nVMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{}'\n",
+            slot.number(),
             g.kernel.display(),
             g.initrd.display(),
             g.append
@@ -208,7 +211,8 @@ fn debian_lifecycle() -> Result<()> {
 fn accel_auto_runs() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let pidfile = busybox_vm(dir, 66)?;
+    let slot = VmSlot::reserve()?;
+    let pidfile = busybox_vm(dir, slot.number())?;
     let config = std::fs::read_to_string(dir.join("vm-config"))?;
     write_config(dir, &config.replace("VMK_ACCEL=tcg\n", ""))?;
     let vmk = |args: &[&str]| vmk_run(dir, args, None);
@@ -265,9 +269,11 @@ fn two_vms() -> Result<()> {
         tempfile::tempdir()?,
         tempfile::tempdir()?,
     );
-    busybox_vm(a.path(), 92)?;
-    busybox_vm(b.path(), 93)?;
-    busybox_vm(c.path(), 93)?;
+    let (sa, sb) = (VmSlot::reserve()?, VmSlot::reserve()?);
+    let (na, nb) = (format!("bb{}", sa.number()), format!("bb{}", sb.number()));
+    busybox_vm(a.path(), sa.number())?;
+    busybox_vm(b.path(), sb.number())?;
+    busybox_vm(c.path(), sb.number())?; // b's number: its ports clash
     let ra = vmk_run(a.path(), &["run"], None)?;
     let ga = QemuGuard::from_pidfile(&a.path().join("disk0.raw.pid"));
     ok(&ra)?;
@@ -293,7 +299,7 @@ fn two_vms() -> Result<()> {
         );
     }
     let table = ok(&vmk_run(a.path(), &["ps"], None)?)?;
-    ensure!(table.contains("bb92") && table.contains("bb93"), "{table}");
+    ensure!(table.contains(&na) && table.contains(&nb), "{table}");
 
     let rc = vmk_run(c.path(), &["run"], None)?;
     let err = String::from_utf8_lossy(&rc.stderr);
@@ -302,7 +308,8 @@ fn two_vms() -> Result<()> {
         "the clashing VM was not refused"
     );
     ensure!(
-        err.contains("port 5993") && err.contains("VMK_VNC 93"),
+        err.contains(&format!("port {}", sb.vnc_port()))
+            && err.contains(&format!("VMK_VNC {}", sb.number())),
         "the refusal does not name the port and VMK_VNC: {err}"
     );
     ensure!(
@@ -319,7 +326,7 @@ fn two_vms() -> Result<()> {
     }
     let ps = ok(&vmk_run(a.path(), &["ps"], None)?)?;
     ensure!(
-        !ps.contains("bb92") && !ps.contains("bb93"),
+        !ps.contains(&na) && !ps.contains(&nb),
         "killed VMs still listed: {ps}"
     );
     Ok(())
@@ -328,7 +335,8 @@ fn two_vms() -> Result<()> {
 fn kill_unrelated() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let pidfile = busybox_vm(dir, 94)?;
+    let slot = VmSlot::reserve()?;
+    let pidfile = busybox_vm(dir, slot.number())?;
     let out = vmk_run(dir, &["run"], None)?;
     let guard = QemuGuard::from_pidfile(&pidfile);
     ok(&out)?;
@@ -463,7 +471,8 @@ fn ended_with_terminal_restored(dir: &Path) -> Result<()> {
 fn runin_in_a_terminal() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    busybox_vm(dir, 95)?;
+    let slot = VmSlot::reserve()?;
+    busybox_vm(dir, slot.number())?;
     let term = in_terminal(
         "runin",
         dir,
@@ -486,7 +495,8 @@ fn runin_in_a_terminal() -> Result<()> {
 fn console_in_a_terminal() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let pidfile = busybox_vm(dir, 98)?;
+    let slot = VmSlot::reserve()?;
+    let pidfile = busybox_vm(dir, slot.number())?;
     let out = vmk_run(dir, &["run"], None)?;
     ensure!(out.status.success(), "run: {out:?}");
     let guard = QemuGuard::from_pidfile(&pidfile)?;
@@ -553,7 +563,8 @@ fn sockets_are_the_owners() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    let pidfile = busybox_vm(dir, 96)?;
+    let slot = VmSlot::reserve()?;
+    let pidfile = busybox_vm(dir, slot.number())?;
     let out = vmk_run(dir, &["run", "--json"], None)?;
     let guard = QemuGuard::from_pidfile(&pidfile);
     let started: serde_json::Value = serde_json::from_str(&ok(&out)?)?;

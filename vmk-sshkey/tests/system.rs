@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use vmk_testguest::{debian_guest, DebianGuest};
+use vmk_testkit::isolation::VmSlot;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -19,24 +20,32 @@ const BOOT_TIMEOUT: &str = "300";
 struct Vm {
     dir: tempfile::TempDir,
     guest: DebianGuest,
+    /// The VM's number, reserved while the test runs (held, never read).
+    _slot: VmSlot,
 }
 
 impl Vm {
-    fn new(vnc: u8, extra: &str) -> Result<Vm> {
+    fn new(extra: &str) -> Result<Vm> {
         let guest = debian_guest()?;
         let dir = tempfile::Builder::new()
             .prefix("vmk-sshkey-test")
             .tempdir()?;
         guest.copy_image(&dir.path().join("disk0"))?;
+        let slot = VmSlot::reserve()?;
         let cfg = format!(
             "VMK_DISK0=disk0\nVMK_DISK0_FORMAT=raw\nVMK_KERNEL={}\nVMK_INITRD={}\nVMK_APPEND=\"{}\"\n\
-             VMK_ACCEL=tcg\nVMK_VNC={vnc}\nVMK_MEM=768\n{extra}",
+             VMK_ACCEL=tcg\n{}VMK_MEM=768\n{extra}",
             guest.kernel.display(),
             guest.initrd.display(),
-            guest.append
+            guest.append,
+            slot.config_line()
         );
         fs::write(dir.path().join("vm-config"), cfg)?;
-        Ok(Vm { dir, guest })
+        Ok(Vm {
+            dir,
+            guest,
+            _slot: slot,
+        })
     }
 
     fn path(&self) -> &Path {
@@ -136,7 +145,7 @@ fn loops_of(image: &Path) -> Result<String> {
 }
 
 fn by_credential() -> Result<()> {
-    let vm = Vm::new(73, "")?;
+    let vm = Vm::new("")?;
     let public = vm.ok(Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")), &["sshkeygen"])?;
     ensure!(public.ends_with("vm-key.pub"), "sshkeygen printed {public}");
     let mode = fs::metadata(vm.path().join("vm-key"))?.permissions();
@@ -222,7 +231,7 @@ fn by_credential() -> Result<()> {
 }
 
 fn by_sshkeyput_and_putfile() -> Result<()> {
-    let vm = Vm::new(74, "VMK_SSH_CREDENTIAL=no\n")?;
+    let vm = Vm::new("VMK_SSH_CREDENTIAL=no\n")?;
     let mount_bin = sibling_bin("vmk-mount")?;
     let sshkey = PathBuf::from(env!("CARGO_BIN_EXE_vmk-sshkey"));
     vm.ok(&sshkey, &["sshkeygen"])?;
@@ -265,12 +274,15 @@ fn by_sshkeyput_and_putfile() -> Result<()> {
 
 fn waitssh_times_out_clearly() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    // a reserved number: nothing listens on its ssh port
+    let slot = VmSlot::reserve()?;
     fs::write(
         dir.path().join("vm-config"),
-        "VMK_DISK0=disk0\nVMK_VNC=75\n",
+        format!("VMK_DISK0=disk0\n{}", slot.config_line()),
     )?;
     let vm = Vm {
         dir,
+        _slot: slot,
         guest: DebianGuest {
             image: PathBuf::new(),
             kernel: PathBuf::new(),
@@ -349,7 +361,7 @@ impl Drop for HiddenPidfile {
 }
 
 fn host_key_learned_then_checked() -> Result<()> {
-    let vm = Vm::new(76, "")?;
+    let vm = Vm::new("")?;
     let sshkey = PathBuf::from(env!("CARGO_BIN_EXE_vmk-sshkey"));
     vm.ok(&sshkey, &["sshkeygen"])?;
     let known_hosts = vm.path().join("vm-known_hosts");
@@ -480,9 +492,10 @@ fn host_key_learned_then_checked() -> Result<()> {
 /// against the VM's known_hosts file under the alias; nothing says StrictHostKeyChecking=no.
 fn not_running_means_strict_checking() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    let slot = VmSlot::reserve()?;
     fs::write(
         dir.path().join("vm-config"),
-        "VMK_DISK0=disk0\nVMK_VNC=77\n",
+        format!("VMK_DISK0=disk0\n{}", slot.config_line()),
     )?;
     let run = |args: &[&str]| -> Result<Output> {
         Ok(Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"))
