@@ -2,15 +2,15 @@
 //! libvirt tests run against the real daemons without touching a libvirt a developer runs
 //! or the machine's ssh setup.
 //!
-//! Isolation: the daemons run in a mount namespace of their own (`unshare --mount`) where
-//! /etc/libvirt (a copy, with qemu running as root without relabelling, no security
+//! Isolation: the daemons run in a mount namespace of their own (`unshare --mount`) with a
+//! /run of their own (tmpfs) where /etc/libvirt (a copy, with qemu running as root without relabelling, no security
 //! driver and no autostarted network), /run/libvirt, /var/lib/libvirt, /var/log/libvirt
 //! and /var/cache/libvirt are directories of the test. Their pidfiles are the test's too
 //! (`-p`), so nothing of the machine's libvirt is read or written; clients reach the
 //! daemon through `qemu+unix:///system?socket=…`. On drop: every domain is destroyed and
 //! undefined, the daemons get SIGTERM by the pids they wrote (checked to be those
-//! programs), and a /run/libvirt (or /run/sshd) that the kit had to create is removed
-//! (by the last test whose daemons end: a namespace holds it busy until then).
+//! programs). /run/sshd, sshd's privilege separation directory, is made when missing (as
+//! openssh-server's own start would) and left: another test's sshd may be using it.
 //!
 //! The sshd ([`TestSshd`]) listens on a reserved loopback port with its own host key, an
 //! authorized key of the test's and no PAM; the `ssh` libvirt runs is a wrapper with a
@@ -42,10 +42,6 @@ pub const NEEDS: &[Need] = &[
 pub struct Libvirtd {
     dir: tempfile::TempDir,
 }
-
-/// Says that the kit made /run/libvirt (a mount point only): whichever test's daemons end
-/// last removes it (before that, another test's namespace holds it busy).
-const MADE_RUN_DIR: &str = "/tmp/vmk-testkit-made-run-libvirt";
 
 /// The directories bind-mounted over the machine's, under the test's directory.
 const MOUNTS: &[(&str, &str)] = &[
@@ -89,12 +85,12 @@ impl Libvirtd {
                 "{target} is missing: is libvirt-daemon-system installed?"
             );
         }
-        if !Path::new("/run/libvirt").exists() {
-            fs::write(MADE_RUN_DIR, b"")?;
-            fs::create_dir("/run/libvirt").context("creating /run/libvirt as a mount point")?;
-        }
         // the daemons' own messages go to a file: they would hold a captured stdout open
         let mut script = format!("set -e\nexec >'{}/daemons.log' 2>&1\n", d.display());
+        // a /run of the namespace's own, so that the mount point /run/libvirt is made there
+        // and never on the machine's /run (removing it there would detach it in every
+        // other test's namespace)
+        script.push_str("mount -t tmpfs -o mode=0755 vmk-test-run /run\nmkdir /run/libvirt\n");
         for (sub, target) in MOUNTS {
             script.push_str(&format!(
                 "mount --bind '{}/{sub}' '{target}'\n",
@@ -178,15 +174,6 @@ impl Libvirtd {
                 terminate(pid);
             }
         }
-        if Path::new(MADE_RUN_DIR).exists() {
-            // what virsh clients leave there (their identity token), then the mount point
-            let _ = fs::remove_file("/run/libvirt/common/system.token");
-            let _ = fs::remove_dir("/run/libvirt/common");
-            let _ = fs::remove_dir("/run/libvirt/qemu");
-            if fs::remove_dir("/run/libvirt").is_ok() {
-                let _ = fs::remove_file(MADE_RUN_DIR);
-            }
-        }
     }
 }
 
@@ -223,7 +210,6 @@ fn terminate(pid: i32) {
 pub struct TestSshd {
     dir: tempfile::TempDir,
     lease: PortLease,
-    made_privsep_dir: bool,
 }
 
 impl TestSshd {
@@ -264,15 +250,12 @@ impl TestSshd {
                 d = d.display()
             ),
         )?;
-        let made_privsep_dir = !Path::new("/run/sshd").exists();
-        if made_privsep_dir {
+        // sshd's privilege separation directory, as openssh-server's own start makes it;
+        // left in place (another test's sshd may be using it)
+        if !Path::new("/run/sshd").exists() {
             fs::create_dir("/run/sshd")?;
         }
-        let sshd = TestSshd {
-            dir,
-            lease,
-            made_privsep_dir,
-        };
+        let sshd = TestSshd { dir, lease };
         let program = crate::which("sshd")
             .or_else(|| Some(PathBuf::from("/usr/sbin/sshd")).filter(|p| p.exists()))
             .context("no sshd (apt-get install openssh-server)")?;
@@ -322,9 +305,6 @@ impl Drop for TestSshd {
     fn drop(&mut self) {
         if let Some(pid) = pid_of(&self.dir.path().join("sshd.pid"), "sshd") {
             terminate(pid);
-        }
-        if self.made_privsep_dir {
-            let _ = fs::remove_dir("/run/sshd");
         }
     }
 }
