@@ -120,6 +120,8 @@ pub fn plan(global: &GlobalOpts, flavor: Flavor, req: &Request) -> Result<Plan> 
     let image = IsoImage::open(&iso)?;
     let arch = req.arch.clone().or_else(|| cfg.arch.clone());
     let loader = find_loader(&image, arch.as_deref())?;
+    // the VM is of the medium's architecture (VMK_ARCH, --arch, or what the medium holds)
+    cfg.arch = Some(loader.arch.clone());
     let disk0 = cfg.dir.join(cfg.disk0()?);
     let create_disk0 = if disk0.exists() {
         None
@@ -148,6 +150,7 @@ pub fn plan(global: &GlobalOpts, flavor: Flavor, req: &Request) -> Result<Plan> 
     }
     let append = kernel_args(
         &flavor,
+        vmk_common::qemu::arch::spec(&loader.arch).console,
         inst.cfg.inst_append.as_deref(),
         req.append.as_deref(),
     );
@@ -171,17 +174,18 @@ pub fn plan(global: &GlobalOpts, flavor: Flavor, req: &Request) -> Result<Plan> 
 
 /// The installer's kernel arguments: ours, then VMK_INST_APPEND, then `--append` (the
 /// kernel and linuxrc let later ones win).
-pub fn kernel_args(flavor: &Flavor, inst_append: Option<&str>, extra: Option<&str>) -> String {
+pub fn kernel_args(
+    flavor: &Flavor,
+    serial: &str,
+    inst_append: Option<&str>,
+    extra: Option<&str>,
+) -> String {
+    let serial = format!("console={serial},115200");
     let mut args = match flavor {
         // The installer's own console (the last console=) is the screen, on VNC.
-        Flavor::Interactive => vec!["console=ttyS0,115200", "console=tty0"],
+        Flavor::Interactive => vec![serial.as_str(), "console=tty0"],
         // Unattended: text mode on the serial console, which vmk shows and logs.
-        Flavor::AutoYast { .. } => vec![
-            AUTOYAST_ARG,
-            "textmode=1",
-            "console=tty0",
-            "console=ttyS0,115200",
-        ],
+        Flavor::AutoYast { .. } => vec![AUTOYAST_ARG, "textmode=1", "console=tty0", &serial],
     };
     args.extend(
         inst_append
@@ -430,12 +434,16 @@ mod tests {
     fn kernel_arguments() {
         let ay = Flavor::AutoYast { profile: None };
         assert_eq!(
-            kernel_args(&ay, Some("self_update=0"), Some("  ")),
+            kernel_args(&ay, "ttyS0", Some("self_update=0"), Some("  ")),
             "autoyast=device://sr1/autoinst.xml textmode=1 console=tty0 console=ttyS0,115200 self_update=0"
         );
         assert_eq!(
-            kernel_args(&Flavor::Interactive, None, Some("vnc=1")),
+            kernel_args(&Flavor::Interactive, "ttyS0", None, Some("vnc=1")),
             "console=ttyS0,115200 console=tty0 vnc=1"
+        );
+        assert_eq!(
+            kernel_args(&ay, "ttyAMA0", None, None),
+            "autoyast=device://sr1/autoinst.xml textmode=1 console=tty0 console=ttyAMA0,115200"
         );
     }
 

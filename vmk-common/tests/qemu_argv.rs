@@ -152,3 +152,27 @@ fn tpm() {
         text.contains("\n-tpmdev\nemulator,id=tpm0,chardev=chrtpm\n-device\ntpm-crb,tpmdev=tpm0\n")
     );
 }
+
+/// Each architecture: its own qemu, machine and devices (PCI virtio on arm and ppc64, CCW
+/// on s390x; CD-ROMs on SCSI where there is no IDE), a 64-bit cpu on arm under TCG, AAVMF
+/// on arm (it has no BIOS), qemu's built-in firmware on ppc64 and s390x.
+#[test]
+fn architectures() {
+    let arm = lines(&mode("arch_aarch64"));
+    assert!(arm.starts_with("/usr/bin/qemu-system-aarch64\n"));
+    assert!(arm.contains("\n-machine\nvirt,accel=tcg\n-cpu\nmax\n"));
+    assert!(arm.contains("AAVMF_CODE.fd,readonly=on\n"));
+    assert!(arm.contains("\nscsi-cd,drive=cd0,bus=scsi0.0\n") && !arm.contains("ide"));
+    assert!(arm.contains("\n-device\nvirtio-gpu-pci\n"));
+    let ppc = lines(&mode("arch_ppc64le"));
+    assert!(ppc.starts_with("/usr/bin/qemu-system-ppc64\n"));
+    assert!(ppc.contains("\n-machine\npseries,accel=tcg\n") && !ppc.contains("pflash"));
+    let s390 = lines(&mode("arch_s390x"));
+    assert!(s390.contains("\n-machine\ns390-ccw-virtio,accel=tcg\n"));
+    assert!(s390.contains("virtio-blk-ccw,drive=disk0") && s390.contains("virtio-net-ccw,"));
+    assert!(s390.contains("virtio-scsi-ccw,id=scsi0") && !s390.contains("-pci"));
+    assert!(!s390.contains("VGA") && !s390.contains("pflash"));
+    let kvm = lines(&mode("arch_aarch64_kvm_tpm"));
+    assert!(kvm.contains("\n-machine\nvirt,accel=kvm\n-cpu\nhost\n"));
+    assert!(kvm.contains("tpm-tis-device,tpmdev=tpm0"));
+}

@@ -12,7 +12,7 @@
 //!   (AHCI, as vmk's argv). NVMe disks have no libvirt element before libvirt 10: refused.
 //! - User networking: libvirt's own `<interface type='user'>` cannot forward a port with
 //!   qemu's built-in SLIRP, so the card and its ssh forward are passed as the same
-//!   `-netdev user,…hostfwd=…` and `-device virtio-net-pci,…,mac=…` vmk gives qemu, in
+//!   `-netdev user,…hostfwd=…` and `-device virtio-net-pci,…,mac=…` (`-ccw` on s390x) vmk gives qemu, in
 //!   `<qemu:commandline>` (libvirt marks such a domain "tainted", and `virsh domiflist`
 //!   does not list the card). Bridge networking is a libvirt `<interface type='bridge'>`.
 //! - The serial console is a pty (`virsh console`), or with VMK_CONSOLE=telnet the same
@@ -249,11 +249,10 @@ impl Domain {
                 };
                 Interface::User {
                     netdev: value_after("-netdev", "user,")?,
-                    device: format!(
-                        "{},{}",
-                        value_after("-device", "virtio-net-pci,")?,
-                        passthrough_nic_address(&cmd.machine)
-                    ),
+                    device: match passthrough_nic_address(cmd) {
+                        Some(addr) => format!("{},{addr}", value_after("-device", "virtio-net-")?),
+                        None => value_after("-device", "virtio-net-")?,
+                    },
                 }
             }
             Network::Bridge { bridge, mac } => Interface::Bridge {
@@ -624,6 +623,7 @@ fn every_field_has_an_answer(cmd: &QemuCommand) {
         machine: _,
         accel: _,
         cpu_model: _,
+        arch: _,
         firmware: _,
         tpm: _,
         mem: _,
@@ -788,11 +788,14 @@ pub fn text_at(xml: &str, path: &[&str]) -> Result<Option<String>> {
 /// libvirt leaves free (it puts VGA in slot 1 and endpoints behind root ports from slot 2
 /// on q35, in slots from 2 upwards on pc), so that qemu's first-free choice cannot take the
 /// slot libvirt gave a device of its own ("slot 1 function 0 not available for VGA").
-fn passthrough_nic_address(machine: &str) -> &'static str {
-    if is_pc(machine) {
-        "bus=pci.0,addr=0x1c"
+/// None on s390x, whose channel devices have no PCI address.
+fn passthrough_nic_address(cmd: &QemuCommand) -> Option<&'static str> {
+    if vmk_common::qemu::arch::spec(&cmd.arch).virtio == "ccw" {
+        None // s390x: channel devices have no PCI address
+    } else if is_pc(&cmd.machine) || cmd.machine.starts_with("pseries") {
+        Some("bus=pci.0,addr=0x1c")
     } else {
-        "bus=pcie.0,addr=0x1c"
+        Some("bus=pcie.0,addr=0x1c")
     }
 }
 
@@ -844,14 +847,20 @@ fn disks_of(cmd: &QemuCommand) -> Result<Vec<DiskXml>> {
             boot_order: (i == 0 && cmd.kernel.is_none()).then_some(1),
         });
     }
+    // architectures without IDE (arm, ppc64, s390x) have their CD-ROMs on SCSI, as vmk's argv
+    let (cd_bus, cd_prefix) = if vmk_common::qemu::arch::spec(&cmd.arch).ide {
+        (ide_bus, ide_prefix)
+    } else {
+        ("scsi", "sd")
+    };
     for cd in &cmd.cdroms {
         out.push(DiskXml {
             device: "cdrom",
             file: utf8("CD-ROM image", cd)?,
             format: "raw",
             cache: None,
-            dev: name(ide_prefix),
-            bus: ide_bus,
+            dev: name(cd_prefix),
+            bus: cd_bus,
             boot_order: None,
         });
     }

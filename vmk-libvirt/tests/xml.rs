@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 
 use vmk_common::qemu::fixtures::{self, MODES};
-use vmk_common::qemu::{QemuCommand, DEFAULT_ARCH};
+use vmk_common::qemu::QemuCommand;
 use vmk_common::state::split_qemu_opts;
 use vmk_libvirt::xml::{nodes, Domain, Node};
 
 fn domain_xml(cmd: &QemuCommand) -> anyhow::Result<String> {
-    Ok(Domain::from_command(cmd, DEFAULT_ARCH)?.to_xml())
+    Ok(Domain::from_command(cmd, &cmd.arch)?.to_xml())
 }
 
 #[test]

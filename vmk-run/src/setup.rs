@@ -117,12 +117,31 @@ fn kvm_check(usable: bool, probe: &KvmProbe, accel: Accel) -> Check {
 pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
     let mut out = Vec::new();
     let host = qemu::RealHost;
-    let arch = cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH);
+    let arch = qemu::arch::canonical(cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH));
+    out.push(arch_check(arch));
     let qemu_bin = qemu::select_qemu(cfg.qemu.as_deref(), arch, &host);
     out.push(match &qemu_bin {
         Ok(q) => qemu_check(q),
-        Err(e) => check(Level::Fail, "qemu", e.to_string()),
+        Err(e) => check(
+            Level::Fail,
+            "qemu",
+            format!(
+                "{e} (on Debian: apt-get install {})",
+                qemu::arch::spec(arch).qemu_package
+            ),
+        ),
     });
+    out.push(firmware_check(cfg, arch, &host));
+    if cfg.tpm {
+        out.push(match which("swtpm") {
+            Some(p) => check(Level::Ok, "tpm", format!("VMK_TPM=yes: {}", p.display())),
+            None => check(
+                Level::Fail,
+                "tpm",
+                "VMK_TPM=yes needs swtpm: apt-get install swtpm swtpm-tools",
+            ),
+        });
+    }
     for tool in ["qemu-img", "qemu-storage-daemon"] {
         out.push(match which(tool) {
             Some(p) => check(Level::Ok, tool, p.display().to_string()),
@@ -221,6 +240,68 @@ pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
         });
     }
     out
+}
+
+/// What VMK_ARCH means here: qemu binary and package, machine, console.
+fn arch_check(arch: &str) -> Check {
+    match qemu::arch::lookup(arch) {
+        Some(a) => check(
+            Level::Ok,
+            "arch",
+            format!(
+                "{}: {} ({}), machine {}, console {}",
+                a.name, a.qemu, a.qemu_package, a.machine, a.console
+            ),
+        ),
+        None => check(
+            Level::Warn,
+            "arch",
+            format!(
+                "{arch} is none of {}: qemu-system-{arch} on a virt machine, devices as on x86",
+                qemu::arch::ARCHES
+                    .iter()
+                    .map(|a| a.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+    }
+}
+
+/// The firmware VMK_FIRMWARE and VMK_ARCH ask for, found through qemu's descriptors.
+fn firmware_check(cfg: &VmConfig, arch: &str, host: &dyn Host) -> Check {
+    let fw = qemu::effective_firmware(cfg.firmware, arch);
+    if fw == vmk_common::config::Firmware::Bios {
+        let what = match qemu::arch::spec(arch).firmware {
+            qemu::arch::FirmwareKind::BiosOrUefi => "SeaBIOS (VMK_FIRMWARE=bios)",
+            _ => "built into qemu",
+        };
+        return check(Level::Ok, "firmware", what);
+    }
+    let machine = cfg
+        .machine
+        .clone()
+        .unwrap_or_else(|| qemu::arch::default_machine(arch).to_string());
+    let vars = std::path::Path::new("vars");
+    match qemu::firmware::select(&host.firmware_descriptors(), fw, arch, &machine, vars) {
+        Ok(u) if u.code.exists() && u.vars_template.exists() => check(
+            Level::Ok,
+            "firmware",
+            format!("{fw}: {} ({})", u.code.display(), u.descriptor.display()),
+        ),
+        Ok(u) => check(
+            Level::Fail,
+            "firmware",
+            format!(
+                "{fw}: {} names {} and {}, which are not both there: reinstall {}",
+                u.descriptor.display(),
+                u.code.display(),
+                u.vars_template.display(),
+                qemu::firmware::firmware_package(arch).unwrap_or("the firmware package")
+            ),
+        ),
+        Err(e) => check(Level::Fail, "firmware", e.to_string()),
+    }
 }
 
 /// The qemu binary runs and says its version (VMK_QEMU may name a file that is not there).

@@ -621,6 +621,112 @@ fn checksetup_one_line_per_check_and_the_exit_status() {
     assert_eq!(code, Some(1));
 }
 
+/// checksetup for each architecture: what VMK_ARCH means (qemu binary and package,
+/// machine, console), whether that qemu is here (else the package to install), and the
+/// firmware it boots (found through qemu's descriptors, else the package to install).
+#[test]
+fn checksetup_says_what_each_architecture_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _slot = vm(dir, "");
+    // the machine's own qemu and firmware, not the fake of vm()
+    let config = std::fs::read_to_string(dir.join("vm-config")).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|l| !l.starts_with("VMK_QEMU="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("vm-config"), config).unwrap();
+    for (arch, qemu, package, firmware_package, console) in [
+        (
+            "x86_64",
+            "qemu-system-x86_64",
+            "qemu-system-x86",
+            "ovmf",
+            "ttyS0",
+        ),
+        (
+            "arm64",
+            "qemu-system-aarch64",
+            "qemu-system-arm",
+            "qemu-efi-aarch64",
+            "ttyAMA0",
+        ),
+        (
+            "ppc64le",
+            "qemu-system-ppc64",
+            "qemu-system-ppc",
+            "",
+            "hvc0",
+        ),
+        (
+            "s390x",
+            "qemu-system-s390x",
+            "qemu-system-misc",
+            "",
+            "ttysclp0",
+        ),
+    ] {
+        let env = [
+            ("VMK_ARCH", arch),
+            ("VMK_FIRMWARE", "uefi"),
+            ("VMK_TPM", "yes"),
+        ];
+        let (_, stdout, lines) = checksetup_lines(dir, &env, &[]);
+        let line = |what: &str| {
+            lines
+                .iter()
+                .find(|l| l.1 == what)
+                .cloned()
+                .unwrap_or_else(|| panic!("{arch}: no {what} line in {stdout}"))
+        };
+        let a = line("arch");
+        assert!(
+            a.0 == "ok" && a.2.contains(qemu) && a.2.contains(package) && a.2.contains(console),
+            "{arch}: {a:?}"
+        );
+        let q = line("qemu");
+        match q.0.as_str() {
+            "ok" => assert!(q.2.contains(qemu), "{arch}: {q:?}"),
+            _ => assert!(
+                q.2.contains(&format!("apt-get install {package}")),
+                "{arch}: {q:?}"
+            ),
+        }
+        let f = line("firmware");
+        if firmware_package.is_empty() {
+            // pseries and s390x have no UEFI: VMK_FIRMWARE=uefi is refused, saying so
+            assert!(
+                f.0 == "FAIL" && f.2.contains("set VMK_FIRMWARE=bios"),
+                "{arch}: {f:?}"
+            );
+        } else if f.0 == "ok" {
+            assert!(
+                f.2.starts_with("uefi: /") && f.2.contains(".json"),
+                "{arch}: {f:?}"
+            );
+        } else {
+            assert!(
+                f.2.contains(&format!("install {firmware_package}")),
+                "{arch}: {f:?}"
+            );
+        }
+        let t = line("tpm");
+        assert!(
+            (t.0 == "ok" && t.2.contains("swtpm")) || t.2.contains("apt-get install swtpm"),
+            "{arch}: {t:?}"
+        );
+    }
+    let (_, stdout, _) = checksetup_lines(dir, &[("VMK_ARCH", "s390x")], &[]);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ok   firmware") || l.starts_with("ok firmware"))
+            && stdout.contains("built into qemu"),
+        "{stdout}"
+    );
+}
+
 /// The `vmk` front door, built beside vmk-run when the workspace is built.
 fn front_door(dir: &Path) -> Command {
     let vmk = Path::new(env!("CARGO_BIN_EXE_vmk-run")).with_file_name("vmk");

@@ -298,7 +298,7 @@ static KEYS: &[KeySpec] = &[
         Word,
         "",
         "aarch64",
-        "architecture of the install medium (x86_64…); detected when empty"
+        "guest architecture: x86_64, aarch64 (or arm64), ppc64le (or ppc64el), s390x, riscv64; it picks qemu, machine, cpu, console, devices and firmware (`vmk checksetup` says what each needs); the installers detect the medium's when empty"
     ),
     key!(
         "VMK_ACCEL",

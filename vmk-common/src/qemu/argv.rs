@@ -63,7 +63,10 @@ impl QemuCommand {
         }
         if let Some(sock) = &self.qga_socket {
             a.pair("-chardev", listening_socket("qga0", sock));
-            a.pair("-device", "virtio-serial-pci,id=vmk-serial-bus");
+            a.pair(
+                "-device",
+                format!("{},id=vmk-serial-bus", self.virtio("virtio-serial")),
+            );
             a.pair(
                 "-device",
                 "virtserialport,bus=vmk-serial-bus.0,chardev=qga0,name=org.qemu.guest_agent.0",
@@ -129,16 +132,28 @@ impl QemuCommand {
         a.pair("-device", Opts::word(tpm.model).kv("tpmdev", "tpm0"));
     }
 
+    /// The virtio device `name` on this architecture's bus: `virtio-blk-pci`, or `-ccw`
+    /// on s390x.
+    fn virtio(&self, name: &str) -> String {
+        format!("{name}-{}", super::arch::spec(&self.arch).virtio)
+    }
+
     fn display(&self, a: &mut Args) {
         a.pair("-display", "none");
+        let display = super::arch::spec(&self.arch).display;
+        let display_device = |a: &mut Args| {
+            if let Some(d) = display {
+                a.pair("-device", d);
+            }
+        };
         if let Some(path) = &self.vnc_socket {
-            a.pair("-device", "VGA");
+            display_device(a);
             // `-vnc unix:PATH`: a plain value, where a comma would start an option
             let mut v = std::ffi::OsString::from("unix:");
             v.push(super::escape_opt_value(path.as_os_str()));
             a.pair("-vnc", v);
         } else if let Some((listen, n)) = self.vnc {
-            a.pair("-device", "VGA");
+            display_device(a);
             a.pair("-vnc", format!("{}:{n}", host_for_display(listen)));
         }
     }
@@ -185,8 +200,14 @@ impl QemuCommand {
             ide_port += 1;
             bus
         };
-        if self.disk_bus == DiskBus::Scsi && !self.disks.is_empty() {
-            a.pair("-device", "virtio-scsi-pci,id=scsi0");
+        let ide = super::arch::spec(&self.arch).ide;
+        // without IDE (arm, ppc64, s390x) CD-ROMs are SCSI too
+        let cd_on_scsi = !ide && !self.cdroms.is_empty();
+        if (self.disk_bus == DiskBus::Scsi && !self.disks.is_empty()) || cd_on_scsi {
+            a.pair(
+                "-device",
+                format!("{},id=scsi0", self.virtio("virtio-scsi")),
+            );
         }
         for (i, d) in self.disks.iter().enumerate() {
             let id = format!("disk{i}");
@@ -199,7 +220,7 @@ impl QemuCommand {
                 .kv("discard", "unmap");
             a.pair("-drive", drive);
             let dev = match self.disk_bus {
-                DiskBus::Virtio => Opts::word("virtio-blk-pci").kv("drive", &id),
+                DiskBus::Virtio => Opts::word(&self.virtio("virtio-blk")).kv("drive", &id),
                 DiskBus::Scsi => Opts::word("scsi-hd").kv("drive", &id).kv("bus", "scsi0.0"),
                 DiskBus::Ide => Opts::word("ide-hd")
                     .kv("drive", &id)
@@ -227,12 +248,14 @@ impl QemuCommand {
                 .kv("media", "cdrom")
                 .kv("readonly", "on");
             a.pair("-drive", drive);
-            a.pair(
-                "-device",
+            let dev = if ide {
                 Opts::word("ide-cd")
                     .kv("drive", &id)
-                    .raw(&next_ide(&self.machine)),
-            );
+                    .raw(&next_ide(&self.machine))
+            } else {
+                Opts::word("scsi-cd").kv("drive", &id).kv("bus", "scsi0.0")
+            };
+            a.pair("-device", dev);
         }
         if let Some(fd) = &self.floppy {
             a.pair(
@@ -305,7 +328,7 @@ impl QemuCommand {
         };
         a.pair(
             "-device",
-            Opts::word("virtio-net-pci")
+            Opts::word(&self.virtio("virtio-net"))
                 .kv("netdev", "net0")
                 .kv("mac", mac),
         );

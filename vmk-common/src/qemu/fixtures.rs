@@ -15,8 +15,8 @@ use crate::config::{Accel, CacheMode, DiskBus, DiskFormat, Firmware, NetType, Vm
 
 use super::{Host, Mode, QemuCommand, RuntimePaths};
 
-/// A machine with qemu-system-x86_64, the given kvm answer, qcow2 images except `*.raw`,
-/// and an ssh key for VMs in /vm.
+/// A machine with every qemu-system-*, the given kvm answer, qcow2 images except `*.raw`,
+/// Debian's firmware descriptors and an ssh key for VMs in /vm.
 #[derive(Debug, Clone, Copy)]
 pub struct FakeHost {
     /// Whether /dev/kvm is usable.
@@ -28,7 +28,9 @@ impl Host for FakeHost {
         self.kvm
     }
     fn find_program(&self, name: &str) -> Option<PathBuf> {
-        (name == "qemu-system-x86_64").then(|| PathBuf::from("/usr/bin/qemu-system-x86_64"))
+        // every architecture's qemu, but no qemu-kvm
+        name.starts_with("qemu-system-")
+            .then(|| PathBuf::from(format!("/usr/bin/{name}")))
     }
     fn disk_format(&self, path: &Path) -> io::Result<DiskFormat> {
         Ok(if path.extension().is_some_and(|e| e == "raw") {
@@ -193,6 +195,10 @@ pub const MODES: &[ModeRow] = &[
     ("uefi_tpm", uefi_tpm),
     ("shares", shares),
     ("port_forwards", port_forwards),
+    ("arch_aarch64", || other_arch("aarch64", DiskBus::Scsi)),
+    ("arch_ppc64le", || other_arch("ppc64le", DiskBus::Scsi)),
+    ("arch_s390x", || other_arch("s390x", DiskBus::Virtio)),
+    ("arch_aarch64_kvm_tpm", arch_aarch64_kvm_tpm),
 ];
 
 /// The command line of the mode called `name` in [`MODES`].
@@ -387,6 +393,24 @@ fn uefi_tpm() -> QemuCommand {
 /// VMK_TPM=yes: a TPM 2.0 of swtpm.
 fn tpm() -> QemuCommand {
     let mut cfg = config();
+    cfg.tpm = true;
+    build(&cfg, Mode::Run)
+}
+
+/// VMK_ARCH=`arch` (its qemu, machine, TCG cpu, console, firmware, devices) with disks on
+/// `bus`, an install medium attached.
+fn other_arch(arch: &str, bus: DiskBus) -> QemuCommand {
+    let mut cfg = config();
+    cfg.arch = Some(arch.into());
+    cfg.disk_bus = bus;
+    build(&cfg, Mode::Run).add_cdrom("/srv/iso/install.iso")
+}
+
+/// VMK_ARCH=arm64 (Debian's name) under KVM with a TPM.
+fn arch_aarch64_kvm_tpm() -> QemuCommand {
+    let mut cfg = config();
+    cfg.arch = Some("arm64".into());
+    cfg.accel = Accel::Kvm;
     cfg.tpm = true;
     build(&cfg, Mode::Run)
 }

@@ -118,7 +118,7 @@ pub fn resolve_accel(
 }
 
 /// The qemu binary: VMK_QEMU (a path, or a name looked up on PATH), else `qemu-kvm` (x86_64
-/// only), then `qemu-system-<arch>` on PATH.
+/// only), then the architecture's `qemu-system-…` ([`super::arch::qemu_binary`]) on PATH.
 pub fn select_qemu(
     configured: Option<&Path>,
     arch: &str,
@@ -137,20 +137,13 @@ pub fn select_qemu(
     if arch == "x86_64" {
         tried.push("qemu-kvm".to_string());
     }
-    tried.push(format!("qemu-system-{arch}"));
+    tried.push(super::arch::qemu_binary(arch));
     tried
         .iter()
         .find_map(|name| host.find_program(name))
         .ok_or_else(|| QemuError::NoQemu {
             tried: tried.join(", "),
         })
-}
-
-pub(super) fn default_machine(arch: &str) -> &'static str {
-    match arch {
-        "x86_64" | "i386" | "i686" => DEFAULT_MACHINE,
-        _ => "virt",
-    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! - the machine probes (is /dev/kvm usable, which programs are on PATH, what format is an
 //!   image, the ssh public key) go through [`Host`], so tests give fixed answers.
 
+pub mod arch;
 mod argv;
 pub mod firmware;
 #[doc(hidden)]
@@ -43,8 +44,8 @@ use crate::config::{
     Accel, CacheMode, DiskBus, DiskFormat, Firmware, MemSize, NetType, PortForward, Share, VmConfig,
 };
 
+use arch::default_machine;
 pub use firmware::Uefi;
-use host::default_machine;
 pub use host::{
     resolve_accel, select_qemu, Host, RealHost, DEFAULT_ARCH, DEFAULT_MACHINE, KVM_CPU_MODEL,
 };
@@ -251,6 +252,8 @@ pub struct QemuCommand {
     pub accel: Accel,
     /// `-cpu` (verbatim: a model and its flags).
     pub cpu_model: Option<String>,
+    /// The guest architecture (VMK_ARCH, canonical: [`arch::canonical`]): which devices.
+    pub arch: String,
     /// UEFI firmware (pflash code and the VM's variable store); `None`: qemu's default
     /// (SeaBIOS on x86).
     pub firmware: Option<Uefi>,
@@ -317,7 +320,7 @@ impl QemuCommand {
         paths: &RuntimePaths,
         host: &dyn Host,
     ) -> anyhow::Result<Self> {
-        let arch = cfg.arch.as_deref().unwrap_or(DEFAULT_ARCH);
+        let arch = arch::canonical(cfg.arch.as_deref().unwrap_or(DEFAULT_ARCH));
         let program = select_qemu(cfg.qemu.as_deref(), arch, host)?;
         let accel = resolve_accel(cfg.accel, host, &program, cfg.cpu_model.as_deref(), arch);
         let abs = |p: &Path| absolute(&cfg.dir, p);
@@ -450,10 +453,8 @@ impl QemuCommand {
             name: cfg.display_name(),
             machine,
             firmware,
-            cpu_model: cfg
-                .cpu_model
-                .clone()
-                .or_else(|| (accel == Accel::Kvm).then(|| KVM_CPU_MODEL.to_string())),
+            cpu_model: cfg.cpu_model.clone().or_else(|| default_cpu(accel, arch)),
+            arch: arch.to_string(),
             accel,
             mem: cfg.mem,
             cpus: cfg.cpus,
@@ -492,7 +493,9 @@ impl QemuCommand {
     /// VMK_ACCEL=auto chose. The cpu model is the configured one (`host` needs KVM).
     pub fn fall_back_to_tcg(mut self, configured_cpu_model: Option<&str>) -> Self {
         self.accel = Accel::Tcg;
-        self.cpu_model = configured_cpu_model.map(str::to_string);
+        self.cpu_model = configured_cpu_model
+            .map(str::to_string)
+            .or_else(|| default_cpu(Accel::Tcg, &self.arch));
         self
     }
 
@@ -600,11 +603,21 @@ impl QemuCommand {
 }
 
 /// The firmware a VM of `arch` boots with VMK_FIRMWARE=`configured`: architectures without
-/// a BIOS that boot from flash (arm, riscv) get UEFI for `bios`.
+/// a BIOS that boot from flash (arm, riscv) get UEFI for `bios`; `bios` on pseries and
+/// s390x is the firmware built into qemu.
 pub fn effective_firmware(configured: Firmware, arch: &str) -> Firmware {
-    match (configured, arch) {
-        (Firmware::Bios, "aarch64" | "arm" | "riscv64") => Firmware::Uefi,
+    match (configured, arch::spec(arch).firmware) {
+        (Firmware::Bios, arch::FirmwareKind::UefiOnly) => Firmware::Uefi,
         (fw, _) => fw,
+    }
+}
+
+/// The cpu model when VMK_CPU_MODEL is empty: `host` under KVM, the architecture's TCG
+/// model (or qemu's default) under TCG.
+fn default_cpu(accel: Accel, arch: &str) -> Option<String> {
+    match accel {
+        Accel::Kvm => Some(KVM_CPU_MODEL.to_string()),
+        _ => arch::spec(arch).tcg_cpu.map(str::to_string),
     }
 }
 
