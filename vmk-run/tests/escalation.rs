@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rustix::process::{Pid, WaitOptions, WaitStatus};
 use vmk_testkit::guest::{self, BUSYBOX_READY};
 use vmk_testkit::isolation::{TestEnv, VmSlot};
-use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::qemu_guard::{PidfileGuard, QemuGuard};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 /// A hang guard, not a timing claim: two slow cores shared with other tests.
@@ -105,11 +105,10 @@ impl Vm {
     /// `vmk-run run`, the qemu guarded by the pid in its pidfile; waits for the guest's
     /// shell prompt line.
     fn start(&self) -> Result<QemuGuard> {
-        let out = self.vmk_run(&["run"]);
-        let guard = QemuGuard::from_pidfile(&self.path().join("disk0.raw.pid"));
-        let out = out?;
+        let armed = PidfileGuard::arm(&self.path().join("disk0.raw.pid"));
+        let out = self.vmk_run(&["run"])?;
         ensure!(out.status.success(), "vmk-run run failed");
-        let guard = guard?;
+        let guard = armed.into_guard()?;
         guest::wait_for_file_line(&self.console_log(), BUSYBOX_READY, BOOT_TIMEOUT)?;
         Ok(guard)
     }

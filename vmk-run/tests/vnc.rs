@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use vmk_testkit::guest::{self, BUSYBOX_READY};
 use vmk_testkit::isolation::{TestEnv, VmSlot};
-use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::qemu_guard::PidfileGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 /// A hang guard, not a timing claim.
@@ -256,10 +256,12 @@ fn vnc_shows_the_console() -> Result<()> {
         ),
     )?;
     let env = TestEnv::inside(dir)?;
-    let out = vmk_run(&env, dir, &["run"], None);
-    let guard = QemuGuard::from_pidfile(&dir.join("disk0.raw.pid"));
-    ensure!(out?.status.success(), "vmk-run run failed");
-    let guard = guard?;
+    let armed = PidfileGuard::arm(&dir.join("disk0.raw.pid"));
+    ensure!(
+        vmk_run(&env, dir, &["run"], None)?.status.success(),
+        "vmk-run run failed"
+    );
+    let guard = armed.into_guard()?;
     guest::wait_for_file_line(
         &dir.join("disk0.raw.console.log"),
         BUSYBOX_READY,

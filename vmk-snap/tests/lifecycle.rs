@@ -16,7 +16,7 @@ use vmk_testkit::btrfs::LoopBtrfs;
 use vmk_testkit::guest::{self, BUSYBOX_READY};
 use vmk_testkit::images::btrfs_du;
 use vmk_testkit::isolation::{TestEnv, VmSlot};
-use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::qemu_guard::{PidfileGuard, QemuGuard};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 const MIB: u64 = 1 << 20;
@@ -80,11 +80,10 @@ impl Vm {
 
     /// `vmk-snap run`, its qemu guarded; waits for the guest's prompt line.
     fn run(&self) -> Result<QemuGuard> {
-        let out = self.vmk_snap(&["run"], None);
-        let guard = QemuGuard::from_pidfile(&self.dir.join("snap-disk0.raw.pid"));
-        let out = out?;
+        let armed = PidfileGuard::arm(&self.dir.join("snap-disk0.raw.pid"));
+        let out = self.vmk_snap(&["run"], None)?;
         ensure!(out.status.success(), "vmk-snap run failed");
-        let guard = guard?;
+        let guard = armed.into_guard()?;
         guest::wait_for_file_line(&self.console_log(), BUSYBOX_READY, BOOT_TIMEOUT)?;
         Ok(guard)
     }

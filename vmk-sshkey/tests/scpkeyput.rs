@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use vmk_testguest::debian_guest;
 use vmk_testkit::isolation::{TestEnv, VmSlot};
-use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::qemu_guard::PidfileGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 const PASSWORD: &str = "vmk-test-password";
@@ -149,17 +149,17 @@ fn scpkeyput_with_password() -> Result<()> {
     ensure!(out.status.success(), "sshkeygen failed");
     let public = fs::read_to_string(dir.join("vm-key.pub"))?;
 
+    let armed = PidfileGuard::arm(&dir.join("disk0.pid"));
     let run = vm
         .env
         .command(vmk_testkit::workspace_bin("vmk-run"))
         .arg("run")
         .current_dir(dir)
         .stdin(Stdio::null())
-        .output();
-    let guard = QemuGuard::from_pidfile(&dir.join("disk0.pid"));
-    let run = run.context("running vmk-run (cargo build --workspace)")?;
+        .output()
+        .context("running vmk-run (cargo build --workspace)")?;
     ensure!(run.status.success(), "vmk-run run: {run:?}");
-    let _guard = guard?;
+    let _guard = armed.into_guard()?;
 
     // the control: once sshd answers, it refuses the VM's key
     let start = Instant::now();

@@ -21,6 +21,10 @@
 //! [`isolation::TestEnv`] a private HOME and `XDG_RUNTIME_DIR` and `VMK_SYSTEM_CONFIG`
 //! pointing at no file, for every vmk command a test runs. Write new tests with them;
 //! older tests' fixed VM numbers (1–9, 40–99) lie outside the slots' range.
+//!
+//! Guards ([`qemu_guard`]): arm [`qemu_guard::PidfileGuard::arm`] before the command that
+//! starts a daemonized qemu, then `into_guard()` for the [`qemu_guard::QemuGuard`] that
+//! kills it on drop; a test that fails in between still kills its qemu.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -1,6 +1,9 @@
 //! Every qemu a test starts must die with the test, also when the test fails or panics:
 //! [`QemuGuard`] kills exactly the pid it was given (never by name) when dropped.
 //!
+//! [`PidfileGuard`] is armed before the command that starts a daemonized qemu, so a test
+//! that fails in between still kills it.
+//!
 //! A pid read from a pidfile may be reused by an unrelated process once qemu is gone, so
 //! the guard remembers the process's start time and only signals a process that still
 //! has it.
@@ -131,6 +134,54 @@ impl Drop for QemuGuard {
     }
 }
 
+/// A guard armed BEFORE the command that starts a daemonized qemu runs (`vmk run`): it
+/// knows only the pidfile qemu will write. Dropped while armed (the command failed, the
+/// test returned an error or panicked), it kills the qemu the pidfile names, if that
+/// process is a qemu; [`PidfileGuard::into_guard`] turns it into a [`QemuGuard`] once the
+/// pidfile holds the pid. So no qemu outlives a test that failed between starting it and
+/// guarding it.
+#[derive(Debug)]
+pub struct PidfileGuard {
+    pidfile: Option<std::path::PathBuf>,
+}
+
+impl PidfileGuard {
+    /// Arms a guard for the qemu that will write `pidfile`.
+    pub fn arm(pidfile: &Path) -> Self {
+        PidfileGuard {
+            pidfile: Some(pidfile.to_path_buf()),
+        }
+    }
+
+    /// The [`QemuGuard`] of the pid in the pidfile (waiting up to 10 s for it, as
+    /// [`QemuGuard::from_pidfile`]); disarms this guard.
+    pub fn into_guard(mut self) -> Result<QemuGuard> {
+        let pidfile = self.pidfile.take().expect("armed until here");
+        QemuGuard::from_pidfile(&pidfile)
+    }
+}
+
+impl Drop for PidfileGuard {
+    fn drop(&mut self) {
+        let Some(pidfile) = self.pidfile.take() else {
+            return;
+        };
+        let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        else {
+            return; // qemu never wrote it: nothing started
+        };
+        let is_qemu = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu"));
+        if is_qemu {
+            if let Ok(guard) = QemuGuard::from_pid(pid) {
+                drop(guard); // kills it
+            }
+        }
+    }
+}
+
 /// Field 22 of /proc/<pid>/stat: when the process started.
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -180,6 +231,40 @@ mod tests {
         let status = child.wait().unwrap();
         killer.join().unwrap();
         assert!(!status.success());
+    }
+
+    #[test]
+    fn an_armed_pidfile_guard_kills_only_a_qemu_named_by_the_pidfile() {
+        let dir = tempfile::tempdir().unwrap();
+        // a process whose command line says qemu (a copy of sleep under that name)
+        let fake = dir.path().join("qemu-system-fake");
+        crate::copy_executable(Path::new("/bin/sleep"), &fake).unwrap();
+        let mut child = Command::new(&fake).arg("60").spawn().unwrap();
+        let pidfile = dir.path().join("q.pid");
+        let armed = PidfileGuard::arm(&pidfile);
+        std::fs::write(&pidfile, format!("{}\n", child.id())).unwrap();
+        drop(armed); // the "test" failed before guarding it
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the armed guard did not kill it");
+        // not a qemu: left alone
+        let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+        std::fs::write(&pidfile, format!("{}\n", other.id())).unwrap();
+        drop(PidfileGuard::arm(&pidfile));
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "killed a process that is no qemu"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
+        // no pidfile: nothing happens; into_guard disarms
+        drop(PidfileGuard::arm(&dir.path().join("absent.pid")));
+        let mut third = Command::new(&fake).arg("60").spawn().unwrap();
+        std::fs::write(&pidfile, format!("{}\n", third.id())).unwrap();
+        let guard = PidfileGuard::arm(&pidfile).into_guard().unwrap();
+        assert_eq!(guard.pid(), third.id() as i32);
+        let killer = std::thread::spawn(move || drop(guard));
+        assert!(!third.wait().unwrap().success());
+        killer.join().unwrap();
     }
 
     #[test]
