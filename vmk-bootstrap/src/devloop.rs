@@ -4,16 +4,16 @@
 //! early enough for udev to load them.
 //!
 //! All of it is plain Debian configuration that survives `apt upgrade` and kernel updates:
-//! a script in /usr/local/sbin, a unit in /etc/systemd/system, and the initrd's modules
-//! listed in /etc/initramfs-tools/modules with `MODULES=list`, so that every initrd
-//! update-initramfs makes (now and after a kernel update) is small and loads 9p: a throwaway
+//! a script in /usr/local/sbin, a unit in /etc/systemd/system, and an initramfs-tools hook
+//! and init-premount script with `MODULES=list`, so that every initrd update-initramfs makes
+//! (now and after a kernel update) is small and loads 9p when there is a share: a throwaway
 //! copy whose /lib/modules is replaced by the share still has 9p before it can read any
-//! module from disk.
+//! module from disk. Also: ssh.service without its separate `sshd -t`, and modules a test
+//! VM does not need blacklisted (measured in bench/devloop.sh).
 
-use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use vmk_common::config::Share;
 
 use crate::debian::write_file;
@@ -24,10 +24,12 @@ use vmk_common::host::command;
 pub const SHARES_SCRIPT: &str = "usr/local/sbin/vmk-shares";
 /// The unit that runs it at boot.
 pub const SHARES_UNIT: &str = "etc/systemd/system/vmk-shares.service";
-/// The modules the initrd holds and loads (`MODULES=list`, with their dependencies): the
-/// disk on every VMK_DISK_BUS (virtio-blk, virtio-scsi, lsi, ide/ahci, nvme), ext4, and 9p,
-/// so that a share works before the root's /lib/modules is read. Nothing else: a small
-/// initrd unpacks fast (seconds under TCG for Debian's default `MODULES=most`).
+/// The modules the initrd holds (`MODULES=list` plus [`INITRD_HOOK`], with their
+/// dependencies): the disk on every VMK_DISK_BUS (virtio-blk, virtio-scsi, lsi, ide/ahci,
+/// nvme), ext4, and 9p. Held, not loaded: udev in the initrd loads what the VM's devices
+/// need (loading all of them cost seconds each under emulation), and [`INITRD_9P`] loads 9p
+/// when the VM has a 9p share. A small initrd unpacks fast (Debian's default `MODULES=most`
+/// is several times larger).
 const INITRD_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -41,6 +43,11 @@ const INITRD_MODULES: &[&str] = &[
     "9p",
     "9pnet_virtio",
 ];
+/// The initramfs-tools hook that adds [`INITRD_MODULES`].
+const INITRD_HOOK: &str = "etc/initramfs-tools/hooks/vmk";
+/// The initrd script that loads 9p when qemu gives the VM a 9p device (virtio device id 9),
+/// so that a `--modules` share can replace /lib/modules before anything is read from it.
+const INITRD_9P: &str = "etc/initramfs-tools/scripts/init-premount/vmk-9p";
 /// initramfs-tools' setting for that list.
 const INITRAMFS_CONF: &str = "etc/initramfs-tools/conf.d/vmk.conf";
 
@@ -104,18 +111,55 @@ const SSH_DROPIN_TEXT: &str = "\
 ExecStartPre=
 ";
 
+/// Fast to a shell: modules Debian's standard kernel loads on qemu's q35 machine that a
+/// test VM does not need and that cost seconds each under emulation (measured: the guest's
+/// boot went from 54 s to 140 s with the standard kernel's coldplug): the bochs display
+/// driver (the VGA text console stays), wireless, the TCO watchdog, nested KVM, cpufreq,
+/// the PC speaker. Blacklisted, not removed: `modprobe NAME` still loads any of them.
+const MODPROBE_BLACKLIST: &str = "etc/modprobe.d/vmk-test-vm.conf";
+const BLACKLISTED: &[&str] = &[
+    "bochs",
+    "cfg80211",
+    "iTCO_wdt",
+    "iTCO_vendor_support",
+    "kvm_amd",
+    "kvm_intel",
+    "kvm",
+    "powernow_k8",
+    "acpi_cpufreq",
+    "pcspkr",
+    "joydev",
+    "intel_pmc_bxt",
+    "lpc_ich",
+    "i2c_i801",
+    "drm_vram_helper",
+];
+
+fn blacklist_text() -> String {
+    let mut t = String::from(
+        "# Written by vmk bootstrap: modules a test VM does not need, kept from loading at\n\
+         # boot (seconds each under emulation); `modprobe NAME` still loads them.\n",
+    );
+    for m in BLACKLISTED {
+        t.push_str(&format!("blacklist {m}\n"));
+    }
+    t
+}
+
 /// Installs the script and unit into the Debian tree `root`, enables the unit, lists the 9p
 /// modules for the initrd and remakes the initrds (the guest's own tools, in a chroot).
 pub fn install(root: &Path, runner: &dyn CommandRunner) -> Result<()> {
     write_file(&root.join(SHARES_SCRIPT), 0o755, &shares_script())?;
     write_file(&root.join(SHARES_UNIT), 0o644, SHARES_UNIT_TEXT)?;
     write_file(&root.join(SSH_DROPIN), 0o644, SSH_DROPIN_TEXT)?;
-    add_initrd_modules(root)?;
+    write_file(&root.join(MODPROBE_BLACKLIST), 0o644, &blacklist_text())?;
+    write_file(&root.join(INITRD_HOOK), 0o755, &initrd_hook())?;
+    write_file(&root.join(INITRD_9P), 0o755, INITRD_9P_TEXT)?;
     write_file(
         &root.join(INITRAMFS_CONF),
         0o644,
-        "# Written by vmk bootstrap: the initrd holds only the modules listed in\n\
-         # /etc/initramfs-tools/modules (a VM's disks, ext4, 9p) and their dependencies.\n\
+        "# Written by vmk bootstrap: the initrd holds only the modules that\n\
+         # /etc/initramfs-tools/hooks/vmk adds (a VM's disks, ext4, 9p) and their dependencies.\n\
          MODULES=list\n",
     )?;
     runner.run(
@@ -132,34 +176,32 @@ pub fn install(root: &Path, runner: &dyn CommandRunner) -> Result<()> {
     )
 }
 
-/// Adds [`INITRD_MODULES`] to /etc/initramfs-tools/modules, keeping what is there.
-fn add_initrd_modules(root: &Path) -> Result<()> {
-    let path = root.join("etc/initramfs-tools/modules");
-    let mut text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let missing: Vec<&str> = INITRD_MODULES
-        .iter()
-        .copied()
-        .filter(|m| !text.lines().any(|l| l.trim() == *m))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(
-        "# vmk bootstrap: a VM's disks, ext4, and 9p for shares and `vmk run --modules`\n",
-    );
-    for m in missing {
-        text.push_str(m);
-        text.push('\n');
-    }
-    write_file(&path, 0o644, &text)
+/// The hook that puts [`INITRD_MODULES`] into every initrd update-initramfs makes.
+fn initrd_hook() -> String {
+    format!(
+        "#!/bin/sh\n\
+         # Written by vmk bootstrap: a VM's disk drivers, ext4 and 9p in the initrd (see\n\
+         # conf.d/vmk.conf); udev loads what the VM's devices need.\n\
+         case \"$1\" in prereqs) exit 0 ;; esac\n\
+         . /usr/share/initramfs-tools/hook-functions\n\
+         for m in {}; do manual_add_modules \"$m\"; done\n",
+        INITRD_MODULES.join(" ")
+    )
 }
+
+const INITRD_9P_TEXT: &str = r#"#!/bin/sh
+# Written by vmk bootstrap: 9p before the root's /lib/modules is read, when qemu gives this
+# VM a 9p share (virtio device 9): `vmk run --modules` mounts one over /lib/modules.
+case "$1" in prereqs) exit 0 ;; esac
+for d in /sys/bus/virtio/devices/*; do
+    if [ "$(cat "$d/device" 2>/dev/null)" = 0x0009 ]; then
+        modprobe -q 9pnet_virtio
+        modprobe -q 9p
+        break
+    fi
+done
+exit 0
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -174,16 +216,15 @@ mod tests {
     }
 
     #[test]
-    fn initrd_modules_are_added_once() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("etc/initramfs-tools/modules");
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, "# list\nvirtio_blk").unwrap();
-        add_initrd_modules(d.path()).unwrap();
-        add_initrd_modules(d.path()).unwrap();
-        let t = fs::read_to_string(&path).unwrap();
-        assert!(t.starts_with("# list\nvirtio_blk\n# vmk bootstrap"), "{t}");
-        assert_eq!(t.matches("\n9p\n").count(), 1, "{t}");
-        assert_eq!(t.matches("\n9pnet_virtio\n").count(), 1, "{t}");
+    fn the_initrd_holds_the_disk_drivers_and_loads_9p_only_for_a_share() {
+        let hook = initrd_hook();
+        assert!(hook.contains("manual_add_modules"), "{hook}");
+        for m in ["virtio_blk", "virtio_scsi", "9pnet_virtio", "ext4"] {
+            assert!(
+                hook.contains(&format!(" {m} ")) || hook.contains(&format!(" {m};")),
+                "{m}: {hook}"
+            );
+        }
+        assert!(INITRD_9P_TEXT.contains("= 0x0009 ]"));
     }
 }
