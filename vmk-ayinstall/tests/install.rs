@@ -27,11 +27,13 @@ use vmk_testkit::{run_system_tests, Need, SystemTest};
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Printed by the test's boot sector in phase 2.
 const PHASE2_MARK: &str = "VMK-PHASE2-OK";
-/// Modules the fake installer loads (with their dependencies): disk, AHCI CD-ROMs, ISO
-/// 9660, floppy and FAT.
+/// Modules the fake installer loads (with their dependencies): disk (virtio-scsi, the
+/// default bus: the installer writes /dev/sda as under the original vmk), AHCI CD-ROMs,
+/// ISO 9660, floppy and FAT.
 const INSTALLER_MODULES: &[&str] = &[
     "virtio_pci",
-    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
     "ahci",
     "sr_mod",
     "isofs",
@@ -114,8 +116,8 @@ done
 arg=$(sed -n 's|.*autoyast=device://\([^ ]*\).*|\1|p' /proc/cmdline)
 dev=${arg%%/*}; file=${arg#*/}
 echo "fake-installer: profile $file on /dev/$dev"
-i=0; while [ ! -b "/dev/$dev" ] || [ ! -b /dev/vda ]; do
-  i=$((i+1)); [ $i -gt 300 ] && { echo "fake-installer: no /dev/$dev or /dev/vda"; ls /dev; poweroff -f; }
+i=0; while [ ! -b "/dev/$dev" ] || [ ! -b /dev/sda ]; do
+  i=$((i+1)); [ $i -gt 300 ] && { echo "fake-installer: no /dev/$dev or /dev/sda"; ls /dev; poweroff -f; }
   sleep 0.1
 done
 mkdir -p /cd /fd
@@ -127,10 +129,10 @@ if [ -b /dev/fd0 ] && mount -t vfat -o ro /dev/fd0 /fd 2>/dev/null; then
 else
   echo "fake-installer: no floppy"
 fi
-dd if=/mbr.bin of=/dev/vda bs=512 count=1 conv=notrunc 2>/dev/null
-dd if="/cd/$file" of=/dev/vda bs=512 seek=2048 conv=notrunc 2>/dev/null
+dd if=/mbr.bin of=/dev/sda bs=512 count=1 conv=notrunc 2>/dev/null
+dd if="/cd/$file" of=/dev/sda bs=512 seek=2048 conv=notrunc 2>/dev/null
 sync
-echo "fake-installer: wrote $(wc -c < "/cd/$file") bytes of $file to /dev/vda"
+echo "fake-installer: wrote $(wc -c < "/cd/$file") bytes of $file to /dev/sda"
 umount /cd
 poweroff -f
 "#;
@@ -307,7 +309,7 @@ fn ayinstall_runs_both_phases_unattended() -> Result<()> {
         "fake-installer: cd holds autoinst.xml",
         "fake-installer: floppy has the same autoinst.xml",
         &format!(
-            "fake-installer: wrote {} bytes of autoinst.xml to /dev/vda",
+            "fake-installer: wrote {} bytes of autoinst.xml to /dev/sda",
             profile.len()
         ),
         PHASE2_MARK,

@@ -1,6 +1,6 @@
 //! From an installed tree to what the VM boots: the guest's kernel and initrd copied out
 //! for direct boot, and disk0, a raw ext4 filesystem without a partition table made by
-//! `mkfs.ext4 -d` (no loop device, no nbd, no mounting; boots with `root=/dev/vda`).
+//! `mkfs.ext4 -d` (no loop device, no nbd, no mounting; boots with `root=LABEL=vmkroot` on any disk bus).
 
 use std::ffi::OsString;
 use std::fs;

@@ -5,7 +5,7 @@
 //!
 //! disk0 is a *raw ext4 filesystem without a partition table*, made by `mkfs.ext4 -d` from
 //! the staged root tree: that needs no loop device, no nbd and no mounting, is fast, and
-//! boots directly with `root=/dev/vda`. Snapshots are reflink copies, so qcow2's own
+//! boots directly with `root=LABEL=vmkroot` (on any disk bus). Snapshots are reflink copies, so qcow2's own
 //! snapshots are not needed (`qemu-img convert -O qcow2` turns it into one when wanted).
 //!
 //! Everything is built in `DIR.vmk-tmp-*` beside DIR and renamed to DIR only when complete:

@@ -12,7 +12,9 @@ use crate::image::{DISK0_NAME, ROOT_LABEL};
 use crate::plan::Plan;
 
 /// Kernel arguments for direct boot of the bootstrapped disk (VMK_APPEND).
-pub const APPEND: &str = "console=ttyS0 root=/dev/vda rw";
+/// Root is found by its label, so the disk boots on every VMK_DISK_BUS (sda on scsi and lsi,
+/// vda on virtio, nvme0n1 on nvme).
+pub const APPEND: &str = "console=ttyS0 root=LABEL=vmkroot rw";
 
 /// Writes the vm-config of `plan` into the VM directory `dir`.
 pub(crate) fn write_vm_config(plan: &Plan, dir: &Path) -> Result<()> {

@@ -120,8 +120,8 @@ fn boots_to_first_line() -> Result<()> {
         "the guest has a NIC:\n{log}"
     );
     ensure!(
-        log.contains("vmk-busybox-guest: block vda "),
-        "disk0 is not vda:\n{log}"
+        log.contains("vmk-busybox-guest: block sda "),
+        "disk0 is not sda (on SCSI, the default bus):\n{log}"
     );
     ensure!(guard.is_running(), "qemu stopped while the guest idles");
     let (_, seccomp) = uid_and_seccomp(guard.pid())?;

@@ -31,7 +31,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use quick_xml::events::BytesText;
 use quick_xml::Writer;
-use vmk_common::config::{Accel, DiskBus};
+use vmk_common::config::{Accel, DiskBus, NicModel, RtcBase};
 use vmk_common::qemu::{Network, QemuCommand, Serial};
 
 /// The XML namespace of libvirt's qemu pass-through (`<qemu:commandline>`).
@@ -71,8 +71,11 @@ pub struct Domain {
     pub oem_strings: Vec<String>,
     /// `<on_reboot>destroy</on_reboot>` (qemu's `-no-reboot`).
     pub no_reboot: bool,
-    /// A virtio-scsi controller for the disks.
-    pub scsi_controller: bool,
+    /// The SCSI controller of the disks, by libvirt model: `virtio-scsi`, or `lsilogic`
+    /// (the LSI 53C895A of VMK_DISK_BUS=lsi).
+    pub scsi_controller: Option<&'static str>,
+    /// `<clock offset='localtime'/>` (VMK_RTC=localtime).
+    pub rtc_localtime: bool,
     /// Disks, CD-ROMs and the floppy, in order.
     pub disks: Vec<DiskXml>,
     /// The network card.
@@ -145,7 +148,7 @@ pub enum Interface {
     User {
         /// `-netdev user,…`.
         netdev: String,
-        /// `-device virtio-net-pci,…`.
+        /// `-device <VMK_NIC's device>,…`.
         device: String,
     },
     /// A host bridge.
@@ -154,6 +157,8 @@ pub enum Interface {
         bridge: String,
         /// The MAC.
         mac: String,
+        /// The card's libvirt model (VMK_NIC): virtio, e1000…
+        model: &'static str,
     },
     /// No card.
     None,
@@ -249,15 +254,23 @@ impl Domain {
                 };
                 Interface::User {
                     netdev: value_after("-netdev", "user,")?,
-                    device: match passthrough_nic_address(cmd) {
-                        Some(addr) => format!("{},{addr}", value_after("-device", "virtio-net-")?),
-                        None => value_after("-device", "virtio-net-")?,
+                    device: {
+                        // the card VMK_NIC names (virtio-net-pci or -ccw, e1000…)
+                        let prefix = match cmd.nic {
+                            NicModel::Virtio => "virtio-net-".to_string(),
+                            other => format!("{},", other.device()),
+                        };
+                        match passthrough_nic_address(cmd) {
+                            Some(addr) => format!("{},{addr}", value_after("-device", &prefix)?),
+                            None => value_after("-device", &prefix)?,
+                        }
                     },
                 }
             }
             Network::Bridge { bridge, mac } => Interface::Bridge {
                 bridge: bridge.clone(),
                 mac: mac.clone(),
+                model: cmd.nic.as_str(),
             },
             Network::None => Interface::None,
         };
@@ -310,7 +323,13 @@ impl Domain {
                 .map(|(n, v)| format!("io.systemd.credential:{n}={v}"))
                 .collect(),
             no_reboot: cmd.no_reboot,
-            scsi_controller: cmd.disk_bus == DiskBus::Scsi && !cmd.disks.is_empty(),
+            scsi_controller: match cmd.disk_bus {
+                _ if cmd.disks.is_empty() => None,
+                DiskBus::Scsi => Some("virtio-scsi"),
+                DiskBus::Lsi => Some("lsilogic"),
+                DiskBus::Virtio | DiskBus::Ide | DiskBus::Nvme => None,
+            },
+            rtc_localtime: cmd.rtc == RtcBase::Localtime,
             disks,
             interface,
             serial,
@@ -390,6 +409,11 @@ impl Domain {
                 Ok(())
             })?;
             self.write_cpu(w)?;
+            if self.rtc_localtime {
+                w.create_element("clock")
+                    .with_attribute(("offset", "localtime"))
+                    .write_empty()?;
+            }
             text(w, "on_poweroff", "destroy")?;
             text(
                 w,
@@ -470,17 +494,17 @@ impl Domain {
 
     fn write_devices(&self, w: &mut Writer<Vec<u8>>) -> io::Result<()> {
         text(w, "emulator", &self.emulator)?;
-        if self.scsi_controller {
+        if let Some(model) = self.scsi_controller {
             w.create_element("controller")
                 .with_attribute(("type", "scsi"))
                 .with_attribute(("index", "0"))
-                .with_attribute(("model", "virtio-scsi"))
+                .with_attribute(("model", model))
                 .write_empty()?;
         }
         for d in &self.disks {
             write_disk(w, d)?;
         }
-        if let Interface::Bridge { bridge, mac } = &self.interface {
+        if let Interface::Bridge { bridge, mac, model } = &self.interface {
             w.create_element("interface")
                 .with_attribute(("type", "bridge"))
                 .write_inner_content(|w| {
@@ -491,7 +515,7 @@ impl Domain {
                         .with_attribute(("address", mac.as_str()))
                         .write_empty()?;
                     w.create_element("model")
-                        .with_attribute(("type", "virtio"))
+                        .with_attribute(("type", *model))
                         .write_empty()?;
                     Ok(())
                 })?;
@@ -636,6 +660,8 @@ fn every_field_has_an_answer(cmd: &QemuCommand) {
         cdroms: _,
         floppy: _,
         network: _,
+        nic: _,
+        rtc: _,
         kernel: _,
         credentials: _,
         shares: _,
@@ -821,7 +847,7 @@ fn disks_of(cmd: &QemuCommand) -> Result<Vec<DiskXml>> {
     let ide_prefix = if is_pc(&cmd.machine) { "hd" } else { "sd" };
     let (bus, prefix) = match cmd.disk_bus {
         DiskBus::Virtio => ("virtio", "vd"),
-        DiskBus::Scsi => ("scsi", "sd"),
+        DiskBus::Scsi | DiskBus::Lsi => ("scsi", "sd"),
         DiskBus::Ide => (ide_bus, ide_prefix),
         DiskBus::Nvme => bail!(
             "VMK_DISK_BUS=nvme has no libvirt disk element before libvirt 10: \

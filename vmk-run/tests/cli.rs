@@ -919,3 +919,92 @@ fn listen_beyond_loopback_warns() {
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(!stderr.contains("reachable beyond"), "{stderr}");
 }
+
+/// A VM directory made by the original vmk's `newconfig`: a shell script of assignments.
+pub const ORIGINAL_NEWCONFIG: &str = r#"#!/bin/sh
+# vm-config made by the original vmk's newconfig
+VMK_NAME="name"
+VMK_TAG="product test VM"
+export VMK_VNC=63
+VMK_MEM=2048
+VMK_CPU=2
+VMK_DISK0="name.qcow2"
+VMK_ISO="product-base.iso"
+"#;
+
+/// The original's VM runs with its ISO attached as a CD-ROM (after disk0, which boots
+/// first) and disk0 on SCSI; `runin` attaches it too; a missing ISO is an error naming
+/// VMK_ISO.
+#[test]
+fn original_newconfig_vm_runs_with_its_iso_and_disk0_on_scsi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("vm-config"), ORIGINAL_NEWCONFIG).unwrap();
+    std::fs::write(dir.join("product-base.iso"), b"").unwrap();
+    let dry = |tool: &str, args: &[&str]| {
+        let mut c = Command::cargo_bin(tool).unwrap();
+        let out = c
+            .current_dir(dir)
+            .env("VMK_ACCEL", "tcg")
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("VMK_VNC")
+            .env_remove("XDG_RUNTIME_DIR")
+            .args(args)
+            .assert()
+            .success();
+        let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+        let words = shlex::split(text.trim()).unwrap();
+        words.join("\n").replace(dir.to_str().unwrap(), "/VM")
+    };
+    let run = dry("vmk-run", &["-D", "run"]);
+    insta::assert_snapshot!("original_newconfig_run", run);
+    assert!(run.contains("\nscsi-hd,drive=disk0,bus=scsi0.0,bootindex=0\n"));
+    assert!(run.contains("file=/VM/product-base.iso,format=raw,if=none,id=cd0,media=cdrom"));
+    // runin (and `vmk snap run`, which builds its command line through the same
+    // vmk_run::instance::command) attach it too
+    let runin = dry("vmk-run", &["-D", "runin"]);
+    assert!(
+        runin.contains("file=/VM/product-base.iso,") && runin.contains("\nide-cd,drive=cd0"),
+        "{runin}"
+    );
+    std::fs::remove_file(dir.join("product-base.iso")).unwrap();
+    vmk_run(dir)
+        .env("VMK_ACCEL", "tcg")
+        .arg("run")
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("VMK_ISO").and(predicate::str::contains("product-base.iso")),
+        );
+}
+
+/// VMK_ISO is found as the original found it: as given (relative to the VM directory, `~/`
+/// expanded), then in VMK_ISO_DIR.
+#[test]
+fn iso_is_looked_up_as_given_then_in_vmk_iso_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vm");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join("isos")).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    vm(&dir, "VMK_ISO=a.iso\nVMK_ISO_DIR=~/isos\n");
+    let iso_arg = |dir: &Path| {
+        let out = vmk_run(dir)
+            .env("HOME", &home)
+            .args(["-D", "run"])
+            .assert()
+            .success();
+        let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+        shlex::split(text.trim())
+            .unwrap()
+            .into_iter()
+            .find(|w| w.contains("id=cd0"))
+            .unwrap_or_default()
+    };
+    std::fs::write(home.join("isos/a.iso"), b"").unwrap();
+    assert!(iso_arg(&dir).starts_with(&format!("file={}/isos/a.iso,", home.display())));
+    std::fs::write(dir.join("a.iso"), b"").unwrap();
+    assert!(iso_arg(&dir).starts_with(&format!("file={}/a.iso,", dir.display())));
+    vm(&dir, "VMK_ISO=~/isos/a.iso\n");
+    assert!(iso_arg(&dir).starts_with(&format!("file={}/isos/a.iso,", home.display())));
+}

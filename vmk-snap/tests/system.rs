@@ -349,7 +349,7 @@ fn snap_run_falls_back_to_a_qcow2_overlay_on_ext4() -> Result<()> {
         &dir,
         &format!(
             "VMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\nVMK_VNC=61\nVMK_MEM=256\n\
-             VMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\nVMK_APPEND=\"{} vmk.cmd=\\\"dd if=/dev/zero of=/dev/vda bs=4096 count=16 conv=fsync\\\"\"\n",
+             VMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\nVMK_APPEND=\"{} vmk.cmd=\\\"while [ ! -b /dev/sda ]; do sleep 0.1; done; dd if=/dev/zero of=/dev/sda bs=4096 count=16 conv=fsync\\\"\"\n",
             g.kernel.display(),
             g.initrd.display(),
             g.append

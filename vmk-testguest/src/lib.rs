@@ -20,7 +20,7 @@ pub const DEBIAN_READY: &str = "vmk-debian-guest ready";
 
 /// Bump when the Debian configuration steps change: part of the image's cache key (the
 /// debootstrap tree itself is keyed by the package list only and is reused).
-const DEBIAN_CONFIG_VERSION: u32 = 6;
+const DEBIAN_CONFIG_VERSION: u32 = 7;
 const DEBIAN_IMAGE_SIZE: u64 = 2 << 30;
 /// The Debian guest's hostname.
 const DEBIAN_HOSTNAME: &str = "vmk-guest";
@@ -45,7 +45,8 @@ pub struct DebianGuest {
     pub kernel: PathBuf,
     /// The guest's own initramfs.
     pub initrd: PathBuf,
-    /// Kernel arguments: `console=ttyS0 root=/dev/vda rw`.
+    /// Kernel arguments: `vmk bootstrap`'s ([`bootstrap::APPEND`]: root by its label, so
+    /// the guest boots on every disk bus).
     pub append: String,
 }
 
@@ -86,7 +87,7 @@ pub fn debian_guest() -> Result<DebianGuest> {
         image: dir.join("disk.img"),
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
-        append: "console=ttyS0 root=/dev/vda rw".to_string(),
+        append: bootstrap::APPEND.to_string(),
     })
 }
 
@@ -152,8 +153,8 @@ fn debootstrap(root: &Path) -> Result<()> {
 }
 
 /// The product's configuration and image, from a copy of the cached debootstrap tree; the
-/// test layer on top: [`DEBIAN_READY`] in /etc/issue, root on /dev/vda in fstab (what the
-/// fixture's tests check). The ssh host keys debootstrap made stay in the image, so every
+/// test layer on top: [`DEBIAN_READY`] in /etc/issue (what the fixture's tests check).
+/// The ssh host keys debootstrap made stay in the image, so every
 /// copy shares them (`vmk bootstrap` makes new ones for each VM).
 fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
     let stage = out.join("root");
@@ -166,7 +167,6 @@ fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
     eprintln!("vmk-testkit: configuring the guest root");
     bootstrap::configure_root(&stage, DEBIAN_HOSTNAME, &FixtureRunner)?;
     write(&stage, "etc/issue", &format!("{DEBIAN_READY} (\\l)\n\n"))?;
-    write(&stage, "etc/fstab", "/dev/vda / ext4 rw 0 1\n")?;
     bootstrap::copy_kernel(&stage, out)?;
     eprintln!("vmk-testkit: making the ext4 image");
     bootstrap::make_ext4_image(

@@ -43,7 +43,7 @@ fn debian_guest_is_built() -> Result<()> {
         g.image.display()
     );
     ensure!(
-        g.append.contains("root=/dev/vda"),
+        g.append.contains("root=LABEL=vmkroot"),
         "append {:?} lacks root",
         g.append
     );
@@ -56,7 +56,10 @@ fn debian_guest_is_built() -> Result<()> {
             .with_context(|| format!("{file} is missing from the image"))?;
     }
     let fstab = debugfs(&g.image, "cat /etc/fstab")?;
-    ensure!(fstab.contains("/dev/vda / ext4"), "fstab: {fstab:?}");
+    ensure!(
+        fstab.contains("LABEL=vmkroot / ext4"),
+        "fstab names root by its label: {fstab:?}"
+    );
     let hostname = debugfs(&g.image, "cat /etc/hostname")?;
     ensure!(hostname.trim() == "vmk-guest", "hostname: {hostname:?}");
     let machine_id = debugfs(&g.image, "cat /etc/machine-id")?;

@@ -5,7 +5,8 @@
 //! [`super::VmConfig`].
 
 use super::values::{
-    self, Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, Size,
+    self, Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, NicModel,
+    RtcBase, Size,
 };
 use super::ConfigError;
 
@@ -34,6 +35,10 @@ pub enum KeyKind {
     Net,
     /// A [`Firmware`].
     Firmware,
+    /// A [`NicModel`].
+    Nic,
+    /// An [`RtcBase`].
+    Rtc,
     /// yes or no.
     Bool,
     /// A TCP port.
@@ -77,6 +82,8 @@ impl KeyKind {
             KeyKind::Accel => one_of(Accel::ALL),
             KeyKind::Net => one_of(NetType::ALL),
             KeyKind::Firmware => one_of(Firmware::ALL),
+            KeyKind::Nic => one_of(NicModel::ALL),
+            KeyKind::Rtc => one_of(RtcBase::ALL),
             KeyKind::Bool => "yes or no".into(),
             KeyKind::Port => "a TCP port, 1 to 65535".into(),
             KeyKind::Vnc => "a VM number, 0 to 99".into(),
@@ -111,6 +118,8 @@ impl KeyKind {
             KeyKind::Accel => value.parse::<Accel>().map(drop),
             KeyKind::Net => value.parse::<NetType>().map(drop),
             KeyKind::Firmware => value.parse::<Firmware>().map(drop),
+            KeyKind::Nic => value.parse::<NicModel>().map(drop),
+            KeyKind::Rtc => value.parse::<RtcBase>().map(drop),
             KeyKind::Bool => values::parse_bool(value).map(drop),
             KeyKind::Port => values::parse_port(value).map(drop),
             KeyKind::Vnc => values::parse_vnc(value).map(drop),
@@ -212,9 +221,9 @@ static KEYS: &[KeySpec] = &[
     key!(
         "VMK_DISK_BUS",
         Bus,
-        "virtio",
         "scsi",
-        "bus of all disks: virtio, scsi (virtio-scsi), ide, nvme"
+        "virtio",
+        "bus of all disks: scsi (virtio-scsi: guests see sda…, as under the original vmk), virtio (virtio-blk: vda…), lsi (the original's LSI 53C895A controller), ide, nvme"
     ),
     key!(
         "VMK_DISK1",
@@ -312,7 +321,21 @@ static KEYS: &[KeySpec] = &[
         Word,
         "",
         "pc",
-        "qemu machine type (default q35)"
+        "qemu machine type (default q35; pc is the original vmk's)"
+    ),
+    key!(
+        "VMK_NIC",
+        Nic,
+        "virtio",
+        "e1000",
+        "network card: virtio (virtio-net), e1000 (the original vmk's card), e1000e, rtl8139"
+    ),
+    key!(
+        "VMK_RTC",
+        Rtc,
+        "utc",
+        "localtime",
+        "what the guest's hardware clock keeps: utc, or localtime (as the original vmk)"
     ),
     key!(
         "VMK_FIRMWARE",
@@ -673,6 +696,8 @@ mod tests {
             "VMK_CLOUD_INIT",
             "VMK_FIRMWARE",
             "VMK_TPM",
+            "VMK_NIC",
+            "VMK_RTC",
         ] {
             assert!(key(spec_key).is_some(), "{spec_key} missing");
         }

@@ -59,8 +59,8 @@ pub use error::{ConfigError, Origin};
 pub use keys::{closest_key, key, keys, validate_value, KeyKind, KeySpec};
 pub use raw::{Assignment, LineKind, Piece, Quoting, RawConfig, RawLine, Unexpanded};
 pub use values::{
-    Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, PortForward,
-    Share, Size,
+    Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, NicModel,
+    PortForward, RtcBase, Share, Size,
 };
 
 /// The system-wide config file.
@@ -415,6 +415,8 @@ pub struct VmConfig {
     pub disks: [Option<PathBuf>; 6],
     /// VMK_ISO as written (see [`VmConfig::iso`]).
     pub iso_name: Option<String>,
+    /// VMK_ISO as a path: relative to the VM directory, `~/` expanded.
+    pub iso_given: Option<PathBuf>,
     /// VMK_ISO_DIR (absolute).
     pub iso_dir: Option<PathBuf>,
     /// VMK_KERNEL (absolute).
@@ -435,6 +437,10 @@ pub struct VmConfig {
     pub firmware: Firmware,
     /// VMK_TPM.
     pub tpm: bool,
+    /// VMK_NIC.
+    pub nic: NicModel,
+    /// VMK_RTC.
+    pub rtc: RtcBase,
     /// VMK_NET_TYPE.
     pub net_type: NetType,
     /// VMK_BRIDGE.
@@ -591,6 +597,7 @@ impl VmConfig {
             disk_bus: t.parsed("VMK_DISK_BUS")?,
             disks: [disk(1), disk(2), disk(3), disk(4), disk(5), disk(6)],
             iso_name: t.opt_text("VMK_ISO"),
+            iso_given: t.path("VMK_ISO"),
             iso_dir: t.path("VMK_ISO_DIR"),
             kernel: t.path("VMK_KERNEL"),
             initrd: t.path("VMK_INITRD"),
@@ -601,6 +608,8 @@ impl VmConfig {
             cpu_model: t.opt_text("VMK_CPU_MODEL"),
             firmware: t.parsed("VMK_FIRMWARE")?,
             tpm: t.parse("VMK_TPM", values::parse_bool)?,
+            nic: t.parsed("VMK_NIC")?,
+            rtc: t.parsed("VMK_RTC")?,
             net_type: t.parsed("VMK_NET_TYPE")?,
             bridge: t.parse("VMK_BRIDGE", values::parse_word)?,
             mac_format: t.parsed("VMK_MAC_BASE_FORMAT")?,
@@ -818,15 +827,25 @@ impl VmConfig {
             .collect()
     }
 
-    /// The install medium: VMK_ISO when it holds a `/` (relative to the VM directory), else
-    /// that file name in VMK_ISO_DIR (or in the VM directory when VMK_ISO_DIR is empty).
+    /// The install medium, found as the original vmk found it: VMK_ISO as given (relative
+    /// to the VM directory, `~/` expanded) when that file exists, else a bare file name in
+    /// VMK_ISO_DIR. When neither exists: the VMK_ISO_DIR candidate for a bare name with
+    /// VMK_ISO_DIR set, else the file as given (what a "missing" error then names).
     pub fn iso(&self) -> Option<PathBuf> {
         let name = self.iso_name.as_deref()?;
-        Some(if name.contains('/') {
-            self.dir.join(name)
-        } else {
-            self.iso_dir.as_deref().unwrap_or(&self.dir).join(name)
-        })
+        let given = self
+            .iso_given
+            .clone()
+            .unwrap_or_else(|| self.dir.join(name));
+        let in_iso_dir = self
+            .iso_dir
+            .as_deref()
+            .filter(|_| !name.contains('/'))
+            .map(|d| d.join(name));
+        match in_iso_dir {
+            Some(d) if !given.exists() => Some(d),
+            _ => Some(given),
+        }
     }
 }
 

@@ -62,7 +62,7 @@ fn defaults_without_any_file() {
     assert_eq!(c.vnc, 1);
     assert_eq!(c.mem.mib(), 1024);
     assert_eq!(c.cpus, 2);
-    assert_eq!(c.disk_bus, DiskBus::Virtio);
+    assert_eq!(c.disk_bus, DiskBus::Scsi);
     assert_eq!(c.disk0_cache, CacheMode::None);
     assert_eq!(c.accel, Accel::Auto);
     assert_eq!(c.net_type, NetType::User);
@@ -245,7 +245,7 @@ fn errors_name_file_line_key_and_expectation() {
         ),
         (
             "VMK_DISK_BUS=usb\n",
-            "1: VMK_DISK_BUS: expected one of virtio, scsi, ide, nvme, got \"usb\"",
+            "1: VMK_DISK_BUS: expected one of scsi, virtio, lsi, ide, nvme, got \"usb\"",
         ),
         (
             "VMK_SSH_CREDENTIAL=maybe\n",
@@ -368,7 +368,7 @@ fn empty_values_mean_default() {
     f.write("vm/vm-config", "VMK_MEM=\nVMK_DISK_BUS=\"\"\n");
     let c = f.load().unwrap();
     assert_eq!(c.mem.mib(), 1024);
-    assert_eq!(c.disk_bus, DiskBus::Virtio);
+    assert_eq!(c.disk_bus, DiskBus::Scsi);
 }
 
 #[test]

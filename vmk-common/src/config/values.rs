@@ -202,11 +202,15 @@ config_enum!(
 
 config_enum!(
     /// The bus disks are attached to.
-    DiskBus, "one of virtio, scsi, ide, nvme", {
-    /// virtio-blk-pci.
-    Virtio = "virtio",
-    /// virtio-scsi-pci with scsi-hd disks.
+    DiskBus, "one of scsi, virtio, lsi, ide, nvme", {
+    /// virtio-scsi-pci with scsi-hd disks: guests see sda… as under the original vmk, with
+    /// virtio's speed and discard.
     Scsi = "scsi",
+    /// virtio-blk-pci: guests see vda….
+    Virtio = "virtio",
+    /// The original vmk's SCSI controller, an LSI 53C895A (lsi53c895a) with scsi-hd disks:
+    /// for old guests without virtio drivers.
+    Lsi = "lsi",
     /// ide-hd (AHCI on q35).
     Ide = "ide",
     /// nvme controllers, one per disk.
@@ -280,6 +284,38 @@ config_enum!(
     Bridge = "bridge",
     /// No network card.
     None = "none",
+});
+
+config_enum!(
+    /// The network card's model.
+    NicModel, "one of virtio, e1000, e1000e, rtl8139", {
+    /// virtio-net-pci: fast, needs virtio drivers in the guest.
+    Virtio = "virtio",
+    /// Intel 82540EM (e1000): the original vmk's card, drivers everywhere.
+    E1000 = "e1000",
+    /// Intel 82574L (e1000e).
+    E1000e = "e1000e",
+    /// Realtek RTL8139.
+    Rtl8139 = "rtl8139",
+});
+
+impl NicModel {
+    /// The qemu device of this card.
+    pub fn device(self) -> &'static str {
+        match self {
+            NicModel::Virtio => "virtio-net-pci",
+            other => other.as_str(),
+        }
+    }
+}
+
+config_enum!(
+    /// What the guest's hardware clock keeps (`-rtc base=`).
+    RtcBase, "one of utc, localtime", {
+    /// UTC, as Linux guests expect.
+    Utc = "utc",
+    /// The host's local time, as the original vmk gave (and Windows guests expect).
+    Localtime = "localtime",
 });
 
 /// A yes/no value: yes, no, true, false, 1, 0, on, off.

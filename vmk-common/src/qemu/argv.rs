@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::config::DiskBus;
+use crate::config::{DiskBus, NicModel, RtcBase};
 
 use super::opts::{Args, Opts};
 use super::{Network, QemuCommand, Serial};
@@ -27,6 +27,10 @@ impl QemuCommand {
             a.pair("-cpu", cpu);
         }
         a.pair("-m", self.mem.mib().to_string());
+        // qemu's own default is utc: only the original vmk's localtime is spelled out
+        if self.rtc == RtcBase::Localtime {
+            a.pair("-rtc", "base=localtime");
+        }
         a.pair("-smp", self.cpus.to_string());
         self.flash(&mut a);
         self.tpm(&mut a);
@@ -203,11 +207,12 @@ impl QemuCommand {
         let ide = super::arch::spec(&self.arch).ide;
         // without IDE (arm, ppc64, s390x) CD-ROMs are SCSI too
         let cd_on_scsi = !ide && !self.cdroms.is_empty();
-        if (self.disk_bus == DiskBus::Scsi && !self.disks.is_empty()) || cd_on_scsi {
-            a.pair(
-                "-device",
-                format!("{},id=scsi0", self.virtio("virtio-scsi")),
-            );
+        let virtio_scsi = format!("{},id=scsi0", self.virtio("virtio-scsi"));
+        match self.disk_bus {
+            DiskBus::Lsi if !self.disks.is_empty() => a.pair("-device", "lsi53c895a,id=scsi0"),
+            DiskBus::Scsi if !self.disks.is_empty() => a.pair("-device", virtio_scsi),
+            _ if cd_on_scsi => a.pair("-device", virtio_scsi),
+            _ => {}
         }
         for (i, d) in self.disks.iter().enumerate() {
             let id = format!("disk{i}");
@@ -221,7 +226,9 @@ impl QemuCommand {
             a.pair("-drive", drive);
             let dev = match self.disk_bus {
                 DiskBus::Virtio => Opts::word(&self.virtio("virtio-blk")).kv("drive", &id),
-                DiskBus::Scsi => Opts::word("scsi-hd").kv("drive", &id).kv("bus", "scsi0.0"),
+                DiskBus::Scsi | DiskBus::Lsi => {
+                    Opts::word("scsi-hd").kv("drive", &id).kv("bus", "scsi0.0")
+                }
                 DiskBus::Ide => Opts::word("ide-hd")
                     .kv("drive", &id)
                     .raw(&next_ide(&self.machine)),
@@ -328,9 +335,12 @@ impl QemuCommand {
         };
         a.pair(
             "-device",
-            Opts::word(&self.virtio("virtio-net"))
-                .kv("netdev", "net0")
-                .kv("mac", mac),
+            Opts::word(&match self.nic {
+                NicModel::Virtio => self.virtio("virtio-net"),
+                other => other.device().to_string(),
+            })
+            .kv("netdev", "net0")
+            .kv("mac", mac),
         );
     }
 }

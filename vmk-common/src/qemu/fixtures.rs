@@ -179,6 +179,9 @@ pub const MODES: &[ModeRow] = &[
     ("extra_disks_scsi", || extra_disks(DiskBus::Scsi)),
     ("extra_disks_nvme", || extra_disks(DiskBus::Nvme)),
     ("extra_disks_ide", || extra_disks(DiskBus::Ide)),
+    ("extra_disks_virtio", || extra_disks(DiskBus::Virtio)),
+    ("extra_disks_lsi", || extra_disks(DiskBus::Lsi)),
+    ("original_hardware", original_hardware),
     ("install_phase_1", install_phase_1),
     ("install_phase_2", install_phase_2),
     ("comma_file_name", comma_file_name),
@@ -259,6 +262,17 @@ fn direct_kernel_boot() -> QemuCommand {
     cfg.initrd = Some("/vm/initrd.img".into());
     cfg.append = Some("console=ttyS0 root=/dev/vda rw".into());
     build(&cfg, Mode::Foreground)
+}
+
+/// The original vmk's hardware, as README's "Coming from the original vmk" gives it:
+/// VMK_MACHINE=pc, VMK_DISK_BUS=lsi, VMK_NIC=e1000, VMK_RTC=localtime.
+fn original_hardware() -> QemuCommand {
+    let mut cfg = config();
+    cfg.machine = Some("pc".into());
+    cfg.disk_bus = DiskBus::Lsi;
+    cfg.nic = crate::config::NicModel::E1000;
+    cfg.rtc = crate::config::RtcBase::Localtime;
+    build(&cfg, Mode::Run)
 }
 
 /// Two extra disks (one raw, elsewhere) on `bus`, with their own cache mode.

@@ -41,7 +41,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::config::{
-    Accel, CacheMode, DiskBus, DiskFormat, Firmware, MemSize, NetType, PortForward, Share, VmConfig,
+    Accel, CacheMode, DiskBus, DiskFormat, Firmware, MemSize, NetType, NicModel, PortForward,
+    RtcBase, Share, VmConfig,
 };
 
 use arch::default_machine;
@@ -292,6 +293,10 @@ pub struct QemuCommand {
     pub floppy: Option<PathBuf>,
     /// The network card.
     pub network: Network,
+    /// The network card's model.
+    pub nic: NicModel,
+    /// `-rtc base=`.
+    pub rtc: RtcBase,
     /// Direct kernel boot.
     pub kernel: Option<KernelBoot>,
     /// Host folders shared with the guest (virtio-9p), in order: fsdev ids share0, share1…
@@ -472,6 +477,8 @@ impl QemuCommand {
             cdroms: Vec::new(),
             floppy: None,
             network,
+            nic: cfg.nic,
+            rtc: cfg.rtc,
             kernel,
             shares: cfg.shares.clone(),
             credentials,

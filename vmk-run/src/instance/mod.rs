@@ -328,6 +328,11 @@ pub fn command(inst: &Instance, mode: Mode, adjust: Option<Adjust<'_>>) -> Resul
     if disk0 != inst.image {
         cmd = cmd.disk0_override(&inst.image);
     }
+    if let Some(iso) = cfg.iso() {
+        // as the original vmk: the install medium on every run, booted from disk first
+        // (disk0 has bootindex 0); `preflight` refuses a missing one naming VMK_ISO
+        cmd = cmd.add_cdrom(iso);
+    }
     if cfg.cloud_init {
         // Only the path here, so that a dry run writes nothing; `preflight` makes the seed.
         cmd = cmd.add_cdrom(seed_path(&cfg));
