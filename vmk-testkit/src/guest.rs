@@ -165,6 +165,7 @@ pub fn cached(
     let cache = cache_dir();
     let done = cache.join(format!("{kind}-{key}"));
     if done.is_dir() {
+        mark_used(&done);
         return Ok(done);
     }
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
@@ -203,6 +204,27 @@ pub fn remove_dir(path: &Path) -> Result<()> {
 }
 
 /// Removes stale `<kind>-*` entries other than `keep` (we hold the kind's lock).
+/// How long a fixture another key built stays after its last use: test runs of other
+/// branches on the same machine (other worktrees, other keys) keep theirs meanwhile,
+/// instead of removing each other's and rebuilding in turn.
+const KEEP_UNUSED: Duration = Duration::from_secs(6 * 3600);
+
+/// Records that a fixture was just used (its directory's mtime), for [`prune_old`].
+fn mark_used(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Whether the fixture `path` was built or used within [`KEEP_UNUSED`].
+fn recently_used(path: &Path) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < KEEP_UNUSED)
+}
+
 fn prune_old(cache: &Path, kind: &str, keep: &Path, remove: fn(&Path) -> Result<()>) {
     let prefix = format!("{kind}-");
     let Ok(entries) = fs::read_dir(cache) else {
@@ -216,7 +238,12 @@ fn prune_old(cache: &Path, kind: &str, keep: &Path, remove: fn(&Path) -> Result<
         };
         // Only `<kind>-<16 hex>` (and its .tmp), so "debian-" never matches "debootstrap-".
         let hex = rest.trim_end_matches(".tmp");
-        if path != keep && hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let finished = !name.ends_with(".tmp");
+        if path != keep
+            && hex.len() == 16
+            && hex.chars().all(|c| c.is_ascii_hexdigit())
+            && !(finished && recently_used(&path))
+        {
             eprintln!("vmk-testkit: removing old fixture {}", path.display());
             if let Err(e) = remove(&path) {
                 eprintln!("vmk-testkit: warning: {e:#}");
