@@ -14,7 +14,7 @@ use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 /// Two slow cores shared with other tests: be generous.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn main() -> std::process::ExitCode {
     let bb = &[Need::Qemu, Need::Busybox, Need::Kernel];
