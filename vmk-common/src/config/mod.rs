@@ -362,7 +362,10 @@ fn merge_file(
                 };
                 ConfigError::new(message).with_key(&a.key).with_origin(&origin)
             })?;
-        if a.value.iter().any(|p| matches!(p, Piece::Var(_))) {
+        if a.value
+            .iter()
+            .any(|p| matches!(p, Piece::Var(_) | Piece::Default { .. }))
+        {
             *budget = budget.saturating_sub(value.len());
         }
         validate_value(&a.key, &value).map_err(|e| e.with_origin(&origin))?;

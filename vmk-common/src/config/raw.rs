@@ -11,7 +11,9 @@
 //! - `$(…)`, `$((…))` and backticks are errors ("command substitution is not supported: vmk
 //!   never runs a shell"), and so are unquoted `;`, `|`, `&`, `<`, `>`, `(`, `)`: they would
 //!   mean a command to a shell. Quoted, they are ordinary text;
-//! - `${NAME:-x}` and other parameter operators are errors: only `${NAME}`/`$NAME`;
+//! - `${NAME}`/`$NAME`, and the shell's defaults `${NAME:-word}` (word when NAME is unset
+//!   or empty) and `${NAME-word}` (when unset) with a literal word; other parameter
+//!   operators are errors;
 //! - a `#` after whitespace starts a comment; text after a value that is not a comment is an
 //!   error (a shell would run it as a command).
 //!
@@ -76,6 +78,17 @@ pub enum Piece {
     Text(String),
     /// `${NAME}` or `$NAME`.
     Var(String),
+    /// `${NAME:-word}` (`if_empty`: the word also when NAME is empty) or `${NAME-word}` (only
+    /// when NAME is unset): the shell's defaults, as users of a sourced config wrote them.
+    /// The word is literal text.
+    Default {
+        /// The referenced name.
+        name: String,
+        /// The text used instead.
+        word: String,
+        /// `:-` rather than `-`.
+        if_empty: bool,
+    },
 }
 
 /// Why [`Assignment::expand_within`] gave no value.
@@ -125,6 +138,14 @@ impl Assignment {
                 Piece::Var(name) => lookup(name)
                     .ok_or_else(|| Unexpanded::Unset(name.clone()))?
                     .into(),
+                Piece::Default {
+                    name,
+                    word,
+                    if_empty,
+                } => match lookup(name) {
+                    Some(v) if !(*if_empty && v.is_empty()) => v.into(),
+                    _ => std::borrow::Cow::Borrowed(word.as_str()),
+                },
             };
             if out.len().saturating_add(add.len()) > limit {
                 return Err(Unexpanded::TooLong);
@@ -413,6 +434,31 @@ impl Parser<'_> {
         )
     }
 
+    /// The literal word of `${NAME:-word}` up to its `}` (consumed): no quotes, references,
+    /// backslashes or line ends inside, which a shell would interpret.
+    fn default_word(&mut self, line: usize, key: &str) -> Result<String, ConfigError> {
+        let mut word = String::new();
+        loop {
+            match self.peek() {
+                Some('}') => {
+                    self.bump();
+                    return Ok(word);
+                }
+                Some(c) if !matches!(c, '$' | '`' | '\\' | '"' | '\'' | '{' | '\n') => {
+                    word.push(c);
+                    self.bump();
+                }
+                _ => {
+                    return Err(self.err(
+                        line,
+                        Some(key),
+                        "the word of ${NAME:-word} must be plain text up to its `}` (no quotes, $, `, \\ or {)",
+                    ))
+                }
+            }
+        }
+    }
+
     fn name(&mut self) -> String {
         let start = self.pos;
         while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == '_') {
@@ -536,14 +582,36 @@ impl Parser<'_> {
             Some('{') => {
                 self.bump();
                 let name = self.name();
-                if self.peek() != Some('}')
-                    || name.is_empty()
-                    || name.starts_with(|c: char| c.is_ascii_digit())
-                {
+                let valid = !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit());
+                let default = match self.peek() {
+                    Some(':') if valid && self.text[self.pos..].starts_with(":-") => {
+                        self.bump();
+                        self.bump();
+                        Some(true)
+                    }
+                    Some('-') if valid => {
+                        self.bump();
+                        Some(false)
+                    }
+                    _ => None,
+                };
+                if let Some(if_empty) = default {
+                    let word = self.default_word(line, key)?;
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(text)));
+                    }
+                    pieces.push(Piece::Default {
+                        name,
+                        word,
+                        if_empty,
+                    });
+                    return Ok(());
+                }
+                if self.peek() != Some('}') || !valid {
                     return Err(self.err(
                         line,
                         Some(key),
-                        "only ${NAME} and $NAME references are supported (no ${NAME:-…} or other operators)",
+                        "only ${NAME}, $NAME, ${NAME:-word} and ${NAME-word} references are supported (no other operators)",
                     ));
                 }
                 self.bump();
@@ -716,7 +784,11 @@ mod tests {
                 "VMK_NAME=a rm -rf /",
                 "vm-config:3: VMK_NAME: unexpected text after the value",
             ),
-            ("VMK_NAME=${X:-y}", "vm-config:3: VMK_NAME: only ${NAME}"),
+            ("VMK_NAME=${X:=y}", "vm-config:3: VMK_NAME: only ${NAME}"),
+            (
+                "VMK_NAME=${X:-$(id)}",
+                "vm-config:3: VMK_NAME: the word of ${NAME:-word}",
+            ),
             (
                 "VMK_NAME='open",
                 "vm-config:3: VMK_NAME: unterminated single quote",

@@ -486,3 +486,22 @@ fn vmk_system_config_names_the_file_read_instead_of_etc_vmk_config() {
     let e = load(&opts).unwrap_err().to_string();
     assert!(e.contains("other-system"), "{e}");
 }
+
+/// The shell's defaults, as users of a sourced config wrote them: `${NAME:-word}` takes the
+/// word when NAME is unset or empty, `${NAME-word}` only when it is unset.
+#[test]
+fn shell_defaults_in_references() {
+    let f = Fixture::new();
+    f.write(
+        "vm/vm-config",
+        "EMPTY=\nVMK_NAME=${UNSET_ONE:-sles}${EMPTY-x}15\nVMK_TAG=${EMPTY:-empty}-${VMK_NAME-no}\n\
+         VMK_MEM=${MEMORY:-2G}\n",
+    );
+    let c = f.load().unwrap();
+    assert_eq!(c.name.as_deref(), Some("sles15"));
+    assert_eq!(c.tag.as_deref(), Some("empty-sles15"));
+    assert_eq!(c.mem, "2G".parse().unwrap());
+    f.write("vm/vm-config", "VMK_NAME=${X:-a b}\n");
+    let e = f.load().unwrap_err().to_string();
+    assert!(e.contains("VMK_NAME"), "{e}");
+}

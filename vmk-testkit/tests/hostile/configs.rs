@@ -63,7 +63,7 @@ pub(crate) fn configs(all: &mut Vec<Case>) {
         (
             "param_operator",
             "VMK_NAME=${X:-$(touch CANARY)}",
-            &["VMK_NAME", "only ${NAME}"],
+            &["VMK_NAME", "the word of ${NAME:-word} must be plain text"],
         ),
         (
             "param_unclosed_brace",
