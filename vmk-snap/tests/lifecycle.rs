@@ -145,11 +145,13 @@ fn lifecycle() -> Result<()> {
     );
     ensure!(vm.vmk_snap(&["isrunning"], None)?.status.success());
 
-    // console: the guest's shell computes 6*7 and writes a marker onto its disk
+    // console: the guest's shell computes 6*7 and writes a marker onto its disk (the one
+    // block device it has, whatever the bus: /dev/sda on the default SCSI, /dev/vda on virtio)
     let said = vm.ok(
         &["console"],
         Some(&format!(
-            "echo vmk-$((6*7))\nprintf {MARK} | dd of=/dev/vda bs=1 seek={MARK_AT} conv=notrunc && sync && echo written-$((1+1))\n"
+            "echo vmk-$((6*7))\nd=/dev/$(ls /sys/block | grep -v -e loop -e ram | head -n 1)\n\
+             [ -b $d ] && printf {MARK} | dd of=$d bs=1 seek={MARK_AT} conv=notrunc && sync && echo written-$((1+1))\n"
         )),
     )?;
     ensure!(
