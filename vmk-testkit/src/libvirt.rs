@@ -43,6 +43,10 @@ pub struct Libvirtd {
     dir: tempfile::TempDir,
 }
 
+/// Says that /run/libvirt did not exist before the kit's tests: virsh, run by the tests on
+/// the machine's side, leaves its identity token there; the tests' end removes it again.
+const NO_RUN_LIBVIRT: &str = "/tmp/vmk-testkit-no-run-libvirt";
+
 /// The directories bind-mounted over the machine's, under the test's directory.
 const MOUNTS: &[(&str, &str)] = &[
     ("etc", "/etc/libvirt"),
@@ -84,6 +88,9 @@ impl Libvirtd {
                 *target == "/run/libvirt" || Path::new(target).is_dir(),
                 "{target} is missing: is libvirt-daemon-system installed?"
             );
+        }
+        if !Path::new("/run/libvirt").exists() {
+            fs::write(NO_RUN_LIBVIRT, b"")?;
         }
         // the daemons' own messages go to a file: they would hold a captured stdout open
         let mut script = format!("set -e\nexec >'{}/daemons.log' 2>&1\n", d.display());
@@ -172,6 +179,14 @@ impl Libvirtd {
             let pidfile = self.dir.path().join(format!("{daemon}.pid"));
             if let Some(pid) = pid_of(&pidfile, daemon) {
                 terminate(pid);
+            }
+        }
+        if Path::new(NO_RUN_LIBVIRT).exists() {
+            // what virsh leaves on the machine's side (a test beside makes it again)
+            let _ = fs::remove_file("/run/libvirt/common/system.token");
+            let _ = fs::remove_dir("/run/libvirt/common");
+            if fs::remove_dir("/run/libvirt").is_ok() {
+                let _ = fs::remove_file(NO_RUN_LIBVIRT);
             }
         }
     }
