@@ -23,7 +23,7 @@ use vmk_testkit::{run_system_tests, workspace_bin, Need, SystemTest};
 const OVMF_DESCRIPTOR: &str = "/usr/share/qemu/firmware/40-edk2-x86_64-secure-enrolled.json";
 
 /// Two slow cores shared with other tests: be generous.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 
 fn main() -> std::process::ExitCode {
     let mut local: Vec<Need> = NEEDS.to_vec();
