@@ -846,6 +846,41 @@ fn uefi_variables_travel_with_disk0() -> Result<()> {
     Ok(())
 }
 
+/// VMK_FIRMWARE=uefi-secure: OVMF's Secure Boot build with Microsoft's and Debian's keys
+/// enrolled, direct kernel boot of Debian's signed kernel: the guest's kernel finds Secure
+/// Boot enabled (its EFI stub and `secureboot:` lines, then it locks itself down).
+fn uefi_secure_guest_reports_secure_boot() -> Result<()> {
+    let (g, btrfs) = debian_guest_on_btrfs()?;
+    let dir = btrfs.path().join("vm");
+    let disk0 = dir.join("disk0.img");
+    let script = dir.join("efitest.sh");
+    fs::write(&script, EFI_TEST_SCRIPT)?;
+    run_ok({
+        let mut c = Command::new("debugfs");
+        c.arg("-w")
+            .arg("-R")
+            .arg(format!("write {} /root/efitest.sh", script.display()))
+            .arg(&disk0);
+        c
+    })?;
+    let slot = vmk_testkit::isolation::VmSlot::reserve()?;
+    let config = efi_config(&g, &dir, slot.number())?
+        .replace("VMK_FIRMWARE=uefi\n", "VMK_FIRMWARE=uefi-secure\n");
+    write_config(&dir, &config)?;
+    let said = efi_test_boot(&g, &dir, vmk_run(&dir, &["run"])?, "disk0.img", "secure")?;
+    ensure!(
+        said.first().map(String::as_str) == Some("efi yes"),
+        "the guest under uefi-secure: {said:?}"
+    );
+    let log = fs::read_to_string(dir.join("disk0.img.console.log"))?;
+    ensure!(
+        log.contains("secureboot: Secure boot enabled")
+            && log.contains("EFI stub: UEFI Secure Boot is enabled"),
+        "the guest's kernel does not report Secure Boot enabled"
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let btrfs = &[Need::Root, Need::Btrfs, Need::Program("lsattr")];
     run_system_tests(vec![
@@ -922,6 +957,21 @@ fn main() -> std::process::ExitCode {
                 Need::File(OVMF_DESCRIPTOR, "ovmf"),
             ],
             uefi_variables_travel_with_disk0,
+        ),
+        SystemTest::new(
+            "uefi_secure_guest_reports_secure_boot",
+            &[
+                Need::Root,
+                Need::Btrfs,
+                Need::Qemu,
+                Need::Debootstrap,
+                Need::Program("debugfs"),
+                Need::File(
+                    "/usr/share/qemu/firmware/40-edk2-x86_64-secure-enrolled.json",
+                    "ovmf",
+                ),
+            ],
+            uefi_secure_guest_reports_secure_boot,
         ),
     ])
 }
