@@ -1008,3 +1008,33 @@ fn iso_is_looked_up_as_given_then_in_vmk_iso_dir() {
     vm(&dir, "VMK_ISO=~/isos/a.iso\n");
     assert!(iso_arg(&dir).starts_with(&format!("file={}/isos/a.iso,", home.display())));
 }
+
+/// The original's internal settings in ~/.vmkrc are ignored with one warning each, and the
+/// VM still runs (here: its dry run).
+#[test]
+fn original_internal_keys_in_vmkrc_warn_and_are_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let dir = tmp.path().join("vm");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        home.join(".vmkrc"),
+        "VMK_DEBUG=1\nexport VMK_LAZY_DEFAULTS=1\n",
+    )
+    .unwrap();
+    vm(&dir, "");
+    let out = vmk_run(&dir)
+        .env("HOME", &home)
+        .args(["-D", "run"])
+        .assert()
+        .success();
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    for key in ["VMK_DEBUG", "VMK_LAZY_DEFAULTS"] {
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains(key)).collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains("vmk ignores it"),
+            "{key}: {err}"
+        );
+    }
+}

@@ -502,6 +502,12 @@ static KEYS: &[KeySpec] = &[
     ),
 ];
 
+/// Settings internal to the original vmk's script that users put into rc files (its debug
+/// switch, its lazy defaults, its dry run): vmk accepts them with a one-line warning that it
+/// ignores them, instead of refusing every VM that reads such a file. (vmk's own ways:
+/// `-x`/`-v`, `-D`; defaults apply where a key is empty.)
+pub const ORIGINAL_INTERNAL_KEYS: &[&str] = &["VMK_DEBUG", "VMK_LAZY_DEFAULTS", "VMK_DRY_RUN"];
+
 /// Every config key, in documentation order.
 pub fn keys() -> &'static [KeySpec] {
     KEYS

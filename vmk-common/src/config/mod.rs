@@ -334,6 +334,13 @@ fn merge_file(
             path: raw.path().to_string(),
             line,
         };
+        if keys::ORIGINAL_INTERNAL_KEYS.contains(&a.key.as_str()) {
+            log::warn!(
+                "{origin}: {} is a setting of the original vmk's script: vmk ignores it (-x or -v for debug output, -D for a dry run)",
+                a.key
+            );
+            continue;
+        }
         let limit = files::MAX_VALUE_BYTES.min(*budget);
         let value = a
             .expand_within(limit, |name| {

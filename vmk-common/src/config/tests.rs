@@ -505,3 +505,17 @@ fn shell_defaults_in_references() {
     let e = f.load().unwrap_err().to_string();
     assert!(e.contains("VMK_NAME"), "{e}");
 }
+
+/// The original's internal settings in an rc file are ignored with a warning, not an error
+/// that would break every VM reading that file.
+#[test]
+fn original_internal_keys_in_rc_files_are_ignored() {
+    let f = Fixture::new();
+    f.write(
+        "vm/vm-config",
+        "VMK_DEBUG=1\nVMK_LAZY_DEFAULTS=yes\nVMK_DRY_RUN=true\nVMK_MEM=2G\n",
+    );
+    let c = f.load().unwrap();
+    assert_eq!(c.mem, "2G".parse().unwrap());
+    assert!(!c.other.contains_key("VMK_DEBUG"));
+}
