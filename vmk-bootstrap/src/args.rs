@@ -44,6 +44,12 @@ pub struct BootstrapArgs {
     #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
     pub size: Size,
 
+    /// The guest's architecture: amd64, arm64, ppc64el, s390x, riscv64 (or qemu's names:
+    /// x86_64, aarch64, ppc64le) [default: this machine's]. Another architecture than this
+    /// machine's needs qemu-user-static and binfmt-support (debootstrap runs its programs)
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    pub arch: Option<String>,
+
     /// More packages to install (comma-separated; repeat the option as you like)
     #[arg(long, value_name = "PKG,…", value_delimiter = ',', value_parser = parse_package)]
     pub packages: Vec<String>,
@@ -64,6 +70,19 @@ pub struct BootstrapArgs {
     /// The new VM directory: must not exist, or be empty
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+/// An architecture of vmk's table, as Debian names it.
+fn parse_arch(s: &str) -> Result<String, String> {
+    vmk_common::qemu::arch::lookup(s)
+        .map(|a| a.debian.to_string())
+        .ok_or_else(|| {
+            let names: Vec<&str> = vmk_common::qemu::arch::ARCHES
+                .iter()
+                .map(|a| a.debian)
+                .collect();
+            format!("expected one of {}", names.join(", "))
+        })
 }
 
 fn parse_suite(s: &str) -> Result<String, String> {
@@ -130,6 +149,15 @@ pub(crate) fn parse(argv: &[&str]) -> Result<BootstrapArgs, clap::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn architectures_by_either_name() {
+        assert_eq!(parse_arch("arm64").unwrap(), "arm64");
+        assert_eq!(parse_arch("aarch64").unwrap(), "arm64");
+        assert_eq!(parse_arch("ppc64le").unwrap(), "ppc64el");
+        let e = parse_arch("m68k").unwrap_err();
+        assert!(e.contains("amd64, arm64, ppc64el, s390x, riscv64"), "{e}");
+    }
 
     #[test]
     fn arguments_are_checked() {

@@ -166,9 +166,14 @@ pub fn debootstrap(
 
 /// Makes an installed Debian tree a VM's system: hostname, fstab (the ext4 labelled
 /// [`ROOT_LABEL`]), DHCP with systemd-networkd, sshd for keys only, a serial getty on
-/// ttyS0, no root password, an empty machine-id, the host's shares mounted at boot
+/// the architecture's serial `console` (ttyS0, ttyAMA0…), no root password, an empty machine-id, the host's shares mounted at boot
 /// ([`crate::devloop`]); nothing waits for the network or reaches out on a timer. Runs the guest's own systemctl in a chroot (needs root).
-pub fn configure_root(root: &Path, hostname: &str, runner: &dyn CommandRunner) -> Result<()> {
+pub fn configure_root(
+    root: &Path,
+    hostname: &str,
+    console: &str,
+    runner: &dyn CommandRunner,
+) -> Result<()> {
     let h = hostname;
     write_file(&root.join("etc/hostname"), 0o644, &format!("{h}\n"))?;
     write_file(
@@ -207,13 +212,15 @@ pub fn configure_root(root: &Path, hostname: &str, runner: &dyn CommandRunner) -
     // The guest's own systemctl, so its unit files and version decide (works offline in a chroot).
     runner.run(
         "systemctl enable",
-        command("chroot").arg(root).args([
-            "systemctl",
-            "enable",
-            "systemd-networkd.service",
-            "ssh.service",
-            "serial-getty@ttyS0.service",
-        ]),
+        command("chroot")
+            .arg(root)
+            .args([
+                "systemctl",
+                "enable",
+                "systemd-networkd.service",
+                "ssh.service",
+            ])
+            .arg(format!("serial-getty@{console}.service")),
     )?;
     // A VM without network must not wait 2 minutes at boot; nothing should reach out on a
     // timer; e2scrub (LVM snapshots of ext4) has nothing to do here and costs a minute under TCG.

@@ -174,7 +174,7 @@ fn build(
             cache::install_system(plan, &runner, &staging.path, &root)
         })?;
         phase("configure", &mut || {
-            configure_root(&root, &plan.hostname, &runner)
+            configure_root(&root, &plan.hostname, plan.guest_arch().console, &runner)
         })?;
         phase("ssh key", &mut || {
             debian::ssh_key(&plan.name, &runner, &staging.path, &root)

@@ -50,7 +50,11 @@ impl Plan {
             Some(n) => n.clone(),
             None => vm_name(&dir_name),
         };
-        let arch = debian_arch()?;
+        let arch = match &args.arch {
+            Some(a) => a.clone(),
+            None => debian_arch()?,
+        };
+        check_foreign_arch(&arch)?;
         let mut packages = debian_packages(&arch);
         for p in &args.packages {
             if !packages.contains(p) {
@@ -82,6 +86,31 @@ impl Plan {
             size: args.size,
             cache,
         })
+    }
+}
+
+/// A Debian architecture other than this machine's can be bootstrapped only where the
+/// kernel runs its programs through qemu-user (binfmt_misc): debootstrap runs the guest's
+/// maintainer scripts.
+fn check_foreign_arch(arch: &str) -> Result<()> {
+    if debian_arch().ok().as_deref() == Some(arch) {
+        return Ok(());
+    }
+    let qemu_arch = vmk_common::qemu::arch::canonical(arch);
+    let entry = Path::new("/proc/sys/fs/binfmt_misc").join(format!("qemu-{qemu_arch}"));
+    match fs::read_to_string(&entry) {
+        Ok(text) if text.starts_with("enabled") => Ok(()),
+        _ => Err(anyhow::anyhow!(
+            "bootstrapping {arch} on this machine needs qemu-user through binfmt_misc, and {}              is not enabled: apt-get install qemu-user-static binfmt-support (and, where              nothing mounted it, mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc;              update-binfmts --enable qemu-{qemu_arch})",
+            entry.display()
+        )),
+    }
+}
+
+impl Plan {
+    /// The guest's architecture in vmk's table (console, VMK_ARCH).
+    pub fn guest_arch(&self) -> &'static vmk_common::qemu::arch::Arch {
+        vmk_common::qemu::arch::spec(&self.debian.arch)
     }
 }
 

@@ -11,10 +11,15 @@ use crate::debian::write_file;
 use crate::image::{DISK0_NAME, ROOT_LABEL};
 use crate::plan::Plan;
 
-/// Kernel arguments for direct boot of the bootstrapped disk (VMK_APPEND).
+/// Kernel arguments for direct boot of the bootstrapped disk (VMK_APPEND) of an x86 guest.
 /// Root is found by its label, so the disk boots on every VMK_DISK_BUS (sda on scsi and lsi,
 /// vda on virtio, nvme0n1 on nvme).
 pub const APPEND: &str = "console=ttyS0 root=LABEL=vmkroot rw";
+
+/// VMK_APPEND of a guest whose serial console is `console` ([`APPEND`] on x86).
+pub fn append_for(console: &str) -> String {
+    APPEND.replacen("ttyS0", console, 1)
+}
 
 /// Writes the vm-config of `plan` into the VM directory `dir`.
 pub(crate) fn write_vm_config(plan: &Plan, dir: &Path) -> Result<()> {
@@ -45,6 +50,9 @@ VMK_VNC={vnc}
 VMK_DISK0={disk}
 VMK_DISK0_FORMAT=raw
 
+# The guest's architecture (its qemu, machine, console and firmware follow from it).
+VMK_ARCH={qemu_arch}
+
 # Direct kernel boot with the guest's own kernel and initrd, copied out of its /boot.
 # After a kernel update inside the guest, copy the new ones out again.
 VMK_KERNEL=vmlinuz
@@ -61,7 +69,8 @@ VMK_APPEND={append}
         vnc = plan.vnc,
         label = ROOT_LABEL,
         disk = DISK0_NAME,
-        append = q(APPEND),
+        qemu_arch = plan.guest_arch().name,
+        append = q(&append_for(plan.guest_arch().console)),
     )
 }
 
@@ -103,6 +112,17 @@ mod tests {
             Some(t.path().join("initrd.img").as_path())
         );
         assert_eq!(cfg.append.as_deref(), Some(APPEND));
+        assert_eq!(cfg.arch.as_deref(), Some("x86_64"));
+
+        // an arm64 guest: VMK_ARCH and its serial console
+        let mut arm = plan.clone();
+        arm.debian.arch = "arm64".into();
+        let text = vm_config_text(&arm, "2024-01-02 03:04:05 UTC");
+        assert!(text.contains("\nVMK_ARCH=aarch64\n"), "{text}");
+        assert!(
+            text.contains("VMK_APPEND=\"console=ttyAMA0 root=LABEL=vmkroot rw\""),
+            "{text}"
+        );
     }
 
     #[test]

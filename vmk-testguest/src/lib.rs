@@ -165,7 +165,7 @@ fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
         .arg(debootstrapped)
         .arg(&stage))?;
     eprintln!("vmk-testkit: configuring the guest root");
-    bootstrap::configure_root(&stage, DEBIAN_HOSTNAME, &FixtureRunner)?;
+    bootstrap::configure_root(&stage, DEBIAN_HOSTNAME, "ttyS0", &FixtureRunner)?;
     write(&stage, "etc/issue", &format!("{DEBIAN_READY} (\\l)\n\n"))?;
     bootstrap::copy_kernel(&stage, out)?;
     eprintln!("vmk-testkit: making the ext4 image");
