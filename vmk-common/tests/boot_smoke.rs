@@ -109,7 +109,7 @@ fn uid_and_seccomp(pid: i32) -> Result<(String, String)> {
 
 fn boots_to_first_line() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (mut guard, paths) = start(dir.path(), "console=ttyS0 panic=-1")?;
+    let (mut guard, paths) = start(dir.path(), "console=ttyS0 no_timer_check panic=-1")?;
     let took = guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_HELLO, BOOT_TIMEOUT)?;
     eprintln!("first guest line after {took:.1?}");
     guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_READY, BOOT_TIMEOUT)?;
@@ -140,7 +140,7 @@ fn root_runs_a_users_vm_as_that_user() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir()?;
     let g = guest::busybox_guest()?;
-    let cfg = vm_config(dir.path(), &g, "console=ttyS0 panic=-1")?;
+    let cfg = vm_config(dir.path(), &g, "console=ttyS0 no_timer_check panic=-1")?;
     // From here on the VM directory is nobody's (the config was read while it was root's).
     std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534))?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -167,7 +167,10 @@ fn root_runs_a_users_vm_as_that_user() -> Result<()> {
 
 fn poweroff_ends_qemu() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (mut guard, paths) = start(dir.path(), "console=ttyS0 panic=-1 vmk.poweroff")?;
+    let (mut guard, paths) = start(
+        dir.path(),
+        "console=ttyS0 no_timer_check panic=-1 vmk.poweroff",
+    )?;
     guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_HELLO, BOOT_TIMEOUT)?;
     guard
         .wait_exit(BOOT_TIMEOUT)

@@ -83,7 +83,7 @@ pub fn busybox_guest() -> Result<BusyboxGuest> {
     key.add(&file_stamp(&kernel));
     key.add(&file_stamp(&busybox));
     key.add(&file_stamp(&modules_dir.join("modules.dep")));
-    let append = "console=ttyS0 panic=-1".to_string();
+    let append = "console=ttyS0 no_timer_check panic=-1".to_string();
     let dir = cached(
         "busybox",
         &key.hex(),
