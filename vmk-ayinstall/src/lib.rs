@@ -375,7 +375,7 @@ fn cloudinit_cmd(global: &GlobalOpts, o: &CloudInitOpts) -> Result<ExitCode> {
     let output = o
         .output
         .clone()
-        .unwrap_or_else(|| cfg.dir.join(cloudinit::SEED_FILE));
+        .unwrap_or_else(|| cloudinit::seed_path(&cfg));
     seed.write_iso(&output)?;
     if !cfg.cloud_init {
         vmk_common::errln!(

@@ -38,8 +38,8 @@ use vmk_common::qemu::{Mode, QemuCommand, RuntimePaths, DEFAULT_ARCH};
         refused (libvirt before 10 has no element for them).\n\n\
         libvirt is driven with virsh. The connection is --connect URI, else \
         VMK_LIBVIRT_URI, else libvirt's default (-c stays vmk's config option). On a \
-        remote connection the disk images (and a kernel and initrd booted directly) are \
-        uploaded, sparse, into the storage pool VMK_LIBVIRT_POOL as volumes \
+        remote connection the disk images and CD-ROMs (and a kernel and initrd booted \
+        directly) are uploaded, sparse, into the storage pool VMK_LIBVIRT_POOL as volumes \
         <domain>-<file name>, never over an existing volume; a failed define deletes what \
         it uploaded. A name defined by another VM directory (or not by vmk) is refused; \
         defining the same directory again updates its domain. `vmk info`, `vmk ps` and \
@@ -128,10 +128,31 @@ pub fn domain_for(cfg: &VmConfig) -> Result<xml::Domain> {
     xml::Domain::from_command(&cmd, cfg.arch.as_deref().unwrap_or(DEFAULT_ARCH))
 }
 
-/// The command line of `vmk run` for `cfg`.
+/// The command line of `vmk run` for `cfg`, with the CD-ROMs every run attaches
+/// (VMK_ISO, the cloud-init seed: [`vmk_media::run_cdroms`]).
 pub fn run_command(cfg: &VmConfig) -> Result<QemuCommand> {
     let paths = RuntimePaths::new(&cfg.dir, cfg.disk0()?)?;
-    QemuCommand::from_config(cfg, Mode::Run, &paths)
+    let cmd = QemuCommand::from_config(cfg, Mode::Run, &paths)?;
+    Ok(vmk_media::run_cdroms(cfg)
+        .into_iter()
+        .fold(cmd, |cmd, cdrom| cmd.add_cdrom(cdrom)))
+}
+
+/// What the domain's media need before libvirt may start it, as `vmk run` checks: the
+/// install medium exists (a missing one is named by its key), and the cloud-init seed is
+/// written and current.
+fn prepare_media(cfg: &VmConfig) -> Result<()> {
+    if let Some(iso) = cfg.iso().filter(|iso| !iso.exists()) {
+        bail!(
+            "VMK_ISO: the install medium {} does not exist: check VMK_ISO and VMK_ISO_DIR",
+            iso.display()
+        );
+    }
+    if cfg.cloud_init {
+        vmk_media::cloudinit::ensure_seed(cfg)
+            .context("VMK_CLOUD_INIT=yes needs a cloud-init seed")?;
+    }
+    Ok(())
 }
 
 /// The connection asked for: `--connect`, VMK_LIBVIRT_URI, or libvirt's default (`None`).
@@ -235,6 +256,9 @@ fn define(cfg: &VmConfig, a: &DefineArgs, dry: bool) -> Result<()> {
         ),
     }
     let remote = is_remote(&uri);
+    if !dry {
+        prepare_media(cfg)?;
+    }
     let mut uploads = Vec::new();
     if remote && !dry {
         uploads = remote::upload(&uri, &cfg.libvirt_pool, &mut domain)?;

@@ -273,3 +273,41 @@ fn markup_in_values_is_escaped() {
     );
     insta::assert_snapshot!("markup_escaped", xml);
 }
+
+/// The CD-ROMs every `vmk run` attaches (VMK_ISO, resolved through VMK_ISO_DIR, and the
+/// cloud-init seed) are in the domain too, in the same order, and nothing else is added:
+/// a VM defined in libvirt boots with the media it has under vmk.
+#[test]
+fn iso_and_cloud_init_seed_are_the_domains_cdroms() {
+    use vmk_common::config::{self, LoadOptions};
+    let vm = tempfile::tempdir().unwrap();
+    let isos = tempfile::tempdir().unwrap();
+    std::fs::write(vm.path().join("disk0.img"), [0u8; 512]).unwrap();
+    std::fs::write(isos.path().join("product-base.iso"), b"iso").unwrap();
+    std::fs::write(
+        vm.path().join(config::VM_FILE_NAME),
+        format!(
+            "VMK_DISK0=disk0.img\nVMK_ISO=product-base.iso\nVMK_ISO_DIR='{}'\n\
+             VMK_CLOUD_INIT=yes\nVMK_ACCEL=tcg\n",
+            isos.path().display()
+        ),
+    )
+    .unwrap();
+    let cfg = config::load(&LoadOptions {
+        dir: Some(vm.path().to_path_buf()),
+        system_file: Some(vm.path().join("no-system-config")),
+        user_file: Some(vm.path().join("no-user-config")),
+        env: false,
+        ..LoadOptions::new()
+    })
+    .unwrap();
+    let xml = vmk_libvirt::domain_for(&cfg).unwrap().to_xml();
+    let f = facts_of_xml(&xml);
+    let want = [
+        isos.path().join("product-base.iso"),
+        vm.path().join("seed.iso"),
+    ]
+    .map(|p| p.display().to_string());
+    assert_eq!(f.cdroms, want, "{xml}");
+    assert_eq!(f.disks.len(), 1, "{xml}");
+}

@@ -70,11 +70,17 @@ pub fn read_keys(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The cloud-init NoCloud seed VMK_CLOUD_INIT=yes attaches: [`SEED_FILE`] in the VM
+/// directory.
+pub fn seed_path(cfg: &VmConfig) -> PathBuf {
+    cfg.dir.join(SEED_FILE)
+}
+
 /// Makes sure `<vm dir>/seed.iso` exists and is newer than `vm-key.pub` and `vm-config`,
 /// writing it when not; returns its path. For `vmk run` with VMK_CLOUD_INIT=yes: attach
 /// the returned path as a CD-ROM.
 pub fn ensure_seed(cfg: &VmConfig) -> Result<PathBuf> {
-    let seed_path = cfg.dir.join(SEED_FILE);
+    let seed_path = seed_path(cfg);
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     // only a regular file counts as a seed: a symlink planted there is replaced, not followed
     let seed_time = std::fs::symlink_metadata(&seed_path)

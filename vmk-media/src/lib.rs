@@ -9,3 +9,19 @@ pub mod clock;
 pub mod cloudinit;
 pub mod fat;
 pub mod iso9660;
+
+use std::path::PathBuf;
+
+use vmk_common::config::VmConfig;
+
+/// The CD-ROMs every run of `cfg`'s VM attaches, in order: the install medium (VMK_ISO,
+/// as the original vmk attached it on every run, booted from disk first), then the
+/// cloud-init seed (VMK_CLOUD_INIT=yes). Paths only, so that a dry run writes nothing:
+/// who starts the VM makes the seed ([`cloudinit::ensure_seed`]) and refuses a missing
+/// ISO. One list for `vmk run` and `vmk libvirt`, so their VMs cannot differ in media.
+pub fn run_cdroms(cfg: &VmConfig) -> Vec<PathBuf> {
+    cfg.iso()
+        .into_iter()
+        .chain(cfg.cloud_init.then(|| cloudinit::seed_path(cfg)))
+        .collect()
+}

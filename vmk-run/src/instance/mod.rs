@@ -19,7 +19,7 @@ use vmk_common::config::{ConfigError, DiskFormat, Origin, PortForward, VmConfig}
 use vmk_common::layout;
 use vmk_common::qemu::{self, Mode, Network, QemuCommand, Serial};
 use vmk_common::state::{self, RuntimePaths, VmStatus};
-use vmk_media::cloudinit;
+pub use vmk_media::cloudinit::seed_path;
 
 pub use exec::{exec, End, ExecOptions};
 pub use foreground::{attach, run_foreground, Ended, Watch};
@@ -328,24 +328,15 @@ pub fn command(inst: &Instance, mode: Mode, adjust: Option<Adjust<'_>>) -> Resul
     if disk0 != inst.image {
         cmd = cmd.disk0_override(&inst.image);
     }
-    if let Some(iso) = cfg.iso() {
-        // as the original vmk: the install medium on every run, booted from disk first
-        // (disk0 has bootindex 0); `preflight` refuses a missing one naming VMK_ISO
-        cmd = cmd.add_cdrom(iso);
-    }
-    if cfg.cloud_init {
-        // Only the path here, so that a dry run writes nothing; `preflight` makes the seed.
-        cmd = cmd.add_cdrom(seed_path(&cfg));
+    // disk0 has bootindex 0; `preflight` refuses a missing ISO naming VMK_ISO and makes
+    // the seed
+    for cdrom in vmk_media::run_cdroms(&cfg) {
+        cmd = cmd.add_cdrom(cdrom);
     }
     match adjust {
         Some(f) => f(cmd),
         None => Ok(cmd),
     }
-}
-
-/// The cloud-init NoCloud seed VMK_CLOUD_INIT=yes attaches: `seed.iso` in the VM directory.
-pub fn seed_path(cfg: &VmConfig) -> PathBuf {
-    cfg.dir.join(cloudinit::SEED_FILE)
 }
 
 /// The format a file name suggests: `.qcow2` → qcow2, anything else raw.
