@@ -165,7 +165,7 @@ pub fn list(image: &Path) -> Result<Vec<Snapshot>> {
         let note = read_note(&note_path(&path));
         snaps.push(Snapshot {
             name,
-            time: order.stamp.rfc3339(),
+            time: order.time(),
             size: meta.len(),
             allocated: meta.blocks() * 512,
             note,

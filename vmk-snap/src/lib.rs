@@ -33,7 +33,8 @@ use vmk_common::copy::{copy_file, CopyMode};
     version,
     about = "Instant reflink snapshots and the throwaway snapshot VM",
     long_about = "Instant reflink snapshots and the throwaway snapshot VM.\n\n\
-        Snapshots are reflink copies named <image>-YYYYMMDD-HHMMSS (UTC) beside the image: \
+        Snapshots are reflink copies named <image>-YYYYMMDD-HHMMSS (UTC) beside the image \
+        (the original vmk's <image>-YYYY-MM-DD_HH:MM:SS, local time, count too): \
         instant whatever the image's size, sharing every unchanged block. The snapshot VM \
         boots snap-<disk0>, a fresh reflink copy of disk0 made by `run`/`runin`, with its own \
         pidfile, QMP socket and console log; disk0 is never written by it."

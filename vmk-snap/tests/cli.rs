@@ -99,6 +99,57 @@ fn cpfile_refuses_same_file_and_overwrite_and_explains_missing_reflink() {
         .stderr(contains("not a regular file"));
 }
 
+/// A snapshot the original vmk took (`<disk0>-YYYY-MM-DD_HH:MM:SS`, local time) is one of
+/// disk0's snapshots: listed (with its local time, no zone), reverted to by its name or
+/// its time part, removed; a file that only looks like one is not.
+#[test]
+fn dsnap_sees_the_original_vmks_snapshots() {
+    let dir = vm_dir();
+    let d = dir.path();
+    let old = "disk0.img-2019-03-04_05:06:07";
+    fs::write(d.join(old), b"old vmk").unwrap();
+    fs::write(d.join("disk0.img-2019-03-04_05:06:07.bak"), b"not one").unwrap();
+    let out = vmk_snap(d)
+        .args(["--base", "dsnap", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["name"], old, "{list:?}");
+    assert_eq!(list[0]["time"], "2019-03-04T05:06:07", "{list:?}");
+    vmk_snap(d)
+        .args(["--base", "dsnap", "list"])
+        .assert()
+        .success()
+        .stdout(contains(old));
+    let out = vmk_snap(d)
+        .args([
+            "--base",
+            "dsnap",
+            "revert",
+            "--full-copy",
+            "2019-03-04_05:06:07",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(d.join("disk0.img")).unwrap(), b"old vmk");
+    let kept = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(fs::read(&kept).unwrap(), b"version 1");
+    vmk_snap(d)
+        .args(["--base", "dsnap", "rm", old])
+        .assert()
+        .success();
+    assert!(!d.join(old).exists());
+    assert!(d.join("disk0.img-2019-03-04_05:06:07.bak").exists());
+}
+
 #[test]
 fn dsnap_notes_list_revert_rm() {
     let dir = vm_dir();
