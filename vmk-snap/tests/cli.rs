@@ -99,6 +99,21 @@ fn cpfile_refuses_same_file_and_overwrite_and_explains_missing_reflink() {
         .stderr(contains("not a regular file"));
 }
 
+/// `dsnap revert --full-copy NAME`, which must succeed; returns the snapshot of what disk0
+/// was before, which it prints.
+fn revert_full_copy(d: &Path, name: &str) -> String {
+    let out = vmk_snap(d)
+        .args(["--base", "dsnap", "revert", "--full-copy", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A snapshot the original vmk took (`<disk0>-YYYY-MM-DD_HH:MM:SS`, local time) is one of
 /// disk0's snapshots: listed (with its local time, no zone), reverted to by its name or
 /// its time part, removed; a file that only looks like one is not.
@@ -124,24 +139,9 @@ fn dsnap_sees_the_original_vmks_snapshots() {
         .assert()
         .success()
         .stdout(contains(old));
-    let out = vmk_snap(d)
-        .args([
-            "--base",
-            "dsnap",
-            "revert",
-            "--full-copy",
-            "2019-03-04_05:06:07",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let kept = revert_full_copy(d, "2019-03-04_05:06:07");
     assert_eq!(fs::read(d.join("disk0.img")).unwrap(), b"old vmk");
-    let kept = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(fs::read(&kept).unwrap(), b"version 1");
+    assert_eq!(fs::read(kept).unwrap(), b"version 1");
     vmk_snap(d)
         .args(["--base", "dsnap", "rm", old])
         .assert()
@@ -178,18 +178,9 @@ fn dsnap_notes_list_revert_rm() {
         );
     let stamp = name.strip_prefix("disk0.img-").unwrap().to_string();
     fs::write(d.join("disk0.img"), b"version 2").unwrap();
-    let out = vmk_snap(d)
-        .args(["--base", "dsnap", "revert", "--full-copy", &stamp])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let kept = revert_full_copy(d, &stamp);
     assert_eq!(fs::read(d.join("disk0.img")).unwrap(), b"version 1");
-    let kept = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(fs::read(&kept).unwrap(), b"version 2");
+    assert_eq!(fs::read(kept).unwrap(), b"version 2");
     let out = vmk_snap(d)
         .args(["--base", "dsnap", "list", "--json"])
         .output()
