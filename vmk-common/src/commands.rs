@@ -259,13 +259,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         "mkdisk0",
         "mount",
         &["mkdisk0"],
-        "Create disk0 as a NOCOW qcow2 file of VMK_INST_DISK0 size (refuses to overwrite)",
+        "Create disk0 as a NOCOW qcow2 file of VMK_INST_DISK0 size (an existing disk0 is left as it is)",
     ),
     cmd(
         "mkdisks",
         "mount",
         &["mkdisks"],
-        "Create the extra disks disk1…disk6 as NOCOW qcow2 files of VMK_INST_DISK size",
+        "Create the missing extra disks disk1…disk6 as NOCOW qcow2 files of VMK_INST_DISK size (existing ones are left)",
     ),
     cmd(
         "sshkey",

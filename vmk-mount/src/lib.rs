@@ -108,9 +108,9 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Create disk0 as a NOCOW qcow2 file of VMK_INST_DISK0 size (refuses to overwrite)
+    /// Create disk0 as a NOCOW qcow2 file of VMK_INST_DISK0 size (an existing disk0 is left as it is)
     Mkdisk0,
-    /// Create the extra disks (VMK_DISK1…6, else disk1…diskN) as NOCOW qcow2 of VMK_INST_DISK size
+    /// Create the missing extra disks (VMK_DISK1…6, else disk1…diskN) as NOCOW qcow2 of VMK_INST_DISK size (existing ones are left)
     Mkdisks {
         /// How many when no VMK_DISKn is set (disk1…diskN)
         #[arg(short = 'n', long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=6))]
@@ -569,18 +569,16 @@ fn prep(cfg: &VmConfig, args: &[String], dry: bool) -> Result<ExitCode> {
     Ok(exit_code(status))
 }
 
-/// Creates each path as an empty NOCOW file, then a qcow2 of `size` in it. Refuses when any
-/// exists, before creating anything.
+/// Creates each path that does not exist as an empty NOCOW file, then a qcow2 of `size` in
+/// it, and prints it. An existing path (whatever it is) is said and left as it is, as the
+/// original vmk did: `mkdisks` makes what is missing however often it runs, and never
+/// overwrites a disk.
 pub fn mkdisks(paths: &[PathBuf], size: Size, dry: bool) -> Result<ExitCode> {
     for p in paths {
         if p.symlink_metadata().is_ok() {
-            bail!(
-                "{} exists: refusing to overwrite a disk image (remove it first)",
-                p.display()
-            );
+            vmk_common::errln!("vmk-mount: {} exists: left as it is", p.display());
+            continue;
         }
-    }
-    for p in paths {
         let create = QemuImgCreate::new(p, DiskFormat::Qcow2, size.bytes());
         if dry {
             print_lines([
