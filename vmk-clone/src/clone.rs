@@ -1,4 +1,4 @@
-//! `vmk clone -o OUTDIR -n NAME`: a new VM directory OUTDIR/NAME beside the original, with its
+//! `vmk clone [-o OUTDIR] [-n NAME]`: a new VM directory OUTDIR/NAME beside the original, with its
 //! vm-config (VMK_NAME and VMK_VNC changed, every other byte kept) and reflink copies of its
 //! disks, so the clone can run next to the original at once.
 //!
@@ -29,10 +29,12 @@ use vmk_common::usage;
 /// Options of `clone`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct CloneArgs {
-    /// Directory to create the clone in (created when missing)
+    /// Directory to create the clone in (created when missing; default: the current
+    /// directory, as the original vmk)
     #[arg(short = 'o', long = "outdir", value_name = "OUTDIR")]
     pub outdir: Option<PathBuf>,
-    /// Name of the clone: its directory OUTDIR/NAME and its VMK_NAME
+    /// Name of the clone: its directory OUTDIR/NAME and its VMK_NAME (default: this VM's
+    /// name with `-clone`, as the original vmk)
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
     /// Copy the ssh key pair (vm-key, vm-key.pub) too
@@ -142,12 +144,14 @@ struct DiskCopy {
 
 /// Runs `clone`.
 pub fn run(global: &GlobalOpts, a: &CloneArgs) -> Result<ExitCode> {
-    let (Some(outdir), Some(name)) = (&a.outdir, &a.name) else {
-        return Err(usage!("clone needs -o OUTDIR and -n NAME"));
-    };
-    check_name(name)?;
     let cfg = VmConfig::load_for(global)?;
     cfg.require_vm_dir()?;
+    let outdir = a.outdir.as_deref().unwrap_or(Path::new("."));
+    let name = &a
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-clone", cfg.display_name()));
+    check_name(name)?;
     let src_config = &cfg.config_file;
     let config_bytes = config::files::read_config(src_config, &cfg.config_display)?
         .with_context(|| format!("{} went away while cloning", cfg.config_display))?;

@@ -1,4 +1,4 @@
-//! vmk-clone: clone a VM directory (`clone -o OUTDIR -n NAME`), print a new config
+//! vmk-clone: clone a VM directory (`clone [-o OUTDIR] [-n NAME]`), print a new config
 //! (`newconfig`) and change one key of ./vm-config (`set KEY VALUE`).
 //!
 //! `vmk clone …` runs `vmk-clone …` (the `clone` subcommand is the default when the first
@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use vmk_common::cli::{GlobalOpts, Tool};
-use vmk_common::usage;
 
 /// Clone a VM directory; write and edit vm-config.
 #[derive(Parser, Debug)]
@@ -23,7 +22,7 @@ use vmk_common::usage;
     about = "Clone a VM directory; write and edit vm-config",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Without a command, the options are those of `clone`: vmk clone -o OUTDIR -n NAME [-k]"
+    after_help = "Without a command, the options are those of `clone`: vmk clone [-o OUTDIR] [-n NAME] [-k] (by default ./NAME-clone, as the original vmk)"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -59,11 +58,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(Command::Clone(a)) => clone::run(&args.global, &a),
         Some(Command::Newconfig(a)) => newconfig::run(&a),
         Some(Command::Set(a)) => set::run(&args.global, &a),
-        None if args.clone.outdir.is_some() || args.clone.name.is_some() => {
-            clone::run(&args.global, &args.clone)
-        }
-        None => Err(usage!(
-            "what to do? `vmk clone -o OUTDIR -n NAME`, `vmk newconfig` or `vmk set KEY VALUE` (see --help)"
-        )),
+        None => clone::run(&args.global, &args.clone),
     }
 }

@@ -101,17 +101,40 @@ fn newconfig_prints_a_config_that_set_can_edit() {
     assert_eq!(after, text.replace("\nVMK_MEM=1024\n", "\nVMK_MEM=2048\n"));
 }
 
+/// As the original vmk: without -o the clone goes into the current directory, without -n
+/// it is called `<this VM's name>-clone`.
 #[test]
-fn clone_needs_outdir_and_name_and_refuses_existing() {
+fn clone_defaults_to_here_and_name_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("vm-config"), "VMK_NAME=sles\nVMK_DISK0=disk0.img\n").unwrap();
+    fs::write(d.join("disk0.img"), b"data").unwrap();
+    vmk_clone(d)
+        .args(["--full-copy", "--vnc", "44"])
+        .assert()
+        .success()
+        .stdout(contains("sles-clone"));
+    assert_eq!(fs::read(d.join("sles-clone/disk0.img")).unwrap(), b"data");
+    let cfg = fs::read_to_string(d.join("sles-clone/vm-config")).unwrap();
+    assert!(cfg.contains("VMK_NAME=sles-clone\n"), "{cfg}");
+    vmk_clone(d)
+        .args(["-o", "out", "--full-copy", "--vnc", "45"])
+        .assert()
+        .success();
+    assert!(d.join("out/sles-clone/vm-config").is_file());
+    // a second default clone would overwrite the first: refused
+    vmk_clone(d)
+        .args(["--full-copy"])
+        .assert()
+        .code(2)
+        .stderr(contains("refusing to overwrite"));
+}
+
+#[test]
+fn clone_refuses_an_existing_clone() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("vm-config"), "VMK_DISK0=disk0.img\n").unwrap();
     fs::write(dir.path().join("disk0.img"), b"data").unwrap();
-    vmk_clone(dir.path()).assert().code(2);
-    vmk_clone(dir.path())
-        .args(["-o", "out"])
-        .assert()
-        .code(2)
-        .stderr(contains("-n NAME"));
     fs::create_dir_all(dir.path().join("out/taken")).unwrap();
     vmk_clone(dir.path())
         .args(["-o", "out", "-n", "taken", "--full-copy"])
