@@ -228,7 +228,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "putfile",
         "mount",
         &["putfile"],
-        "Copy files into the stopped image's /root/vm",
+        "Copy files and directories into the stopped image's /root/vm",
     ),
     cmd(
         "chroot",

@@ -72,11 +72,11 @@ pub enum Cmd {
         /// The mount point or image (default: disk0's mount)
         dir: Option<PathBuf>,
     },
-    /// Copy files into the stopped image's /root/vm
+    /// Copy files and directories into the stopped image's /root/vm
     Putfile {
         #[command(flatten)]
         opts: MountOpts,
-        /// Files to copy
+        /// Files and directories to copy
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -240,9 +240,9 @@ fn umount(cfg: &VmConfig, dir: Option<&Path>, dry: bool) -> Result<ExitCode> {
 
 fn putfile(cfg: &VmConfig, opts: &MountOpts, files: &[PathBuf], dry: bool) -> Result<ExitCode> {
     for f in files {
-        if !f.is_file() {
+        if !f.is_file() && !f.is_dir() {
             return Err(vmk_common::usage!(
-                "{} is not a file (putfile copies files)",
+                "{} is not a file or directory (putfile copies those)",
                 f.display()
             ));
         }
@@ -619,7 +619,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn putfile_of_a_directory_exits_2() {
+    fn putfile_of_a_missing_file_exits_2() {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = tmp.path().join("vm-config");
         std::fs::write(&cfg, "VMK_DISK0=disk0.img\n").unwrap();
@@ -628,11 +628,14 @@ mod tests {
             "-c",
             cfg.to_str().unwrap(),
             "putfile",
-            tmp.path().to_str().unwrap(),
+            tmp.path().join("nosuch").to_str().unwrap(),
         ])
         .unwrap();
         let err = run(a).unwrap_err();
         assert_eq!(vmk_common::cli::exit_status_of(&err), 2, "{err:#}");
-        assert!(err.to_string().contains("is not a file"), "{err:#}");
+        assert!(
+            err.to_string().contains("is not a file or directory"),
+            "{err:#}"
+        );
     }
 }
