@@ -1,10 +1,12 @@
 //! vmk-clone: clone a VM directory (`clone [-o OUTDIR] [-n NAME]`), print a new config
-//! (`newconfig`) and change one key of ./vm-config (`set KEY VALUE`).
+//! (`newconfig`), change one key of ./vm-config (`set KEY VALUE`) or edit it in the user's
+//! editor and check it (`editme`).
 //!
 //! `vmk clone …` runs `vmk-clone …` (the `clone` subcommand is the default when the first
-//! argument is an option), `vmk newconfig` and `vmk set` run `vmk-clone newconfig|set`.
+//! argument is an option), `vmk newconfig`, `vmk set` and `vmk editme` run `vmk-clone newconfig|set|editme`.
 
 pub mod clone;
+pub mod editme;
 pub mod newconfig;
 pub mod set;
 
@@ -50,6 +52,8 @@ pub enum Command {
     Newconfig(newconfig::NewconfigArgs),
     /// Change one key of ./vm-config (or -c FILE), keeping every other byte
     Set(set::SetArgs),
+    /// Edit ./vm-config (or -c FILE) in $VISUAL or $EDITOR, then check it (a problem is named with file:line)
+    Editme,
 }
 
 /// Runs vmk-clone.
@@ -58,6 +62,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(Command::Clone(a)) => clone::run(&args.global, &a),
         Some(Command::Newconfig(a)) => newconfig::run(&a),
         Some(Command::Set(a)) => set::run(&args.global, &a),
+        Some(Command::Editme) => editme::run(&args.global),
         None => clone::run(&args.global, &args.clone),
     }
 }

@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use assert_cmd::Command;
+use predicates::prelude::*;
 use predicates::str::contains;
 
 fn vmk_clone(dir: &Path) -> Command {
@@ -309,4 +310,43 @@ fn set_and_clone_refuse_a_fifo_as_config_without_blocking() {
         .code(2)
         .stderr(contains("is a FIFO"));
     assert!(!dir.path().join("out").exists());
+}
+
+/// `editme` runs $VISUAL (before $EDITOR) on vm-config, then checks what was written: a
+/// bad value is named with file, line and key (exit 2), a good edit is kept (exit 0).
+#[test]
+fn editme_edits_in_the_users_editor_then_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("vm-config"), "VMK_DISK0=disk0.img\n").unwrap();
+    let editor = d.join("append-line");
+    fs::write(&editor, "#!/bin/sh\nprintf '%s\\n' \"$LINE\" >> \"$1\"\n").unwrap();
+    fs::set_permissions(&editor, fs::Permissions::from_mode(0o755)).unwrap();
+    vmk_clone(d)
+        .arg("editme")
+        .env("VISUAL", &editor)
+        .env("EDITOR", "false")
+        .env("LINE", "VMK_MEM=lots")
+        .assert()
+        .code(2)
+        .stderr(contains("vm-config:2").and(contains("VMK_MEM")));
+    fs::write(d.join("vm-config"), "VMK_DISK0=disk0.img\n").unwrap();
+    vmk_clone(d)
+        .arg("editme")
+        .env_remove("VISUAL")
+        .env("EDITOR", &editor)
+        .env("LINE", "VMK_MEM=2G")
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read_to_string(d.join("vm-config")).unwrap(),
+        "VMK_DISK0=disk0.img\nVMK_MEM=2G\n"
+    );
+    // an editor that fails is said, and the file left as it left it
+    vmk_clone(d)
+        .arg("editme")
+        .env("VISUAL", "false")
+        .assert()
+        .code(1)
+        .stderr(contains("the editor false failed"));
 }

@@ -213,6 +213,12 @@ pub const COMMANDS: &[CommandSpec] = &[
         "Change one key of ./vm-config (or -c FILE), keeping every other byte",
     ),
     cmd(
+        "editme",
+        "clone",
+        &["editme"],
+        "Edit ./vm-config (or -c FILE) in $VISUAL or $EDITOR, then check it (a problem is named with file:line)",
+    ),
+    cmd(
         "mount",
         "mount",
         &["mount"],

@@ -73,6 +73,7 @@ const USES: &[(&str, &[Uses])] = &[
     ("clone", &[Config, Key]),
     ("newconfig", &[]),
     ("set", &[Config]),
+    ("editme", &[Config]),
     ("mount", &[Config, MountDir]),
     ("umount", &[Config, MountDir]),
     ("putfile", &[Config]),
