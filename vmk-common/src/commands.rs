@@ -308,7 +308,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "waitssh",
         "sshkey",
         &["waitssh"],
-        "Wait until ssh into the VM works, then run the command (if any) and pass its status",
+        "Wait until ssh into the VM works, then run the command and pass its status (none: a shell on a terminal)",
     )
     .also(&["sshwait"]),
     cmd(

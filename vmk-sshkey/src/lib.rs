@@ -1,7 +1,7 @@
 //! vmk-sshkey: SSH into VMs: the VM's own key pair, ssh, waitssh, scp and sshfs as root@ the
 //! VM, and two ways to put the key into a guest that does not take it as a credential.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -76,7 +76,7 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
-    /// Wait until ssh into the VM works, then run the command (if any) and pass its status
+    /// Wait until ssh into the VM works, then run the command and pass its status; without one, a shell when stdin is a terminal (as the original), else just the wait
     #[command(visible_alias = "sshwait")]
     Waitssh {
         /// Give up after this many seconds
@@ -85,7 +85,7 @@ pub enum Cmd {
         /// Print how long the wait took (banner and login) on stderr
         #[arg(long)]
         times: bool,
-        /// Command to run in the guest once ssh works
+        /// Command to run in the guest once ssh works (none: a shell on a terminal)
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
@@ -288,6 +288,9 @@ fn waitssh(
     let key = existing_key(cfg)?;
     let t = target::target(cfg)?;
     let hk = HostKeys::for_vm(cfg)?;
+    // as the original: with no command, a shell once ssh answers, when someone is there to
+    // use it; a script (stdin not a terminal) only waits
+    let shell = command.is_empty() && std::io::stdin().is_terminal();
     if dry {
         let c = ssh::ssh_command(
             &key,
@@ -299,7 +302,7 @@ fn waitssh(
             &["true".into()],
         );
         vmk_common::errln!("would poll {t} for sshd, then: {}", command_line(&c));
-        if !command.is_empty() {
+        if !command.is_empty() || shell {
             vmk_common::outln!("{}", command_line(&user_ssh(&key, &t, &hk, command)))?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -312,7 +315,7 @@ fn waitssh(
             w.login.as_secs_f64()
         );
     }
-    if command.is_empty() {
+    if command.is_empty() && !shell {
         return Ok(ExitCode::SUCCESS);
     }
     watch::run(user_ssh(&key, &t, &hk, command), &hk, &t)

@@ -551,8 +551,62 @@ fn not_running_means_strict_checking() -> Result<()> {
     Ok(())
 }
 
+/// `waitssh` with no command: a shell once ssh answers when stdin is a terminal (as the
+/// original), only the wait for a script. Seen in a dry run: on a pseudo-terminal (made by
+/// `script`) it prints the interactive ssh (`-t`), with stdin from /dev/null nothing.
+fn waitssh_without_command_is_a_shell_on_a_terminal() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let slot = VmSlot::reserve()?;
+    fs::write(
+        dir.path().join("vm-config"),
+        format!("VMK_DISK0=disk0\n{}", slot.config_line()),
+    )?;
+    let bin = env!("CARGO_BIN_EXE_vmk-sshkey");
+    let out = Command::new(bin)
+        .current_dir(dir.path())
+        .arg("sshkeygen")
+        .output()?;
+    ensure!(out.status.success(), "sshkeygen: {}", stderr_of(&out));
+    let script = Command::new(bin)
+        .current_dir(dir.path())
+        .args(["-D", "waitssh"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    ensure!(script.status.success(), "{}", stderr_of(&script));
+    ensure!(
+        script.stdout.is_empty(),
+        "without a terminal waitssh only waits, yet it would run: {}",
+        String::from_utf8_lossy(&script.stdout)
+    );
+    let tty = Command::new("script")
+        .current_dir(dir.path())
+        .args(["-qec", &format!("{bin} -D waitssh"), "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&tty.stdout);
+    ensure!(
+        tty.status.success(),
+        "on a terminal: {text}{}",
+        stderr_of(&tty)
+    );
+    let shell = text
+        .lines()
+        .find(|l| l.starts_with("ssh ") || l.contains("/ssh "))
+        .with_context(|| format!("no interactive ssh on a terminal: {text}"))?;
+    ensure!(
+        shell.split_whitespace().any(|w| w == "-t"),
+        "the shell's ssh has no terminal (-t): {shell}"
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     run_system_tests(vec![
+        SystemTest::new(
+            "waitssh_without_command_is_a_shell_on_a_terminal",
+            &[Need::Ssh, Need::Program("script")],
+            waitssh_without_command_is_a_shell_on_a_terminal,
+        ),
         SystemTest::new(
             "no_key_is_a_clear_error",
             &[Need::Ssh],
