@@ -272,14 +272,20 @@ fn by_sshkeyput_and_putfile() -> Result<()> {
     Ok(())
 }
 
-fn waitssh_times_out_clearly() -> Result<()> {
+/// A VM directory whose vm-config names disk0 and a VM number reserved for this test.
+fn slot_vm_dir() -> Result<(tempfile::TempDir, VmSlot)> {
     let dir = tempfile::tempdir()?;
-    // a reserved number: nothing listens on its ssh port
     let slot = VmSlot::reserve()?;
     fs::write(
         dir.path().join("vm-config"),
         format!("VMK_DISK0=disk0\n{}", slot.config_line()),
     )?;
+    Ok((dir, slot))
+}
+
+fn waitssh_times_out_clearly() -> Result<()> {
+    // a reserved number: nothing listens on its ssh port
+    let (dir, slot) = slot_vm_dir()?;
     let vm = Vm {
         dir,
         _slot: slot,
@@ -491,12 +497,7 @@ fn host_key_learned_then_checked() -> Result<()> {
 /// No VM runs per the pidfile: every command's options check the host key strictly
 /// against the VM's known_hosts file under the alias; nothing says StrictHostKeyChecking=no.
 fn not_running_means_strict_checking() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let slot = VmSlot::reserve()?;
-    fs::write(
-        dir.path().join("vm-config"),
-        format!("VMK_DISK0=disk0\n{}", slot.config_line()),
-    )?;
+    let (dir, _slot) = slot_vm_dir()?;
     let run = |args: &[&str]| -> Result<Output> {
         Ok(Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"))
             .current_dir(dir.path())
@@ -555,12 +556,7 @@ fn not_running_means_strict_checking() -> Result<()> {
 /// original), only the wait for a script. Seen in a dry run: on a pseudo-terminal (made by
 /// `script`) it prints the interactive ssh (`-t`), with stdin from /dev/null nothing.
 fn waitssh_without_command_is_a_shell_on_a_terminal() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let slot = VmSlot::reserve()?;
-    fs::write(
-        dir.path().join("vm-config"),
-        format!("VMK_DISK0=disk0\n{}", slot.config_line()),
-    )?;
+    let (dir, _slot) = slot_vm_dir()?;
     let bin = env!("CARGO_BIN_EXE_vmk-sshkey");
     let out = Command::new(bin)
         .current_dir(dir.path())
