@@ -204,13 +204,16 @@ fn exec_interrupted_by_sigterm_ends_the_vm() -> Result<()> {
 fn exec_without_sshd_fails_with_exit_1() -> Result<()> {
     // The guest's kernel powers off at once (no init to run): qemu exits, no sshd ever.
     let vm = DevVm::new("")?;
+    let append = vmk_testguest::debian_guest()?.append;
     let cfg = fs::read_to_string(vm.dir().join("vm-config"))?;
+    let dying = cfg.replace(&append, &format!("{append} init=/bin/false panic=-1"));
+    ensure!(
+        dying != cfg,
+        "the guest's kernel line is not in its vm-config: {cfg}"
+    );
     fs::write(
         vm.dir().join("vm-config"),
-        cfg.replace(
-            "root=/dev/vda rw",
-            "root=/dev/vda rw init=/bin/false panic=-1",
-        ) + "VMK_EXTRA_ARGS=-no-reboot\n",
+        dying + "VMK_EXTRA_ARGS=-no-reboot\n",
     )?;
     let out = vm.snap_exec("true", b"")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
