@@ -184,22 +184,21 @@ mod tests {
         }
     }
 
+    /// What the fake agent sends: stale answers meant for earlier clients (a plain
+    /// `return`, a delimited one, a thaw answer, a delimited error) before its own.
+    const STALE_THEN_ANSWERS: &[&[u8]] = &[
+        b"{\"return\": {}}\n",
+        b"\xff{\"return\": 12345}\n",
+        b"{\"return\": \"thawed\"}\n",
+        b"\xff{\"error\": {\"desc\": \"x\"}}\n",
+    ];
+
     #[test]
     fn sync_skips_answers_meant_for_earlier_clients() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("vm.qga");
         let listener = UnixListener::bind(&sock).unwrap();
-        let agent = std::thread::spawn(move || {
-            fake_agent(
-                listener,
-                &[
-                    b"{\"return\": {}}\n",
-                    b"\xff{\"return\": 12345}\n",
-                    b"{\"return\": \"thawed\"}\n",
-                    b"\xff{\"error\": {\"desc\": \"x\"}}\n",
-                ],
-            )
-        });
+        let agent = std::thread::spawn(move || fake_agent(listener, STALE_THEN_ANSWERS));
         let ran = with_frozen(&sock, || Ok("copied")).unwrap();
         assert_eq!(ran, "copied");
         let got = agent.join().unwrap();
@@ -221,17 +220,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("vm.qga");
         let listener = UnixListener::bind(&sock).unwrap();
-        let agent = std::thread::spawn(move || {
-            fake_agent(
-                listener,
-                &[
-                    b"{\"return\": {}}\n",
-                    b"\xff{\"return\": 12345}\n",
-                    b"{\"return\": \"thawed\"}\n",
-                    b"\xff{\"error\": {\"desc\": \"x\"}}\n",
-                ],
-            )
-        });
+        let agent = std::thread::spawn(move || fake_agent(listener, STALE_THEN_ANSWERS));
         let mut a = Agent::connect(&sock).unwrap();
         assert_eq!(a.stale_answers_skipped(), 4);
         assert_eq!(a.execute("guest-fsfreeze-freeze", None).unwrap(), json!(2));
