@@ -11,7 +11,7 @@
 //! or exited). That is why these tests have a binary of their own.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -85,21 +85,8 @@ impl Vm {
     }
 
     fn vmk_run(&self, args: &[&str]) -> Result<Output> {
-        let mut cmd = self.env.command(env!("CARGO_BIN_EXE_vmk-run"));
-        let out = cmd
-            .args(args)
-            .current_dir(self.path())
-            .stdin(Stdio::null())
-            .output()
-            .context("running vmk-run")?;
-        eprintln!(
-            "$ vmk-run {} → {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out)
+        self.env
+            .run_logged(env!("CARGO_BIN_EXE_vmk-run"), self.path(), args, None)
     }
 
     /// `vmk-run run`, the qemu guarded by the pid in its pidfile; waits for the guest's

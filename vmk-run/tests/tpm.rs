@@ -97,22 +97,8 @@ impl Vm {
     }
 
     fn vmk_run(&self, args: &[&str]) -> Result<Output> {
-        let out = self
-            .env
-            .command(env!("CARGO_BIN_EXE_vmk-run"))
-            .args(args)
-            .current_dir(self.path())
-            .stdin(Stdio::null())
-            .output()
-            .context("running vmk-run")?;
-        eprintln!(
-            "$ vmk-run {} → {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out)
+        self.env
+            .run_logged(env!("CARGO_BIN_EXE_vmk-run"), self.path(), args, None)
     }
 
     /// `vmk-run run`: its qemu (guarded) and its swtpm's pid, checked to be running.

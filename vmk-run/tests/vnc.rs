@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -214,27 +214,12 @@ fn screendump(qmp: &Path, file: &Path) -> Result<Picture> {
 }
 
 fn vmk_run(env: &TestEnv, dir: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-    let mut cmd = env.command(env!("CARGO_BIN_EXE_vmk-run"));
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(stdin.unwrap_or("").as_bytes())?;
-    let out = child.wait_with_output()?;
-    eprintln!(
-        "$ vmk-run {} → {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
+    env.run_logged(
+        env!("CARGO_BIN_EXE_vmk-run"),
+        dir,
+        args,
+        stdin.map(str::as_bytes),
+    )
 }
 
 fn vnc_shows_the_console() -> Result<()> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use vmk_testkit::btrfs::LoopBtrfs;
 use vmk_testkit::guest::{self, BUSYBOX_READY};
 use vmk_testkit::images::btrfs_du;
@@ -42,34 +42,12 @@ struct Vm {
 
 impl Vm {
     fn vmk_snap(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-        let mut cmd = self.env.command(env!("CARGO_BIN_EXE_vmk-snap"));
-        cmd.args(args)
-            .current_dir(&self.dir)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("starting vmk-snap")?;
-        if let Some(text) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(text.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        eprintln!(
-            "$ vmk-snap {} → {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out)
+        self.env.run_logged(
+            env!("CARGO_BIN_EXE_vmk-snap"),
+            &self.dir,
+            args,
+            stdin.map(str::as_bytes),
+        )
     }
 
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {

@@ -281,6 +281,50 @@ impl TestEnv {
         cmd
     }
 
+    /// Runs `program` (a workspace binary) with `args` in `dir` in this environment, with
+    /// `stdin` as its input (none: /dev/null), and logs the command, its status and its
+    /// output on stderr, where a failing test's report shows them.
+    pub fn run_logged(
+        &self,
+        program: &str,
+        dir: &Path,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<std::process::Output> {
+        use std::io::Write;
+        use std::process::Stdio;
+        let name = Path::new(program)
+            .file_name()
+            .map_or(program.into(), |n| n.to_string_lossy());
+        let mut child = self
+            .command(program)
+            .args(args)
+            .current_dir(dir)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        if let Some(input) = stdin {
+            child.stdin.take().expect("piped").write_all(input)?;
+        }
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("running {name}"))?;
+        eprintln!(
+            "$ {name} {} → {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    }
+
     /// The directory holding it all (removed when dropped).
     pub fn path(&self) -> &Path {
         &self.root
