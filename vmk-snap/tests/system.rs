@@ -767,14 +767,11 @@ fn efi_test_boot(
         .collect())
 }
 
-/// VMK_FIRMWARE=uefi: the first run makes disk0's variable store (NOCOW) and the guest
-/// sees EFI; a variable the guest sets lives in the store, `dsnap` snapshots the store with
-/// disk0 and `dsnap revert` brings its value back; `snap run` boots a copy of the store and
-/// leaves disk0's unchanged.
-fn uefi_variables_travel_with_disk0() -> Result<()> {
+/// [`debian_guest_on_btrfs`] with [`EFI_TEST_SCRIPT`] written into disk0 as
+/// /root/efitest.sh (by debugfs, nothing mounted).
+fn debian_guest_with_efi_test_script() -> Result<(vmk_testguest::DebianGuest, LoopBtrfs)> {
     let (g, btrfs) = debian_guest_on_btrfs()?;
     let dir = btrfs.path().join("vm");
-    let disk0 = dir.join("disk0.img");
     let script = dir.join("efitest.sh");
     fs::write(&script, EFI_TEST_SCRIPT)?;
     run_ok({
@@ -782,9 +779,19 @@ fn uefi_variables_travel_with_disk0() -> Result<()> {
         c.arg("-w")
             .arg("-R")
             .arg(format!("write {} /root/efitest.sh", script.display()))
-            .arg(&disk0);
+            .arg(dir.join("disk0.img"));
         c
     })?;
+    Ok((g, btrfs))
+}
+
+/// VMK_FIRMWARE=uefi: the first run makes disk0's variable store (NOCOW) and the guest
+/// sees EFI; a variable the guest sets lives in the store, `dsnap` snapshots the store with
+/// disk0 and `dsnap revert` brings its value back; `snap run` boots a copy of the store and
+/// leaves disk0's unchanged.
+fn uefi_variables_travel_with_disk0() -> Result<()> {
+    let (g, btrfs) = debian_guest_with_efi_test_script()?;
+    let dir = btrfs.path().join("vm");
     let slot = vmk_testkit::isolation::VmSlot::reserve()?;
     write_config(&dir, &efi_config(&g, &dir, slot.number())?)?;
     let vars = dir.join("disk0.img.efivars");
@@ -850,19 +857,8 @@ fn uefi_variables_travel_with_disk0() -> Result<()> {
 /// enrolled, direct kernel boot of Debian's signed kernel: the guest's kernel finds Secure
 /// Boot enabled (its EFI stub and `secureboot:` lines, then it locks itself down).
 fn uefi_secure_guest_reports_secure_boot() -> Result<()> {
-    let (g, btrfs) = debian_guest_on_btrfs()?;
+    let (g, btrfs) = debian_guest_with_efi_test_script()?;
     let dir = btrfs.path().join("vm");
-    let disk0 = dir.join("disk0.img");
-    let script = dir.join("efitest.sh");
-    fs::write(&script, EFI_TEST_SCRIPT)?;
-    run_ok({
-        let mut c = Command::new("debugfs");
-        c.arg("-w")
-            .arg("-R")
-            .arg(format!("write {} /root/efitest.sh", script.display()))
-            .arg(&disk0);
-        c
-    })?;
     let slot = vmk_testkit::isolation::VmSlot::reserve()?;
     let config = efi_config(&g, &dir, slot.number())?
         .replace("VMK_FIRMWARE=uefi\n", "VMK_FIRMWARE=uefi-secure\n");
