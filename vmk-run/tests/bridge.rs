@@ -319,6 +319,17 @@ fn bridge_in_netns() -> Result<()> {
         "{info}"
     );
     ensure!(info["mac"] == mac.as_str(), "info mac {}", info["mac"]);
+    // The namespace has talked to the guest: its neighbour table has the guest by its MAC.
+    ensure!(
+        info["guest_ip"]["addr"] == GUEST_ADDR && info["guest_ip"]["source"] == "neighbour",
+        "info does not give the guest's address from the neighbour table: {}",
+        info["guest_ip"]
+    );
+    let text = String::from_utf8(vmk_run(&["info"])?.stdout)?;
+    ensure!(
+        text.contains(&format!("{GUEST_ADDR} (neighbour table, MAC {mac})")),
+        "info's ip line:\n{text}"
+    );
 
     ensure!(vmk_run(&["kill"])?.status.success(), "kill failed");
     ensure!(!guard.is_running(), "qemu still runs after kill");

@@ -920,18 +920,6 @@ fn listen_beyond_loopback_warns() {
     assert!(!stderr.contains("reachable beyond"), "{stderr}");
 }
 
-/// A VM directory made by the original vmk's `newconfig`: a shell script of assignments.
-pub const ORIGINAL_NEWCONFIG: &str = r#"#!/bin/sh
-# vm-config made by the original vmk's newconfig
-VMK_NAME="name"
-VMK_TAG="product test VM"
-export VMK_VNC=63
-VMK_MEM=2048
-VMK_CPU=2
-VMK_DISK0="name.qcow2"
-VMK_ISO="product-base.iso"
-"#;
-
 /// The original's VM runs with its ISO attached as a CD-ROM (after disk0, which boots
 /// first) and disk0 on SCSI; `runin` attaches it too; a missing ISO is an error naming
 /// VMK_ISO.
@@ -939,7 +927,7 @@ VMK_ISO="product-base.iso"
 fn original_newconfig_vm_runs_with_its_iso_and_disk0_on_scsi() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("vm-config"), ORIGINAL_NEWCONFIG).unwrap();
+    std::fs::write(dir.join("vm-config"), vmk_testkit::ORIGINAL_NEWCONFIG).unwrap();
     std::fs::write(dir.join("product-base.iso"), b"").unwrap();
     let dry = |tool: &str, args: &[&str]| {
         let mut c = Command::cargo_bin(tool).unwrap();
@@ -976,6 +964,56 @@ fn original_newconfig_vm_runs_with_its_iso_and_disk0_on_scsi() {
         .stderr(
             predicate::str::contains("VMK_ISO").and(predicate::str::contains("product-base.iso")),
         );
+}
+
+/// `info` shows what the original's info showed: the ISO and the kernel lines, and the
+/// guest's address where vmk can know it (user networking: qemu's fixed guest address).
+#[test]
+fn info_shows_the_iso_the_kernel_lines_and_the_guests_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _slot = vm(
+        dir,
+        "VMK_ISO=product-base.iso\nVMK_KERNEL=boot/vmlinuz\nVMK_INITRD=boot/initrd.img\n\
+         VMK_APPEND=\"root=/dev/sda1 console=ttyS0\"\n",
+    );
+    let info = |dir: &Path| {
+        let out = vmk_run(dir).arg("info").assert().success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    };
+    let d = dir.display();
+    let text = info(dir);
+    for line in [
+        format!("iso:         {d}/product-base.iso (missing)"),
+        format!("kernel:      {d}/boot/vmlinuz (initrd {d}/boot/initrd.img)"),
+        "append:      root=/dev/sda1 console=ttyS0".to_string(),
+        "ip:          10.0.2.15 (user networking: the guest's side;".to_string(),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+    std::fs::write(dir.join("product-base.iso"), b"").unwrap();
+    assert!(info(dir).contains(&format!("iso:         {d}/product-base.iso\n")));
+
+    let out = vmk_run(dir).args(["info", "--json"]).assert().success();
+    let j: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(j["iso"], format!("{d}/product-base.iso"));
+    assert_eq!(j["iso_exists"], true);
+    assert_eq!(j["kernel"], format!("{d}/boot/vmlinuz"));
+    assert_eq!(j["initrd"], format!("{d}/boot/initrd.img"));
+    assert_eq!(j["append"], "root=/dev/sda1 console=ttyS0");
+    assert_eq!(j["guest_ip"]["addr"], "10.0.2.15");
+    assert_eq!(j["guest_ip"]["source"], "user-net");
+
+    // no ISO, no kernel: the VM boots from its disk; no network: no address
+    let _slot = vm(dir, "VMK_NET_TYPE=none\n");
+    let text = info(dir);
+    for line in [
+        "iso:         -\n",
+        "kernel:      - (boots from its disk)\n",
+        "ip:          -\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
 }
 
 /// VMK_ISO is found as the original found it: as given (relative to the VM directory, `~/`

@@ -162,6 +162,11 @@ pub struct KernelBoot {
     pub append: Option<String>,
 }
 
+/// The address qemu's user networking (slirp) gives the guest: the first of its DHCP range
+/// in its default 10.0.2.0/24 (host 10.0.2.2, DNS 10.0.2.3). Reachable only from inside
+/// the guest's network; the host reaches the guest through the forwarded ports.
+pub const USER_NET_GUEST_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 15);
+
 /// The network card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {

@@ -57,6 +57,8 @@ pub struct Info {
     pub mac: String,
     /// VMK_IP.
     pub ip: Option<IpAddr>,
+    /// The guest's address as far as vmk can know it, and where that came from.
+    pub guest_ip: Option<GuestIp>,
     /// VMK_HOSTNAME.
     pub hostname: Option<String>,
     /// VMK_VNC.
@@ -77,6 +79,17 @@ pub struct Info {
     pub ssh_key: bool,
     /// `vm-key.pub` present.
     pub ssh_pubkey: bool,
+    /// The install medium attached as a CD-ROM (VMK_ISO, resolved as `run` does: as given,
+    /// then in VMK_ISO_DIR), and whether it exists.
+    pub iso: Option<PathBuf>,
+    /// Whether [`Info::iso`] exists (`run` refuses to start without it).
+    pub iso_exists: bool,
+    /// VMK_KERNEL: the kernel booted directly (None: the VM boots from its disk).
+    pub kernel: Option<PathBuf>,
+    /// VMK_INITRD.
+    pub initrd: Option<PathBuf>,
+    /// VMK_APPEND: the kernel command line.
+    pub append: Option<String>,
     /// The cloud-init seed attached as a CD (VMK_CLOUD_INIT=yes), made when the VM starts.
     pub cloud_init_seed: Option<PathBuf>,
     /// Host folders shared with the guest (VMK_SHARE).
@@ -97,6 +110,58 @@ pub struct Info {
     pub qmp_socket: PathBuf,
     /// The libvirt domain `vmk libvirt define` made of this VM directory, if any.
     pub libvirt: Option<LibvirtInfo>,
+}
+
+/// The guest's address and how vmk knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestIp {
+    /// The address.
+    pub addr: IpAddr,
+    /// Where vmk has it from.
+    pub source: GuestIpSource,
+}
+
+/// Where [`GuestIp`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestIpSource {
+    /// qemu's user networking gives every guest the same address.
+    UserNet,
+    /// VMK_IP.
+    VmkIp,
+    /// The host's neighbour table, by the VM's MAC.
+    Neighbour,
+}
+
+/// Where the guest can be found: under user networking the address qemu gives every guest;
+/// on a bridge VMK_IP, else the host's neighbour table by the VM's MAC (known once the
+/// guest has talked to the host).
+fn guest_ip(cfg: &vmk_common::config::VmConfig) -> Option<GuestIp> {
+    match cfg.net_type {
+        NetType::User => Some(GuestIp {
+            addr: IpAddr::V4(qemu::USER_NET_GUEST_ADDR),
+            source: GuestIpSource::UserNet,
+        }),
+        NetType::Bridge => cfg
+            .ip
+            .map(|addr| GuestIp {
+                addr,
+                source: GuestIpSource::VmkIp,
+            })
+            .or_else(|| {
+                let found = vmk_common::ssh::target::neighbour_for_mac(&cfg.mac());
+                found
+                    .unwrap_or_else(|e| {
+                        log::warn!("reading the neighbour table: {e:#}");
+                        None
+                    })
+                    .map(|addr| GuestIp {
+                        addr,
+                        source: GuestIpSource::Neighbour,
+                    })
+            }),
+        NetType::None => None,
+    }
 }
 
 /// A VM directory's libvirt domain as `vmk info` shows it.
@@ -174,6 +239,7 @@ pub fn info(inst: &Instance) -> Result<Info> {
         VmStatus::Stopped => ("stopped", None, None),
     };
     use std::os::unix::fs::MetadataExt;
+    let iso = cfg.iso();
     Ok(Info {
         name: cfg.display_name(),
         tag: cfg.tag.clone(),
@@ -193,6 +259,7 @@ pub fn info(inst: &Instance) -> Result<Info> {
         bridge: (cfg.net_type == NetType::Bridge).then(|| cfg.bridge.clone()),
         mac: cfg.mac(),
         ip: cfg.ip,
+        guest_ip: guest_ip(cfg),
         hostname: cfg.hostname.clone(),
         vnc_display: cfg.vnc,
         listen: cfg.listen,
@@ -203,6 +270,11 @@ pub fn info(inst: &Instance) -> Result<Info> {
         ssh_port: (cfg.net_type == NetType::User).then(|| cfg.ssh_port()),
         ssh_key: cfg.dir.join(KEY_FILE).exists(),
         ssh_pubkey: cfg.dir.join(PUBLIC_KEY_FILE).exists(),
+        iso_exists: iso.as_deref().is_some_and(|p| p.exists()),
+        iso,
+        kernel: cfg.kernel.clone(),
+        initrd: cfg.initrd.clone(),
+        append: cfg.append.clone(),
         cloud_init_seed: cfg.cloud_init.then(|| seed_path(cfg)),
         shares: cfg.shares.iter().map(ShareInfo::of).collect(),
         ports: if cfg.net_type == NetType::User {
@@ -232,6 +304,26 @@ fn libvirt_info(cfg: &vmk_common::config::VmConfig) -> Option<LibvirtInfo> {
             log::warn!("{e:#}");
             None
         }
+    }
+}
+
+/// The `ip` line: the guest's address and where it comes from.
+fn guest_ip_line(i: &Info) -> String {
+    match &i.guest_ip {
+        Some(g) => match g.source {
+            GuestIpSource::UserNet => format!(
+                "{} (user networking: the guest's side; the host reaches it through the \
+                 forwarded ports)",
+                g.addr
+            ),
+            GuestIpSource::Neighbour => format!("{} (neighbour table, MAC {})", g.addr, i.mac),
+            GuestIpSource::VmkIp => format!("{} (VMK_IP)", g.addr),
+        },
+        None if i.bridge.is_some() => format!(
+            "- (MAC {} not in the neighbour table yet; set VMK_IP or VMK_HOSTNAME)",
+            i.mac
+        ),
+        None => "-".into(),
     }
 }
 
@@ -289,7 +381,7 @@ pub fn info_lines(i: &Info) -> Vec<String> {
             },
         ),
         ("mac", i.mac.clone()),
-        ("ip", opt(i.ip.map(|ip| ip.to_string()))),
+        ("ip", guest_ip_line(i)),
         ("hostname", opt(i.hostname.clone())),
         (
             "console",
@@ -322,6 +414,22 @@ pub fn info_lines(i: &Info) -> Vec<String> {
                 (false, true) => format!("{PUBLIC_KEY_FILE} only ({KEY_FILE} missing)"),
             },
         ),
+        (
+            "iso",
+            opt(i.iso.as_ref().map(|p| {
+                let missing = if i.iso_exists { "" } else { " (missing)" };
+                format!("{}{missing}", p.display())
+            })),
+        ),
+        (
+            "kernel",
+            match (&i.kernel, &i.initrd) {
+                (None, _) => "- (boots from its disk)".into(),
+                (Some(k), None) => k.display().to_string(),
+                (Some(k), Some(r)) => format!("{} (initrd {})", k.display(), r.display()),
+            },
+        ),
+        ("append", opt(i.append.clone())),
         (
             "cloud-init",
             opt(i
@@ -398,6 +506,7 @@ mod tests {
             bridge: None,
             mac: "52:54:00:00:00:01".into(),
             ip: None,
+            guest_ip: None,
             hostname: Some(name.into()),
             vnc_display: 1,
             listen: IpAddr::from([127, 0, 0, 1]),
@@ -408,6 +517,11 @@ mod tests {
             ssh_port: Some(2201),
             ssh_key: false,
             ssh_pubkey: false,
+            iso: None,
+            iso_exists: false,
+            kernel: None,
+            initrd: None,
+            append: None,
             cloud_init_seed: None,
             shares: Vec::new(),
             ports: Vec::new(),
