@@ -44,6 +44,16 @@ fn main() -> std::process::ExitCode {
             &[Need::Qemu, Need::Debootstrap, Need::Program("debugfs")],
             dev_sda_guest_boots,
         ),
+        SystemTest::new(
+            "original_newconfig_vm_boots_with_its_iso_and_disk0_on_scsi",
+            &[
+                Need::Qemu,
+                Need::Debootstrap,
+                Need::Program("genisoimage"),
+                Need::Program("ssh-keygen"),
+            ],
+            original_newconfig_boots,
+        ),
         SystemTest::new("debian_boots_on_lsi", deb, || {
             boots_on_bus(Some("lsi"), "sda")
         }),
@@ -412,6 +422,80 @@ fn dev_sda_guest_boots() -> Result<()> {
         "the guest did not boot cleanly from its /dev/sda fstab"
     );
     kill_and_check(dir, &mut guard)
+}
+
+/// A VM directory exactly as the original's `newconfig` made it (a `#!/bin/sh` script,
+/// disk0 `name.qcow2`, `VMK_ISO=product-base.iso`), with no VMK_ACCEL anywhere: `vmk run
+/// --exec` boots it, and the guest itself says its root is on sda (SCSI, the default bus)
+/// and reads the ISO's file from its CD-ROM. Only the VM number (a free test slot, not 63)
+/// and three kernel lines are added: the original's VMs were installed from the ISO with a
+/// bootloader inside; the test guest's disk has none and boots its kernel directly.
+fn original_newconfig_boots() -> Result<()> {
+    let g = vmk_testguest::debian_guest()?;
+    let slot = VmSlot::reserve()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let config = vmk_testkit::ORIGINAL_NEWCONFIG.replace(
+        "export VMK_VNC=63\n",
+        &format!("export VMK_VNC={}\n", slot.number()),
+    );
+    ensure!(
+        config != vmk_testkit::ORIGINAL_NEWCONFIG,
+        "no VMK_VNC=63 line"
+    );
+    write_config(
+        dir,
+        &format!(
+            "{config}VMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{}'\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            g.append
+        ),
+    )?;
+    let raw = dir.join("debian.img");
+    g.copy_image(&raw)?;
+    vmk_testkit::run_ok({
+        let mut c = Command::new("qemu-img");
+        c.args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(dir.join("name.qcow2"));
+        c
+    })?;
+    std::fs::remove_file(&raw)?;
+    let medium = dir.join("medium");
+    std::fs::create_dir(&medium)?;
+    let marker = format!("product medium {}", std::process::id());
+    std::fs::write(medium.join("MARKER"), &marker)?;
+    vmk_testkit::run_ok({
+        let mut c = Command::new("genisoimage");
+        c.args(["-quiet", "-r", "-V", "PRODUCT", "-o"])
+            .arg(dir.join("product-base.iso"))
+            .arg(&medium);
+        c
+    })?;
+    vmk_testkit::ssh_keygen(&dir.join("vm-key"))?;
+    let guard = vmk_testkit::qemu_guard::PidfileGuard::arm(&dir.join("name.qcow2.pid"));
+    let out = vmk_run(
+        dir,
+        &[
+            "run",
+            "--exec",
+            "findmnt -no SOURCE /; mount -o ro /dev/sr0 /mnt && cat /mnt/MARKER",
+        ],
+        None,
+    )?;
+    drop(guard);
+    let stdout = ok(&out)?;
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(
+        lines == ["/dev/sda", marker.as_str()],
+        "the guest's root and the ISO's marker: {lines:?}"
+    );
+    ensure!(
+        !dir.join("name.qcow2.pid").exists(),
+        "run --exec left its pidfile"
+    );
+    Ok(())
 }
 
 /// The Debian guest `vmk bootstrap`'s way (root by its label) boots to its login prompt

@@ -101,6 +101,19 @@ impl Need {
     }
 }
 
+/// The `vm-config` the original vmk's `newconfig` wrote: a shell script of assignments
+/// (VM number 63, disk0 `name.qcow2`, install medium `product-base.iso`).
+pub const ORIGINAL_NEWCONFIG: &str = r#"#!/bin/sh
+# vm-config made by the original vmk's newconfig
+VMK_NAME="name"
+VMK_TAG="product test VM"
+export VMK_VNC=63
+VMK_MEM=2048
+VMK_CPU=2
+VMK_DISK0="name.qcow2"
+VMK_ISO="product-base.iso"
+"#;
+
 /// Where cargo puts the workspace's binary `name`: target/<profile>/, the parent of the
 /// `deps/` directory that holds the running test.
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {
@@ -276,6 +289,14 @@ pub fn write_executable(path: &Path, contents: &str) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// Makes a new passphrase-less ed25519 key pair at `path` and `path.pub` (a VM's `vm-key`,
+/// a test sshd's keys).
+pub fn ssh_keygen(path: &Path) -> anyhow::Result<()> {
+    let mut c = std::process::Command::new("ssh-keygen");
+    c.args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path);
+    run_ok(c).map(drop)
 }
 
 /// Runs `cmd` and returns its output; fails, with its status and stderr, unless it succeeds.

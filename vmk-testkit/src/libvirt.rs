@@ -236,12 +236,7 @@ impl TestSshd {
             .context("creating the sshd test directory")?;
         let d = dir.path();
         for key in ["host_key", "client_key"] {
-            run_ok({
-                let mut c = Command::new("ssh-keygen");
-                c.args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(d.join(key));
-                c
-            })?;
+            crate::ssh_keygen(&d.join(key))?;
         }
         fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))?;
         let lease = PortLease::reserve()?;
