@@ -102,6 +102,15 @@ impl Qmp {
         Ok((status, running))
     }
 
+    /// `query-kvm`: whether this qemu runs its guest under KVM (else under emulation): what
+    /// a running VM really got, whatever its config asked.
+    pub fn query_kvm(&mut self) -> Result<bool> {
+        let v = self.execute("query-kvm", None)?;
+        v.get("enabled")
+            .and_then(Value::as_bool)
+            .context("query-kvm answer has no enabled")
+    }
+
     /// Asks the guest to power off (ACPI power button). The guest may ignore it.
     pub fn system_powerdown(&mut self) -> Result<()> {
         self.execute("system_powerdown", None).map(drop)

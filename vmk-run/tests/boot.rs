@@ -30,6 +30,16 @@ fn main() -> std::process::ExitCode {
             bb,
             accel_auto_runs,
         ),
+        SystemTest::new(
+            "accel_auto_starts_again_under_tcg_when_qemu_dies_of_kvm",
+            &[
+                Need::Qemu,
+                Need::Busybox,
+                Need::Kernel,
+                Need::File("/dev/kvm", "the kvm kernel module"),
+            ],
+            accel_auto_restarts_under_tcg,
+        ),
         SystemTest::new("two_vms_in_ps_and_a_port_clash_refused", bb, two_vms),
         SystemTest::new("debian_boots_on_scsi_by_default", deb, || {
             boots_on_bus(None, "sda")
@@ -243,6 +253,18 @@ fn debian_lifecycle() -> Result<()> {
     Ok(())
 }
 
+/// A busybox VM in `dir` whose config has no VMK_ACCEL (and `more` lines), started with
+/// `vmk run`: the guard of its qemu and what vmk-run printed on stderr.
+fn run_busybox_auto(dir: &Path, vnc: u8, more: &str) -> Result<(QemuGuard, String)> {
+    let pidfile = busybox_vm(dir, vnc)?;
+    let config = std::fs::read_to_string(dir.join("vm-config"))?;
+    write_config(dir, &(config.replace("VMK_ACCEL=tcg\n", "") + more))?;
+    let out = vmk_run(dir, &["run"], None)?;
+    let guard = QemuGuard::from_pidfile(&pidfile);
+    ok(&out)?;
+    Ok((guard?, String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
 /// A user who never sets VMK_ACCEL gets a running guest: with KVM where it works, and
 /// where /dev/kvm opens but KVM does not run guests (nested virtualisation, as on this
 /// project's CI machines), with tcg after a one-line warning that says so.
@@ -250,15 +272,8 @@ fn accel_auto_runs() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
-    let pidfile = busybox_vm(dir, slot.number())?;
-    let config = std::fs::read_to_string(dir.join("vm-config"))?;
-    write_config(dir, &config.replace("VMK_ACCEL=tcg\n", ""))?;
+    let (mut guard, stderr) = run_busybox_auto(dir, slot.number(), "")?;
     let vmk = |args: &[&str]| vmk_run(dir, args, None);
-    let out = vmk(&["run"])?;
-    let guard = QemuGuard::from_pidfile(&pidfile);
-    ok(&out)?;
-    let mut guard = guard?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let log = dir.join("disk0.raw.console.log");
     let took = guest::wait_for_file_line(&log, guest::BUSYBOX_READY, BOOT_TIMEOUT)?;
     eprintln!("guest ready after {took:.1?}");
@@ -296,6 +311,76 @@ fn accel_auto_runs() -> Result<()> {
         ),
         other => anyhow::bail!("accel resolved to {other:?}"),
     }
+    ok(&vmk(&["kill"])?)?;
+    ensure!(!guard.is_running(), "kill left qemu running");
+    Ok(())
+}
+
+/// Where KVM's probe passes but qemu then dies of KVM at start (nested virtualisation: the
+/// probe's firmware runs, the guest's vCPU setup aborts with "failed to set MSR 0x10a"),
+/// `auto` starts qemu again under tcg with one warning, and the guest runs. KVM on this
+/// project's machines stalls rather than aborting, so the failure is qemu's own message from
+/// a wrapper (VMK_QEMU) that answers the probe as a working KVM, fails every start under
+/// KVM, and runs the real qemu otherwise; it logs each call, the proof that vmk tried KVM
+/// first. `info` then says tcg: what the running qemu got (QMP query-kvm).
+fn accel_auto_restarts_under_tcg() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let slot = VmSlot::reserve()?;
+    let real = vmk_testkit::which("qemu-system-x86_64").context("no qemu-system-x86_64")?;
+    let calls = dir.join("qemu-calls");
+    let wrapper = dir.join("qemu-dies-of-kvm");
+    vmk_testkit::write_executable(
+        &wrapper,
+        &format!(
+            r#"#!/bin/sh
+case " $* " in
+*" -debugcon "*) echo probe >> '{calls}'; echo 'No bootable device.'; exec sleep 30 ;;
+*accel=kvm*) echo kvm >> '{calls}'
+    echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000000001c0c6b' >&2
+    exit 1 ;;
+esac
+echo other >> '{calls}'
+exec '{real}' "$@"
+"#,
+            calls = calls.display(),
+            real = real.display()
+        ),
+    )?;
+    let more = format!("VMK_QEMU='{}'\n", wrapper.display());
+    let (mut guard, stderr) = run_busybox_auto(dir, slot.number(), &more)?;
+    let vmk = |args: &[&str]| vmk_run(dir, args, None);
+    let calls_made = std::fs::read_to_string(&calls)?;
+    ensure!(
+        calls_made.lines().collect::<Vec<_>>() == ["probe", "kvm", "other"],
+        "vmk did not probe, try kvm, then start again: {calls_made:?}"
+    );
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("died under KVM"))
+        .collect();
+    ensure!(
+        warnings.len() == 1
+            && warnings[0].contains("failed to set MSR 0x10a")
+            && warnings[0].contains("tcg"),
+        "not one warning naming qemu's error and tcg: {stderr}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", guard.pid()))?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    ensure!(
+        cmdline.contains("accel=tcg") && !cmdline.contains("accel=kvm"),
+        "qemu runs with {cmdline}"
+    );
+    let log = dir.join("disk0.raw.console.log");
+    let took = guest::wait_for_file_line(&log, guest::BUSYBOX_READY, BOOT_TIMEOUT)?;
+    eprintln!("guest ready under tcg after {took:.1?}");
+    let info: serde_json::Value = serde_json::from_str(&ok(&vmk(&["info", "--json"])?)?)?;
+    ensure!(
+        info["accel"] == "auto" && info["accel_resolved"] == "tcg",
+        "info: accel {} resolved {}",
+        info["accel"],
+        info["accel_resolved"]
+    );
     ok(&vmk(&["kill"])?)?;
     ensure!(!guard.is_running(), "kill left qemu running");
     Ok(())

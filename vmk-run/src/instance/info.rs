@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use vmk_common::config::{DiskFormat, NetType, PortForward, Share};
+use vmk_common::config::{Accel, DiskFormat, NetType, PortForward, Share};
 use vmk_common::human;
 use vmk_common::layout::{KEY_FILE, PUBLIC_KEY_FILE};
 use vmk_common::qemu;
@@ -227,16 +227,29 @@ pub fn info(inst: &Instance) -> Result<Info> {
         Some(q) => qemu::resolve_accel(cfg.accel, &host, q, cfg.cpu_model.as_deref(), arch),
         None => cfg.accel,
     };
-    let (state_name, pid, qmp_status) = match inst.status()? {
+    let (state_name, pid, qmp_status, running_kvm) = match inst.status()? {
         VmStatus::Running { pid } => {
-            let q = qmp::Qmp::connect(&inst.paths.qmp_socket, Duration::from_secs(3))
-                .and_then(|mut q| q.query_status())
-                .map(|(s, _)| s)
-                .unwrap_or_else(|e| format!("unknown ({e:#})"));
-            ("running", Some(pid), Some(q))
+            let (status, kvm) =
+                match qmp::Qmp::connect(&inst.paths.qmp_socket, Duration::from_secs(3)) {
+                    Ok(mut q) => (
+                        q.query_status()
+                            .map(|(s, _)| s)
+                            .unwrap_or_else(|e| format!("unknown ({e:#})")),
+                        q.query_kvm().ok(),
+                    ),
+                    Err(e) => (format!("unknown ({e:#})"), None),
+                };
+            ("running", Some(pid), Some(status), kvm)
         }
-        VmStatus::Stale { pid } => ("stale", Some(pid), None),
-        VmStatus::Stopped => ("stopped", None, None),
+        VmStatus::Stale { pid } => ("stale", Some(pid), None, None),
+        VmStatus::Stopped => ("stopped", None, None, None),
+    };
+    // a running VM's accelerator is what its qemu got (`auto` may have started it again
+    // under tcg after kvm failed), not what resolving the config would choose now
+    let resolved = match running_kvm {
+        Some(true) => Accel::Kvm,
+        Some(false) => Accel::Tcg,
+        None => resolved,
     };
     use std::os::unix::fs::MetadataExt;
     let iso = cfg.iso();
