@@ -1,6 +1,7 @@
 //! vmk-mount: Mount, change and prepare VM disk images: mount/umount, putfile, chroot,
 //! zypper, fixnet, prep (virt-sysprep), and new NOCOW qcow2 disks.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -529,10 +530,14 @@ fn zypper(cfg: &VmConfig, opts: &MountOpts, args: &[String], dry: bool) -> Resul
         bail!("zypper is not installed on this host (it runs here with --root on the image)");
     }
     let m = TempMount::mount(&req)?;
-    let status = with_umask(GUEST_UMASK, || zypper_command(m.root(), args).status());
+    let status = image_rpm_macros(m.root()).and_then(|macros| {
+        let mut c = zypper_command(m.root(), args);
+        c.env("HOME", macros.path());
+        with_umask(GUEST_UMASK, || c.status()).context("running zypper")
+    });
     m.signals().clear();
     m.unmount()?;
-    Ok(exit_code(status.context("running zypper")?))
+    Ok(exit_code(status?))
 }
 
 /// `zypper --root ROOT ARGS…`.
@@ -540,6 +545,46 @@ fn zypper_command(root: &Path, args: &[String]) -> Command {
     let mut c = Command::new("zypper");
     c.arg("--root").arg(root).args(args);
     c
+}
+
+/// Where the image's own rpm keeps its database: as its rpm's macros say, else where one
+/// already is, else where current SUSE systems keep it.
+fn image_rpm_dbpath(root: &Path) -> String {
+    const SYSIMAGE: &str = "/usr/lib/sysimage/rpm";
+    let from_macros = fs::read_to_string(root.join("usr/lib/rpm/macros"))
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let value = l.strip_prefix("%_dbpath")?.trim();
+                (value.starts_with('/') && !value.contains(['%', ' '])).then(|| value.to_string())
+            })
+        });
+    from_macros.unwrap_or_else(|| {
+        [SYSIMAGE, "/var/lib/rpm"]
+            .into_iter()
+            .find(|d| root.join(&d[1..]).is_dir())
+            .unwrap_or(SYSIMAGE)
+            .to_string()
+    })
+}
+
+/// A HOME for zypper whose `.rpmmacros` points rpm at the image's own database
+/// ([`image_rpm_dbpath`]): the host's rpm and its macros do the work, and a host rpm's
+/// database path (Debian's: `~/.rpmdb`, under --root) would put the packages zypper
+/// installs where the guest's rpm never looks.
+fn image_rpm_macros(root: &Path) -> Result<tempfile::TempDir> {
+    let home = tempfile::Builder::new()
+        .prefix("vmk-zypper-")
+        .tempdir()
+        .context("making a HOME for zypper")?;
+    let dbpath = image_rpm_dbpath(root);
+    log::info!("zypper: the image's rpm database is {dbpath}");
+    fs::write(
+        home.path().join(".rpmmacros"),
+        format!("%_dbpath {dbpath}\n"),
+    )
+    .context("writing zypper's .rpmmacros")?;
+    Ok(home)
 }
 
 fn prep(cfg: &VmConfig, args: &[String], dry: bool) -> Result<ExitCode> {
@@ -637,5 +682,26 @@ mod tests {
             err.to_string().contains("is not a file or directory"),
             "{err:#}"
         );
+    }
+
+    /// The image's rpm database: as the image's macros say, else where one is, else
+    /// current SUSE's place.
+    #[test]
+    fn image_rpm_dbpath_follows_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert_eq!(image_rpm_dbpath(r), "/usr/lib/sysimage/rpm");
+        fs::create_dir_all(r.join("var/lib/rpm")).unwrap();
+        assert_eq!(image_rpm_dbpath(r), "/var/lib/rpm");
+        fs::create_dir_all(r.join("usr/lib/rpm")).unwrap();
+        fs::write(
+            r.join("usr/lib/rpm/macros"),
+            "%_usr /usr\n%_dbpath\t\t/usr/lib/sysimage/rpm\n",
+        )
+        .unwrap();
+        assert_eq!(image_rpm_dbpath(r), "/usr/lib/sysimage/rpm");
+        // a computed value (Debian's `%(…)`) is not the image's answer
+        fs::write(r.join("usr/lib/rpm/macros"), "%_dbpath %(echo ~/.rpmdb)\n").unwrap();
+        assert_eq!(image_rpm_dbpath(r), "/var/lib/rpm");
     }
 }

@@ -1,8 +1,9 @@
 //! `vmk zypper` against a local rpm-md repository built in the test: rpmbuild makes a
 //! noarch package, createrepo_c a repository of it; `vmk zypper ar` and `vmk zypper in`
 //! install it into disk0 (an ext4 image). The oracles read the image after vmk has
-//! unmounted it: `rpm --root` on a mount of the test's own finds the package in the
-//! image's rpm database, debugfs reads the installed file, and no loop device is left.
+//! unmounted it: `rpm --root --dbpath` on a mount of the test's own finds the package in
+//! the image's own rpm database (where the guest's rpm looks, not where the host's rpm
+//! would keep one), debugfs reads the installed file, and no loop device is left.
 
 use std::path::Path;
 use std::process::Command;
@@ -151,21 +152,40 @@ fn zypper_installs() -> Result<()> {
         c.args(["-o", "loop,ro"]).arg(&image).arg(&mnt);
         c
     })?;
-    // with the HOME zypper ran with: Debian's rpm keeps its database at $HOME/.rpmdb (under
-    // --root), and zypper uses the host's rpm and its macros
-    let q = env
-        .command("rpm")
+    // where the guest's own rpm looks: an explicit --dbpath (current SUSE's), not the host
+    // rpm's macros (Debian's would say $HOME/.rpmdb)
+    let q = Command::new("rpm")
         .arg("--root")
         .arg(&mnt)
-        .args(["-q", "vmk-test-hello"])
+        .args(["--dbpath", "/usr/lib/sysimage/rpm", "-q", "vmk-test-hello"])
         .output();
+    let strays = find_rpmdb_dirs(&mnt);
     let umount = Command::new("umount").arg(&mnt).status();
     let q = q?;
     ensure!(umount?.success(), "umount {}", mnt.display());
     ensure!(
         q.status.success()
             && String::from_utf8_lossy(&q.stdout).trim() == "vmk-test-hello-1.2-3.noarch",
-        "rpm --root does not find the package: {q:?}"
+        "the image's rpm database at /usr/lib/sysimage/rpm does not have the package: {q:?}"
+    );
+    let strays = strays?;
+    ensure!(
+        strays.is_empty(),
+        "an rpm database landed outside the guest's own: {strays:?}"
     );
     Ok(())
+}
+
+/// Directories named `.rpmdb` anywhere in the tree at `root` (where a host rpm whose
+/// database lives in ~/.rpmdb would have put the packages it installed under --root).
+fn find_rpmdb_dirs(root: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let out = run_ok({
+        let mut c = Command::new("find");
+        c.arg(root).args(["-xdev", "-name", ".rpmdb"]);
+        c
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(Into::into)
+        .collect())
 }
