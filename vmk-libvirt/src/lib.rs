@@ -20,6 +20,7 @@ use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::config::VmConfig;
 use vmk_common::libvirt::{self as lv, Record};
 use vmk_common::qemu::{Mode, QemuCommand, RuntimePaths, DEFAULT_ARCH};
+use vmk_media::preflight;
 
 /// Hand this VM to libvirt.
 #[derive(Parser, Debug)]
@@ -138,16 +139,9 @@ pub fn run_command(cfg: &VmConfig) -> Result<QemuCommand> {
         .fold(cmd, |cmd, cdrom| cmd.add_cdrom(cdrom)))
 }
 
-/// What the domain's media need before libvirt may start it, as `vmk run` checks: the
-/// install medium exists (a missing one is named by its key), and the cloud-init seed is
-/// written and current.
+/// What the domain's media need before libvirt may start it: the cloud-init seed written
+/// and current.
 fn prepare_media(cfg: &VmConfig) -> Result<()> {
-    if let Some(iso) = cfg.iso().filter(|iso| !iso.exists()) {
-        bail!(
-            "VMK_ISO: the install medium {} does not exist: check VMK_ISO and VMK_ISO_DIR",
-            iso.display()
-        );
-    }
     if cfg.cloud_init {
         vmk_media::cloudinit::ensure_seed(cfg)
             .context("VMK_CLOUD_INIT=yes needs a cloud-init seed")?;
@@ -234,7 +228,17 @@ fn existing_domain(uri: &str, name: &str) -> Result<Option<Existing>> {
 }
 
 fn define(cfg: &VmConfig, a: &DefineArgs, dry: bool) -> Result<()> {
-    let mut domain = domain_for(cfg)?;
+    let cmd = run_command(cfg)?;
+    // the files the config names, checked as `vmk run` checks them (a dry run warns)
+    let missing = preflight::missing_files(cfg, &cmd);
+    if dry {
+        for m in &missing {
+            log::warn!("{}", m.error(cfg));
+        }
+    } else if !missing.is_empty() {
+        return Err(preflight::missing_files_error(cfg, &missing).into());
+    }
+    let mut domain = xml::Domain::from_command(&cmd, cfg.arch.as_deref().unwrap_or(DEFAULT_ARCH))?;
     let uri = canonical_uri(requested_uri(cfg, &a.conn))?;
     let name = domain.name.clone();
     let me = domain.vm_dir.clone();

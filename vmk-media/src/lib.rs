@@ -3,12 +3,15 @@
 //! installer media, 1.44 MB FAT12 floppies, and cloud-init NoCloud seeds.
 //!
 //! A library, not a tool: `vmk-run` attaches the cloud-init seed on every run and
-//! `vmk-ayinstall` builds install media, and neither should pull in the other for it.
+//! `vmk-ayinstall` builds install media, and neither should pull in the other for it. Also
+//! what every start of a VM shares with `vmk libvirt`: the CD-ROMs a run attaches
+//! ([`run_cdroms`]) and the check that the files its config names are there ([`preflight`]).
 
 pub mod clock;
 pub mod cloudinit;
 pub mod fat;
 pub mod iso9660;
+pub mod preflight;
 
 use std::path::PathBuf;
 

@@ -15,11 +15,9 @@ use vmk_common::state::{self, VmStatus};
 use vmk_common::swtpm;
 use vmk_media::cloudinit;
 
-use super::{
-    command, missing_files, missing_files_error, seed_path, Endpoints, Instance, StartOptions,
-    KILL_INTERVAL,
-};
+use super::{command, seed_path, Endpoints, Instance, StartOptions, KILL_INTERVAL};
 use crate::{bridge, registry};
+use vmk_media::preflight::{missing_files, missing_files_error};
 
 /// What [`start`] started.
 #[derive(Debug, Clone, Serialize)]
@@ -71,7 +69,7 @@ fn preflight(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
             }
         }
     }
-    let missing = missing_files(inst, cmd);
+    let missing = missing_files(&inst.cfg, cmd);
     if !missing.is_empty() {
         return Err(missing_files_error(&inst.cfg, &missing).into());
     }
