@@ -101,15 +101,8 @@ fn vmk() -> Command {
 }
 
 fn bootstrap_cmd(dir: &Path) -> Command {
-    let mut cmd = tool("vmk-ayinstall");
-    cmd.arg("bootstrap")
-        .arg("--vnc")
-        .arg(VNC.to_string())
-        .arg(dir)
-        .env(
-            "XDG_CACHE_HOME",
-            vmk_testkit::guest::cache_dir().join("xdg"),
-        );
+    let mut cmd = vmk_testkit::guest::bootstrap_command(dir);
+    cmd.arg("--vnc").arg(VNC.to_string());
     cmd
 }
 

@@ -10,16 +10,16 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use vmk_common::fileops::create_nocow_file;
 use vmk_common::state::qemu_pids_using;
 use vmk_testkit::btrfs::LoopBtrfs;
 use vmk_testkit::images::sha256;
 use vmk_testkit::isolation::{PortLease, TestEnv, VmSlot};
 use vmk_testkit::qemu_guard::QemuGuard;
-use vmk_testkit::{run_ok, run_system_tests, Need, SystemTest};
+use vmk_testkit::{run_ok, run_system_tests, wait_output, Need, SystemTest};
 
 const GIB: u64 = 1 << 30;
 /// Generous: a TCG guest on a busy 2-core host took 60 s to its sshd.
@@ -143,19 +143,6 @@ impl Drop for DevVm {
             }
         }
     }
-}
-
-/// Waits for `child` and collects its output; kills it after `timeout`.
-fn wait_output(mut child: std::process::Child, timeout: Duration) -> Result<Output> {
-    let deadline = Instant::now() + timeout;
-    while child.try_wait()?.is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            bail!("still running after {timeout:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(child.wait_with_output()?)
 }
 
 fn exec_passes_io_and_status_and_leaves_nothing() -> Result<()> {

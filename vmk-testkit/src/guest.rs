@@ -69,6 +69,18 @@ pub fn cache_dir() -> PathBuf {
         .join("vmk-test-cache")
 }
 
+/// `vmk-ayinstall bootstrap DIR` (the workspace's built binary, see
+/// [`crate::workspace_bin`]) with bootstrap's cache of installed systems in the test cache
+/// (`<cache>/xdg`), keyed by what was installed: only a cold machine runs the install.
+/// The caller adds options (`--vnc`, `--arch`…) and the environment.
+pub fn bootstrap_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(crate::workspace_bin("vmk-ayinstall"));
+    cmd.arg("bootstrap")
+        .arg(dir)
+        .env("XDG_CACHE_HOME", cache_dir().join("xdg"));
+    cmd
+}
+
 /// Builds (once, cached) and returns the busybox initramfs guest.
 pub fn busybox_guest() -> Result<BusyboxGuest> {
     let kernel = crate::find_host_kernel().context(

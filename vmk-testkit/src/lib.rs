@@ -66,6 +66,9 @@ pub enum Need {
     Program(&'static str),
     /// A file that a system package installs: (path, package).
     File(&'static str, &'static str),
+    /// qemu-user registered with binfmt_misc for an architecture (qemu's name, `aarch64`),
+    /// so that its programs run here (`vmk bootstrap --arch`).
+    Binfmt(&'static str),
     /// A binary of this workspace, built (see [`workspace_bin`]): cargo builds only the
     /// binaries of the package under test, `cargo test --workspace` builds them all.
     Built(&'static str),
@@ -91,6 +94,17 @@ impl Need {
             Need::Program(p) => missing_program(p),
             Need::File(path, package) => (!Path::new(path).exists())
                 .then(|| format!("needs {path} (apt-get install {package})")),
+            Need::Binfmt(arch) => {
+                let entry = format!("/proc/sys/fs/binfmt_misc/qemu-{arch}");
+                let enabled = std::fs::read_to_string(&entry)
+                    .is_ok_and(|t| t.lines().next() == Some("enabled"));
+                (!enabled).then(|| {
+                    format!(
+                        "needs qemu-user for {arch} in binfmt_misc ({entry}): apt-get install \
+                         qemu-user-static binfmt-support"
+                    )
+                })
+            }
             Need::Built(name) => (!workspace_bin(name).is_file()).then(|| {
                 format!(
                     "needs {} built (cargo build --workspace --bins)",
@@ -369,6 +383,24 @@ pub fn ssh_until_ok(
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
+}
+
+/// Waits for `child` and collects its output; kills it after `timeout` (a hang guard).
+/// Its output must be piped, or small: what it writes is read only once it has exited.
+pub fn wait_output(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> anyhow::Result<std::process::Output> {
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("still running after {timeout:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(child.wait_with_output()?)
 }
 
 /// qemu under TCG with no defaults, the serial console in `log`, a QMP socket `qmp`.
