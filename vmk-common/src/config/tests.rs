@@ -119,6 +119,29 @@ fn original_style_config_loads() {
     );
 }
 
+/// `~/` means the home directory in every key that names a file or folder, as in the
+/// original's sourced configs.
+#[test]
+fn tilde_is_home_in_every_path_like_key() {
+    let f = Fixture::new();
+    f.write(
+        "vm/vm-config",
+        "VMK_DISK0=~/d0.img\nVMK_DISK1=~/d1.img\nVMK_KERNEL=~/k\nVMK_INITRD=~/i\n\
+         VMK_ISO=x.iso\nVMK_ISO_DIR=~/isos\nVMK_QEMU=~/bin/qemu\nVMK_SHARE=~/src:src\n",
+    );
+    let c = f.load().unwrap();
+    let home = f.tmp.path().join("home");
+    assert_eq!(c.disk0().unwrap(), home.join("d0.img"));
+    assert_eq!(c.extra_disks()[0], home.join("d1.img"));
+    assert_eq!(c.kernel.as_deref(), Some(home.join("k").as_path()));
+    assert_eq!(c.initrd.as_deref(), Some(home.join("i").as_path()));
+    assert_eq!(c.iso().unwrap(), home.join("isos/x.iso"));
+    assert_eq!(c.qemu.as_deref(), Some(home.join("bin/qemu").as_path()));
+    assert_eq!(c.shares[0].dir, home.join("src"));
+    f.write("vm/vm-config", "VMK_DISK0=d.img\nVMK_ISO=~/isos/y.iso\n");
+    assert_eq!(f.load().unwrap().iso().unwrap(), home.join("isos/y.iso"));
+}
+
 #[test]
 fn precedence_across_all_six_sources() {
     let mut f = Fixture::new();
