@@ -9,6 +9,7 @@
 //! - [`commands`]: the one table of the names typed after `vmk`.
 //! - [`frontdoor`]: the `vmk` command that execs `vmk-<command>`.
 
+pub mod chroot;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod human;
 pub mod jsonline;
 pub mod layout;
 pub mod libvirt;
+pub mod loopdev;
 pub mod mountinfo;
 pub mod process;
 pub mod qemu;

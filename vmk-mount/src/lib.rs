@@ -7,6 +7,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use vmk_common::chroot::{SystemBind, SYSTEM_BINDS};
 use vmk_common::cli::{GlobalOpts, Tool};
 use vmk_common::config::{DiskFormat, Size, VmConfig};
 use vmk_common::mountinfo::is_mount_point;
@@ -306,46 +307,11 @@ fn bind_command(src: &Path, dst: &Path, extra: &[&str]) -> Command {
     c
 }
 
-/// A system directory a chroot needs from the host.
-struct SystemBind {
-    /// The source (a host directory, or the filesystem's name).
-    src: &'static str,
-    /// The directory in the guest.
-    dst: &'static str,
-    /// The options of mount(8) that do the same (shown by a dry run).
-    extra: &'static [&'static str],
-    /// A fresh filesystem of this type, instead of a recursive bind of `src`.
-    fstype: Option<&'static str>,
-}
-
-/// The system directories a chroot needs.
-const SYSTEM_BINDS: [SystemBind; 3] = [
-    SystemBind {
-        src: "/dev",
-        dst: "dev",
-        extra: &["--rbind", "--make-rslave"],
-        fstype: None,
-    },
-    SystemBind {
-        src: "proc",
-        dst: "proc",
-        extra: &["-t", "proc"],
-        fstype: Some("proc"),
-    },
-    SystemBind {
-        src: "/sys",
-        dst: "sys",
-        extra: &["--rbind", "--make-rslave"],
-        fstype: None,
-    },
-];
-
 impl Binds {
     /// Mounts `b` on its directory in the guest, opened inside the root without following
     /// a symlink (a guest `/proc -> /host/dir` is refused) and mounted on through its
     /// descriptor, so nothing can swap the directory in between.
     fn system(&mut self, root: &GuestRoot, b: &SystemBind) -> Result<()> {
-        use nix::mount::{mount, MsFlags};
         let guest = Path::new("/").join(b.dst);
         let target = root.open_mount_point(&guest).with_context(|| {
             format!(
@@ -354,18 +320,7 @@ impl Binds {
             )
         })?;
         let real = root.check_inside(&target, &guest)?;
-        let on = guestpath::fd_path(&target);
-        let done = match b.fstype {
-            Some(t) => mount(Some(b.src), &on, Some(t), MsFlags::empty(), None::<&str>),
-            None => mount(
-                Some(b.src),
-                &on,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            ),
-        };
-        done.with_context(|| format!("mounting {} on {}", b.src, real.display()))?;
+        b.mount_on(&guestpath::fd_path(&target), &real)?;
         self.0.push(real.clone());
         if b.fstype.is_none() {
             // The new mount, reached through the same directory (a mount point cannot be
@@ -380,14 +335,7 @@ impl Binds {
                     b.src
                 );
             }
-            mount(
-                None::<&str>,
-                &guestpath::fd_path(&top),
-                None::<&str>,
-                MsFlags::MS_SLAVE | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .with_context(|| format!("making {} a slave mount", real.display()))?;
+            vmk_common::chroot::make_rslave(&guestpath::fd_path(&top), &real)?;
         }
         Ok(())
     }

@@ -265,7 +265,9 @@ impl MountState {
             lines.push(shell::command_line(&umount_command(m)));
         }
         if let Some(dev) = &self.loop_dev {
-            lines.push(shell::command_line(&kernel::detach_command(dev)));
+            lines.push(shell::command_line(&vmk_common::loopdev::detach_command(
+                dev,
+            )));
         }
         if let Some(pidfile) = &self.qsd_pidfile {
             lines.push(format!(
@@ -399,7 +401,7 @@ impl MountState {
             if self.mounts.is_empty() {
                 match self
                     .check_loop(&dev)
-                    .and_then(|()| kernel::detach_loop(&dev))
+                    .and_then(|()| vmk_common::loopdev::detach(&dev))
                 {
                     Ok(()) => self.loop_dev = None,
                     Err(e) => errors.push(format!("detaching {}: {e:#}", dev.display())),

@@ -6,12 +6,12 @@ use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use vmk_common::config::DiskFormat;
 use vmk_common::qemu_img::FuseExport;
-use vmk_common::shell;
+use vmk_common::{loopdev, shell};
 
 use super::journal::{beside, MountState};
 use super::{fstab, run_quiet, umount, MountRequest};
@@ -27,20 +27,6 @@ fn fuse_export(req: &MountRequest) -> FuseExport {
     }
 }
 
-/// `losetup -P --find --show <backing>`: attaches a free loop device and prints it.
-fn attach_command(backing: &Path) -> Command {
-    let mut c = Command::new("losetup");
-    c.args(["-P", "--find", "--show"]).arg(backing);
-    c
-}
-
-/// `losetup -d <dev>`.
-pub(super) fn detach_command(dev: &Path) -> Command {
-    let mut c = Command::new("losetup");
-    c.arg("-d").arg(dev);
-    c
-}
-
 /// What [`mount`] would do, as shell lines (from the mount point's creation on).
 pub(super) fn plan(req: &MountRequest, dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
@@ -52,7 +38,7 @@ pub(super) fn plan(req: &MountRequest, dir: &Path) -> Vec<String> {
         lines.push(e.shell_quoted());
         e.fuse_file
     };
-    lines.push(shell::command_line(&attach_command(&backing)));
+    lines.push(shell::command_line(&loopdev::attach_command(&backing)));
     lines.push(format!(
         "# mount the loop device's partition that holds /etc at {}, then the local filesystems of its /etc/fstab below it",
         shell::quote(dir.as_os_str())
@@ -72,18 +58,11 @@ pub(super) fn mount(
         export_fuse(req, state)?
     };
     signals.check()?;
-    let out = attach_command(&backing)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running losetup")?;
-    if !out.status.success() {
-        bail!("losetup -P --find --show {} failed", backing.display());
-    }
-    let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let dev = loopdev::attach(&backing)?;
     state.loop_dev = Some(dev.clone());
     state.save()?;
     signals.check()?;
-    let parts = partitions(&dev)?;
+    let parts = loopdev::partitions(&dev)?;
     let candidates = if parts.is_empty() {
         vec![dev.clone()]
     } else {
@@ -188,34 +167,6 @@ pub(super) fn stop_daemon(pidfile: &Path, fuse: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The partition devices of a loop device (`/dev/loop0p1`…), in order.
-fn partitions(dev: &Path) -> Result<Vec<PathBuf>> {
-    let name = dev
-        .file_name()
-        .context("loop device without a name")?
-        .to_string_lossy()
-        .into_owned();
-    let sys = Path::new("/sys/block").join(&name);
-    let mut parts: Vec<(u32, PathBuf)> = fs::read_dir(&sys)
-        .with_context(|| format!("reading {}", sys.display()))?
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let num = n.strip_prefix(&format!("{name}p"))?.parse().ok()?;
-            Some((num, Path::new("/dev").join(n)))
-        })
-        .collect();
-    parts.sort();
-    // devtmpfs creates the nodes; give it a moment on a busy machine.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for (_, p) in &parts {
-        while !p.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Ok(parts.into_iter().map(|(_, p)| p).collect())
-}
-
 /// Whether the filesystem mounted at `dir` looks like a Linux root (looked up inside it).
 fn looks_like_root(dir: &Path) -> bool {
     let Ok(root) = crate::guestpath::GuestRoot::open(dir) else {
@@ -230,26 +181,4 @@ fn looks_like_root(dir: &Path) -> bool {
         ]
         .iter()
         .any(|f| root.exists(Path::new(f)))
-}
-
-/// Detaches a loop device and waits until it is really gone: while something (udev's
-/// probe of the partitions, a closing mount) still holds it, `losetup -d` only marks it
-/// for detaching and returns at once.
-pub(super) fn detach_loop(dev: &Path) -> Result<()> {
-    run_quiet(&mut detach_command(dev))?;
-    let Some(name) = dev.file_name() else {
-        return Ok(());
-    };
-    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while backing.exists() {
-        if Instant::now() > deadline {
-            bail!(
-                "{} is still attached 10 s after `losetup -d` (something holds it open)",
-                dev.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
