@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use vmk_common::config::{self, Size};
 
+use crate::diskboot::Boot;
+
 /// Which distribution to install.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Distro {
@@ -62,6 +64,13 @@ pub struct BootstrapArgs {
     /// VMK_NAME of the new VM [default: DIR's name]; its hostname is made from it
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
+
+    /// How the VM boots: `kernel`, direct kernel boot of the guest's kernel copied out
+    /// (fast; disk0 is one ext4 filesystem), or `disk`, a partitioned disk0 with GRUB
+    /// (BIOS) and shim + GRUB (UEFI, Secure Boot) inside, booted without VMK_KERNEL under
+    /// any VMK_FIRMWARE, so a kernel update inside the guest just works (amd64)
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = Boot::Kernel)]
+    pub boot: Boot,
 
     /// Neither use nor fill the cache of installed systems in ~/.cache/vmk
     #[arg(long)]
@@ -175,6 +184,8 @@ mod tests {
         assert_eq!(a.vnc, Some(85));
         assert_eq!(a.size.bytes(), 4 << 30);
         assert_eq!(a.distro, Distro::Debian);
+        assert_eq!(a.boot, Boot::Kernel);
+        assert_eq!(parse(&["--boot", "disk", "d"]).unwrap().boot, Boot::Disk);
         assert_eq!(parse(&["--size", "8G", "d"]).unwrap().size.bytes(), 8 << 30);
         assert!(parse(&["--opensuse", "d"]).is_err());
         assert_eq!(
@@ -190,6 +201,7 @@ mod tests {
             &["--suite", "Book Worm", "d"],
             &["--mirror", "ftp://x/debian", "d"],
             &["--name", "a b", "d"],
+            &["--boot", "grub", "d"],
             &[],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use vmk_common::config::Size;
 use vmk_common::host::command;
 
+use crate::diskboot::Boot;
 use crate::runner::{CommandRunner, Runner};
 
 /// The disk image's file name (VMK_DISK0).
@@ -80,10 +81,22 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     ca.len().cmp(&cb.len())
 }
 
-/// disk0 of `size` in `dir`, holding the tree `root` (refused when the tree would not fit).
-pub(crate) fn make_disk(size: Size, runner: &Runner, dir: &Path, root: &Path) -> Result<()> {
+/// disk0 of `size` in `dir`, holding the tree `root` (refused when the tree would not fit):
+/// one ext4 filesystem, or with `boot` [`Boot::Disk`] the partitioned disk that boots
+/// itself (made with the work directory `work`).
+pub(crate) fn make_disk(
+    size: Size,
+    boot: Boot,
+    runner: &Runner,
+    dir: &Path,
+    root: &Path,
+    work: &Path,
+) -> Result<()> {
     let used = tree_bytes(root);
-    let need = used + used / 5 + (64 << 20);
+    let mut need = used + used / 5 + (64 << 20);
+    if boot == Boot::Disk {
+        need += crate::diskboot::PARTITIONS_MIB << 20;
+    }
     if need > size.bytes() {
         bail!(
             "the installed system takes {} MiB: give a disk of at least {} MiB (--size {}M)",
@@ -93,7 +106,11 @@ pub(crate) fn make_disk(size: Size, runner: &Runner, dir: &Path, root: &Path) ->
         );
     }
     let disk = dir.join(DISK0_NAME);
-    if !make_ext4_image(root, &disk, size.bytes(), runner)? {
+    let nocow = match boot {
+        Boot::Kernel => make_ext4_image(root, &disk, size.bytes(), runner)?,
+        Boot::Disk => crate::diskboot::make_boot_disk(root, &disk, size.bytes(), work, runner)?,
+    };
+    if !nocow {
         runner
             .progress
             .note("note: this filesystem has no NOCOW attribute; disk0 is a plain file");

@@ -7,6 +7,8 @@
 //! the staged root tree: that needs no loop device, no nbd and no mounting, is fast, and
 //! boots directly with `root=LABEL=vmkroot` (on any disk bus). Snapshots are reflink copies, so qcow2's own
 //! snapshots are not needed (`qemu-img convert -O qcow2` turns it into one when wanted).
+//! `--boot disk` makes instead a partitioned disk0 that boots itself with GRUB and shim
+//! under any firmware ([`diskboot`]).
 //!
 //! Everything is built in `DIR.vmk-tmp-*` beside DIR and renamed to DIR only when complete:
 //! a failure or Ctrl-C leaves nothing behind (mounts that debootstrap may have left are
@@ -37,6 +39,7 @@ mod args;
 mod cache;
 mod debian;
 pub mod devloop;
+pub mod diskboot;
 mod image;
 mod plan;
 mod progress;
@@ -49,6 +52,7 @@ pub use debian::{
     apt_mirror, configure_root, debian_arch, debian_packages, debootstrap, DebianRoot,
     DEBIAN_PACKAGES, DEFAULT_SUITE,
 };
+pub use diskboot::Boot;
 pub use image::{copy_kernel, make_ext4_image, DISK0_NAME, ROOT_LABEL};
 pub use runner::{CommandRunner, LOG_NAME};
 pub use staging::remove_tree;
@@ -66,6 +70,9 @@ pub fn run(global: &GlobalOpts, args: BootstrapArgs) -> Result<ExitCode> {
     }
     let plan = Plan::new(&args)?;
     check_host_tools()?;
+    if plan.boot == Boot::Disk {
+        check_disk_tools()?;
+    }
     if global.dry_run {
         plan::print_plan(&plan)?;
         return Ok(ExitCode::SUCCESS);
@@ -130,12 +137,26 @@ fn opensuse(args: &BootstrapArgs) -> Result<ExitCode> {
 }
 
 fn check_host_tools() -> Result<()> {
-    for (program, package) in [
+    check_tools(&[
         ("debootstrap", "debootstrap"),
         ("mkfs.ext4", "e2fsprogs"),
         ("ssh-keygen", "openssh-client"),
         ("chroot", "coreutils"),
-    ] {
+    ])
+}
+
+/// What `--boot disk` needs besides.
+fn check_disk_tools() -> Result<()> {
+    check_tools(&[
+        ("sgdisk", "gdisk"),
+        ("losetup", "mount"),
+        ("mkfs.vfat", "dosfstools"),
+    ])
+}
+
+/// Each (program, package) must be installed.
+fn check_tools(tools: &[(&str, &str)]) -> Result<()> {
+    for (program, package) in tools {
         if which_sbin(program).is_none() {
             bail!("bootstrap needs {program}, which is not installed: apt-get install {package}");
         }
@@ -174,14 +195,28 @@ fn build(
             cache::install_system(plan, &runner, &staging.path, &root)
         })?;
         phase("configure", &mut || {
-            configure_root(&root, &plan.hostname, plan.guest_arch().console, &runner)
+            let console = plan.guest_arch().console;
+            configure_root(&root, &plan.hostname, console, &runner)?;
+            match plan.boot {
+                Boot::Kernel => Ok(()),
+                Boot::Disk => diskboot::configure(&root, console),
+            }
         })?;
         phase("ssh key", &mut || {
             debian::ssh_key(&plan.name, &runner, &staging.path, &root)
         })?;
-        phase("kernel", &mut || copy_kernel(&root, &staging.path))?;
+        if plan.boot == Boot::Kernel {
+            phase("kernel", &mut || copy_kernel(&root, &staging.path))?;
+        }
         phase("disk0", &mut || {
-            image::make_disk(plan.size, &runner, &staging.path, &root)
+            image::make_disk(
+                plan.size,
+                plan.boot,
+                &runner,
+                &staging.path,
+                &root,
+                &staging.path,
+            )
         })?;
         phase("vm-config", &mut || {
             vmconfig::write_vm_config(plan, &staging.path)
@@ -208,6 +243,10 @@ fn build(
         return Err(e.context(message));
     }
     remove_tree(&root)?;
+    let mnt = diskboot::mount_point(&staging.path);
+    if mnt.exists() {
+        std::fs::remove_dir(&mnt).with_context(|| format!("removing {}", mnt.display()))?;
+    }
     staging.persist(&plan.dir)?;
     Ok(timings)
 }

@@ -13,6 +13,7 @@ use vmk_common::{layout, outln, shell};
 use crate::args::BootstrapArgs;
 use crate::cache::{cache_dir, package_key, tree_cache_path};
 use crate::debian::{apt_mirror, debian_arch, debian_packages, DebianRoot, DEFAULT_SUITE};
+use crate::diskboot::{self, Boot, DISK_BOOT_PACKAGES};
 use crate::image::{mkfs_args, DISK0_NAME};
 use crate::staging::staging_path;
 use crate::vmconfig::vm_config_text;
@@ -32,6 +33,8 @@ pub(crate) struct Plan {
     pub(crate) vnc: u8,
     /// The package tarball to use or fill, unless --no-cache.
     pub(crate) cache: Option<PathBuf>,
+    /// How the VM boots.
+    pub(crate) boot: Boot,
 }
 
 impl Plan {
@@ -56,6 +59,10 @@ impl Plan {
         };
         check_foreign_arch(&arch)?;
         let mut packages = debian_packages(&arch);
+        if args.boot == Boot::Disk {
+            diskboot::check_arch(&arch)?;
+            packages.extend(DISK_BOOT_PACKAGES.iter().map(|p| p.to_string()));
+        }
         for p in &args.packages {
             if !packages.contains(p) {
                 packages.push(p.clone());
@@ -85,6 +92,7 @@ impl Plan {
             },
             size: args.size,
             cache,
+            boot: args.boot,
         })
     }
 }
@@ -233,15 +241,20 @@ pub(crate) fn print_plan(plan: &Plan) -> Result<()> {
     }
     let key = stage.join(layout::KEY_FILE);
     steps.push(words_of(&crate::debian::keygen(&plan.name, &key)));
-    steps.push(command_words(
-        "mkfs.ext4",
-        mkfs_args(&root, &stage.join(DISK0_NAME)),
-    ));
+    let disk0 = stage.join(DISK0_NAME);
+    match plan.boot {
+        Boot::Kernel => steps.push(command_words("mkfs.ext4", mkfs_args(&root, &disk0))),
+        Boot::Disk => disk_steps(&mut steps, &stage, &root, &disk0),
+    }
     for s in steps {
         outln!("{}", shell::join(s))?;
     }
+    let last = match plan.boot {
+        Boot::Kernel => "copy kernel and initrd",
+        Boot::Disk => "GRUB's settings and the ESP in fstab before disk0",
+    };
     outln!(
-        "# configure the root (hostname {}, DHCP, sshd, serial getty), make disk0 NOCOW ({}), copy kernel and initrd",
+        "# configure the root (hostname {}, DHCP, sshd, serial getty), make disk0 NOCOW ({}), {last}",
         plan.hostname,
         plan.size
     )?;
@@ -254,6 +267,39 @@ pub(crate) fn print_plan(plan: &Plan) -> Result<()> {
         outln!("#   {line}")?;
     }
     Ok(())
+}
+
+/// `-D` of the disk that boots itself: partitions, loop device, filesystems, bootloaders.
+fn disk_steps(steps: &mut Vec<Vec<OsString>>, stage: &Path, root: &Path, disk0: &Path) {
+    let dev = Path::new("/dev/loopN");
+    let part = |n: u32| PathBuf::from(format!("/dev/loopNp{n}"));
+    let mnt = diskboot::mount_point(stage);
+    steps.push(command_words("sgdisk", diskboot::sgdisk_args(disk0)));
+    steps.push(words_of(&vmk_common::loopdev::attach_command(disk0)));
+    steps.push(command_words("mkfs.ext4", mkfs_args(root, &part(3))));
+    steps.push(words_of(&diskboot::mkfs_esp(&part(2))));
+    steps.push(command_words(
+        "mount",
+        [part(3).as_os_str(), mnt.as_os_str()],
+    ));
+    for b in &vmk_common::chroot::SYSTEM_BINDS {
+        let mut w: Vec<OsString> = b.extra.iter().map(OsString::from).collect();
+        w.push(b.src.into());
+        w.push(mnt.join(b.dst).into());
+        steps.push(command_words("mount", w));
+    }
+    for s in diskboot::install_steps(dev) {
+        steps.push(command_words(
+            "chroot",
+            std::iter::once(mnt.display().to_string()).chain(s),
+        ));
+    }
+    steps.push(command_words("umount", ["-R".as_ref(), mnt.as_os_str()]));
+    steps.push(words_of(&diskboot::copy_to_esp(
+        &stage.join("esp"),
+        &part(2),
+    )));
+    steps.push(words_of(&vmk_common::loopdev::detach_command(dev)));
 }
 
 /// A program's name followed by its arguments.
@@ -291,6 +337,7 @@ pub(crate) fn example(dir: &Path) -> Plan {
         size: "4G".parse().unwrap(),
         vnc: 7,
         cache: None,
+        boot: Boot::Kernel,
     }
 }
 

@@ -8,6 +8,7 @@ use vmk_common::config;
 use vmk_common::time::UtcTime;
 
 use crate::debian::write_file;
+use crate::diskboot::{Boot, ESP_LABEL};
 use crate::image::{DISK0_NAME, ROOT_LABEL};
 use crate::plan::Plan;
 
@@ -54,19 +55,13 @@ VMK_NAME={name_q}
 # ssh forwarded from port VMK_SSH_BASE+{vnc} (see `vmk info`).
 VMK_VNC={vnc}
 
-# disk0: one ext4 filesystem (label {label}) in a raw file, no partition table.
+{disk_text}
 VMK_DISK0={disk}
 VMK_DISK0_FORMAT=raw
 
 # The guest's architecture (its qemu, machine, console and firmware follow from it).
 VMK_ARCH={qemu_arch}
-
-# Direct kernel boot with the guest's own kernel and initrd, copied out of its /boot.
-# After a kernel update inside the guest, copy the new ones out again.
-VMK_KERNEL=vmlinuz
-VMK_INITRD=initrd.img
-VMK_APPEND={append}
-",
+{boot_text}",
         name = plan.name,
         name_q = config::raw::quote(&plan.name, config::Quoting::Bare),
         hostname = plan.hostname,
@@ -75,10 +70,30 @@ VMK_APPEND={append}
         arch = plan.debian.arch,
         mirror = plan.debian.mirror,
         vnc = plan.vnc,
-        label = ROOT_LABEL,
         disk = DISK0_NAME,
         qemu_arch = plan.guest_arch().name,
-        append = q(&append_for(plan.guest_arch().console)),
+        disk_text = match plan.boot {
+            Boot::Kernel => format!(
+                "# disk0: one ext4 filesystem (label {ROOT_LABEL}) in a raw file, no partition table."
+            ),
+            Boot::Disk => format!(
+                "# disk0: GPT with a BIOS boot partition, an EFI system partition ({ESP_LABEL}) and\n\
+                 # the root filesystem (label {ROOT_LABEL}), with GRUB and shim inside: it boots itself."
+            ),
+        },
+        boot_text = match plan.boot {
+            Boot::Kernel => format!(
+                "\n# Direct kernel boot with the guest's own kernel and initrd, copied out of its /boot.\n\
+                 # After a kernel update inside the guest, copy the new ones out again.\n\
+                 VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\nVMK_APPEND={}\n",
+                q(&append_for(plan.guest_arch().console))
+            ),
+            Boot::Disk => "\n# No VMK_KERNEL: the VM boots from disk0 (GRUB under bios, shim and GRUB under\n\
+                 # uefi and uefi-secure, Secure Boot enforced), so a kernel update inside the guest\n\
+                 # just works. The same disk boots with any of them:\n\
+                 # VMK_FIRMWARE=uefi-secure\n"
+                .to_string(),
+        },
     )
 }
 
@@ -131,6 +146,22 @@ mod tests {
             text.contains("VMK_APPEND=\"console=ttyAMA0 root=LABEL=vmkroot rw\""),
             "{text}"
         );
+
+        // a VM that boots itself: no kernel, loads with the default firmware
+        let mut disk = plan.clone();
+        disk.boot = Boot::Disk;
+        let text = vm_config_text(&disk, "2024-01-02 03:04:05 UTC");
+        fs::write(t.path().join("vm-config"), &text).unwrap();
+        let cfg = config::load(&LoadOptions {
+            dir: Some(t.path().to_path_buf()),
+            system_file: Some(t.path().join("none")),
+            user_file: Some(t.path().join("none")),
+            env: false,
+            ..LoadOptions::new()
+        })
+        .unwrap();
+        assert!(cfg.kernel.is_none() && cfg.initrd.is_none() && cfg.append.is_none());
+        assert!(text.contains("\n# VMK_FIRMWARE=uefi-secure\n"), "{text}");
     }
 
     #[test]
