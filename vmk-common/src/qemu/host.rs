@@ -93,7 +93,7 @@ pub const KVM_CPU_MODEL: &str = "host";
 
 /// The accelerator to use: `auto` is kvm when /dev/kvm is usable and KVM really runs a
 /// guest with `qemu` and `cpu_model` ([`Host::kvm_probe`]), else tcg with a one-line
-/// warning saying why.
+/// warning saying why ([`choose_accel`] without the warning).
 pub fn resolve_accel(
     accel: Accel,
     host: &dyn Host,
@@ -101,19 +101,40 @@ pub fn resolve_accel(
     cpu_model: Option<&str>,
     arch: &str,
 ) -> Accel {
+    let (chosen, why_not_kvm) = choose_accel(accel, host, qemu, cpu_model, arch);
+    if let Some(why) = why_not_kvm {
+        log::warn!("{why}");
+    }
+    chosen
+}
+
+/// [`resolve_accel`]'s choice, and when `auto` could not have kvm, why (one line, with
+/// what to do), for a caller that shows it its own way (`vmk info`).
+pub fn choose_accel(
+    accel: Accel,
+    host: &dyn Host,
+    qemu: &Path,
+    cpu_model: Option<&str>,
+    arch: &str,
+) -> (Accel, Option<String>) {
     match accel {
-        Accel::Auto if !host.kvm_usable() => {
-            log::warn!("/dev/kvm is not usable: running with software emulation (tcg), which is much slower");
-            Accel::Tcg
-        }
+        Accel::Auto if !host.kvm_usable() => (
+            Accel::Tcg,
+            Some(
+                "/dev/kvm is not usable: running with software emulation (tcg), which is much slower"
+                    .into(),
+            ),
+        ),
         Accel::Auto => match host.kvm_probe(qemu, cpu_model.unwrap_or(KVM_CPU_MODEL), arch) {
-            KvmProbe::Broken(why) => {
-                log::warn!("KVM is present but unusable here ({why}): running with software emulation (tcg); set VMK_ACCEL=tcg to skip this check");
-                Accel::Tcg
-            }
-            KvmProbe::Works | KvmProbe::Unknown => Accel::Kvm,
+            KvmProbe::Broken(why) => (
+                Accel::Tcg,
+                Some(format!(
+                    "KVM is present but unusable here ({why}): running with software emulation (tcg); set VMK_ACCEL=tcg to skip this check"
+                )),
+            ),
+            KvmProbe::Works | KvmProbe::Unknown => (Accel::Kvm, None),
         },
-        other => other,
+        other => (other, None),
     }
 }
 
@@ -206,6 +227,16 @@ pub(crate) mod tests {
             resolve_accel(Accel::Kvm, &BrokenKvm, q, None, DEFAULT_ARCH),
             Accel::Kvm,
             "an explicit kvm is kept"
+        );
+        // the reason, for `info`'s accel line
+        let (chosen, why) = choose_accel(Accel::Auto, &BrokenKvm, q, None, DEFAULT_ARCH);
+        assert_eq!(chosen, Accel::Tcg);
+        assert!(why.is_some_and(|w| w.contains("present but unusable")));
+        let (_, why) = choose_accel(Accel::Auto, &NoHost, q, None, DEFAULT_ARCH);
+        assert!(why.is_some_and(|w| w.contains("/dev/kvm is not usable")));
+        assert_eq!(
+            choose_accel(Accel::Tcg, &BrokenKvm, q, None, DEFAULT_ARCH),
+            (Accel::Tcg, None)
         );
     }
 

@@ -48,7 +48,8 @@ use crate::config::{
 use arch::default_machine;
 pub use firmware::Uefi;
 pub use host::{
-    resolve_accel, select_qemu, Host, RealHost, DEFAULT_ARCH, DEFAULT_MACHINE, KVM_CPU_MODEL,
+    choose_accel, resolve_accel, select_qemu, Host, RealHost, DEFAULT_ARCH, DEFAULT_MACHINE,
+    KVM_CPU_MODEL,
 };
 pub use opts::escape_opt_value;
 

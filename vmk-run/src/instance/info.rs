@@ -45,8 +45,10 @@ pub struct Info {
     pub cpus: u32,
     /// VMK_ACCEL as configured.
     pub accel: String,
-    /// The accelerator qemu will get (auto resolved).
+    /// The accelerator qemu will get (auto resolved); for a running VM, the one it got.
     pub accel_resolved: String,
+    /// Why `auto` resolves to tcg on this host, when it does.
+    pub accel_note: Option<String>,
     /// The qemu binary (None when none is found).
     pub qemu: Option<PathBuf>,
     /// VMK_NET_TYPE.
@@ -223,9 +225,10 @@ pub fn info(inst: &Instance) -> Result<Info> {
     let host = qemu::RealHost;
     let arch = cfg.arch.as_deref().unwrap_or(qemu::DEFAULT_ARCH);
     let qemu_bin = qemu::select_qemu(cfg.qemu.as_deref(), arch, &host).ok();
-    let resolved = match &qemu_bin {
-        Some(q) => qemu::resolve_accel(cfg.accel, &host, q, cfg.cpu_model.as_deref(), arch),
-        None => cfg.accel,
+    // why `auto` is not kvm goes on the accel line, not in a warning on every `info`
+    let (resolved, accel_note) = match &qemu_bin {
+        Some(q) => qemu::choose_accel(cfg.accel, &host, q, cfg.cpu_model.as_deref(), arch),
+        None => (cfg.accel, None),
     };
     let (state_name, pid, qmp_status, running_kvm) = match inst.status()? {
         VmStatus::Running { pid } => {
@@ -246,10 +249,10 @@ pub fn info(inst: &Instance) -> Result<Info> {
     };
     // a running VM's accelerator is what its qemu got (`auto` may have started it again
     // under tcg after kvm failed), not what resolving the config would choose now
-    let resolved = match running_kvm {
-        Some(true) => Accel::Kvm,
-        Some(false) => Accel::Tcg,
-        None => resolved,
+    let (resolved, accel_note) = match running_kvm {
+        Some(true) => (Accel::Kvm, None),
+        Some(false) => (Accel::Tcg, accel_note),
+        None => (resolved, accel_note),
     };
     use std::os::unix::fs::MetadataExt;
     let iso = cfg.iso();
@@ -267,6 +270,7 @@ pub fn info(inst: &Instance) -> Result<Info> {
         cpus: cfg.cpus,
         accel: cfg.accel.as_str().to_string(),
         accel_resolved: resolved.as_str().to_string(),
+        accel_note,
         qemu: qemu_bin,
         net: net_name(cfg.net_type).to_string(),
         bridge: (cfg.net_type == NetType::Bridge).then(|| cfg.bridge.clone()),
@@ -381,7 +385,13 @@ pub fn info_lines(i: &Info) -> Vec<String> {
         ),
         ("memory", format!("{} MiB", i.mem_mib)),
         ("cpus", i.cpus.to_string()),
-        ("accel", format!("{} → {}", i.accel, i.accel_resolved)),
+        (
+            "accel",
+            match &i.accel_note {
+                Some(why) => format!("{} → {} ({why})", i.accel, i.accel_resolved),
+                None => format!("{} → {}", i.accel, i.accel_resolved),
+            },
+        ),
         (
             "qemu",
             opt(i.qemu.as_ref().map(|p| p.display().to_string())),
@@ -514,6 +524,7 @@ mod tests {
             cpus: 1,
             accel: "auto".into(),
             accel_resolved: "tcg".into(),
+            accel_note: None,
             qemu: None,
             net: "user".into(),
             bridge: None,
