@@ -239,6 +239,27 @@ impl SystemTest {
     }
 }
 
+/// On SIGINT, SIGTERM or SIGHUP (Ctrl-C on `make test`, a CI timeout) the test binary
+/// kills every qemu its live guards hold ([`qemu_guard::kill_all_guarded`]) before it
+/// exits: daemonized qemus are in a session of their own and would outlive it.
+fn reap_qemus_when_interrupted() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: no cleanup on interrupt (installing signal handlers: {e})");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let killed = qemu_guard::kill_all_guarded();
+            eprintln!("interrupted by signal {sig}: killed {killed} qemu this test binary started");
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 /// Runs system tests with libtest-mimic: unmet needs make a test ignored (with the reason
 /// printed), or failed under `VMK_TEST_REQUIRE_ALL=1`. Call from a `harness = false` main.
 pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
@@ -271,6 +292,7 @@ pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
             }
         })
         .collect();
+    reap_qemus_when_interrupted();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {
         std::process::ExitCode::from(101)

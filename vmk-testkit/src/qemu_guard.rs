@@ -7,14 +7,65 @@
 //! A pid read from a pidfile may be reused by an unrelated process once qemu is gone, so
 //! the guard remembers the process's start time and only signals a process that still
 //! has it.
+//!
+//! A test binary that is interrupted (Ctrl-C on `make test`, a CI timeout's SIGTERM) runs
+//! no destructor: every live guard is also listed, and [`kill_all_guarded`] kills what the
+//! list holds; the system-test harness calls it on SIGINT, SIGTERM and SIGHUP, so a
+//! daemonized qemu does not outlive the test run that started it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+/// What live guards hold: (pid, start time) of each guarded process, and each armed
+/// pidfile.
+type Live = (Vec<(i32, Option<u64>)>, Vec<PathBuf>);
+static LIVE: Mutex<Live> = Mutex::new((Vec::new(), Vec::new()));
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Kills (SIGKILL) every process a live [`QemuGuard`] holds and the qemu of every armed
+/// [`PidfileGuard`], each only if it is still that process (same start time; a qemu for a
+/// pidfile's pid). For an interrupted test binary, whose guards will never be dropped.
+/// Returns how many it killed.
+pub fn kill_all_guarded() -> usize {
+    let (pids, pidfiles) = live().clone();
+    let from_pidfiles = pidfiles
+        .iter()
+        .filter_map(|f| qemu_in_pidfile(f))
+        .map(|pid| (pid, start_time(pid)));
+    let mut killed = 0;
+    for (pid, started) in pids.into_iter().chain(from_pidfiles) {
+        if started.is_some()
+            && start_time(pid) == started
+            && !is_zombie(pid)
+            && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// The pid in `pidfile`, when that process is a qemu.
+fn qemu_in_pidfile(pidfile: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(pidfile)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|&p| p > 1)?;
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu"))
+        .then_some(pid)
+}
 
 /// Kills its qemu (SIGKILL, then reaps it) when dropped.
 #[derive(Debug)]
@@ -35,6 +86,7 @@ impl QemuGuard {
             start_time: start_time(pid),
             child: Some(child),
         }
+        .listed()
     }
 
     /// Guards a running process by pid (e.g. a daemonized qemu).
@@ -48,7 +100,14 @@ impl QemuGuard {
             pid,
             start_time: Some(start_time),
             child: None,
-        })
+        }
+        .listed())
+    }
+
+    /// Puts the guard on the list [`kill_all_guarded`] reads.
+    fn listed(self) -> Self {
+        live().0.push((self.pid, self.start_time));
+        self
     }
 
     /// Guards the pid written to `path` by `qemu -daemonize -pidfile path`, waiting up to
@@ -111,6 +170,7 @@ impl QemuGuard {
     }
 
     fn kill_now(&mut self) {
+        live().0.retain(|&(pid, _)| pid != self.pid);
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -148,6 +208,7 @@ pub struct PidfileGuard {
 impl PidfileGuard {
     /// Arms a guard for the qemu that will write `pidfile`.
     pub fn arm(pidfile: &Path) -> Self {
+        live().1.push(pidfile.to_path_buf());
         PidfileGuard {
             pidfile: Some(pidfile.to_path_buf()),
         }
@@ -157,7 +218,16 @@ impl PidfileGuard {
     /// [`QemuGuard::from_pidfile`]); disarms this guard.
     pub fn into_guard(mut self) -> Result<QemuGuard> {
         let pidfile = self.pidfile.take().expect("armed until here");
-        QemuGuard::from_pidfile(&pidfile)
+        let guard = QemuGuard::from_pidfile(&pidfile);
+        unlist_pidfile(&pidfile);
+        guard
+    }
+}
+
+fn unlist_pidfile(pidfile: &Path) {
+    let mut live = live();
+    if let Some(i) = live.1.iter().position(|p| p == pidfile) {
+        live.1.remove(i);
     }
 }
 
@@ -166,15 +236,9 @@ impl Drop for PidfileGuard {
         let Some(pidfile) = self.pidfile.take() else {
             return;
         };
-        let Some(pid) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-        else {
-            return; // qemu never wrote it: nothing started
-        };
-        let is_qemu = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("qemu"));
-        if is_qemu {
+        unlist_pidfile(&pidfile);
+        // no pid (qemu never wrote it: nothing started), or not a qemu: nothing to kill
+        if let Some(pid) = qemu_in_pidfile(&pidfile) {
             if let Ok(guard) = QemuGuard::from_pid(pid) {
                 drop(guard); // kills it
             }
@@ -275,5 +339,26 @@ mod tests {
         assert!(status.unwrap().success());
         assert!(!guard.is_running());
         assert!(QemuGuard::from_pid(1).is_err());
+    }
+
+    /// What an interrupted test binary kills: the processes its live guards hold, and
+    /// no longer those of guards that were dropped.
+    #[test]
+    fn kill_all_guarded_kills_what_live_guards_hold() {
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut guard = QemuGuard::from_child(child);
+        assert!(live().0.iter().any(|&(p, _)| p == pid));
+        assert!(kill_all_guarded() >= 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while guard.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!guard.is_running(), "pid {pid} survived kill_all_guarded");
+        drop(guard);
+        assert!(
+            !live().0.iter().any(|&(p, _)| p == pid),
+            "a dropped guard stays listed"
+        );
     }
 }
