@@ -1,7 +1,8 @@
 //! System tests of `vmk bootstrap`: a Debian VM made from nothing on a throwaway btrfs
 //! boots under TCG and answers ssh — driven by plain qemu (the product's own argv builder)
-//! and by the front door (`vmk snap run && vmk waitssh -- uname -r`); an interrupted
-//! bootstrap leaves nothing behind.
+//! and by the front door (`vmk snap run && vmk waitssh -- uname -r`); `--boot disk` makes a
+//! partitioned disk0 with the bootloaders on it that boots without a kernel in vm-config;
+//! an interrupted bootstrap leaves nothing behind.
 //!
 //! The VM is bootstrapped once per test binary and shared; tests that boot it hold a lock,
 //! so they never run at the same time (they use the same ports). bootstrap's cache of the
@@ -63,6 +64,20 @@ fn main() -> ExitCode {
             snap_run_test,
         ),
         SystemTest::new(
+            "bootstrap_boot_disk_makes_a_vm_that_boots_itself",
+            &[
+                Need::Root,
+                Need::Debootstrap,
+                Need::Qemu,
+                Need::Ssh,
+                Need::Btrfs,
+                Need::Program("sgdisk"),
+                Need::Program("mkfs.vfat"),
+                Need::Program("mdir"),
+            ],
+            boot_disk_test,
+        ),
+        SystemTest::new(
             "interrupted_bootstrap_leaves_nothing",
             &[Need::Root, Need::Debootstrap, Need::Btrfs],
             interrupt_test,
@@ -100,9 +115,9 @@ fn vmk() -> Command {
     tool("vmk")
 }
 
-fn bootstrap_cmd(dir: &Path) -> Command {
+fn bootstrap_cmd(dir: &Path, vnc: u8) -> Command {
     let mut cmd = vmk_testkit::guest::bootstrap_command(dir);
-    cmd.arg("--vnc").arg(VNC.to_string());
+    cmd.arg("--vnc").arg(vnc.to_string());
     cmd
 }
 
@@ -124,7 +139,7 @@ fn make_shared() -> Result<Shared> {
     let fs = LoopBtrfs::new(8 << 30)?;
     let dir = fs.path().join("deb-test");
     let start = Instant::now();
-    let out = bootstrap_cmd(&dir)
+    let out = bootstrap_cmd(&dir, VNC)
         .stderr(Stdio::inherit())
         .output()
         .context("running vmk-ayinstall bootstrap")?;
@@ -264,12 +279,23 @@ fn tail(path: &Path) -> String {
 fn snap_run_test() -> Result<()> {
     let (_lock, dir) = shared_vm()?;
     let release = guest_kernel_release(&dir)?;
+    let out = snap_run_waitssh(&dir, &["uname", "-r"])?;
+    ensure!(
+        out.trim() == release,
+        "uname -r said {out:?}, expected {release}"
+    );
+    Ok(())
+}
+
+/// `vmk snap run` in `dir`, then `vmk waitssh -- COMMAND…`; returns what it printed, and
+/// kills the snapshot VM.
+fn snap_run_waitssh(dir: &Path, command: &[&str]) -> Result<String> {
     let snap = snap_image(&dir.join(DISK0_NAME));
-    let paths = RuntimePaths::new(&dir, &snap)?;
+    let paths = RuntimePaths::new(dir, &snap)?;
     let start = Instant::now();
     let status = vmk()
         .args(["snap", "run"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .status()
         .context("running vmk snap run")?;
     // Guard whatever it started, also when it then failed.
@@ -277,8 +303,9 @@ fn snap_run_test() -> Result<()> {
     ensure!(status.success(), "vmk snap run failed: {status}");
     let _guard = guard?;
     let mut waitssh = vmk()
-        .args(["waitssh", "--", "uname", "-r"])
-        .current_dir(&dir)
+        .args(["waitssh", "--"])
+        .args(command)
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .spawn()
         .context("running vmk waitssh")?;
@@ -312,18 +339,78 @@ fn snap_run_test() -> Result<()> {
         "vmk waitssh failed: {status}; console:\n{}",
         tail(&paths.console_log)
     );
+    let _ = vmk().args(["snap", "kill"]).current_dir(dir).status();
+    Ok(out)
+}
+
+/// `--boot disk`: a partitioned disk0 (BIOS boot, ESP with shim at the removable path,
+/// root) and a vm-config without a kernel; the VM boots from it (SeaBIOS and GRUB) to ssh,
+/// with root by label and the ESP mounted by fstab.
+fn boot_disk_test() -> Result<()> {
+    let slot = vmk_testkit::isolation::VmSlot::reserve()?;
+    let fs = LoopBtrfs::new(8 << 30)?;
+    let dir = fs.path().join("deb-disk");
+    let start = Instant::now();
+    let out = bootstrap_cmd(&dir, slot.number())
+        .args(["--boot", "disk"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running vmk-ayinstall bootstrap --boot disk")?;
+    eprintln!("bootstrap --boot disk took {:.1?}", start.elapsed());
     ensure!(
-        out.trim() == release,
-        "uname -r said {out:?}, expected {release}"
+        out.status.success(),
+        "bootstrap --boot disk failed: {}",
+        out.status
     );
-    let _ = vmk().args(["snap", "kill"]).current_dir(&dir).status();
+    let cfg = load_config(&dir)?;
+    ensure!(
+        cfg.kernel.is_none() && cfg.initrd.is_none() && cfg.append.is_none(),
+        "a VM that boots itself has a kernel in its vm-config"
+    );
+    ensure!(!dir.join("vmlinuz").exists() && !dir.join("mnt").exists());
+    let disk0 = dir.join(DISK0_NAME);
+    let table = Command::new("sgdisk").arg("-p").arg(&disk0).output()?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    for code in ["EF02", "EF00", "8300"] {
+        ensure!(table.contains(code), "no {code} partition:\n{table}");
+    }
+    let esp = Command::new("sgdisk")
+        .args(["-i", "2"])
+        .arg(&disk0)
+        .output()?;
+    let esp = String::from_utf8_lossy(&esp.stdout);
+    let first: u64 = esp
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no first sector of the ESP in:\n{esp}"))?;
+    let listing = Command::new("mdir")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk0.display(), first * 512))
+        .arg("::/EFI/BOOT")
+        .output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout).to_lowercase();
+    for f in ["bootx64.efi", "grubx64.efi"] {
+        ensure!(listing.contains(f), "no EFI/BOOT/{f} on the ESP: {listing}");
+    }
+    let said = snap_run_waitssh(
+        &dir,
+        &["cat /proc/cmdline; findmnt -n -o SOURCE,TARGET /boot/efi"],
+    )?;
+    ensure!(
+        said.contains("BOOT_IMAGE=/boot/vmlinuz-") && said.contains("root=LABEL=vmkroot"),
+        "not booted by GRUB with root by label: {said}"
+    );
+    ensure!(said.contains("/boot/efi"), "the ESP is not mounted: {said}");
     Ok(())
 }
 
 fn interrupt_test() -> Result<()> {
     let fs = LoopBtrfs::new(2 << 30)?;
     let dir = fs.path().join("stopped");
-    let mut child = bootstrap_cmd(&dir)
+    let mut child = bootstrap_cmd(&dir, VNC)
         .arg("--no-cache")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -23,6 +23,8 @@ pub enum Distro {
 Examples:
   vmk bootstrap /vms/deb1                 Debian bookworm, 4G disk, first free VM number
   vmk bootstrap --packages vim,git --size 8G --vnc 5 deb2
+  vmk bootstrap --boot disk deb3          GRUB and shim inside disk0: boots under any
+                                          VMK_FIRMWARE without VMK_KERNEL
   cd deb2 && vmk run && vmk waitssh -- uname -a
 
 Needs root (debootstrap installs packages as root). The freshly installed system is kept in

@@ -63,22 +63,33 @@ impl DebianGuest {
     }
 }
 
-/// Builds (once, cached; about 2–4 minutes) and returns the Debian guest.
-pub fn debian_guest() -> Result<DebianGuest> {
-    let packages = debian_packages()?;
+/// The cache key of a debootstrap tree of `packages`.
+fn packages_key(packages: &[String]) -> Fnv {
     let mut pkg_key = Fnv::new();
     pkg_key.add(bootstrap::DEFAULT_SUITE.as_bytes());
-    for p in &packages {
+    for p in packages {
         pkg_key.add(p.as_bytes());
         pkg_key.add(b",");
     }
+    pkg_key
+}
+
+/// Builds (once, cached; about 2–4 minutes) and returns the Debian guest.
+pub fn debian_guest() -> Result<DebianGuest> {
+    let packages = debian_packages()?;
+    let pkg_key = packages_key(&packages);
     let mut key = pkg_key.clone();
     key.add(&DEBIAN_CONFIG_VERSION.to_le_bytes());
     let dir = cached(
         "debian",
         &key.hex(),
         |tmp| {
-            let root = cached("debootstrap", &pkg_key.hex(), debootstrap, remove_tree)?;
+            let root = cached(
+                "debootstrap",
+                &pkg_key.hex(),
+                |r| debootstrap(r, packages),
+                remove_tree,
+            )?;
             build_debian_image(tmp, &root)
         },
         remove_tree,
@@ -137,12 +148,12 @@ fn debian_packages() -> Result<Vec<String>> {
     Ok(bootstrap::debian_packages(&bootstrap::debian_arch()?))
 }
 
-fn debootstrap(root: &Path) -> Result<()> {
+fn debootstrap(root: &Path, packages: Vec<String>) -> Result<()> {
     let debian = DebianRoot {
         suite: bootstrap::DEFAULT_SUITE.into(),
         arch: bootstrap::debian_arch()?,
         mirror: debian_mirror(),
-        packages: debian_packages()?,
+        packages,
     };
     eprintln!(
         "vmk-testkit: debootstrap {} from {} (takes a few minutes)",
@@ -175,6 +186,138 @@ fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
         DEBIAN_IMAGE_SIZE,
         &FixtureRunner,
     )?;
+    bootstrap::remove_tree(&stage)
+}
+
+/// Printed on the serial console by the disk-booting guest's report (see [`DiskGuest`]),
+/// before each of its lines.
+pub const DISK_REPORT: &str = "vmk-diskboot: ";
+
+/// Bump when the disk-booting guest's build or test layer changes (part of its cache key,
+/// with the package list).
+const DISK_GUEST_VERSION: u32 = 1;
+const DISK_IMAGE_SIZE: u64 = 3 << 30;
+
+/// The Debian guest that boots itself (`vmk bootstrap --boot disk`): a partitioned raw disk
+/// with GRUB for BIOS and shim + GRUB on its ESP for UEFI, made by the bootstrap library's
+/// own steps. Boot a *copy* of `image` without a kernel, under any VMK_FIRMWARE.
+///
+/// Its test layer: at boot a unit says on the serial console, each line after
+/// [`DISK_REPORT`]: `efi yes|no`, `sb <mokutil --sb-state>`, `cmdline <…>`, `esp mounted`
+/// (or `esp missing`), under BIOS `kernel hook <…>` (the kernel packages' update-grub hook
+/// run again, then whether the new grub.cfg boots the running kernel with root by label),
+/// and last `done`. The serial login prompt follows as usual.
+#[derive(Debug, Clone)]
+pub struct DiskGuest {
+    /// The raw partitioned disk (cached original: never boot it read-write).
+    pub image: PathBuf,
+}
+
+/// Builds (once, cached) and returns the disk-booting Debian guest.
+pub fn debian_disk_guest() -> Result<DiskGuest> {
+    let mut packages = debian_packages()?;
+    packages.extend(
+        bootstrap::diskboot::DISK_BOOT_PACKAGES
+            .iter()
+            .map(|p| p.to_string()),
+    );
+    let pkg_key = packages_key(&packages);
+    let mut key = pkg_key.clone();
+    key.add(&DEBIAN_CONFIG_VERSION.to_le_bytes());
+    key.add(&DISK_GUEST_VERSION.to_le_bytes());
+    let dir = cached(
+        "debian-disk",
+        &key.hex(),
+        |tmp| {
+            let root = cached(
+                "debootstrap-disk",
+                &pkg_key.hex(),
+                |r| debootstrap(r, packages),
+                remove_tree,
+            )?;
+            build_disk_image(tmp, &root)
+        },
+        remove_tree,
+    )?;
+    Ok(DiskGuest {
+        image: dir.join("disk.img"),
+    })
+}
+
+/// The report the disk-booting guest gives at boot (see [`DiskGuest`]).
+const DISK_REPORT_SCRIPT: &str = r#"#!/bin/sh
+say() { echo "vmk-diskboot: $*" > /dev/console; }
+if [ -d /sys/firmware/efi ]; then efi=yes; else efi=no; fi
+say "efi $efi"
+say "sb $(mokutil --sb-state 2>&1 | head -n 1)"
+say "cmdline $(cat /proc/cmdline)"
+if mountpoint -q /boot/efi; then say "esp mounted"; else say "esp missing"; fi
+if [ $efi = no ]; then
+    old=$(stat -c %Y /boot/grub/grub.cfg)
+    sleep 1
+    if /etc/kernel/postinst.d/zz-update-grub "$(uname -r)" "/boot/vmlinuz-$(uname -r)" >/dev/null 2>&1         && [ "$(stat -c %Y /boot/grub/grub.cfg)" != "$old" ]         && grep -q "linux.*/vmlinuz-$(uname -r) root=LABEL=vmkroot " /boot/grub/grub.cfg; then
+        say "kernel hook regenerated grub.cfg, root by label"
+    else
+        say "kernel hook failed"
+    fi
+fi
+say done
+"#;
+
+/// The unit that runs it once the system is up.
+const DISK_REPORT_UNIT: &str = "\
+[Unit]
+Description=vmk test: how this guest booted
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/vmk-diskboot-report
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The disk-booting guest: the product's configuration, the report as test layer, then the
+/// product's disk.
+fn build_disk_image(out: &Path, debootstrapped: &Path) -> Result<()> {
+    let stage = out.join("root");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(debootstrapped)
+        .arg(&stage))?;
+    bootstrap::configure_root(&stage, DEBIAN_HOSTNAME, "ttyS0", &FixtureRunner)?;
+    bootstrap::diskboot::configure(&stage, "ttyS0")?;
+    write(&stage, "etc/issue", &format!("{DEBIAN_READY} (\\l)\n\n"))?;
+    write(
+        &stage,
+        "usr/local/sbin/vmk-diskboot-report",
+        DISK_REPORT_SCRIPT,
+    )?;
+    fs::set_permissions(
+        stage.join("usr/local/sbin/vmk-diskboot-report"),
+        fs::Permissions::from_mode(0o755),
+    )?;
+    write(
+        &stage,
+        "etc/systemd/system/vmk-diskboot-report.service",
+        DISK_REPORT_UNIT,
+    )?;
+    run(Command::new("chroot").arg(&stage).args([
+        "systemctl",
+        "enable",
+        "vmk-diskboot-report.service",
+    ]))?;
+    eprintln!("vmk-testkit: making the partitioned disk with its bootloaders");
+    bootstrap::diskboot::make_boot_disk(
+        &stage,
+        &out.join("disk.img"),
+        DISK_IMAGE_SIZE,
+        out,
+        &FixtureRunner,
+    )?;
+    fs::remove_dir(out.join("mnt")).context("removing the mount point")?;
     bootstrap::remove_tree(&stage)
 }
 
