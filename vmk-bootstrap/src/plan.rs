@@ -251,7 +251,11 @@ pub(crate) fn print_plan(plan: &Plan) -> Result<()> {
     }
     let last = match plan.boot {
         Boot::Kernel => "copy kernel and initrd",
-        Boot::Disk => "GRUB's settings and the ESP in fstab before disk0",
+        Boot::Disk => {
+            "GRUB's settings and the ESP in fstab before disk0; before mcopy, the guest's signed \
+             shim (as EFI/BOOT/BOOTX64.EFI), signed GRUB, mmx64 and a grub.cfg finding the root by \
+             its UUID are gathered in esp/"
+        }
     };
     outln!(
         "# configure the root (hostname {}, DHCP, sshd, serial getty), make disk0 NOCOW ({}), {last}",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use vmk_testguest::DISK_REPORT;
 use vmk_testkit::guest::wait_for_file_line;
-use vmk_testkit::isolation::{TestEnv, VmSlot};
+use vmk_testkit::isolation::VmDir;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -57,56 +57,39 @@ fn main() -> std::process::ExitCode {
 }
 
 /// A copy of the disk-booting guest in its own VM directory, on a reserved VM number.
-struct Vm {
-    dir: tempfile::TempDir,
-    env: TestEnv,
-    _slot: VmSlot,
-}
+struct Vm(VmDir);
 
 impl Vm {
     /// The VM with VMK_FIRMWARE=`firmware` and no kernel: it boots from disk0.
     fn new(firmware: &str) -> Result<Vm> {
         let g = vmk_testguest::debian_disk_guest()?;
-        let dir = tempfile::tempdir()?;
-        let slot = VmSlot::reserve()?;
-        let disk = dir.path().join(IMAGE);
-        vmk_testkit::run_ok({
+        let config = format!(
+            "VMK_NAME=diskboot\nVMK_DISK0={IMAGE}\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
+             VMK_MEM=1024\nVMK_NET_TYPE=none\nVMK_VNC_SOCKET=yes\nVMK_FIRMWARE={firmware}\n"
+        );
+        VmDir::new(&config, |dir| {
             let mut c = std::process::Command::new("cp");
             c.args(["--sparse=always", "--reflink=auto"])
                 .arg(&g.image)
-                .arg(&disk);
-            c
-        })?;
-        std::fs::write(
-            dir.path().join("vm-config"),
-            format!(
-                "VMK_NAME=diskboot\nVMK_DISK0={IMAGE}\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
-                 VMK_MEM=1024\nVMK_NET_TYPE=none\nVMK_VNC_SOCKET=yes\nVMK_FIRMWARE={firmware}\n{}",
-                slot.config_line(),
-            ),
-        )?;
-        let env = TestEnv::inside(dir.path())?;
-        Ok(Vm {
-            dir,
-            env,
-            _slot: slot,
+                .arg(dir.join(IMAGE));
+            vmk_testkit::run_ok(c).map(drop)
         })
+        .map(Vm)
     }
 
     fn console_log(&self) -> PathBuf {
-        self.dir.path().join(format!("{IMAGE}.console.log"))
+        self.0.path().join(format!("{IMAGE}.console.log"))
     }
 
     fn vmk_run(&self, args: &[&str]) -> Result<std::process::Output> {
-        self.env
-            .run_logged(env!("CARGO_BIN_EXE_vmk-run"), self.dir.path(), args, None)
+        self.0.run(env!("CARGO_BIN_EXE_vmk-run"), args)
     }
 
     /// Boots it to its serial login prompt; returns the report lines the guest gave.
     fn boot(&self, what: &str) -> Result<Vec<String>> {
         let started = Instant::now();
         let out = self.vmk_run(&["run"]);
-        let guard = QemuGuard::from_pidfile(&self.dir.path().join(format!("{IMAGE}.pid")));
+        let guard = QemuGuard::from_pidfile(&self.0.path().join(format!("{IMAGE}.pid")));
         ensure!(out?.status.success(), "vmk-run run failed");
         let _guard = guard?;
         let log = self.console_log();
@@ -173,7 +156,7 @@ fn uefi() -> Result<()> {
     has(&said, "sb SecureBoot disabled")?;
     common(&said)?;
     ensure!(
-        vm.dir.path().join(format!("{IMAGE}.efivars")).is_file(),
+        vm.0.path().join(format!("{IMAGE}.efivars")).is_file(),
         "no variable store beside disk0"
     );
     Ok(())

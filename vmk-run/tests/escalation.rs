@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use rustix::process::{Pid, WaitOptions, WaitStatus};
 use vmk_testkit::guest::{self, BUSYBOX_READY};
-use vmk_testkit::isolation::{TestEnv, VmSlot};
+use vmk_testkit::isolation::VmDir;
 use vmk_testkit::qemu_guard::{PidfileGuard, QemuGuard};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -44,40 +44,27 @@ fn main() -> std::process::ExitCode {
 }
 
 /// A busybox VM in its own directory, on a reserved VM number, in a private environment.
-struct Vm {
-    dir: tempfile::TempDir,
-    env: TestEnv,
-    _slot: VmSlot,
-}
+struct Vm(VmDir);
 
 impl Vm {
     fn new(append_extra: &str) -> Result<Vm> {
         let g = guest::busybox_guest()?;
-        let dir = tempfile::tempdir()?;
-        let slot = VmSlot::reserve()?;
-        std::fs::File::create(dir.path().join("disk0.raw"))?.set_len(64 << 20)?;
-        std::fs::write(
-            dir.path().join("vm-config"),
-            format!(
-                "VMK_NAME=esc\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_MEM=256M\n\
-                 VMK_CPU=1\nVMK_ACCEL=tcg\nVMK_NET_TYPE=none\n{}VMK_KERNEL='{}'\n\
-                 VMK_INITRD='{}'\nVMK_APPEND='{} {append_extra}'\n",
-                slot.config_line(),
-                g.kernel.display(),
-                g.initrd.display(),
-                g.append
-            ),
-        )?;
-        let env = TestEnv::inside(dir.path())?;
-        Ok(Vm {
-            dir,
-            env,
-            _slot: slot,
+        let config = format!(
+            "VMK_NAME=esc\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_MEM=256M\n\
+             VMK_CPU=1\nVMK_ACCEL=tcg\nVMK_NET_TYPE=none\nVMK_KERNEL='{}'\n\
+             VMK_INITRD='{}'\nVMK_APPEND='{} {append_extra}'\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            g.append
+        );
+        VmDir::new(&config, |dir| {
+            Ok(std::fs::File::create(dir.join("disk0.raw"))?.set_len(64 << 20)?)
         })
+        .map(Vm)
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        self.0.path()
     }
 
     fn console_log(&self) -> PathBuf {
@@ -85,8 +72,7 @@ impl Vm {
     }
 
     fn vmk_run(&self, args: &[&str]) -> Result<Output> {
-        self.env
-            .run_logged(env!("CARGO_BIN_EXE_vmk-run"), self.path(), args, None)
+        self.0.run(env!("CARGO_BIN_EXE_vmk-run"), args)
     }
 
     /// `vmk-run run`, the qemu guarded by the pid in its pidfile; waits for the guest's

@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use vmk_common::state::RuntimePaths;
 use vmk_common::swtpm::{is_instance_swtpm, Tpm};
 use vmk_testkit::guest::{self, BUSYBOX_READY};
-use vmk_testkit::isolation::{TestEnv, VmSlot};
+use vmk_testkit::isolation::VmDir;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -49,10 +49,8 @@ fn main() -> std::process::ExitCode {
 
 /// A VM in its own directory, on a reserved VM number, in a private environment.
 struct Vm {
-    dir: tempfile::TempDir,
-    env: TestEnv,
+    dir: VmDir,
     image: &'static str,
-    _slot: VmSlot,
 }
 
 impl Vm {
@@ -62,23 +60,13 @@ impl Vm {
         config: &str,
         make: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Vm> {
-        let dir = tempfile::tempdir()?;
-        let slot = VmSlot::reserve()?;
-        make(dir.path())?;
-        std::fs::write(
-            dir.path().join("vm-config"),
-            format!(
-                "VMK_NAME=tpm\nVMK_DISK0={image}\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
-                 VMK_NET_TYPE=none\nVMK_VNC_SOCKET=yes\nVMK_TPM=yes\n{}{config}",
-                slot.config_line(),
-            ),
-        )?;
-        let env = TestEnv::inside(dir.path())?;
+        let config = format!(
+            "VMK_NAME=tpm\nVMK_DISK0={image}\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
+             VMK_NET_TYPE=none\nVMK_VNC_SOCKET=yes\nVMK_TPM=yes\n{config}"
+        );
         Ok(Vm {
-            dir,
-            env,
+            dir: VmDir::new(&config, make)?,
             image,
-            _slot: slot,
         })
     }
 
@@ -97,8 +85,7 @@ impl Vm {
     }
 
     fn vmk_run(&self, args: &[&str]) -> Result<Output> {
-        self.env
-            .run_logged(env!("CARGO_BIN_EXE_vmk-run"), self.path(), args, None)
+        self.dir.run(env!("CARGO_BIN_EXE_vmk-run"), args)
     }
 
     /// `vmk-run run`: its qemu (guarded) and its swtpm's pid, checked to be running.
@@ -192,7 +179,8 @@ fn swtpm_lives_as_long_as_its_vm() -> Result<()> {
 
     // a start that fails after swtpm started (qemu refuses an option) leaves no swtpm
     let out = vm
-        .env
+        .dir
+        .env()
         .command(env!("CARGO_BIN_EXE_vmk-run"))
         .arg("run")
         .env("VMK_EXTRA_ARGS", "-no-such-option")

@@ -164,6 +164,50 @@ impl VmSlot {
     }
 }
 
+/// A test's VM directory: a temporary directory on a VM number reserved for the test, with
+/// a private environment ([`TestEnv::inside`]) in it; removed when dropped.
+#[derive(Debug)]
+pub struct VmDir {
+    env: TestEnv,
+    _slot: VmSlot,
+    dir: tempfile::TempDir,
+}
+
+impl VmDir {
+    /// Runs `make` in the new directory (to put the disks there), then writes its vm-config:
+    /// `config` and the reserved number's line.
+    pub fn new(config: &str, make: impl FnOnce(&Path) -> Result<()>) -> Result<VmDir> {
+        let dir = tempfile::tempdir()?;
+        let slot = VmSlot::reserve()?;
+        make(dir.path())?;
+        let vm_config = dir.path().join("vm-config");
+        std::fs::write(&vm_config, format!("{config}{}", slot.config_line()))
+            .with_context(|| format!("writing {}", vm_config.display()))?;
+        let env = TestEnv::inside(dir.path())?;
+        Ok(VmDir {
+            env,
+            _slot: slot,
+            dir,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Its private environment.
+    pub fn env(&self) -> &TestEnv {
+        &self.env
+    }
+
+    /// Runs the workspace binary `program` with `args` in the directory and its environment,
+    /// logged ([`TestEnv::run_logged`]).
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<std::process::Output> {
+        self.env.run_logged(program, self.path(), args, None)
+    }
+}
+
 /// One TCP port reserved for this test until dropped. See the module doc.
 #[derive(Debug)]
 pub struct PortLease {
