@@ -25,11 +25,10 @@ use vmk_common::layout::{snap_image, KEY_FILE, PUBLIC_KEY_FILE};
 use vmk_common::qemu::{Mode, QemuCommand};
 use vmk_common::state::RuntimePaths;
 use vmk_testkit::btrfs::LoopBtrfs;
+use vmk_testkit::isolation::VmSlot;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{Need, SystemTest};
 
-/// An unusual VM number, so a developer's own VMs keep their ports.
-const VNC: u8 = 86;
 const NEEDS: &[Need] = &[
     Need::Root,
     Need::Debootstrap,
@@ -43,6 +42,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 struct Shared {
     fs: LoopBtrfs,
     dir: PathBuf,
+    /// The shared VM's number, reserved while it exists.
+    slot: VmSlot,
 }
 
 type Slot = Option<Result<Shared, String>>;
@@ -108,7 +109,11 @@ fn tool(name: &str) -> Command {
             path.display()
         );
     }
-    Command::new(path)
+    // the tests' private environment: no HOME, runtime directory or system config of the
+    // machine's
+    vmk_testkit::isolation::shared_env()
+        .expect("making the tests' private environment")
+        .command(path)
 }
 
 fn vmk() -> Command {
@@ -117,6 +122,10 @@ fn vmk() -> Command {
 
 fn bootstrap_cmd(dir: &Path, vnc: u8) -> Command {
     let mut cmd = vmk_testkit::guest::bootstrap_command(dir);
+    // the tests' private environment (as [`tool`]'s)
+    vmk_testkit::isolation::shared_env()
+        .expect("making the tests' private environment")
+        .apply(&mut cmd);
     cmd.arg("--vnc").arg(vnc.to_string());
     cmd
 }
@@ -124,22 +133,29 @@ fn bootstrap_cmd(dir: &Path, vnc: u8) -> Command {
 /// Bootstraps the shared VM once; later calls wait for it and get the same result.
 /// Returns the lock guard: hold it while booting, so boots never overlap.
 fn shared_vm() -> Result<(std::sync::MutexGuard<'static, Slot>, PathBuf)> {
+    let (guard, dir, _) = shared_vm_and_number()?;
+    Ok((guard, dir))
+}
+
+/// [`shared_vm`] and the shared VM's number.
+fn shared_vm_and_number() -> Result<(std::sync::MutexGuard<'static, Slot>, PathBuf, u8)> {
     let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     if guard.is_none() {
         *guard = Some(make_shared().map_err(|e| format!("{e:?}")));
     }
-    let dir = match guard.as_ref().expect("set") {
-        Ok(s) => s.dir.clone(),
+    let (dir, number) = match guard.as_ref().expect("set") {
+        Ok(s) => (s.dir.clone(), s.slot.number()),
         Err(e) => bail!("the shared bootstrap failed: {e}"),
     };
-    Ok((guard, dir))
+    Ok((guard, dir, number))
 }
 
 fn make_shared() -> Result<Shared> {
     let fs = LoopBtrfs::new(8 << 30)?;
     let dir = fs.path().join("deb-test");
+    let slot = VmSlot::reserve()?;
     let start = Instant::now();
-    let out = bootstrap_cmd(&dir, VNC)
+    let out = bootstrap_cmd(&dir, slot.number())
         .stderr(Stdio::inherit())
         .output()
         .context("running vmk-ayinstall bootstrap")?;
@@ -154,7 +170,7 @@ fn make_shared() -> Result<Shared> {
         printed.trim() == dir.display().to_string(),
         "bootstrap printed {printed:?}, not the new directory"
     );
-    Ok(Shared { fs, dir })
+    Ok(Shared { fs, dir, slot })
 }
 
 fn load_config(dir: &Path) -> Result<config::VmConfig> {
@@ -165,7 +181,7 @@ fn load_config(dir: &Path) -> Result<config::VmConfig> {
 }
 
 fn files_test() -> Result<()> {
-    let (_lock, dir) = shared_vm()?;
+    let (_lock, dir, vnc) = shared_vm_and_number()?;
     for f in [
         config::VM_FILE_NAME,
         DISK0_NAME,
@@ -194,7 +210,7 @@ fn files_test() -> Result<()> {
         .collect();
     ensure!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
     let cfg = load_config(&dir)?;
-    ensure!(cfg.vnc == VNC, "VMK_VNC is {}", cfg.vnc);
+    ensure!(cfg.vnc == vnc, "VMK_VNC is {}, not {vnc}", cfg.vnc);
     ensure!(
         cfg.name.as_deref() == Some("deb-test"),
         "VMK_NAME is {:?}",
@@ -347,7 +363,7 @@ fn snap_run_waitssh(dir: &Path, command: &[&str]) -> Result<String> {
 /// root) and a vm-config without a kernel; the VM boots from it (SeaBIOS and GRUB) to ssh,
 /// with root by label and the ESP mounted by fstab.
 fn boot_disk_test() -> Result<()> {
-    let slot = vmk_testkit::isolation::VmSlot::reserve()?;
+    let slot = VmSlot::reserve()?;
     let fs = LoopBtrfs::new(8 << 30)?;
     let dir = fs.path().join("deb-disk");
     let start = Instant::now();
@@ -410,7 +426,8 @@ fn boot_disk_test() -> Result<()> {
 fn interrupt_test() -> Result<()> {
     let fs = LoopBtrfs::new(2 << 30)?;
     let dir = fs.path().join("stopped");
-    let mut child = bootstrap_cmd(&dir, VNC)
+    let slot = VmSlot::reserve()?;
+    let mut child = bootstrap_cmd(&dir, slot.number())
         .arg("--no-cache")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -44,7 +44,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-ayinstall"));
+    // the tests' private HOME, runtime directory and (absent) system config
+    let mut c = vmk_testkit::isolation::shared_env()
+        .expect("making the tests' private environment")
+        .command(env!("CARGO_BIN_EXE_vmk-ayinstall"));
     c.env(
         "VMK_AUTOINST_DIR",
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../autoinst"),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use vmk_testkit::guest::{self, Cpio};
+use vmk_testkit::isolation::VmSlot;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -171,29 +172,18 @@ fn installer_initrd(dest: &Path) -> Result<()> {
 }
 
 fn bin(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-ayinstall"));
-    c.current_dir(dir).env("HOME", dir).stdin(Stdio::null());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("VMK_") {
-            c.env_remove(&k);
-        }
-    }
+    let mut c = vmk_testkit::isolation::shared_env()
+        .expect("making the tests' private environment")
+        .command(env!("CARGO_BIN_EXE_vmk-ayinstall"));
+    // no VMK_ACCEL either: the configs say tcg
+    c.current_dir(dir)
+        .env_remove("VMK_ACCEL")
+        .stdin(Stdio::null());
     c.env(
         "VMK_AUTOINST_DIR",
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../autoinst"),
     );
     c
-}
-
-/// A VNC display number whose port is free on 127.0.0.1 (qemu always opens one).
-fn free_vnc() -> Result<u8> {
-    // VMK_VNC is 0–99; start somewhere else in each process to spread parallel tests.
-    let start = (std::process::id() % 98) as u16;
-    (start..start + 98)
-        .map(|n| n % 98 + 2)
-        .find(|n| std::net::TcpListener::bind(("127.0.0.1", 5900 + n)).is_ok())
-        .map(|n| n as u8)
-        .context("no free VNC port")
 }
 
 /// Kills vmk-ayinstall and the qemu it started (by the pid in its pidfile) on drop.
@@ -219,6 +209,7 @@ impl Drop for InstallGuard {
 }
 
 fn ayinstall_runs_both_phases_unattended() -> Result<()> {
+    let slot = VmSlot::reserve()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let work = tempfile::tempdir()?;
@@ -255,9 +246,9 @@ fn ayinstall_runs_both_phases_unattended() -> Result<()> {
         dir.join("vm-config"),
         format!(
             "VMK_NAME=aytest\nVMK_DISK0=disk0.qcow2\nVMK_ISO=installer.iso\nVMK_ACCEL=tcg\n\
-             VMK_MEM=512M\nVMK_CPU=1\nVMK_NET_TYPE=none\nVMK_VNC={}\nVMK_INST_DISK0=64M\n\
+             VMK_MEM=512M\nVMK_CPU=1\nVMK_NET_TYPE=none\n{}VMK_INST_DISK0=64M\n\
              VMK_INST_APPEND='panic=-1'\n",
-            free_vnc()?
+            slot.config_line()
         ),
     )?;
     let stdout = fs::File::create(dir.join("stdout"))?;

@@ -9,12 +9,12 @@ use predicates::prelude::*;
 use predicates::str::contains;
 
 fn vmk_clone(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-clone"));
-    c.current_dir(dir)
-        .env_remove("VMK_OPT_CONFIG")
-        .env_remove("VMK_OPT_DRY_RUN")
-        .env("HOME", dir);
-    c
+    // the tests' private HOME, runtime directory and (absent) system config
+    let mut c = vmk_testkit::isolation::shared_env()
+        .expect("making the tests' private environment")
+        .command(env!("CARGO_BIN_EXE_vmk-clone"));
+    c.current_dir(dir);
+    Command::from_std(c)
 }
 
 const ODD: &str = "#!/bin/sh\n# a VM with   odd spacing\n\n   VMK_MEM=\"1024\"   # memory\n\

@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use anyhow::{ensure, Context, Result};
 use vmk_testkit::btrfs::{LoopBtrfs, LoopFs};
@@ -14,11 +14,11 @@ use vmk_testkit::{run_system_tests, Need, SystemTest};
 const MIB: u64 = 1 << 20;
 
 fn vmk_clone(dir: &Path, args: &[&str]) -> Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_vmk-clone"))
+    // the tests' private HOME, runtime directory and (absent) system config
+    vmk_testkit::isolation::shared_env()?
+        .command(env!("CARGO_BIN_EXE_vmk-clone"))
         .current_dir(dir)
         .args(args)
-        .env_remove("VMK_OPT_CONFIG")
-        .env("HOME", dir)
         .output()
         .context("running vmk-clone")
 }

@@ -12,6 +12,7 @@ use vmk_common::config::{self, LoadOptions, VmConfig};
 use vmk_common::qemu::{Mode, QemuCommand};
 use vmk_common::state::RuntimePaths;
 use vmk_testkit::guest::{self, BusyboxGuest};
+use vmk_testkit::isolation::VmSlot;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -37,17 +38,17 @@ fn main() -> std::process::ExitCode {
 }
 
 /// A VM directory with a vm-config for direct kernel boot of the busybox guest, an empty
-/// raw disk0, no network, TCG; only this file is read (no /etc/vmk-config, ~/.vmkrc or
-/// environment), so the test means the same on every machine.
-fn vm_config(dir: &Path, g: &BusyboxGuest, append: &str) -> Result<VmConfig> {
-    let telnet = guest::free_port()?;
+/// raw disk0, no network, TCG, the VM number `slot` (its ports are the test's); only this
+/// file is read (no /etc/vmk-config, ~/.vmkrc or environment), so the test means the same
+/// on every machine.
+fn vm_config(dir: &Path, slot: &VmSlot, g: &BusyboxGuest, append: &str) -> Result<VmConfig> {
     let disk = dir.join("disk0.raw");
     std::fs::File::create(&disk)?.set_len(64 << 20)?;
     let text = format!(
         "VMK_NAME=smoke\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_MEM=256M\nVMK_CPU=1\n\
-         VMK_ACCEL=tcg\nVMK_NET_TYPE=none\nVMK_VNC=1\nVMK_TELNET_BASE={}\n\
+         VMK_ACCEL=tcg\nVMK_NET_TYPE=none\n{}\
          VMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{append}'\n",
-        telnet - 1,
+        slot.config_line(),
         g.kernel.display(),
         g.initrd.display(),
     );
@@ -66,9 +67,9 @@ fn vm_config(dir: &Path, g: &BusyboxGuest, append: &str) -> Result<VmConfig> {
 /// Starts qemu as `vmk run` would (daemonized under its sandbox, serial on its unix socket,
 /// console logged)
 /// and guards the pid from its pidfile.
-fn start(dir: &Path, append: &str) -> Result<(QemuGuard, RuntimePaths)> {
+fn start(dir: &Path, slot: &VmSlot, append: &str) -> Result<(QemuGuard, RuntimePaths)> {
     let g = guest::busybox_guest()?;
-    let cfg = vm_config(dir, &g, append)?;
+    let cfg = vm_config(dir, slot, &g, append)?;
     let paths = RuntimePaths::new(dir, Path::new("disk0.raw"))?;
     paths.prepare()?;
     let qemu = QemuCommand::from_config(&cfg, Mode::Run, &paths)?;
@@ -109,7 +110,8 @@ fn uid_and_seccomp(pid: i32) -> Result<(String, String)> {
 
 fn boots_to_first_line() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (mut guard, paths) = start(dir.path(), "console=ttyS0 no_timer_check panic=-1")?;
+    let slot = VmSlot::reserve()?;
+    let (mut guard, paths) = start(dir.path(), &slot, "console=ttyS0 no_timer_check panic=-1")?;
     let took = guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_HELLO, BOOT_TIMEOUT)?;
     eprintln!("first guest line after {took:.1?}");
     guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_READY, BOOT_TIMEOUT)?;
@@ -139,8 +141,14 @@ fn boots_to_first_line() -> Result<()> {
 fn root_runs_a_users_vm_as_that_user() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir()?;
+    let slot = VmSlot::reserve()?;
     let g = guest::busybox_guest()?;
-    let cfg = vm_config(dir.path(), &g, "console=ttyS0 no_timer_check panic=-1")?;
+    let cfg = vm_config(
+        dir.path(),
+        &slot,
+        &g,
+        "console=ttyS0 no_timer_check panic=-1",
+    )?;
     // From here on the VM directory is nobody's (the config was read while it was root's).
     std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534))?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -167,8 +175,10 @@ fn root_runs_a_users_vm_as_that_user() -> Result<()> {
 
 fn poweroff_ends_qemu() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    let slot = VmSlot::reserve()?;
     let (mut guard, paths) = start(
         dir.path(),
+        &slot,
         "console=ttyS0 no_timer_check panic=-1 vmk.poweroff",
     )?;
     guest::wait_for_file_line(&paths.console_log, guest::BUSYBOX_HELLO, BOOT_TIMEOUT)?;

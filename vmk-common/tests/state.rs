@@ -417,10 +417,11 @@ fn untrusted_vm_directories_and_config_files_are_refused() -> Result<()> {
         "VMK_DISK0=disk0.raw\nVMK_QEMU=/bin/false\n",
     )?;
     chown_nobody(&vm.join("vm-config"))?;
-    let out = Command::new(vmk_testkit::workspace_bin("vmk-run"))
+    let env = vmk_testkit::isolation::TestEnv::new()?;
+    let out = env
+        .command(vmk_testkit::workspace_bin("vmk-run"))
         .args(["-D", "run"])
         .current_dir(&vm)
-        .env_remove("VMK_OPT_CONFIG")
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
@@ -453,11 +454,11 @@ fn runtime_dir_of_another_user_is_refused() -> Result<()> {
     let err = format!("{:#}", check_private_dir(&rt).unwrap_err());
     ensure!(err.contains("uid 65534"), "{err}");
     // the socket directory of a deep VM, and `vmk ps`, refuse it too and write nothing
+    let env = vmk_testkit::isolation::TestEnv::new()?;
     let ps = || {
-        Command::new(vmk_testkit::workspace_bin("vmk-run"))
+        env.command(vmk_testkit::workspace_bin("vmk-run"))
             .arg("ps")
             .env("XDG_RUNTIME_DIR", base.path())
-            .env_remove("VMK_RUNNING_DIR")
             .output()
     };
     let out = ps()?;
@@ -520,36 +521,43 @@ fn runtime_dir_of_another_user_is_refused() -> Result<()> {
 /// A raw disk the BIOS finds nothing to boot on: qemu runs (and waits) all the same.
 fn lax_umask_still_gives_private_files() -> Result<()> {
     use std::os::unix::net::UnixStream;
-    use vmk_testkit::qemu_guard::QemuGuard;
+    use vmk_testkit::isolation::{TestEnv, VmSlot};
+    use vmk_testkit::qemu_guard::PidfileGuard;
     let tmp = tempfile::tempdir()?;
+    let env = TestEnv::new()?;
+    let slot = VmSlot::reserve()?;
     let vm = tmp.path().join("vm");
     fs::create_dir(&vm)?;
     chmod(tmp.path(), 0o755)?;
     chmod(&vm, 0o755)?; // nobody may look in: only the files' own modes protect them
     fs::write(
         vm.join("vm-config"),
-        "VMK_NAME=umask\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\nVMK_VNC=83\n\
-         VMK_NET_TYPE=none\nVMK_MEM=64\nVMK_TELNET_BASE=19700\n",
+        format!(
+            "VMK_NAME=umask\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n{}\
+             VMK_NET_TYPE=none\nVMK_MEM=64\n",
+            slot.config_line()
+        ),
     )?;
     chmod(&vm.join("vm-config"), 0o644)?;
     raw_image(&vm.join("disk0.raw"))?;
     let bin = vmk_testkit::workspace_bin("vmk-run");
-    let out = Command::new("sh")
+    let paths = RuntimePaths::new(&vm, Path::new("disk0.raw"))?;
+    let guard = PidfileGuard::arm(&paths.pidfile);
+    let out = env
+        .command("sh")
         .args(["-c", r#"umask 000; exec "$0" run"#])
         .arg(&bin)
         .current_dir(&vm)
         .env("VMK_RUNNING_DIR", tmp.path().join("running"))
-        .env_remove("VMK_VNC")
         .stdin(Stdio::null())
         .output()?;
-    let paths = RuntimePaths::new(&vm, Path::new("disk0.raw"))?;
-    let _guard = QemuGuard::from_pidfile(&paths.pidfile).ok();
     ensure!(
         out.status.success(),
         "vmk run: {:?} {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    let mut guard = guard.into_guard()?;
     let result = (|| -> Result<()> {
         for (p, want) in [
             (&paths.qmp_socket, 0o600),
@@ -609,12 +617,18 @@ fn lax_umask_still_gives_private_files() -> Result<()> {
         ensure!(UnixStream::connect(&paths.qmp_socket).is_ok());
         Ok(())
     })();
-    let _ = Command::new(&bin)
+    let killed = env
+        .command(&bin)
         .arg("kill")
         .current_dir(&vm)
         .env("VMK_RUNNING_DIR", tmp.path().join("running"))
-        .output();
-    result
+        .output()?;
+    result?;
+    ensure!(
+        killed.status.success() && !guard.is_running(),
+        "vmk kill: {killed:?}"
+    );
+    Ok(())
 }
 
 /// Images vmk creates and copies are private, whatever the source's mode or the umask.

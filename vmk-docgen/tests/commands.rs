@@ -52,16 +52,12 @@ fn binaries() -> Vec<Need> {
 /// `vmk ARGS…` in an empty directory, with nothing inherited from an outer `vmk`.
 fn vmk<S: AsRef<OsStr>>(args: &[S]) -> Command {
     let dir = std::env::temp_dir();
-    let mut cmd = Command::new(vmk_testkit::workspace_bin("vmk"));
+    // the tests' private HOME, runtime directory and (absent) system config, and no
+    // VMK_* variable inherited (VMK_COMMAND, VMK_OPT_* of an outer `vmk` among them)
+    let mut cmd = vmk_testkit::isolation::shared_env()
+        .expect("making the tests' private environment")
+        .command(vmk_testkit::workspace_bin("vmk"));
     cmd.args(args).current_dir(dir);
-    for var in [
-        "VMK_COMMAND",
-        "VMK_OPT_CONFIG",
-        "VMK_OPT_DRY_RUN",
-        "VMK_OPT_VERBOSE",
-    ] {
-        cmd.env_remove(var);
-    }
     cmd
 }
 

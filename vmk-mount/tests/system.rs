@@ -34,16 +34,17 @@ fn vm_dir(format: &str) -> Result<tempfile::TempDir> {
     }
     fs::write(
         dir.path().join("vm-config"),
-        "VMK_DISK0=disk0\nVMK_ACCEL=tcg\nVMK_VNC=76\n",
+        "VMK_DISK0=disk0\nVMK_ACCEL=tcg\n",
     )?;
     Ok(dir)
 }
 
 fn tool(dir: &Path, args: &[&str]) -> Result<Output> {
-    let out = Command::new(BIN)
+    // the tests' private HOME, runtime directory and (absent) system config
+    let out = vmk_testkit::isolation::shared_env()?
+        .command(BIN)
         .current_dir(dir)
         .args(args)
-        .env_remove("VMK_OPT_CONFIG")
         .env_remove("RUST_LOG")
         .output()
         .context("running vmk-mount")?;
@@ -367,7 +368,7 @@ fn hostile_vm(format: &str, stage: impl FnOnce(&Path) -> Result<()>) -> Result<t
     }
     fs::write(
         vm.path().join("vm-config"),
-        "VMK_DISK0=disk0\nVMK_ACCEL=tcg\nVMK_VNC=76\n",
+        "VMK_DISK0=disk0\nVMK_ACCEL=tcg\n",
     )?;
     Ok(vm)
 }

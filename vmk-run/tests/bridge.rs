@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use vmk_testkit::guest;
+use vmk_testkit::isolation::TestEnv;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -32,6 +33,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const BRIDGE: &str = "br-vmk";
 const HOST_ADDR: &str = "10.99.0.1";
 const GUEST_ADDR: &str = "10.99.0.2";
+/// A fixed VM number: its ports are in the test's own network namespace, where nothing
+/// else listens, and the MAC the test expects is derived from it.
 const VNC: u8 = 88;
 /// Not the default format, so the test sees that VMK_MAC_BASE_FORMAT is used.
 const MAC_FORMAT: &str = "52:54:00:12:34:%02x";
@@ -216,13 +219,13 @@ fn bridge_in_netns() -> Result<()> {
          && echo $p: ping ok; sleep 900"
     );
     let append = format!("{} vmk.cmd=\"{guest_cmd}\"", g.append);
+    let env = TestEnv::new()?;
     let vmk_run = |args: &[&str]| -> Result<Output> {
-        let out = ns
-            .exec(env!("CARGO_BIN_EXE_vmk-run"))
+        let mut cmd = ns.exec(env!("CARGO_BIN_EXE_vmk-run"));
+        let out = env
+            .apply(&mut cmd)
             .args(args)
             .current_dir(dir)
-            .env_remove("VMK_VNC")
-            .env_remove("VMK_OPT_DRY_RUN")
             .env("VMK_NET_TYPE", "bridge")
             .env("VMK_BRIDGE", BRIDGE)
             .env("VMK_MAC_BASE_FORMAT", MAC_FORMAT)

@@ -293,7 +293,7 @@ fn busy_port_is_refused_naming_it_and_vmk_vnc() {
 #[test]
 fn qemu_errors_are_shown_and_not_running_answers() {
     let tmp = tempfile::tempdir().unwrap();
-    let slot = vm(tmp.path(), "VMK_NET_TYPE=none\nVMK_TELNET_BASE=9900\n");
+    let slot = vm(tmp.path(), "VMK_NET_TYPE=none\n");
     std::fs::write(tmp.path().join("disk0.qcow2"), b"QFI\xfb").unwrap();
     vmk_run(tmp.path())
         .arg("run")
@@ -311,7 +311,11 @@ fn qemu_errors_are_shown_and_not_running_answers() {
         .assert()
         .success()
         .stderr(predicate::str::contains("not running"));
-    vmk_run(tmp.path()).arg("stop").assert().success();
+    vmk_run(tmp.path())
+        .arg("stop")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("not running"));
     vmk_run(tmp.path())
         .arg("console")
         .assert()
@@ -403,10 +407,7 @@ const PUBKEY: &str =
 fn cloud_init_seed_is_made_and_attached_as_a_cd() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let _slot = recording_vm(
-        dir,
-        "VMK_NET_TYPE=none\nVMK_TELNET_BASE=9901\nVMK_CLOUD_INIT=yes\n",
-    );
+    let _slot = recording_vm(dir, "VMK_NET_TYPE=none\nVMK_CLOUD_INIT=yes\n");
     std::fs::write(dir.join("disk0.qcow2"), b"QFI\xfb").unwrap();
     let seed = dir.join("seed.iso");
 
@@ -470,10 +471,7 @@ fn cloud_init_seed_is_made_and_attached_as_a_cd() {
 fn bridge_run_is_refused_before_qemu_when_the_helper_may_not_use_the_bridge() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let slot = vm(
-        dir,
-        "VMK_NET_TYPE=bridge\nVMK_BRIDGE=vmk-nobr7\nVMK_TELNET_BASE=9902\n",
-    );
+    let slot = vm(dir, "VMK_NET_TYPE=bridge\nVMK_BRIDGE=vmk-nobr7\n");
     std::fs::write(dir.join("disk0.qcow2"), b"QFI\xfb").unwrap();
     let out = vmk_run(dir).args(["-D", "run"]).assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
@@ -931,6 +929,7 @@ fn original_newconfig_vm_runs_with_its_iso_and_disk0_on_scsi() {
     std::fs::write(dir.join("product-base.iso"), b"").unwrap();
     let dry = |tool: &str, args: &[&str]| {
         let mut c = Command::cargo_bin(tool).unwrap();
+        isolate(&mut c, dir);
         let out = c
             .current_dir(dir)
             .env("VMK_ACCEL", "tcg")

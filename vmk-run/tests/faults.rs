@@ -11,11 +11,12 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use vmk_testkit::guest;
+use vmk_testkit::isolation::{TestEnv, VmSlot};
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -25,12 +26,11 @@ fn main() -> std::process::ExitCode {
     let bb = &[Need::Qemu, Need::Busybox, Need::Kernel];
     let mut tests: Vec<SystemTest> = vmk_run::instance::FAULT_STEPS
         .iter()
-        .enumerate()
-        .map(|(i, &step)| {
+        .map(|&step| {
             SystemTest::new(
                 &format!("killed_at_{}", step.replace('-', "_")),
                 bb,
-                move || killed_at(step, 51 + i as u8),
+                move || killed_at(step),
             )
         })
         .collect();
@@ -45,6 +45,9 @@ fn main() -> std::process::ExitCode {
 /// One VM directory with the busybox guest: no network and VNC on a unix socket, so that
 /// tests running side by side need no TCP port.
 struct Vm {
+    /// Its own HOME and runtime directory (the registry `ps` reads).
+    env: TestEnv,
+    _slot: VmSlot,
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     image: PathBuf,
@@ -52,7 +55,9 @@ struct Vm {
 }
 
 impl Vm {
-    fn new(vnc: u8) -> Result<Vm> {
+    fn new() -> Result<Vm> {
+        let slot = VmSlot::reserve()?;
+        let vnc = slot.number();
         let g = guest::busybox_guest()?;
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
@@ -70,6 +75,8 @@ impl Vm {
             ),
         )?;
         Ok(Vm {
+            env: TestEnv::new()?,
+            _slot: slot,
             pidfile: dir.join("disk0.raw.pid"),
             _tmp: tmp,
             dir,
@@ -78,12 +85,10 @@ impl Vm {
     }
 
     fn vmk(&self, args: &[&str], fault: Option<&str>) -> Result<Output> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmk-run"));
+        let mut cmd = self.env.command(env!("CARGO_BIN_EXE_vmk-run"));
         cmd.args(args)
             .current_dir(&self.dir)
-            .env_remove("VMK_VNC")
             .env_remove("VMK_TEST_FAULT")
-            .env_remove("VMK_OPT_DRY_RUN")
             .stdin(Stdio::null());
         if let Some(f) = fault {
             cmd.env("VMK_TEST_FAULT", f);
@@ -305,8 +310,8 @@ impl Vm {
 /// ends the qemu it left; the same after a second fault with `stop`; after a third, the
 /// qemu itself dies (SIGKILL, as in a crash) and its pidfile and sockets are left: `info`
 /// says stopped, and the next `vmk run` removes them, saying so, and starts.
-fn killed_at(step: &'static str, vnc: u8) -> Result<()> {
-    let vm = Vm::new(vnc)?;
+fn killed_at(step: &'static str) -> Result<()> {
+    let vm = Vm::new()?;
 
     // 1. ended by `kill`
     let guard = vm.run_killed_at(step)?;
@@ -394,7 +399,7 @@ fn check_stale(vm: &Vm, pid: i32) -> Result<()> {
 /// A qemu that vmk started and saw answer dies (SIGKILL): `kill` and `stop` report the
 /// stale pidfile, signal nothing and clear the pidfile and sockets; the next run starts.
 fn crashed_qemu() -> Result<()> {
-    let vm = Vm::new(59)?;
+    let vm = Vm::new()?;
     for end in ["kill", "stop"] {
         let (g, _) = vm.run()?;
         let pid = g.pid();

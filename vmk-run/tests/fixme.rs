@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
+use vmk_testkit::isolation::TestEnv;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 const NOBODY: u32 = 65534;
@@ -50,6 +51,8 @@ fn main() -> std::process::ExitCode {
 /// A scratch directory with a copy of an executable as `qemu-bridge-helper` (mode 0755,
 /// owned by whoever runs the test) and the path of a bridge.conf that does not exist yet.
 struct Scratch {
+    /// The commands' own HOME, runtime directory and (absent) system config.
+    env: TestEnv,
     dir: tempfile::TempDir,
     helper: PathBuf,
     conf: PathBuf,
@@ -63,16 +66,25 @@ impl Scratch {
         fs::copy(&program, &helper)?;
         fs::set_permissions(&helper, fs::Permissions::from_mode(0o755))?;
         let conf = dir.path().join("etc-qemu/bridge.conf");
-        Ok(Scratch { dir, helper, conf })
+        Ok(Scratch {
+            env: TestEnv::new()?,
+            dir,
+            helper,
+            conf,
+        })
+    }
+
+    /// `vmk-run` in the scratch directory, in the test's environment.
+    fn vmk_run(&self) -> Command {
+        let mut c = self.env.command(env!("CARGO_BIN_EXE_vmk-run"));
+        c.current_dir(self.dir.path());
+        c
     }
 
     /// `vmk-run fixme --helper H --bridge-conf C ARGS…` in the scratch directory.
     fn fixme(&self, args: &[&str]) -> Result<Output> {
-        let out = Command::new(env!("CARGO_BIN_EXE_vmk-run"))
-            .current_dir(self.dir.path())
-            .env_remove("VMK_OPT_CONFIG")
-            .env_remove("VMK_OPT_DRY_RUN")
-            .env_remove("VMK_BRIDGE")
+        let out = self
+            .vmk_run()
             .arg("fixme")
             .arg("--helper")
             .arg(&self.helper)
@@ -241,11 +253,8 @@ fn refuses_all() -> Result<()> {
     // From the VM's config too, and in a dry run.
     fs::write(s.dir.path().join("vm-config"), "VMK_BRIDGE=all\n")?;
     for args in [&[][..], &["-D"][..]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_vmk-run"))
-            .current_dir(s.dir.path())
-            .env_remove("VMK_OPT_CONFIG")
-            .env_remove("VMK_OPT_DRY_RUN")
-            .env_remove("VMK_BRIDGE")
+        let out = s
+            .vmk_run()
             .args(args)
             .arg("fixme")
             .arg("--helper")
@@ -265,10 +274,8 @@ fn refuses_all() -> Result<()> {
         "conf changed"
     );
     // The dry run of a good name says what it would do, changing nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_vmk-run"))
-        .current_dir(s.dir.path())
-        .env_remove("VMK_OPT_CONFIG")
-        .env_remove("VMK_OPT_DRY_RUN")
+    let out = s
+        .vmk_run()
         .args(["-D", "fixme", "--bridge", "br-vmk9", "--helper"])
         .arg(&s.helper)
         .arg("--bridge-conf")

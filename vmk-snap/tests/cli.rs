@@ -12,12 +12,12 @@ use predicates::prelude::*;
 use predicates::str::contains;
 
 fn vmk_snap(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-snap"));
-    c.current_dir(dir)
-        .env_remove("VMK_OPT_CONFIG")
-        .env_remove("VMK_OPT_DRY_RUN")
-        .env("HOME", dir);
-    c
+    // the tests' private HOME, runtime directory and (absent) system config
+    let mut c = vmk_testkit::isolation::shared_env()
+        .expect("making the tests' private environment")
+        .command(env!("CARGO_BIN_EXE_vmk-snap"));
+    c.current_dir(dir);
+    Command::from_std(c)
 }
 
 /// Runs `cmd`, asserts that it succeeded (showing its stderr if not), and returns its output.

@@ -17,7 +17,8 @@ use vmk_common::state::RuntimePaths;
 use vmk_snap::qga;
 use vmk_testkit::btrfs::{LoopBtrfs, LoopFs};
 use vmk_testkit::images::{btrfs_du, check_reflink_copy, lsattr_has_c, make_image, sha256};
-use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::isolation::{TestEnv, VmSlot};
+use vmk_testkit::qemu_guard::{PidfileGuard, QemuGuard};
 use vmk_testkit::{guest, run_ok, run_system_tests, Need, SystemTest};
 
 const MIB: u64 = 1 << 20;
@@ -25,14 +26,16 @@ const MIB: u64 = 1 << 20;
 const OVMF_DESCRIPTOR: &str = "/usr/share/qemu/firmware/60-edk2-x86_64.json";
 const GIB: u64 = 1 << 30;
 
+/// `vmk-snap ARGS` in `dir`, in this test process's private environment (no HOME, runtime
+/// directory or system config of the machine's).
 fn vmk_snap(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-snap"));
-    c.current_dir(dir)
-        .args(args)
-        .env_remove("VMK_OPT_CONFIG")
-        .env_remove("VMK_OPT_DRY_RUN")
-        .env("HOME", dir);
+    let mut c = test_env().command(env!("CARGO_BIN_EXE_vmk-snap"));
+    c.current_dir(dir).args(args);
     c
+}
+
+fn test_env() -> &'static TestEnv {
+    vmk_testkit::isolation::shared_env().expect("making the tests' private environment")
 }
 
 fn stdout_line(out: &Output) -> String {
@@ -294,19 +297,42 @@ fn snap_run_boots_the_snapshot_and_never_writes_disk0() -> Result<()> {
     let (g, btrfs) = debian_guest_on_btrfs()?;
     let dir = btrfs.path().join("vm");
     let disk0 = dir.join("disk0.img");
-    write_config(&dir, &debian_config(&g, 60))?;
+    let slot = VmSlot::reserve()?;
+    write_config(&dir, &debian_config(&g, slot.number()))?;
     let before = sha256(&disk0)?;
 
-    let out = run_ok(vmk_snap(&dir, &["run"]))?;
     let pidfile = dir.join("snap-disk0.img.pid");
-    let mut guard = QemuGuard::from_pidfile(&pidfile)?;
+    let armed = PidfileGuard::arm(&pidfile);
+    let out = run_ok(vmk_snap(&dir, &["run"]))?;
+    let mut guard = armed.into_guard()?;
     let snap = dir.join("snap-disk0.img");
     ensure!(lsattr_has_c(&snap)?, "snap-disk0.img is not NOCOW");
     let running = vmk_snap(&dir, &["isrunning"]).status()?;
     ensure!(running.success(), "snap isrunning says no while it runs");
-    let base = vmk_snap(&dir, &["--base", "dsnap", "list"]).output()?;
-    ensure!(base.status.success());
-    let _ = out;
+    // --base: the commands act on disk0, which has no snapshot (the running snapshot VM's
+    // image is not one)
+    let base = run_ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
+    let listed: serde_json::Value = serde_json::from_slice(&base.stdout)?;
+    ensure!(
+        listed == serde_json::json!([]),
+        "disk0 has snapshots: {listed}"
+    );
+    // on btrfs the snapshot image is a reflink copy in disk0's format, not an overlay
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !said.contains("overlay"),
+        "snap run took an overlay: {said}"
+    );
+    let info = run_ok({
+        let mut c = Command::new("qemu-img");
+        c.args(["info", "-U", "--output=json"]).arg(&snap);
+        c
+    })?;
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout)?;
+    ensure!(
+        info["format"] == "raw" && info["backing-filename"].is_null(),
+        "snap-disk0.img is not a raw copy: {info}"
+    );
     // the guest writes its file, syncs and powers off
     if let Err(e) = guard.wait_exit(Duration::from_secs(300)) {
         let log = fs::read_to_string(dir.join("snap-disk0.img.console.log")).unwrap_or_default();
@@ -339,6 +365,7 @@ fn snap_run_boots_the_snapshot_and_never_writes_disk0() -> Result<()> {
 }
 
 fn snap_run_falls_back_to_a_qcow2_overlay_on_ext4() -> Result<()> {
+    let slot = VmSlot::reserve()?;
     let g = guest::busybox_guest()?;
     let ext4 = LoopFs::new("ext4", 256 * MIB)?;
     let dir = ext4.path().join("vm");
@@ -348,16 +375,18 @@ fn snap_run_falls_back_to_a_qcow2_overlay_on_ext4() -> Result<()> {
     write_config(
         &dir,
         &format!(
-            "VMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\nVMK_VNC=61\nVMK_MEM=256\n\
+            "VMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n{vnc}VMK_MEM=256\n\
              VMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\nVMK_APPEND=\"{} vmk.cmd=\\\"while [ ! -b /dev/sda ]; do sleep 0.1; done; dd if=/dev/zero of=/dev/sda bs=4096 count=16 conv=fsync\\\"\"\n",
             g.kernel.display(),
             g.initrd.display(),
-            g.append
+            g.append,
+            vnc = slot.config_line()
         ),
     )?;
     let before = sha256(&disk0)?;
+    let armed = PidfileGuard::arm(&dir.join("snap-disk0.raw.pid"));
     let out = run_ok(vmk_snap(&dir, &["run"]))?;
-    let mut guard = QemuGuard::from_pidfile(&dir.join("snap-disk0.raw.pid"))?;
+    let mut guard = armed.into_guard()?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         err.contains("qcow2 overlay"),
@@ -403,14 +432,8 @@ fn vmk_run(dir: &Path, args: &[&str]) -> Result<Command> {
         "{} is not built: run `cargo build -p vmk-run` (or the whole workspace) first",
         bin.display()
     );
-    let mut c = Command::new(bin);
-    c.current_dir(dir)
-        .args(args)
-        .env_remove("VMK_OPT_CONFIG")
-        .env_remove("VMK_OPT_DRY_RUN")
-        .env_remove("VMK_VNC")
-        .env("HOME", dir)
-        .stdin(Stdio::null());
+    let mut c = test_env().command(bin);
+    c.current_dir(dir).args(args).stdin(Stdio::null());
     Ok(c)
 }
 
@@ -535,6 +558,7 @@ fn dsnap_freeze(dir: &Path, args: &[&str]) -> Result<(Output, String, Duration)>
 }
 
 fn dsnap_freeze_through_the_guest_agent() -> Result<()> {
+    let slot = VmSlot::reserve()?;
     let (g, btrfs) = debian_guest_on_btrfs()?;
     let dir = btrfs.path().join("vm");
     let disk0 = dir.join("disk0.img");
@@ -542,11 +566,12 @@ fn dsnap_freeze_through_the_guest_agent() -> Result<()> {
         &dir,
         &format!(
             "VMK_NAME=freeze-test\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
-             VMK_VNC=64\nVMK_MEM=1024\nVMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\n\
+             {vnc}VMK_MEM=1024\nVMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\n\
              VMK_APPEND=\"{}\"\n",
             g.kernel.display(),
             g.initrd.display(),
-            g.append
+            g.append,
+            vnc = slot.config_line()
         ),
     )?;
     let socket = RuntimePaths::new(&dir, &disk0)?.qga_socket();
@@ -633,6 +658,7 @@ fn count_after(text: &str, prefix: &str) -> Option<u64> {
 }
 
 fn dsnap_freeze_without_an_agent_warns_and_snapshots() -> Result<()> {
+    let slot = VmSlot::reserve()?;
     let g = guest::busybox_guest()?;
     let btrfs = LoopBtrfs::new(512 * MIB)?;
     let dir = btrfs.path().join("vm");
@@ -643,11 +669,12 @@ fn dsnap_freeze_without_an_agent_warns_and_snapshots() -> Result<()> {
         &dir,
         &format!(
             "VMK_NAME=noagent\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
-             VMK_VNC=65\nVMK_MEM=256\nVMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\n\
+             {vnc}VMK_MEM=256\nVMK_NET_TYPE=none\nVMK_KERNEL={}\nVMK_INITRD={}\n\
              VMK_APPEND=\"{}\"\n",
             g.kernel.display(),
             g.initrd.display(),
-            g.append
+            g.append,
+            vnc = slot.config_line()
         ),
     )?;
     let mut vm = RunningVm::start(&dir, "disk0.img")?;
@@ -792,7 +819,7 @@ fn debian_guest_with_efi_test_script() -> Result<(vmk_testguest::DebianGuest, Lo
 fn uefi_variables_travel_with_disk0() -> Result<()> {
     let (g, btrfs) = debian_guest_with_efi_test_script()?;
     let dir = btrfs.path().join("vm");
-    let slot = vmk_testkit::isolation::VmSlot::reserve()?;
+    let slot = VmSlot::reserve()?;
     write_config(&dir, &efi_config(&g, &dir, slot.number())?)?;
     let vars = dir.join("disk0.img.efivars");
 
@@ -859,7 +886,7 @@ fn uefi_variables_travel_with_disk0() -> Result<()> {
 fn uefi_secure_guest_reports_secure_boot() -> Result<()> {
     let (g, btrfs) = debian_guest_with_efi_test_script()?;
     let dir = btrfs.path().join("vm");
-    let slot = vmk_testkit::isolation::VmSlot::reserve()?;
+    let slot = VmSlot::reserve()?;
     let config = efi_config(&g, &dir, slot.number())?
         .replace("VMK_FIRMWARE=uefi\n", "VMK_FIRMWARE=uefi-secure\n");
     write_config(&dir, &config)?;

@@ -53,7 +53,7 @@ impl Vm {
     }
 
     fn tool(&self, bin: &Path, args: &[&str]) -> Result<Output> {
-        let out = Command::new(bin)
+        let out = isolated(bin)
             .current_dir(self.path())
             .args(args)
             .env_remove("VMK_OPT_CONFIG")
@@ -100,6 +100,14 @@ impl Vm {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+}
+
+/// `program` in the tests' private environment: its own HOME, runtime directory and no
+/// system config (never the machine's ~/.ssh, ~/.vmkrc, /etc/vmk-config or /run/vmk).
+fn isolated(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    vmk_testkit::isolation::shared_env()
+        .expect("making the tests' private environment")
+        .command(program)
 }
 
 /// Another workspace binary next to ours (target/debug/NAME).
@@ -318,13 +326,13 @@ fn waitssh_times_out_clearly() -> Result<()> {
 fn no_key_is_a_clear_error() -> Result<()> {
     let dir = tempfile::tempdir()?;
     fs::write(dir.path().join("vm-config"), "VMK_DISK0=disk0\n")?;
-    let out = Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"))
+    let out = isolated(env!("CARGO_BIN_EXE_vmk-sshkey"))
         .current_dir(dir.path())
         .args(["ssh", "--", "true"])
         .output()?;
     ensure!(out.status.code() == Some(1));
     ensure!(String::from_utf8_lossy(&out.stderr).contains("vmk sshkeygen"));
-    let dry = Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"))
+    let dry = isolated(env!("CARGO_BIN_EXE_vmk-sshkey"))
         .current_dir(dir.path())
         .args(["-D", "sshkeygen", "-t", "rsa"])
         .output()?;
@@ -499,7 +507,7 @@ fn host_key_learned_then_checked() -> Result<()> {
 fn not_running_means_strict_checking() -> Result<()> {
     let (dir, _slot) = slot_vm_dir()?;
     let run = |args: &[&str]| -> Result<Output> {
-        Ok(Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"))
+        Ok(isolated(env!("CARGO_BIN_EXE_vmk-sshkey"))
             .current_dir(dir.path())
             .env_remove("VMK_OPT_CONFIG")
             .env_remove("VMK_OPT_DRY_RUN")
@@ -558,12 +566,12 @@ fn not_running_means_strict_checking() -> Result<()> {
 fn waitssh_without_command_is_a_shell_on_a_terminal() -> Result<()> {
     let (dir, _slot) = slot_vm_dir()?;
     let bin = env!("CARGO_BIN_EXE_vmk-sshkey");
-    let out = Command::new(bin)
+    let out = isolated(bin)
         .current_dir(dir.path())
         .arg("sshkeygen")
         .output()?;
     ensure!(out.status.success(), "sshkeygen: {}", stderr_of(&out));
-    let script = Command::new(bin)
+    let script = isolated(bin)
         .current_dir(dir.path())
         .args(["-D", "waitssh"])
         .stdin(std::process::Stdio::null())
@@ -574,7 +582,7 @@ fn waitssh_without_command_is_a_shell_on_a_terminal() -> Result<()> {
         "without a terminal waitssh only waits, yet it would run: {}",
         String::from_utf8_lossy(&script.stdout)
     );
-    let tty = Command::new("script")
+    let tty = isolated("script")
         .current_dir(dir.path())
         .args(["-qec", &format!("{bin} -D waitssh"), "/dev/null"])
         .stdin(std::process::Stdio::null())

@@ -335,15 +335,30 @@ impl TestEnv {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Result<std::process::Output> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).current_dir(dir);
+        self.run_command_logged(&mut cmd, stdin)
+    }
+
+    /// [`TestEnv::run_logged`] for a `Command` the caller prepared (arguments, directory,
+    /// variables of its own; a variable it removed stays removed).
+    pub fn run_command_logged(
+        &self,
+        cmd: &mut Command,
+        stdin: Option<&[u8]>,
+    ) -> Result<std::process::Output> {
         use std::io::Write;
         use std::process::Stdio;
-        let name = Path::new(program)
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let name = Path::new(&program)
             .file_name()
-            .map_or(program.into(), |n| n.to_string_lossy());
+            .map_or(program.clone(), |n| n.to_string_lossy().into_owned());
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let mut child = self
-            .command(program)
-            .args(args)
-            .current_dir(dir)
+            .apply(cmd)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -369,9 +384,87 @@ impl TestEnv {
         Ok(out)
     }
 
+    /// The environment as `env` arguments (`HOME=… XDG_RUNTIME_DIR=… VMK_SYSTEM_CONFIG=…`,
+    /// after `-u NAME` for each inherited `VMK_*` variable), for a command line that a
+    /// shell or a terminal runs (tmux starts its commands with the tmux server's
+    /// environment, not the test's). Paths are quoted for a POSIX shell.
+    pub fn env_prefix(&self) -> String {
+        let mut s = String::from("env");
+        for name in inherited_vmk_vars() {
+            s.push_str(&format!(" -u {name}"));
+        }
+        for (k, v) in self.vars() {
+            s.push_str(&format!(" {k}='{}'", v.display()));
+        }
+        s
+    }
+
     /// The directory holding it all (removed when dropped).
     pub fn path(&self) -> &Path {
         &self.root
+    }
+}
+
+/// The environment shared by the tests of this process, made at the first call.
+static SHARED: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
+/// The name of a [`shared_env`] directory in /tmp, before the pid of its process.
+const SHARED_PREFIX: &str = "vmk-env-shared-";
+
+/// One [`TestEnv`] for every test of this test process: for helpers that run vmk commands
+/// for many tests and would otherwise each need an environment passed in. Private to this
+/// process (never the machine's HOME, runtime directory or `/etc/vmk-config`), shared by
+/// its tests (a test that lists VMs, `vmk ps`, wants a [`TestEnv::new`] of its own).
+/// It is `/tmp/vmk-env-shared-<pid>`: [`crate::run_system_tests`] removes it when the
+/// tests are done, and the first call of a later test process removes those of processes
+/// that are gone (a plain `#[test]` binary has no hook at its end).
+pub fn shared_env() -> Result<&'static TestEnv> {
+    if let Some(env) = SHARED.get() {
+        return Ok(env);
+    }
+    remove_orphaned_shared_envs();
+    let root = PathBuf::from(format!("/tmp/{SHARED_PREFIX}{}", std::process::id()));
+    if !root.is_dir() {
+        // two tests of this process racing here make the same directory: both fine
+        let _ = std::fs::create_dir(&root);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", root.display()))?;
+    TestEnv::make_dirs(&root)?;
+    Ok(SHARED.get_or_init(|| TestEnv { root, _owned: None }))
+}
+
+/// Removes the [`shared_env`] directory, if one was made (a static is never dropped).
+pub(crate) fn remove_shared_env() {
+    if let Some(env) = SHARED.get() {
+        if let Err(e) = std::fs::remove_dir_all(env.path()) {
+            eprintln!("vmk-testkit: removing {}: {e}", env.path().display());
+        }
+    }
+}
+
+/// Removes the [`shared_env`] directories of test processes that no longer run.
+fn remove_orphaned_shared_envs() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(SHARED_PREFIX)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mine = e.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == rustix::process::geteuid().as_raw()
+        });
+        if mine && !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                eprintln!("vmk-testkit: removing {}: {err}", e.path().display());
+            }
+        }
     }
 }
 
@@ -432,6 +525,32 @@ mod tests {
         assert_ne!(a.port(), b.port());
         assert!(LEASE_PORTS.contains(&a.port()));
         TcpListener::bind(("127.0.0.1", a.port())).unwrap();
+    }
+
+    #[test]
+    fn the_shared_env_is_one_and_orphans_are_removed() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let orphan = PathBuf::from(format!("/tmp/{SHARED_PREFIX}{dead}"));
+        std::fs::create_dir_all(orphan.join("home")).unwrap();
+        let a = shared_env().unwrap();
+        let b = shared_env().unwrap();
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(
+            a.path(),
+            Path::new(&format!("/tmp/{SHARED_PREFIX}{}", std::process::id()))
+        );
+        assert!(a.home().is_dir() && a.runtime_dir().is_dir());
+        assert!(!a.system_config().exists());
+        // the orphan goes at the first call of a process (another test of this binary may
+        // have made the first call before the orphan existed: call the sweep itself too)
+        remove_orphaned_shared_envs();
+        assert!(!orphan.exists(), "{} left", orphan.display());
+        assert!(
+            a.path().is_dir(),
+            "a live process's environment was removed"
+        );
     }
 
     #[test]

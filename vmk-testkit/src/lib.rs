@@ -294,6 +294,7 @@ pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
         .collect();
     reap_qemus_when_interrupted();
     let conclusion = libtest_mimic::run(&args, trials);
+    isolation::remove_shared_env();
     if conclusion.has_failed() {
         std::process::ExitCode::from(101)
     } else {

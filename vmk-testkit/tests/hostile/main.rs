@@ -2,9 +2,9 @@
 //! malicious user, a planted file or a shell typo hands to vmk, each run through the real
 //! binaries. Nothing hangs, nothing explodes, nothing leaks, every error is clear.
 //!
-//! Each case runs `vmk ARGS…` in a fresh VM directory (also HOME; no `VMK_*` variable from
-//! outside; VMK_QEMU is a fake qemu that only records that it was called), under a memory
-//! limit and a timeout, and checks:
+//! Each case runs `vmk ARGS…` in a fresh VM directory (also HOME and XDG_RUNTIME_DIR; no
+//! system config; no `VMK_*` variable from outside; VMK_QEMU is a fake qemu that only
+//! records that it was called), under a memory limit and a timeout, and checks:
 //! - it ends within [`TIMEOUT`] (a FIFO or /dev/zero must not block or fill memory);
 //! - its exit status: 2 for usage and configuration mistakes, 1 for failures, 0 when the
 //!   input is fine;
@@ -464,6 +464,13 @@ fn execute(c: &Case, sb: &Sandbox) -> Result<Outcome> {
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
         )
         .env("HOME", &sb.vm)
+        // the case's own runtime directory, and no system config (never /etc/vmk-config
+        // or /run/vmk of the machine)
+        .env("XDG_RUNTIME_DIR", &sb.vm)
+        .env(
+            vmk_testkit::isolation::SYSTEM_CONFIG_VAR,
+            sb.root.join("no-system-config"),
+        )
         .env("LC_ALL", "C")
         .env("VMK_QEMU", sb.root.join("qemu"));
     for (k, v) in &c.env {
