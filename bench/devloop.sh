@@ -12,11 +12,16 @@
 # Needs: root, debootstrap (the stock guest is built once into $VMK_TEST_CACHE/bench-stock),
 # a built workspace (cargo build) and the Debian test guest, which is made by vmk
 # bootstrap's own steps (cargo test -p vmk-snap --test devloop builds it).
+# The bootstrapped guest is booted as `vmk bootstrap` configures it: root by label,
+# VMK_EXEC_INIT (the one-shot init: its initrd mounts the root without udev, no systemd,
+# sshd without PAM, one ssh connection; its bzImage booted as the unpacked ELF).
 # Phases (from `vmk -v` and `waitssh --times`; kernel from systemd-analyze in the guest):
 #   qemu     vmk starting qemu until QMP answers
-#   kernel   the kernel until it runs init (systemd-analyze)
-#   to-sshd  the rest until sshd's banner reaches vmk
-#   login    banner to the first successful `ssh true`
+#   kernel   the kernel until it runs init (systemd-analyze; for the one-shot guest the
+#            kernel and its initrd until the one-shot init, /run/vmk/uptime-init)
+#   to-sshd  the rest until sshd's banner reaches vmk (firmware and the bzImage unpacking
+#            itself count here; the one-shot guest: until it says sshd listens)
+#   login    banner to the first successful `ssh true` (none for the one-shot guest)
 #   command  the command's own ssh session
 #   teardown ending the VM (kill) and removing the copy
 set -eu
@@ -25,7 +30,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/debug}
 export VMK_ACCEL=${VMK_ACCEL:-tcg}
 CACHE=${VMK_TEST_CACHE:-$ROOT/target/vmk-test-cache}
-BOOT=$(ls -d "$CACHE"/debian-*/ 2>/dev/null | grep -v '\.tmp/$' | head -1)
+BOOT=${BOOT:-$(ls -td "$CACHE"/debian-*/ 2>/dev/null | grep -v '\.tmp/$' | head -1)}
 [ -n "$BOOT" ] || { echo "no Debian test guest in $CACHE: cargo test -p vmk-snap --test devloop" >&2; exit 1; }
 STOCK=$CACHE/bench-stock
 WORK=$(mktemp -d /tmp/vmk-bench-devloop.XXXXXX)
@@ -57,7 +62,7 @@ build_stock() {
     mv "$STOCK.tmp" "$STOCK"
 }
 
-# vmdir NAME IMAGEDIR VNC EXTRA: a VM directory with a copy of the guest and a key pair
+# vmdir NAME IMAGEDIR VNC APPEND EXTRA: a VM directory with a copy of the guest and a key pair
 vmdir() {
     d=$WORK/$1
     mkdir -p "$d"
@@ -70,10 +75,10 @@ VMK_DISK0=disk0.img
 VMK_DISK0_FORMAT=raw
 VMK_KERNEL=vmlinuz
 VMK_INITRD=initrd.img
-VMK_APPEND="console=ttyS0 root=/dev/vda rw"
+VMK_APPEND="$4"
 VMK_MEM=1G
 VMK_VNC=$3
-$4
+$5
 CFG
 }
 
@@ -89,10 +94,14 @@ kernel_ms() { # systemd-analyze's kernel time in a running guest, in ms
 }
 
 build_stock
-vmdir boot "$BOOT" 93 "VMK_SHARE=$WORK/share:bench:ro"
-vmdir stock "$STOCK" 94 ""
+# the bootstrapped guest as `vmk bootstrap` configures it (root by label, the one-shot init);
+# the stock guest's root is /dev/vda (no label), so its disk is on virtio-blk
+BOOT_APPEND="console=ttyS0 root=LABEL=vmkroot rw no_timer_check"
+vmdir boot "$BOOT" 93 "$BOOT_APPEND" "VMK_SHARE=$WORK/share:bench:ro
+VMK_EXEC_INIT=/usr/local/lib/vmk/exec-init"
+vmdir stock "$STOCK" 94 "console=ttyS0 root=/dev/vda rw" "VMK_DISK_BUS=virtio"
 KINDS=boot
-if [ -n "${BEFORE:-}" ]; then vmdir before "$BEFORE" 92 ""; KINDS="boot before"; fi
+if [ -n "${BEFORE:-}" ]; then vmdir before "$BEFORE" 92 "$BOOT_APPEND" ""; KINDS="boot before"; fi
 mkdir -p "$WORK/share"
 
 # exec_run KIND: one `vmk snap run --exec true`, its total and phases
@@ -124,10 +133,14 @@ while [ "$i" -lt "$N" ]; do
     i=$((i + 1))
 done
 
-# kernel time: one more boot of each, asking systemd-analyze
-for k in $KINDS; do
-    cd "$WORK/$k" && "$BIN/vmk-snap" run --exec 'systemd-analyze; systemd-analyze critical-chain ssh.service' > "$WORK/$k.analyze" 2>/dev/null || true
-done
+# kernel time: one more boot of each, asking systemd-analyze (the one-shot init keeps
+# /proc/uptime of its start and of sshd's in /run/vmk)
+cd "$WORK/boot" && "$BIN/vmk-snap" run --exec '
+    echo "Startup finished in $(cut -d" " -f1 /run/vmk/uptime-init)s (kernel) [with the initrd, to the one-shot init]"
+    echo "sshd started at $(cut -d" " -f1 /run/vmk/uptime-sshd)s"' > "$WORK/boot.analyze" 2>/dev/null || true
+if [ -n "${BEFORE:-}" ]; then
+    cd "$WORK/before" && "$BIN/vmk-snap" run --exec 'systemd-analyze; systemd-analyze critical-chain ssh.service' > "$WORK/before.analyze" 2>/dev/null || true
+fi
 cd "$WORK/stock" && "$BIN/vmk-snap" run >/dev/null 2>&1 && "$BIN/vmk-sshkey" waitssh -- systemd-analyze > "$WORK/stock.analyze" 2>/dev/null || true
 "$BIN/vmk-snap" kill >/dev/null 2>&1 || true
 

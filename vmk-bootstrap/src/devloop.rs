@@ -10,10 +10,15 @@
 //! copy whose /lib/modules is replaced by the share still has 9p before it can read any
 //! module from disk. Also: ssh.service without its separate `sshd -t`, and modules a test
 //! VM does not need blacklisted (measured in bench/devloop.sh).
+//!
+//! One-shot runs (`--exec`) need no systemd: [`EXEC_INIT`] is a small init they boot with
+//! `init=` (VMK_EXEC_INIT), and the initrd's own init mounts the root without udev when the
+//! kernel command line says [`ONE_SHOT_ARG`]; every other boot is the normal one.
 
 use std::path::Path;
 
 use anyhow::Result;
+use vmk_common::config::values::{ONE_SHOT_ARG, SSHD_STARTED_LINE};
 use vmk_common::config::Share;
 
 use crate::debian::write_file;
@@ -22,6 +27,10 @@ use vmk_common::host::command;
 
 /// The script that mounts the shares.
 pub const SHARES_SCRIPT: &str = "usr/local/sbin/vmk-shares";
+/// The init of one-shot runs (in the guest; VMK_EXEC_INIT of the VMs `vmk bootstrap`
+/// makes): `run --exec` boots it with `init=` instead of systemd. Under /usr/local, which
+/// apt never touches.
+pub const EXEC_INIT: &str = "/usr/local/lib/vmk/exec-init";
 /// The unit that runs it at boot.
 pub const SHARES_UNIT: &str = "etc/systemd/system/vmk-shares.service";
 /// The modules the initrd holds (`MODULES=list` plus [`INITRD_HOOK`], with their
@@ -48,6 +57,102 @@ const INITRD_HOOK: &str = "etc/initramfs-tools/hooks/vmk";
 /// The initrd script that loads 9p when qemu gives the VM a 9p device (virtio device id 9),
 /// so that a `--modules` share can replace /lib/modules before anything is read from it.
 const INITRD_9P: &str = "etc/initramfs-tools/scripts/init-premount/vmk-9p";
+/// The init of the initrd (put there by [`INITRD_HOOK`], which keeps initramfs-tools' own
+/// as `/init.initramfs-tools`): on a one-shot boot ([`ONE_SHOT_ARG`] on the kernel command
+/// line) it mounts the root itself, without udev (whose start and coldplug cost seconds each
+/// under emulation); on every other boot it hands over to initramfs-tools' init at once.
+const INITRD_INIT: &str = "usr/local/lib/vmk/initrd-init";
+
+/// [`INITRD_INIT`], for the initrd's klibc shell and tools: the drivers of the VM's PCI
+/// and virtio devices by their modaliases, the SCSI disk driver and ext4 (the initrd holds
+/// only [`INITRD_MODULES`]), 9p when the VM has a share (as [`INITRD_9P`]), in two
+/// modprobes; /dev's links to /proc/self/fd and /run's directories for [`EXEC_INIT`]; the
+/// root from `root=` (`LABEL=`, `UUID=` or a device, found with blkid as it appears)
+/// mounted `rw` or `ro` as asked, then
+/// `init=` (the last one, as the kernel reads it) by run-init. A root that does not appear
+/// within a minute: initramfs-tools' init takes over (and says why).
+fn initrd_init_text() -> String {
+    format!(
+        r#"#!/bin/sh
+# Written by vmk bootstrap (installed as the initrd's /init by /etc/initramfs-tools/hooks/vmk):
+# a one-shot boot ({arg}: `vmk run --exec`) mounts the root without udev; every other boot
+# runs initramfs-tools' init (/init.initramfs-tools) as usual.
+mkdir -p /proc /sys /dev /run /root
+mount -t proc -o nodev,noexec,nosuid proc /proc
+case " $(cat /proc/cmdline) " in
+    *" {arg} "*) ;;
+    *) umount /proc; exec /init.initramfs-tools "$@" ;;
+esac
+PATH=/sbin:/usr/sbin:/bin:/usr/bin
+export PATH
+mount -t sysfs -o nodev,noexec,nosuid sysfs /sys
+mount -t devtmpfs -o nosuid,mode=0755 udev /dev
+mount -t tmpfs -o nodev,nosuid,mode=0755 tmpfs /run
+root=
+init=/sbin/init
+mode=ro
+for w in $(cat /proc/cmdline); do
+    case "$w" in
+        root=*) root=${{w#root=}} ;;
+        init=*) init=${{w#init=}} ;;
+        rw) mode=rw ;;
+        ro) mode=ro ;;
+    esac
+done
+# few modprobes (each program started costs much under emulation): the drivers of the PCI
+# devices (virtio-pci among them), the SCSI disk driver and ext4; then those of the virtio
+# devices that virtio-pci found, and 9p when there is a share
+aliases="sd_mod ext4"
+for f in /sys/bus/pci/devices/*/modalias; do
+    [ -r "$f" ] && read -r a < "$f" && aliases="$aliases $a"
+done
+modprobe -qab $aliases
+aliases=
+for d in /sys/bus/virtio/devices/*; do
+    [ -r "$d/modalias" ] && read -r a < "$d/modalias" && aliases="$aliases $a"
+    read -r id < "$d/device" && [ "$id" = 0x0009 ] && aliases="$aliases 9pnet_virtio 9p"
+done
+[ -z "$aliases" ] || modprobe -qab $aliases
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+[ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
+[ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
+mkdir -p /run/lock /run/sshd /run/vmk
+n=0
+dev=
+while [ -z "$dev" ]; do
+    case "$root" in
+        LABEL=*) dev=$(blkid -L "${{root#LABEL=}}" 2>/dev/null) ;;
+        UUID=*) dev=$(blkid -U "${{root#UUID=}}" 2>/dev/null) ;;
+        /dev/*) [ -b "$root" ] && dev=$root ;;
+    esac
+    [ -n "$dev" ] && break
+    n=$((n + 1))
+    if [ $n -gt 600 ]; then
+        echo "vmk initrd: root $root did not appear: initramfs-tools takes over"
+        umount /run; umount /dev; umount /sys; umount /proc
+        exec /init.initramfs-tools "$@"
+    fi
+    sleep 0.1
+done
+mount -t ext4 -o "$mode" "$dev" /root 2>/dev/null || {{
+    fstype=$(blkid -s TYPE -o value "$dev" 2>/dev/null)
+    modprobe -q "$fstype"
+    mount -t "$fstype" -o "$mode" "$dev" /root
+}} || {{
+    echo "vmk initrd: cannot mount $dev: initramfs-tools takes over"
+    umount /run; umount /dev; umount /sys; umount /proc
+    exec /init.initramfs-tools "$@"
+}}
+for m in /dev /run /sys /proc; do
+    mount -o move "$m" "/root$m"
+done
+exec run-init /root "$init" "$@" </root/dev/console >/root/dev/console 2>&1
+"#,
+        arg = ONE_SHOT_ARG
+    )
+}
+
 /// initramfs-tools' setting for that list.
 const INITRAMFS_CONF: &str = "etc/initramfs-tools/conf.d/vmk.conf";
 
@@ -78,6 +183,122 @@ exit $status
         modules = Share::MODULES_TAG,
         options = Share::MOUNT_OPTIONS,
     )
+}
+
+/// [`EXEC_INIT`]: what a command over ssh needs and nothing else, in the order it needs it.
+/// The kernel file systems (the initrd moved most of them here already), the root
+/// read-write, the shares ([`SHARES_SCRIPT`], before any module is read: a `--modules`
+/// share goes over /lib/modules), the drivers of the VM's PCI and virtio devices (as udev's
+/// coldplug would load them, blacklist included), the network as qemu's user networking
+/// has it (10.0.2.15/24 via 10.0.2.2: no DHCP to wait for), root's key from the SMBIOS
+/// credential vmk gives systemd guests (in /run, nothing is written to disk), sshd (without
+/// PAM: no session bookkeeping for a login that runs one command), and once sshd listens
+/// (its pidfile) [`SSHD_STARTED_LINE`] on the console, which vmk waits for. /run/vmk/uptime-init and
+/// uptime-sshd keep /proc/uptime when it started and when sshd did (bench/devloop.sh). Then it
+/// waits: the ACPI power button (`vmk stop`, and `vmk run --exec` on disk0) or
+/// Ctrl-Alt-Del (SIGINT) end every process, remount the root read-only and power off.
+const EXEC_INIT_TEXT: &str = r#"#!/bin/sh
+# Written by vmk bootstrap: the init of one-shot runs (`vmk run --exec`, `vmk snap run
+# --exec`: VMK_EXEC_INIT in vm-config; `--full-boot` boots systemd instead). No systemd:
+# just what a command over ssh needs. Every other boot is the normal systemd boot.
+# Few programs: every one started costs much under emulation, so shell builtins do the rest.
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+say() { echo "vmk-exec-init: $*"; }
+[ -e /proc/self/mountinfo ] || mount -t proc -o nosuid,nodev,noexec proc /proc
+mounted=" "
+rootopts=
+while read -r _ m _ o _; do
+    mounted="$mounted$m "
+    [ "$m" = / ] && rootopts=$o
+done < /proc/mounts
+fs() {
+    case "$mounted" in *" $3 "*) return 0 ;; esac
+    [ -d "$3" ] || mkdir -p "$3"
+    mount -t "$1" -o "$2" "$1" "$3"
+}
+fs sysfs nosuid,nodev,noexec /sys
+fs devtmpfs mode=0755,nosuid /dev
+fs devpts nosuid,noexec,gid=5,mode=620,ptmxmode=000 /dev/pts
+fs tmpfs nosuid,nodev /dev/shm
+fs tmpfs nosuid,nodev,mode=0755 /run
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
+[ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
+[ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
+[ -d /run/vmk ] && [ -d /run/sshd ] && [ -d /run/lock ] || mkdir -p /run/lock /run/sshd /run/vmk
+read -r up _ < /proc/uptime && echo "$up" > /run/vmk/uptime-init
+case "$rootopts" in
+    rw,*) ;;
+    *) mount -o remount,rw / || say "the root stays read-only" ;;
+esac
+read -r h < /etc/hostname && echo "$h" > /proc/sys/kernel/hostname
+for d in /sys/bus/virtio/devices/*; do
+    read -r id < "$d/device" 2>/dev/null || continue
+    if [ "$id" = 0x0009 ]; then
+        /usr/local/sbin/vmk-shares
+        break
+    fi
+done
+aliases=
+for f in /sys/bus/pci/devices/*/modalias /sys/bus/virtio/devices/*/modalias; do
+    [ -r "$f" ] && read -r a < "$f" && aliases="$aliases $a"
+done
+modprobe -qab $aliases button evdev
+nic=
+for d in /sys/class/net/*; do
+    [ "${d##*/}" != lo ] && [ -e "$d/device" ] && nic=${d##*/} && break
+done
+if [ -n "$nic" ]; then
+    ip -batch - <<EOF
+link set lo up
+link set $nic up
+addr add 10.0.2.15/24 dev $nic
+route add default via 10.0.2.2 dev $nic
+EOF
+else
+    ip link set lo up
+fi
+umask 077
+tr '\000' '\n' < /sys/firmware/dmi/tables/DMI 2>/dev/null |
+    sed -n 's/^.*io\.systemd\.credential:ssh\.authorized_keys\.root=//p' > /run/vmk/authorized_keys
+umask 022
+[ -e /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A >/dev/null
+/usr/sbin/sshd -o "AuthorizedKeysFile .ssh/authorized_keys /run/vmk/authorized_keys" \
+    -o UsePAM=no -o PrintMotd=no -o PrintLastLog=no || say "sshd did not start"
+n=0
+while [ ! -s /run/sshd.pid ] && [ $n -lt 100 ]; do
+    sleep 0.1
+    n=$((n + 1))
+done
+read -r up _ < /proc/uptime && echo "$up" > /run/vmk/uptime-sshd
+echo "@SSHD_STARTED_LINE@"
+
+off() {
+    trap '' INT TERM USR1
+    say "powering off"
+    kill -TERM -1 2>/dev/null
+    sleep 1
+    kill -KILL -1 2>/dev/null
+    sync
+    umount -a -t 9p 2>/dev/null
+    mount -o remount,ro / || sync
+    echo o > /proc/sysrq-trigger
+}
+trap off INT TERM USR1
+for e in /sys/class/input/event*; do
+    read -r name < "$e/device/name" 2>/dev/null && [ "$name" = "Power Button" ] || continue
+    (dd if="/dev/input/${e##*/}" of=/dev/null bs=64 count=1 status=none && kill -USR1 1) &
+done
+while :; do
+    sleep 3600 &
+    wait $!
+done
+"#;
+
+/// [`EXEC_INIT_TEXT`] with the line vmk waits for ([`SSHD_STARTED_LINE`]).
+fn exec_init_text() -> String {
+    EXEC_INIT_TEXT.replace("@SSHD_STARTED_LINE@", SSHD_STARTED_LINE)
 }
 
 /// Before udev's coldplug and systemd-modules-load (so modules come from a `--modules`
@@ -151,8 +372,14 @@ fn blacklist_text() -> String {
 pub fn install(root: &Path, runner: &dyn CommandRunner) -> Result<()> {
     write_file(&root.join(SHARES_SCRIPT), 0o755, &shares_script())?;
     write_file(&root.join(SHARES_UNIT), 0o644, SHARES_UNIT_TEXT)?;
+    write_file(
+        &root.join(EXEC_INIT.trim_start_matches('/')),
+        0o755,
+        &exec_init_text(),
+    )?;
     write_file(&root.join(SSH_DROPIN), 0o644, SSH_DROPIN_TEXT)?;
     write_file(&root.join(MODPROBE_BLACKLIST), 0o644, &blacklist_text())?;
+    write_file(&root.join(INITRD_INIT), 0o755, &initrd_init_text())?;
     write_file(&root.join(INITRD_HOOK), 0o755, &initrd_hook())?;
     write_file(&root.join(INITRD_9P), 0o755, INITRD_9P_TEXT)?;
     write_file(
@@ -184,8 +411,13 @@ fn initrd_hook() -> String {
          # conf.d/vmk.conf); udev loads what the VM's devices need.\n\
          case \"$1\" in prereqs) exit 0 ;; esac\n\
          . /usr/share/initramfs-tools/hook-functions\n\
-         for m in {}; do manual_add_modules \"$m\"; done\n",
-        INITRD_MODULES.join(" ")
+         for m in {}; do manual_add_modules \"$m\"; done\n\
+         # one-shot boots mount the root without udev: see /{init}\n\
+         mv \"$DESTDIR/init\" \"$DESTDIR/init.initramfs-tools\"\n\
+         cp /{init} \"$DESTDIR/init\"\n\
+         chmod 755 \"$DESTDIR/init\"\n",
+        INITRD_MODULES.join(" "),
+        init = INITRD_INIT,
     )
 }
 

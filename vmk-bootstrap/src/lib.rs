@@ -52,6 +52,7 @@ pub use debian::{
     apt_mirror, configure_root, debian_arch, debian_packages, debootstrap, DebianRoot,
     DEBIAN_PACKAGES, DEFAULT_SUITE,
 };
+pub use devloop::EXEC_INIT;
 pub use diskboot::Boot;
 pub use image::{copy_kernel, make_ext4_image, DISK0_NAME, ROOT_LABEL};
 pub use runner::{CommandRunner, LOG_NAME};

@@ -85,8 +85,14 @@ VMK_ARCH={qemu_arch}
             Boot::Kernel => format!(
                 "\n# Direct kernel boot with the guest's own kernel and initrd, copied out of its /boot.\n\
                  # After a kernel update inside the guest, copy the new ones out again.\n\
-                 VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\nVMK_APPEND={}\n",
-                q(&append_for(plan.guest_arch().console))
+                 VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\nVMK_APPEND={}\n\
+                 # One-shot runs (`vmk run --exec`, `vmk snap run --exec`) boot this small init\n\
+                 # instead of systemd: the kernel, sshd, the command. `--full-boot` boots systemd\n\
+                 # for one run; remove the key to boot systemd always. Any other boot is the\n\
+                 # normal systemd boot.\n\
+                 VMK_EXEC_INIT={}\n",
+                q(&append_for(plan.guest_arch().console)),
+                crate::devloop::EXEC_INIT,
             ),
             Boot::Disk => "\n# No VMK_KERNEL: the VM boots from disk0 (GRUB under bios, shim and GRUB under\n\
                  # uefi and uefi-secure, Secure Boot enforced), so a kernel update inside the guest\n\
@@ -136,6 +142,7 @@ mod tests {
         );
         assert_eq!(cfg.append.as_deref(), Some(APPEND));
         assert_eq!(cfg.arch.as_deref(), Some("x86_64"));
+        assert_eq!(cfg.exec_init.as_deref(), Some(crate::devloop::EXEC_INIT));
 
         // an arm64 guest: VMK_ARCH and its serial console
         let mut arm = plan.clone();

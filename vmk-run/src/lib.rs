@@ -12,13 +12,15 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use vmk_common::cli::{GlobalOpts, Tool, EXIT_FAILURE};
 
-use vmk_common::config::{Share, VmConfig};
+use vmk_common::config::values::ONE_SHOT_ARG;
+use vmk_common::config::{NetType, Share, VmConfig};
 use vmk_common::outln;
 use vmk_common::qemu::Mode;
 
 pub mod bridge;
 pub mod console;
 pub mod instance;
+pub mod pvh;
 pub mod registry;
 pub mod setup;
 pub mod term;
@@ -57,16 +59,64 @@ pub struct ExecArgs {
     /// With --exec: how long to wait for the guest's sshd (seconds)
     #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "exec")]
     pub ssh_timeout: u64,
+    /// With --exec: boot the guest's normal init (systemd) even when VMK_EXEC_INIT names a
+    /// small one for one-shot runs
+    #[arg(long, requires = "exec")]
+    pub full_boot: bool,
+}
+
+/// Kernel arguments of a one-shot boot besides `init=`: [`ONE_SHOT_ARG`] (the initrd of a
+/// bootstrapped guest mounts the root without udev), and no kernel messages on the serial
+/// console but errors (every character is slow to print under emulation).
+fn one_shot_append() -> String {
+    format!("{ONE_SHOT_ARG} quiet")
 }
 
 impl ExecArgs {
-    /// The options of [`instance::exec`] for `end`, when `--exec` was given.
-    pub fn options(&self, end: instance::End) -> Option<instance::ExecOptions> {
+    /// The options of [`instance::exec`] for `end` and the VM's config `cfg`, when `--exec`
+    /// was given.
+    pub fn options(&self, end: instance::End, cfg: &VmConfig) -> Option<instance::ExecOptions> {
         self.exec.as_ref().map(|command| instance::ExecOptions {
             command: command.clone(),
             ssh_timeout: Duration::from_secs(self.ssh_timeout),
             end,
+            one_shot: self.one_shot_init(cfg).is_some(),
         })
+    }
+
+    /// The init a one-shot run of `cfg` boots: VMK_EXEC_INIT, with --exec and without
+    /// --full-boot, when vmk gives the kernel its command line (direct kernel boot) and
+    /// the guest's network is user networking (the init configures qemu's fixed addresses).
+    pub fn one_shot_init<'c>(&self, cfg: &'c VmConfig) -> Option<&'c str> {
+        let init = cfg.exec_init.as_deref().filter(|_| self.exec.is_some())?;
+        let can = cfg.kernel.is_some() && cfg.net_type == NetType::User;
+        (can && !self.full_boot).then_some(init)
+    }
+
+    /// `cfg` for this run: a one-shot run ([`ExecArgs::one_shot_init`]) boots its init,
+    /// with [`one_shot_append`]; both go before the configured arguments, so that an
+    /// `init=` or `loglevel=` there (VMK_APPEND, --append) still wins. An x86 bzImage boots
+    /// as its unpacked ELF ([`pvh::pvh_kernel`]; not in a dry run, which writes nothing).
+    pub fn apply(&self, mut cfg: VmConfig, dry_run: bool) -> Result<VmConfig> {
+        match (self.one_shot_init(&cfg), &cfg.exec_init) {
+            (Some(init), _) => {
+                let given = cfg.append.as_deref().unwrap_or("");
+                let append = format!("init={init} {} {given}", one_shot_append());
+                cfg.append = Some(append.trim_end().to_string());
+                let x86 = cfg.arch.as_deref().is_none_or(|a| a == "x86_64");
+                if let (Some(kernel), true, false) = (&cfg.kernel, x86, dry_run) {
+                    if let Some(elf) = pvh::pvh_kernel(kernel)? {
+                        cfg.kernel = Some(elf);
+                    }
+                }
+            }
+            (None, Some(init)) if self.exec.is_some() && !self.full_boot => log::info!(
+                "VMK_EXEC_INIT {init} needs direct kernel boot (VMK_KERNEL or --kernel) and \
+                 VMK_NET_TYPE=user: the guest boots its own init"
+            ),
+            _ => {}
+        }
+        Ok(cfg)
     }
 }
 
@@ -230,9 +280,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let g = &args.global;
     match args.command {
         Command::Run { json, exec, boot } => {
-            let inst = Instance::disk0(boot.apply(load(g)?)?)?;
+            let inst = Instance::disk0(exec.apply(boot.apply(load(g)?)?, g.dry_run)?)?;
             let opts = StartOptions::default();
-            match exec.options(instance::End::PowerOff(instance::STOP_TIMEOUT)) {
+            match exec.options(instance::End::PowerOff(instance::STOP_TIMEOUT), &inst.cfg) {
                 Some(x) => cmd_exec(&inst, g.dry_run, &opts, &x),
                 None => cmd_run(&inst, g.dry_run, json, &opts),
             }

@@ -164,7 +164,7 @@ fn overlay_adjust(cmd: QemuCommand) -> Result<QemuCommand> {
 /// `snap run` / `snap runin`: recreate snap-<disk0> from disk0, then start it.
 pub fn run(global: &GlobalOpts, a: &RunArgs, foreground: bool) -> Result<ExitCode> {
     let mut t = Target::load(global, false)?;
-    t.cfg = a.boot.apply(t.cfg)?;
+    t.cfg = a.exec.apply(a.boot.apply(t.cfg)?, global.dry_run)?;
     let inst = instance(&t)?;
     let kind = if global.dry_run {
         // say what would boot, touching nothing
@@ -210,7 +210,7 @@ pub fn run(global: &GlobalOpts, a: &RunArgs, foreground: bool) -> Result<ExitCod
     if foreground {
         return vmk_run::cmd_runin(&inst, global.dry_run, &opts);
     }
-    match a.exec.options(End::Kill) {
+    match a.exec.options(End::Kill, &inst.cfg) {
         Some(x) => {
             let status = vmk_run::cmd_exec(&inst, global.dry_run, &opts, &x);
             if !global.dry_run {

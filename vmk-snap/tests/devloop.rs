@@ -36,10 +36,14 @@ struct DevVm {
 }
 
 impl DevVm {
+    /// The VM as `vmk bootstrap` configures it (its kernel, initrd, VMK_APPEND and the
+    /// one-shot init VMK_EXEC_INIT), with `extra` at the end of its config.
     fn new(extra: &str) -> Result<DevVm> {
-        let append = vmk_testguest::debian_guest()?.append;
+        let g = vmk_testguest::debian_guest()?;
         Self::with_config(&format!(
-            "VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\nVMK_APPEND=\"{append}\"\n{extra}"
+            "VMK_KERNEL=vmlinuz\nVMK_INITRD=initrd.img\nVMK_APPEND=\"{}\"\n\
+             VMK_EXEC_INIT={}\n{extra}",
+            g.append, g.exec_init
         ))
     }
 
@@ -86,7 +90,12 @@ impl DevVm {
     }
 
     fn vmk_snap(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_vmk-snap"));
+        self.vmk(Path::new(env!("CARGO_BIN_EXE_vmk-snap")), args)
+    }
+
+    /// `program` (a vmk tool) with `args` in the VM directory and the test's environment.
+    fn vmk(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
         c.current_dir(self.dir()).args(args);
         self.env.apply(&mut c);
         c
@@ -95,22 +104,7 @@ impl DevVm {
     /// `vmk-snap run --exec CMD` with `stdin`, its output once it exited (killed after
     /// [`HANG_GUARD`]).
     fn snap_exec(&self, cmd: &str, stdin: &[u8]) -> Result<Output> {
-        let mut child = self
-            .vmk_snap(&["-v", "run", "--exec", cmd])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running vmk-snap run --exec")?;
-        child.stdin.take().context("stdin")?.write_all(stdin)?;
-        let out = wait_output(child, HANG_GUARD)?;
-        eprintln!(
-            "$ vmk-snap run --exec {cmd:?}\n  -> {:?}\n  stdout: {}\n  stderr: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(out)
+        run_exec(self.vmk_snap(&["-v", "run", "--exec", cmd]), stdin)
     }
 
     /// Fails when anything of the snapshot VM is left: a qemu on either image, the pidfile,
@@ -145,11 +139,34 @@ impl Drop for DevVm {
     }
 }
 
+/// Runs `c` (a `run --exec CMD`) with `stdin`, its output once it exited (killed after
+/// [`HANG_GUARD`]).
+fn run_exec(mut c: Command, stdin: &[u8]) -> Result<Output> {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {:?}", c.get_program()))?;
+    child.stdin.take().context("stdin")?.write_all(stdin)?;
+    let out = wait_output(child, HANG_GUARD)?;
+    eprintln!(
+        "$ {:?} {:?}\n  -> {:?}\n  stdout: {}\n  stderr: {}",
+        c.get_program(),
+        c.get_args().collect::<Vec<_>>(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
 fn exec_passes_io_and_status_and_leaves_nothing() -> Result<()> {
     let vm = DevVm::new("")?;
     let before = sha256(&vm.disk0())?;
     let out = vm.snap_exec(
-        "cat; echo out-marker; uname -n; echo err-marker >&2; exit 7",
+        "cat; echo out-marker; uname -n; tr '\\0' ' ' < /proc/1/cmdline; echo; \
+         echo err-marker >&2; exit 7",
         b"from-host-stdin\n",
     )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -158,6 +175,13 @@ fn exec_passes_io_and_status_and_leaves_nothing() -> Result<()> {
     ensure!(
         stdout.starts_with("from-host-stdin\nout-marker\n"),
         "stdout: {stdout:?}"
+    );
+    ensure!(
+        stdout.contains(&format!(
+            "\n/bin/sh {} \n",
+            vmk_testguest::debian_guest()?.exec_init
+        )),
+        "PID 1 is not the one-shot init: {stdout:?}"
     );
     ensure!(stderr.contains("err-marker"), "stderr: {stderr:?}");
     ensure!(!stdout.contains("err-marker"), "stderr went to stdout");
@@ -426,6 +450,64 @@ fn ports_forward_to_a_real_listener_and_clashes_are_refused() -> Result<()> {
     vm.nothing_left()
 }
 
+fn full_boot_runs_systemd_for_exec() -> Result<()> {
+    let vm = DevVm::new("")?;
+    let out = run_exec(
+        vm.vmk_snap(&[
+            "-v",
+            "run",
+            "--full-boot",
+            "--exec",
+            "cat /proc/1/comm; systemctl is-active ssh.service; exit 3",
+        ]),
+        b"",
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.code() == Some(3), "exit status {:?}", out.status);
+    ensure!(stdout == "systemd\nactive\n", "stdout: {stdout:?}");
+    vm.nothing_left()
+}
+
+fn run_exec_on_disk0_powers_off_and_exits_with_the_status() -> Result<()> {
+    let vm = DevVm::new("")?;
+    let out = run_exec(
+        vm.vmk(
+            &vmk_testkit::workspace_bin("vmk-run"),
+            &[
+                "-v",
+                "run",
+                "--exec",
+                "echo on-disk0 > /root/exec-marker; tr '\\0' ' ' < /proc/1/cmdline; exit 5",
+            ],
+        ),
+        b"",
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(5), "exit status {:?}", out.status);
+    ensure!(stdout.contains("exec-init"), "stdout: {stdout:?}");
+    // powered off by the guest (the one-shot init's power button), not killed
+    ensure!(
+        stderr.contains("PoweredOff"),
+        "the VM was not powered off: {stderr}"
+    );
+    let pids = qemu_pids_using(&vm.disk0())?;
+    ensure!(pids.is_empty(), "qemu {pids:?} still uses disk0");
+    let pidfile = vm.dir().join("disk0.img.pid");
+    ensure!(!pidfile.exists(), "{} is left", pidfile.display());
+    // disk0 itself was booted: the command's file is on it, and it is clean
+    let marker = with_disk0_mounted(&vm, |mnt| {
+        Ok(fs::read_to_string(mnt.join("root/exec-marker"))?)
+    })?;
+    ensure!(marker == "on-disk0\n", "marker {marker:?}");
+    run_ok({
+        let mut c = Command::new("e2fsck");
+        c.arg("-fn").arg(vm.disk0());
+        c
+    })?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let needs: &[Need] = &[
         Need::Root,
@@ -464,6 +546,23 @@ fn main() -> std::process::ExitCode {
             "exec_without_sshd_fails_with_exit_1",
             needs,
             exec_without_sshd_fails_with_exit_1,
+        ),
+        SystemTest::new(
+            "full_boot_runs_systemd_for_exec",
+            needs,
+            full_boot_runs_systemd_for_exec,
+        ),
+        SystemTest::new(
+            "run_exec_on_disk0_powers_off_and_exits_with_the_status",
+            &[
+                Need::Root,
+                Need::Btrfs,
+                Need::Qemu,
+                Need::Debootstrap,
+                Need::Ssh,
+                Need::Built("vmk-run"),
+            ],
+            run_exec_on_disk0_powers_off_and_exits_with_the_status,
         ),
     ])
 }

@@ -302,6 +302,7 @@ fn waitssh_times_out_clearly() -> Result<()> {
             kernel: PathBuf::new(),
             initrd: PathBuf::new(),
             append: String::new(),
+            exec_init: "",
         },
     };
     vm.ok(Path::new(env!("CARGO_BIN_EXE_vmk-sshkey")), &["sshkeygen"])?;

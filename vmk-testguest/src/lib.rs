@@ -20,7 +20,7 @@ pub const DEBIAN_READY: &str = "vmk-debian-guest ready";
 
 /// Bump when the Debian configuration steps change: part of the image's cache key (the
 /// debootstrap tree itself is keyed by the package list only and is reused).
-const DEBIAN_CONFIG_VERSION: u32 = 7;
+const DEBIAN_CONFIG_VERSION: u32 = 12;
 const DEBIAN_IMAGE_SIZE: u64 = 2 << 30;
 /// The Debian guest's hostname.
 const DEBIAN_HOSTNAME: &str = "vmk-guest";
@@ -48,6 +48,9 @@ pub struct DebianGuest {
     /// Kernel arguments: `vmk bootstrap`'s ([`bootstrap::APPEND`]: root by its label, so
     /// the guest boots on every disk bus).
     pub append: String,
+    /// The init of one-shot runs that `vmk bootstrap` installs ([`bootstrap::EXEC_INIT`]:
+    /// the VMK_EXEC_INIT it writes into the vm-config).
+    pub exec_init: &'static str,
 }
 
 impl DebianGuest {
@@ -99,6 +102,7 @@ pub fn debian_guest() -> Result<DebianGuest> {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
         append: bootstrap::APPEND.to_string(),
+        exec_init: bootstrap::EXEC_INIT,
     })
 }
 

@@ -19,6 +19,8 @@ pub enum KeyKind {
     Word,
     /// A host name.
     Hostname,
+    /// An absolute path inside the guest, for its kernel command line.
+    GuestPath,
     /// A memory size ([`MemSize`]).
     Mem,
     /// A disk size ([`Size`]).
@@ -72,6 +74,9 @@ impl KeyKind {
             KeyKind::Text => "text".into(),
             KeyKind::Word => "a word (letters, digits and . _ - + : @)".into(),
             KeyKind::Hostname => "a host name".into(),
+            KeyKind::GuestPath => {
+                "an absolute path in the guest (letters, digits and / . _ -)".into()
+            }
             KeyKind::Mem => {
                 "a memory size from 16M to 16T: MiB, or with M, G or T (2048, 2G, 512M)".into()
             }
@@ -110,6 +115,7 @@ impl KeyKind {
             KeyKind::Text | KeyKind::Path => Ok(()),
             KeyKind::Word => values::parse_word(value).map(drop),
             KeyKind::Hostname => values::parse_hostname(value).map(drop),
+            KeyKind::GuestPath => values::parse_guest_path(value).map(drop),
             KeyKind::Mem => value.parse::<MemSize>().map(drop),
             KeyKind::Size => value.parse::<Size>().map(drop),
             KeyKind::Cache => value.parse::<CacheMode>().map(drop),
@@ -301,6 +307,13 @@ static KEYS: &[KeySpec] = &[
         "",
         "console=ttyS0 root=/dev/sda rw",
         "kernel command line for direct kernel boot"
+    ),
+    key!(
+        "VMK_EXEC_INIT",
+        GuestPath,
+        "",
+        "/usr/local/lib/vmk/exec-init",
+        "the guest's small init for one-shot runs: with direct kernel boot and user networking, `run --exec` and `snap run --exec` boot with init=PATH (no systemd; --full-boot boots normally); `vmk bootstrap` sets it, empty means always the full boot"
     ),
     key!(
         "VMK_ARCH",

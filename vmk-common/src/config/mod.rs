@@ -435,6 +435,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// VMK_APPEND.
     pub append: Option<String>,
+    /// VMK_EXEC_INIT: the guest's init for one-shot (`--exec`) runs.
+    pub exec_init: Option<String>,
     /// VMK_ARCH; `None` means detect (x86_64 for choosing qemu).
     pub arch: Option<String>,
     /// VMK_ACCEL.
@@ -612,6 +614,7 @@ impl VmConfig {
             kernel: t.path("VMK_KERNEL"),
             initrd: t.path("VMK_INITRD"),
             append: t.opt_text("VMK_APPEND"),
+            exec_init: t.opt("VMK_EXEC_INIT", values::parse_guest_path)?,
             arch: t.opt("VMK_ARCH", values::parse_word)?,
             accel: t.parsed("VMK_ACCEL")?,
             machine: t.opt("VMK_MACHINE", values::parse_word)?,

@@ -373,6 +373,28 @@ pub fn parse_word(s: &str) -> Result<String, Expected> {
     }
 }
 
+/// A path inside the guest for its kernel command line (`VMK_EXEC_INIT`): absolute, of
+/// letters, digits and `/ . _ -` (nothing a kernel command line would split or quote).
+pub fn parse_guest_path(s: &str) -> Result<String, Expected> {
+    let ok = s.starts_with('/')
+        && s.len() > 1
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("an absolute path in the guest of letters, digits and / . _ -".into())
+    }
+}
+
+/// The kernel argument of a one-shot boot (`--exec` with VMK_EXEC_INIT): the initrd of a
+/// guest `vmk bootstrap` makes then mounts the root itself, without udev.
+pub const ONE_SHOT_ARG: &str = "vmk.oneshot=1";
+
+/// The line the one-shot init of a bootstrapped guest prints on the serial console once its
+/// sshd runs: `--exec` then probes ssh afresh.
+pub const SSHD_STARTED_LINE: &str = "vmk-exec-init: sshd started";
+
 /// A host name: letters, digits, dots and dashes.
 pub fn parse_hostname(s: &str) -> Result<String, Expected> {
     let ok = !s.is_empty()

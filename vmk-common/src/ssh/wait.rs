@@ -81,7 +81,7 @@ pub fn wait_for_ssh_while(
         }
         if banner.is_none() {
             spinner.set("waiting for sshd");
-            if !wait_for_banner(target, deadline, alive)? {
+            if !wait_for_banner(target, deadline, alive, &|| false, MAX_PROBES)? {
                 continue; // the deadline passed or `alive` failed: report above
             }
             banner = Some(start.elapsed());
@@ -124,6 +124,35 @@ pub fn wait_for_ssh_while(
     }
 }
 
+/// Waits until sshd at `target` runs, or fails after `timeout` or with the error of `alive`
+/// ([`wait_for_ssh_while`]); the time it took. For a guest that has the key in place before
+/// its sshd starts (the one-shot init of `--exec`), so that no `ssh true` is needed: sshd
+/// runs once `started` says so (the guest's word) or a banner arrives. Until then one probe
+/// at a time (with user networking, a probe made while the guest's network is down waits
+/// for qemu to deliver it later, and then costs the guest an sshd process while the
+/// command runs).
+pub fn wait_for_sshd_while(
+    target: &Target,
+    timeout: Duration,
+    alive: &dyn Fn() -> Result<()>,
+    started: &dyn Fn() -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let spinner = Spinner::new(target);
+    spinner.set("waiting for sshd");
+    let seen = wait_for_banner(target, start + timeout, alive, started, 1);
+    spinner.finish();
+    alive()?;
+    if !seen? {
+        bail!(
+            "ssh to {target} did not answer within {}s: sshd never answered",
+            timeout.as_secs()
+        );
+    }
+    log::info!("sshd at {target} runs after {:.2?}", start.elapsed());
+    Ok(start.elapsed())
+}
+
 /// Probes until one sees a banner (true), or `deadline` passes or `alive` fails (false).
 ///
 /// A refused probe is retried after [`PROBE_INTERVAL`]. A silent one is kept (up to
@@ -131,11 +160,14 @@ pub fn wait_for_ssh_while(
 /// deliver an abandoned connection to the guest and does so once its network is up, and
 /// sshd on a slow guest spends seconds on each; a burst of them hits sshd's MaxStartups
 /// and gets the real login dropped (seen under TCG). Beside a silent probe another starts
-/// every [`STALL_INTERVAL`], at most [`MAX_PROBES`] in flight.
+/// every [`STALL_INTERVAL`], at most `max_probes` in flight. True at once when `started`
+/// says that sshd runs.
 fn wait_for_banner(
     target: &Target,
     deadline: Instant,
     alive: &dyn Fn() -> Result<()>,
+    started: &dyn Fn() -> bool,
+    max_probes: usize,
 ) -> Result<bool> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // Resolve once, so that a bad host name fails at once rather than in every thread.
@@ -150,9 +182,12 @@ fn wait_for_banner(
         if now >= deadline || alive().is_err() {
             return Ok(false);
         }
+        if started() {
+            return Ok(true);
+        }
         let n = in_flight.load(Ordering::SeqCst);
         let stalled = last_start.is_some_and(|t| now - t >= STALL_INTERVAL);
-        if n == 0 || (n < MAX_PROBES && stalled) {
+        if n == 0 || (n < max_probes && stalled) {
             let (tx, t, count) = (tx.clone(), target.clone(), in_flight.clone());
             let wait = (deadline - now).min(BANNER_TIMEOUT);
             count.fetch_add(1, Ordering::SeqCst);

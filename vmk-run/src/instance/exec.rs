@@ -9,6 +9,7 @@ use std::process::{Child, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use vmk_common::config::values::SSHD_STARTED_LINE;
 use vmk_common::process::exit_code;
 use vmk_common::signals::Interrupts;
 use vmk_common::ssh::{self, hostkey::HostKeys, target, wait};
@@ -34,6 +35,10 @@ pub struct ExecOptions {
     pub ssh_timeout: Duration,
     /// How to end the VM afterwards.
     pub end: End,
+    /// The guest boots its one-shot init (VMK_EXEC_INIT), which has root's key in place
+    /// before sshd starts and says on the console when sshd runs: no `ssh true` before the
+    /// command.
+    pub one_shot: bool,
 }
 
 /// How often a running command is checked for an interruption.
@@ -129,13 +134,22 @@ fn login_and_run(
         Ok(())
     };
     let host_keys = HostKeys::for_vm(&inst.cfg)?;
-    let waited = wait::wait_for_ssh_while(key, target, &host_keys, x.ssh_timeout, &alive)
-        .with_context(|| format!("{} never answered on ssh", inst.cfg.display_name()))?;
-    log::info!(
-        "sshd banner after {:.2?}, login after {:.2?}",
-        waited.banner,
-        waited.login
-    );
+    let never = || format!("{} never answered on ssh", inst.cfg.display_name());
+    if x.one_shot {
+        let console = ConsoleWatch::new(&inst.paths.console_log);
+        let started = || console.saw(SSHD_STARTED_LINE);
+        let up = wait::wait_for_sshd_while(target, x.ssh_timeout, &alive, &started)
+            .with_context(never)?;
+        log::info!("sshd banner after {up:.2?}, login after {up:.2?} (one-shot init)");
+    } else {
+        let waited = wait::wait_for_ssh_while(key, target, &host_keys, x.ssh_timeout, &alive)
+            .with_context(never)?;
+        log::info!(
+            "sshd banner after {:.2?}, login after {:.2?}",
+            waited.banner,
+            waited.login
+        );
+    }
     let mut c = ssh::ssh_command(
         key,
         target,
@@ -160,4 +174,42 @@ fn login_and_run(
         ));
     }
     Ok(exit_code(status))
+}
+
+/// Watches the console log qemu appends to for a line, from where the log ended when the
+/// watch began (the log of earlier boots stays in it).
+struct ConsoleWatch {
+    path: std::path::PathBuf,
+    from: std::cell::Cell<u64>,
+    tail: std::cell::RefCell<Vec<u8>>,
+}
+
+impl ConsoleWatch {
+    fn new(path: &Path) -> ConsoleWatch {
+        ConsoleWatch {
+            path: path.to_path_buf(),
+            from: std::cell::Cell::new(std::fs::metadata(path).map_or(0, |m| m.len())),
+            tail: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// True once the log got `line` since the watch began (reads only what is new).
+    fn saw(&self, line: &str) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return false;
+        };
+        let mut new = Vec::new();
+        if f.seek(SeekFrom::Start(self.from.get())).is_err() || f.read_to_end(&mut new).is_err() {
+            return false;
+        }
+        self.from.set(self.from.get() + new.len() as u64);
+        let mut tail = self.tail.borrow_mut();
+        tail.extend_from_slice(&new);
+        let found = tail.windows(line.len()).any(|w| w == line.as_bytes());
+        // keep what could be the start of the line
+        let keep = tail.len().saturating_sub(line.len());
+        tail.drain(..keep);
+        found
+    }
 }
