@@ -24,6 +24,17 @@
 #   login    banner to the first successful `ssh true` (none for the one-shot guest)
 #   command  the command's own ssh session
 #   teardown ending the VM (kill) and removing the copy
+#
+# Figures here (TCG, 2 cores shared with other engineers' guests; ms):
+#   before the one-shot init (last session, load ~23): bootstrap 195800, stock 144600: 1.35
+#   one-shot init only, N=1, load ~15-20: bootstrap 68864, stock 176911: 0.39
+#     (the systemd-booted guest of before, same run: 179553, 1.01)
+#   + initrd without udev, bzImage as PVH ELF, sshd without PAM, one ssh connection,
+#     N=3, load ~9-15 (with a devloop test run beside it):
+#     guest          total    qemu   kernel to-sshd    login  command teardown
+#     bootstrap      44603     468    14060   23782        0     6242      51
+#     stock         160433     465    10373  114778    14248    20531      38
+#     ratio 0.28 (goal <= 0.50); 9p share 717 MiB/s, guest disk 164 MiB/s
 set -eu
 N=${1:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
