@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use vmk_testkit::guest;
-use vmk_testkit::isolation::VmSlot;
+use vmk_testkit::isolation::{TestEnv, VmSlot};
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -73,6 +73,16 @@ fn main() -> std::process::ExitCode {
         SystemTest::new("debian_boots_on_nvme", deb, || {
             boots_on_bus(Some("nvme"), "nvme0n1")
         }),
+        SystemTest::new(
+            "cloud_init_guest_takes_hostname_and_key_from_the_seed",
+            &[
+                Need::Qemu,
+                Need::Debootstrap,
+                Need::Ssh,
+                Need::Program("isoinfo"),
+            ],
+            cloud_init_guest_takes_the_seed,
+        ),
         SystemTest::new("kill_never_signals_an_unrelated_pid", bb, kill_unrelated),
         SystemTest::new(
             "sockets_are_the_owners_alone_and_console_works_for_the_owner",
@@ -109,35 +119,14 @@ fn main() -> std::process::ExitCode {
     ])
 }
 
-/// Runs vmk-run in `dir`; the VM's config alone says VMK_VNC and VMK_ACCEL (every config
+/// Runs vmk-run in `dir` in the test's environment `env` (its own HOME, runtime directory
+/// and no system config); the VM's config alone says VMK_VNC and VMK_ACCEL (every config
 /// here sets tcg, but one that tests `auto`).
-fn vmk_run(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+fn vmk_run(env: &TestEnv, dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmk-run"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("VMK_VNC")
-        .env_remove("VMK_ACCEL")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("starting vmk-run")?;
-    if let Some(data) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(data)?;
-    }
-    let out = child.wait_with_output()?;
-    eprintln!(
-        "$ vmk-run {} → {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
+    // VMK_ACCEL is the one variable a TestEnv passes on: here the config decides.
+    cmd.args(args).current_dir(dir).env_remove("VMK_ACCEL");
+    env.run_command_logged(&mut cmd, stdin)
 }
 
 fn ok(out: &Output) -> Result<String> {
@@ -188,12 +177,13 @@ fn debian_vm(dir: &Path, vnc: u8, more: &str) -> Result<()> {
 }
 
 fn debian_lifecycle() -> Result<()> {
+    let env = TestEnv::new()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
     debian_vm(dir, slot.number(), "")?;
     let t0 = Instant::now();
-    let out = vmk_run(dir, &["run", "--json"], None)?;
+    let out = vmk_run(&env, dir, &["run", "--json"], None)?;
     let guard = QemuGuard::from_pidfile(&dir.join("disk0.img.pid"));
     let started: serde_json::Value = serde_json::from_str(&ok(&out)?)?;
     let mut guard = guard?;
@@ -208,7 +198,7 @@ fn debian_lifecycle() -> Result<()> {
     eprintln!("login prompt after {took:.1?}");
 
     let info: serde_json::Value =
-        serde_json::from_str(&ok(&vmk_run(dir, &["info", "--json"], None)?)?)?;
+        serde_json::from_str(&ok(&vmk_run(&env, dir, &["info", "--json"], None)?)?)?;
     ensure!(info["state"] == "running", "info says {}", info["state"]);
     ensure!(
         info["pid"].as_u64() == Some(pid),
@@ -221,10 +211,20 @@ fn debian_lifecycle() -> Result<()> {
         "{}",
         info["console_socket"]
     );
-    ensure!(vmk_run(dir, &["isrunning"], None)?.status.code() == Some(0));
-    ensure!(vmk_run(dir, &["status"], None)?.status.success());
+    ensure!(vmk_run(&env, dir, &["isrunning"], None)?.status.code() == Some(0));
+    // `status` (info's alias, as the original's) says it in words, with the pid
+    let status = ok(&vmk_run(&env, dir, &["status"], None)?)?;
+    ensure!(
+        status.contains(&format!("running, pid {pid}")),
+        "status does not say running with qemu's pid {pid}: {status}"
+    );
 
-    let out = ok(&vmk_run(dir, &["console", "--wait", "5"], Some(b"\n"))?)?;
+    let out = ok(&vmk_run(
+        &env,
+        dir,
+        &["console", "--wait", "5"],
+        Some(b"\n"),
+    )?)?;
     ensure!(
         out.contains("login:"),
         "console gave no login prompt: {out:?}"
@@ -235,7 +235,7 @@ fn debian_lifecycle() -> Result<()> {
     );
 
     let t = Instant::now();
-    let out = vmk_run(dir, &["stop", "--timeout", "120"], None)?;
+    let out = vmk_run(&env, dir, &["stop", "--timeout", "120"], None)?;
     ok(&out)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
@@ -244,7 +244,7 @@ fn debian_lifecycle() -> Result<()> {
     );
     eprintln!("stop took {:.1?}", t.elapsed());
     ensure!(!guard.is_running(), "qemu still runs after stop");
-    ensure!(vmk_run(dir, &["isrunning"], None)?.status.code() == Some(1));
+    ensure!(vmk_run(&env, dir, &["isrunning"], None)?.status.code() == Some(1));
     ensure!(!dir.join("disk0.img.pid").exists(), "pidfile left behind");
     ensure!(
         !dir.join("disk0.img.qmp").exists(),
@@ -255,11 +255,11 @@ fn debian_lifecycle() -> Result<()> {
 
 /// A busybox VM in `dir` whose config has no VMK_ACCEL (and `more` lines), started with
 /// `vmk run`: the guard of its qemu and what vmk-run printed on stderr.
-fn run_busybox_auto(dir: &Path, vnc: u8, more: &str) -> Result<(QemuGuard, String)> {
+fn run_busybox_auto(env: &TestEnv, dir: &Path, vnc: u8, more: &str) -> Result<(QemuGuard, String)> {
     let pidfile = busybox_vm(dir, vnc)?;
     let config = std::fs::read_to_string(dir.join("vm-config"))?;
     write_config(dir, &(config.replace("VMK_ACCEL=tcg\n", "") + more))?;
-    let out = vmk_run(dir, &["run"], None)?;
+    let out = vmk_run(env, dir, &["run"], None)?;
     let guard = QemuGuard::from_pidfile(&pidfile);
     ok(&out)?;
     Ok((guard?, String::from_utf8_lossy(&out.stderr).into_owned()))
@@ -269,11 +269,12 @@ fn run_busybox_auto(dir: &Path, vnc: u8, more: &str) -> Result<(QemuGuard, Strin
 /// where /dev/kvm opens but KVM does not run guests (nested virtualisation, as on this
 /// project's CI machines), with tcg after a one-line warning that says so.
 fn accel_auto_runs() -> Result<()> {
+    let env = TestEnv::new()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
-    let (mut guard, stderr) = run_busybox_auto(dir, slot.number(), "")?;
-    let vmk = |args: &[&str]| vmk_run(dir, args, None);
+    let (mut guard, stderr) = run_busybox_auto(&env, dir, slot.number(), "")?;
+    let vmk = |args: &[&str]| vmk_run(&env, dir, args, None);
     let log = dir.join("disk0.raw.console.log");
     let took = guest::wait_for_file_line(&log, guest::BUSYBOX_READY, BOOT_TIMEOUT)?;
     eprintln!("guest ready after {took:.1?}");
@@ -324,6 +325,7 @@ fn accel_auto_runs() -> Result<()> {
 /// KVM, and runs the real qemu otherwise; it logs each call, the proof that vmk tried KVM
 /// first. `info` then says tcg: what the running qemu got (QMP query-kvm).
 fn accel_auto_restarts_under_tcg() -> Result<()> {
+    let env = TestEnv::new()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
@@ -348,8 +350,8 @@ exec '{real}' "$@"
         ),
     )?;
     let more = format!("VMK_QEMU='{}'\n", wrapper.display());
-    let (mut guard, stderr) = run_busybox_auto(dir, slot.number(), &more)?;
-    let vmk = |args: &[&str]| vmk_run(dir, args, None);
+    let (mut guard, stderr) = run_busybox_auto(&env, dir, slot.number(), &more)?;
+    let vmk = |args: &[&str]| vmk_run(&env, dir, args, None);
     let calls_made = std::fs::read_to_string(&calls)?;
     ensure!(
         calls_made.lines().collect::<Vec<_>>() == ["probe", "kvm", "other"],
@@ -388,8 +390,8 @@ exec '{real}' "$@"
 
 /// `vmk run` in `dir` (disk0.img), then the guest's login prompt on its console: the guard
 /// of its qemu and the console's text so far.
-fn run_to_login(dir: &Path, what: &str) -> Result<(QemuGuard, String)> {
-    let out = vmk_run(dir, &["run"], None)?;
+fn run_to_login(env: &TestEnv, dir: &Path, what: &str) -> Result<(QemuGuard, String)> {
+    let out = vmk_run(env, dir, &["run"], None)?;
     let guard = QemuGuard::from_pidfile(&dir.join("disk0.img.pid"));
     ok(&out)?;
     let guard = guard?;
@@ -400,8 +402,8 @@ fn run_to_login(dir: &Path, what: &str) -> Result<(QemuGuard, String)> {
 }
 
 /// `vmk kill`, and qemu is gone.
-fn kill_and_check(dir: &Path, guard: &mut QemuGuard) -> Result<()> {
-    ok(&vmk_run(dir, &["kill"], None)?)?;
+fn kill_and_check(env: &TestEnv, dir: &Path, guard: &mut QemuGuard) -> Result<()> {
+    ok(&vmk_run(env, dir, &["kill"], None)?)?;
     ensure!(!guard.is_running(), "kill left qemu running");
     Ok(())
 }
@@ -424,12 +426,13 @@ fn readme_original_hardware() -> Result<String> {
 /// e1000 card is checked on qemu's command line: the guest loads its driver from the root
 /// filesystem after its console went quiet, so the console does not show it).
 fn original_hardware_boots() -> Result<()> {
+    let env = TestEnv::new()?;
     let lines = readme_original_hardware()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
     debian_vm(dir, slot.number(), &lines)?;
-    let (mut guard, text) = run_to_login(dir, "original hardware")?;
+    let (mut guard, text) = run_to_login(&env, dir, "original hardware")?;
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", guard.pid()))?;
     let args: Vec<String> = cmdline
         .split(|&b| b == 0)
@@ -451,13 +454,14 @@ fn original_hardware_boots() -> Result<()> {
     ] {
         ensure!(text.contains(line), "the guest shows no {what} ({line:?})");
     }
-    kill_and_check(dir, &mut guard)
+    kill_and_check(&env, dir, &mut guard)
 }
 
 /// A guest installed the original's way names its root `/dev/sda` on its kernel command
 /// line and in /etc/fstab: it boots to its login prompt on the default bus, started
 /// without VMK_ACCEL (on a host where KVM is broken, as CI's, `auto` falls back to tcg).
 fn dev_sda_guest_boots() -> Result<()> {
+    let env = TestEnv::new()?;
     let g = vmk_testguest::debian_guest()?;
     let slot = VmSlot::reserve()?;
     let tmp = tempfile::tempdir()?;
@@ -497,7 +501,7 @@ fn dev_sda_guest_boots() -> Result<()> {
             g.initrd.display(),
         ),
     )?;
-    let (mut guard, text) = run_to_login(dir, "/dev/sda guest")?;
+    let (mut guard, text) = run_to_login(&env, dir, "/dev/sda guest")?;
     ensure!(
         text.contains("EXT4-fs (sda): mounted filesystem"),
         "root was not mounted from sda"
@@ -506,7 +510,7 @@ fn dev_sda_guest_boots() -> Result<()> {
         !text.contains("emergency mode") && !text.contains("Dependency failed"),
         "the guest did not boot cleanly from its /dev/sda fstab"
     );
-    kill_and_check(dir, &mut guard)
+    kill_and_check(&env, dir, &mut guard)
 }
 
 /// A VM directory exactly as the original's `newconfig` made it (a `#!/bin/sh` script,
@@ -516,6 +520,7 @@ fn dev_sda_guest_boots() -> Result<()> {
 /// and three kernel lines are added: the original's VMs were installed from the ISO with a
 /// bootloader inside; the test guest's disk has none and boots its kernel directly.
 fn original_newconfig_boots() -> Result<()> {
+    let env = TestEnv::new()?;
     let g = vmk_testguest::debian_guest()?;
     let slot = VmSlot::reserve()?;
     let tmp = tempfile::tempdir()?;
@@ -561,6 +566,7 @@ fn original_newconfig_boots() -> Result<()> {
     vmk_testkit::ssh_keygen(&dir.join("vm-key"))?;
     let guard = vmk_testkit::qemu_guard::PidfileGuard::arm(&dir.join("name.qcow2.pid"));
     let out = vmk_run(
+        &env,
         dir,
         &[
             "run",
@@ -586,6 +592,7 @@ fn original_newconfig_boots() -> Result<()> {
 /// The Debian guest `vmk bootstrap`'s way (root by its label) boots to its login prompt
 /// with its disks on `bus` (the default when `None`), and mounts its root from `device`.
 fn boots_on_bus(bus: Option<&str>, device: &str) -> Result<()> {
+    let env = TestEnv::new()?;
     let slot = VmSlot::reserve()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
@@ -593,16 +600,134 @@ fn boots_on_bus(bus: Option<&str>, device: &str) -> Result<()> {
         .map(|b| format!("VMK_DISK_BUS={b}\n"))
         .unwrap_or_default();
     debian_vm(dir, slot.number(), &line)?;
-    let (mut guard, text) = run_to_login(dir, &format!("{bus:?}"))?;
+    let (mut guard, text) = run_to_login(&env, dir, &format!("{bus:?}"))?;
     let mounted = format!("EXT4-fs ({device}): mounted filesystem");
     ensure!(
         text.contains(&mounted),
         "the guest did not mount its root from {device} (no {mounted:?} on its console)"
     );
-    kill_and_check(dir, &mut guard)
+    kill_and_check(&env, dir, &mut guard)
+}
+
+/// cloud-init under TCG on a busy machine: python starting its modules takes minutes.
+const CLOUD_INIT_TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// One file of a seed ISO, read by isoinfo (Rock Ridge names): not vmk's ISO reader.
+fn isoinfo_file(iso: &Path, file: &str) -> Result<String> {
+    let mut c = Command::new("isoinfo");
+    c.args(["-R", "-x", file, "-i"]).arg(iso);
+    let out = vmk_testkit::run_ok(c)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of `key: "value"` in a seed's meta-data (vmk quotes its YAML strings).
+fn meta_value(meta: &str, key: &str) -> Result<String> {
+    meta.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .with_context(|| format!("meta-data has no {key}: {meta:?}"))
+}
+
+/// README (VMK_CLOUD_INIT): "a distribution's cloud image boots with the VM's ssh key for
+/// root and its hostname". A guest with Debian's cloud-init and no key of its own, run by
+/// vmk with VMK_CLOUD_INIT=yes and no SMBIOS key credential: cloud-init finds the seed vmk
+/// made, finishes (`cloud-init status`: done), the guest's hostname is the seed's (read
+/// from the seed by isoinfo), and ssh with vm-key as root gets in: root's authorized_keys
+/// holds exactly the key from vm-key.pub, and the instance id cloud-init recorded is the
+/// seed's.
+fn cloud_init_guest_takes_the_seed() -> Result<()> {
+    let g = vmk_testguest::cloud_init_guest()?;
+    let env = TestEnv::new()?;
+    let slot = VmSlot::reserve()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    g.copy_image(&dir.join("disk0.img"))?;
+    let key = dir.join("vm-key");
+    vmk_testkit::ssh_keygen(&key)?;
+    write_config(
+        dir,
+        &format!(
+            "VMK_NAME=Seeded_{n}\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_MEM=1G\n\
+             VMK_CPU=2\nVMK_ACCEL=tcg\nVMK_VNC={n}\nVMK_KERNEL='{}'\nVMK_INITRD='{}'\n\
+             VMK_APPEND='{}'\nVMK_CLOUD_INIT=yes\nVMK_SSH_CREDENTIAL=no\n",
+            g.kernel.display(),
+            g.initrd.display(),
+            g.append,
+            n = slot.number()
+        ),
+    )?;
+    let out = vmk_run(&env, dir, &["run"], None)?;
+    let guard = QemuGuard::from_pidfile(&dir.join("disk0.img.pid"));
+    ok(&out)?;
+    let mut guard = guard?;
+
+    // What the seed says, read independently of vmk.
+    let seed = dir.join("seed.iso");
+    let meta = isoinfo_file(&seed, "/meta-data")?;
+    let hostname = meta_value(&meta, "local-hostname")?;
+    let instance_id = meta_value(&meta, "instance-id")?;
+    ensure!(
+        hostname != "vmk-guest" && hostname.contains(&slot.number().to_string()),
+        "the seed's hostname {hostname:?} would not tell the seed's from the image's"
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    let key_body = public
+        .split_whitespace()
+        .nth(1)
+        .context("vm-key.pub has no key")?;
+    ensure!(
+        isoinfo_file(&seed, "/user-data")?.contains(key_body),
+        "the seed's user-data lacks vm-key.pub"
+    );
+    // Only the seed carries the key: no credential on qemu's command line.
+    let cmdline =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", guard.pid()))?)
+            .replace('\0', " ");
+    ensure!(
+        cmdline.contains(&seed.display().to_string()) && !cmdline.contains("ssh.authorized_keys"),
+        "qemu's command line: the seed attached, no key credential: {cmdline}"
+    );
+
+    let took = guest::wait_for_file_line(
+        &dir.join("disk0.img.console.log"),
+        vmk_testguest::CLOUD_INIT_READY,
+        CLOUD_INIT_TIMEOUT,
+    )?;
+    eprintln!("cloud-init guest: login prompt after {took:.1?}");
+    let t = Instant::now();
+    let answer = vmk_testkit::ssh_until_ok(
+        &key,
+        slot.ssh_port(),
+        "cloud-init status --wait >/dev/null; cloud-init status; hostname; \
+         cat /var/lib/cloud/data/instance-id; echo ---; cat /root/.ssh/authorized_keys; \
+         echo ---; cloud-init status --long; grep -E 'WARNING|ERROR|Traceback' \
+         /var/log/cloud-init.log | tail -n 20",
+        CLOUD_INIT_TIMEOUT,
+    )?;
+    eprintln!(
+        "cloud-init guest: ssh and cloud-init done {:.1?} after the login prompt:\n{answer}",
+        t.elapsed()
+    );
+    let parts: Vec<&str> = answer.splitn(3, "---\n").collect();
+    let [facts, keys, details] = parts[..] else {
+        bail!("the guest's answer is cut short: {answer}");
+    };
+    let facts: Vec<&str> = facts.lines().collect();
+    ensure!(
+        facts == ["status: done", hostname.as_str(), instance_id.as_str()],
+        "the guest says {facts:?}; the seed says hostname {hostname:?}, instance id \
+         {instance_id:?}; cloud-init's account:\n{details}"
+    );
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(
+        keys.len() == 1 && keys[0].contains(key_body),
+        "root's authorized_keys is not the seed's one key: {keys:?}"
+    );
+    kill_and_check(&env, dir, &mut guard)
 }
 
 fn two_vms() -> Result<()> {
+    let env = TestEnv::new()?;
     let (a, b, c) = (
         tempfile::tempdir()?,
         tempfile::tempdir()?,
@@ -613,17 +738,17 @@ fn two_vms() -> Result<()> {
     busybox_vm(a.path(), sa.number())?;
     busybox_vm(b.path(), sb.number())?;
     busybox_vm(c.path(), sb.number())?; // b's number: its ports clash
-    let ra = vmk_run(a.path(), &["run"], None)?;
+    let ra = vmk_run(&env, a.path(), &["run"], None)?;
     let ga = QemuGuard::from_pidfile(&a.path().join("disk0.raw.pid"));
     ok(&ra)?;
     let _ga = ga?;
-    let rb = vmk_run(b.path(), &["run"], None)?;
+    let rb = vmk_run(&env, b.path(), &["run"], None)?;
     let gb = QemuGuard::from_pidfile(&b.path().join("disk0.raw.pid"));
     ok(&rb)?;
     let _gb = gb?;
 
     let ps: serde_json::Value =
-        serde_json::from_str(&ok(&vmk_run(a.path(), &["ps", "--json"], None)?)?)?;
+        serde_json::from_str(&ok(&vmk_run(&env, a.path(), &["ps", "--json"], None)?)?)?;
     let dirs: Vec<PathBuf> = ps
         .as_array()
         .context("ps --json is not an array")?
@@ -637,10 +762,10 @@ fn two_vms() -> Result<()> {
             d.display()
         );
     }
-    let table = ok(&vmk_run(a.path(), &["ps"], None)?)?;
+    let table = ok(&vmk_run(&env, a.path(), &["ps"], None)?)?;
     ensure!(table.contains(&na) && table.contains(&nb), "{table}");
 
-    let rc = vmk_run(c.path(), &["run"], None)?;
+    let rc = vmk_run(&env, c.path(), &["run"], None)?;
     let err = String::from_utf8_lossy(&rc.stderr);
     ensure!(
         rc.status.code() == Some(1),
@@ -661,9 +786,9 @@ fn two_vms() -> Result<()> {
     );
 
     for d in [a.path(), b.path()] {
-        ok(&vmk_run(d, &["kill"], None)?)?;
+        ok(&vmk_run(&env, d, &["kill"], None)?)?;
     }
-    let ps = ok(&vmk_run(a.path(), &["ps"], None)?)?;
+    let ps = ok(&vmk_run(&env, a.path(), &["ps"], None)?)?;
     ensure!(
         !ps.contains(&na) && !ps.contains(&nb),
         "killed VMs still listed: {ps}"
@@ -672,18 +797,19 @@ fn two_vms() -> Result<()> {
 }
 
 fn kill_unrelated() -> Result<()> {
+    let env = TestEnv::new()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
     let pidfile = busybox_vm(dir, slot.number())?;
-    let out = vmk_run(dir, &["run"], None)?;
+    let out = vmk_run(&env, dir, &["run"], None)?;
     let guard = QemuGuard::from_pidfile(&pidfile);
     ok(&out)?;
     let mut guard = guard?;
     let mut sleep = Command::new("sleep").arg("300").spawn()?;
     let _sleep_guard = QemuGuard::from_pid(sleep.id() as i32)?;
     std::fs::write(&pidfile, format!("{}\n", sleep.id()))?;
-    let out = vmk_run(dir, &["kill"], None)?;
+    let out = vmk_run(&env, dir, &["kill"], None)?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         err.contains(&format!("pid {}", sleep.id())) && err.contains("stale pidfile"),
@@ -700,7 +826,7 @@ fn kill_unrelated() -> Result<()> {
     );
     // Put the right pid back: now kill works.
     std::fs::write(&pidfile, format!("{}\n", guard.pid()))?;
-    ok(&vmk_run(dir, &["kill"], None)?)?;
+    ok(&vmk_run(&env, dir, &["kill"], None)?)?;
     ensure!(!guard.is_running(), "kill left qemu running");
     ensure!(sleep.try_wait()?.is_none(), "the sleep died");
     let _ = sleep.kill();
@@ -769,14 +895,16 @@ impl Drop for Tmux {
     }
 }
 
-/// Runs `command` in the VM directory in a terminal, saving the terminal settings before
-/// and after it and its exit status, for [`ended_with_terminal_restored`].
-fn in_terminal(name: &str, dir: &Path, command: &str) -> Result<Tmux> {
+/// Runs `command` in the VM directory in a terminal, in the test's environment `env`,
+/// saving the terminal settings before and after it and its exit status, for
+/// [`ended_with_terminal_restored`].
+fn in_terminal(env: &TestEnv, name: &str, dir: &Path, command: &str) -> Result<Tmux> {
     Tmux::start(
         name,
         &format!(
-            "cd '{}' && stty -g > before && {command}; echo \"exit=$?\" > status; stty -g > after; sleep 600",
-            dir.display()
+            "cd '{}' && stty -g > before && {} {command}; echo \"exit=$?\" > status; stty -g > after; sleep 600",
+            dir.display(),
+            env.env_prefix()
         ),
     )
 }
@@ -808,11 +936,13 @@ fn ended_with_terminal_restored(dir: &Path) -> Result<()> {
 /// console is on the terminal both ways, Ctrl-A x quits, and the terminal settings are the
 /// same afterwards as before.
 fn runin_in_a_terminal() -> Result<()> {
+    let env = TestEnv::new()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
     busybox_vm(dir, slot.number())?;
     let term = in_terminal(
+        &env,
         "runin",
         dir,
         &format!("'{}' runin", env!("CARGO_BIN_EXE_vmk-run")),
@@ -832,19 +962,22 @@ fn runin_in_a_terminal() -> Result<()> {
 /// `vmk-run console` in a real terminal: raw mode both ways, Ctrl-] detaches, the VM
 /// keeps running, and the terminal settings are restored.
 fn console_in_a_terminal() -> Result<()> {
+    let env = TestEnv::new()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
     let pidfile = busybox_vm(dir, slot.number())?;
-    let out = vmk_run(dir, &["run"], None)?;
+    let out = vmk_run(&env, dir, &["run"], None)?;
+    let guard = QemuGuard::from_pidfile(&pidfile);
     ensure!(out.status.success(), "run: {out:?}");
-    let guard = QemuGuard::from_pidfile(&pidfile)?;
+    let guard = guard?;
     guest::wait_for_file_line(
         &dir.join("disk0.raw.console.log"),
         "vmk-busybox-guest: ready",
         BOOT_TIMEOUT,
     )?;
     let term = in_terminal(
+        &env,
         "console",
         dir,
         &format!("'{}' console", env!("CARGO_BIN_EXE_vmk-run")),
@@ -854,7 +987,7 @@ fn console_in_a_terminal() -> Result<()> {
     term.wait_for("typed-42")?;
     term.send(&["C-]"])?;
     ended_with_terminal_restored(dir)?;
-    let running = vmk_run(dir, &["isrunning"], None)?;
+    let running = vmk_run(&env, dir, &["isrunning"], None)?;
     ensure!(
         running.status.success(),
         "the VM stopped when the console detached"
@@ -898,13 +1031,14 @@ fn connect_as_nobody(path: &Path) -> Result<String> {
 /// console, QMP and guest-agent sockets are there for all to see, yet `nobody` cannot
 /// connect to any of them (EACCES), while the owner's `vmk console` talks to the guest.
 fn sockets_are_the_owners() -> Result<()> {
+    let env = TestEnv::new()?;
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     let slot = VmSlot::reserve()?;
     let pidfile = busybox_vm(dir, slot.number())?;
-    let out = vmk_run(dir, &["run", "--json"], None)?;
+    let out = vmk_run(&env, dir, &["run", "--json"], None)?;
     let guard = QemuGuard::from_pidfile(&pidfile);
     let started: serde_json::Value = serde_json::from_str(&ok(&out)?)?;
     let mut guard = guard?;
@@ -931,6 +1065,7 @@ fn sockets_are_the_owners() -> Result<()> {
         );
     }
     let out = ok(&vmk_run(
+        &env,
         dir,
         &["console", "--wait", "3"],
         Some(b"echo through-the-socket-$((6*7))\n"),
@@ -944,7 +1079,7 @@ fn sockets_are_the_owners() -> Result<()> {
         "through-the-socket-42",
         Duration::from_secs(10),
     )?;
-    ok(&vmk_run(dir, &["kill"], None)?)?;
+    ok(&vmk_run(&env, dir, &["kill"], None)?)?;
     ensure!(!guard.is_running(), "kill left qemu running");
     Ok(())
 }

@@ -83,17 +83,35 @@ pub fn debian_guest() -> Result<DebianGuest> {
     let pkg_key = packages_key(&packages);
     let mut key = pkg_key.clone();
     key.add(&DEBIAN_CONFIG_VERSION.to_le_bytes());
+    layered_guest(
+        ("debian", "debootstrap"),
+        packages,
+        &key,
+        &pkg_key,
+        &DEBIAN_LAYER,
+    )
+}
+
+/// The guest of `layer` over the product's configuration of a debootstrap of `packages`,
+/// cached as `<kinds.0>-<key>` (its debootstrap tree as `<kinds.1>-<pkg_key>`).
+fn layered_guest(
+    kinds: (&str, &str),
+    packages: Vec<String>,
+    key: &Fnv,
+    pkg_key: &Fnv,
+    layer: &Layer,
+) -> Result<DebianGuest> {
     let dir = cached(
-        "debian",
+        kinds.0,
         &key.hex(),
         |tmp| {
             let root = cached(
-                "debootstrap",
+                kinds.1,
                 &pkg_key.hex(),
                 |r| debootstrap(r, packages),
                 remove_tree,
             )?;
-            build_debian_image(tmp, &root)
+            build_debian_image(tmp, &root, layer)
         },
         remove_tree,
     )?;
@@ -104,6 +122,72 @@ pub fn debian_guest() -> Result<DebianGuest> {
         append: bootstrap::APPEND.to_string(),
         exec_init: bootstrap::EXEC_INIT,
     })
+}
+
+/// Printed by the cloud-init guest's `/etc/issue` before its serial login prompt.
+pub const CLOUD_INIT_READY: &str = "vmk-cloud-init-guest ready";
+
+/// The cloud-init guest's own configuration (`/etc/cloud/cloud.cfg.d/90-vmk-test.cfg`):
+/// cloud-init leaves the network alone (the guest has `vmk bootstrap`'s DHCP with
+/// systemd-networkd, as the Debian guest), so that what the test sees taken from the seed
+/// is the hostname and the keys, not a network renderer's choice; and it sets no locale
+/// (the minimal guest has none generated: the locale module's `update-locale
+/// LANG=en_US.UTF-8` fails, and `cloud-init status` says error). The data sources are
+/// cloud-init's own default list: ds-identify has to find vmk's NoCloud seed by itself.
+pub const CLOUD_INIT_GUEST_CFG: &str = "# vmk test guest: networking is systemd-networkd's \
+     (vmk bootstrap); no locales are generated\nnetwork:\n  config: disabled\nlocale: false\n";
+
+/// Packages of the cloud-init guest besides `vmk bootstrap`'s. python3-cffi-backend: what
+/// python3-cryptography (via python3-oauthlib) needs through virtual packages, which
+/// debootstrap does not resolve.
+const CLOUD_INIT_PACKAGES: &[&str] = &["cloud-init", "python3-cffi-backend"];
+
+/// The cloud-init guest's layer. Before the product's configuration: the CD-ROM driver in
+/// the initrd, as a cloud image has it: cloud-init's ds-identify looks for the seed once,
+/// as a systemd generator, before udev would load sr_mod from the root filesystem (`vmk
+/// bootstrap`'s initrd holds only disk drivers); without it the seed's sr0 appears too late
+/// and cloud-init disables itself for the boot. After: [`CLOUD_INIT_GUEST_CFG`].
+const CLOUD_INIT_LAYER: Layer = Layer {
+    ready: CLOUD_INIT_READY,
+    before: &[(
+        "etc/initramfs-tools/modules",
+        "# vmk test guest: loaded by the initrd\nsr_mod\n",
+    )],
+    after: &[(
+        "etc/cloud/cloud.cfg.d/90-vmk-test.cfg",
+        CLOUD_INIT_GUEST_CFG,
+    )],
+};
+
+/// The Debian guest plus cloud-init (Debian's package, from a debootstrap of its own), for
+/// the test that a real guest consumes the NoCloud seed `VMK_CLOUD_INIT=yes` attaches.
+///
+/// Like [`DebianGuest`] in everything else (boot, kernel, root by label), except: its
+/// `/etc/hostname` is the Debian guest's `vmk-guest` until cloud-init sets the seed's;
+/// root has no key until one comes from the seed (or a credential); the initrd loads
+/// sr_mod; the console shows [`CLOUD_INIT_READY`] before its login prompt. Built once and
+/// cached, keyed by its packages and its layer.
+pub fn cloud_init_guest() -> Result<DebianGuest> {
+    let mut packages = debian_packages()?;
+    packages.extend(CLOUD_INIT_PACKAGES.iter().map(|p| p.to_string()));
+    let pkg_key = packages_key(&packages);
+    let mut key = pkg_key.clone();
+    key.add(&DEBIAN_CONFIG_VERSION.to_le_bytes());
+    let layer = &CLOUD_INIT_LAYER;
+    key.add(layer.ready.as_bytes());
+    for (rel, text) in layer.before.iter().chain(layer.after) {
+        key.add(rel.as_bytes());
+        key.add(text.as_bytes());
+    }
+    // Kinds named so that neither prunes the other's entries nor the Debian guest's: the
+    // cache removes `<kind>-<16 hex digits>` only.
+    layered_guest(
+        ("debian-cloudinit", "debootstrap-cloudinit"),
+        packages,
+        &key,
+        &pkg_key,
+        layer,
+    )
 }
 
 /// Runs the bootstrap steps' commands for a fixture: their output goes to the test's
@@ -167,11 +251,27 @@ fn debootstrap(root: &Path, packages: Vec<String>) -> Result<()> {
         .with_context(|| format!("check that {} is reachable and you are root", debian.mirror))
 }
 
+/// A test layer over the product's configuration of a Debian guest: the line its
+/// /etc/issue shows before the login prompt, files written before the product's
+/// configuration runs (and so before it makes the initrd), and files written after it.
+struct Layer {
+    ready: &'static str,
+    before: &'static [(&'static str, &'static str)],
+    after: &'static [(&'static str, &'static str)],
+}
+
+/// The Debian guest's layer: [`DEBIAN_READY`] alone.
+const DEBIAN_LAYER: Layer = Layer {
+    ready: DEBIAN_READY,
+    before: &[],
+    after: &[],
+};
+
 /// The product's configuration and image, from a copy of the cached debootstrap tree; the
-/// test layer on top: [`DEBIAN_READY`] in /etc/issue (what the fixture's tests check).
+/// test `layer` on top (its ready line in /etc/issue is what the fixtures' tests check).
 /// The ssh host keys debootstrap made stay in the image, so every
 /// copy shares them (`vmk bootstrap` makes new ones for each VM).
-fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
+fn build_debian_image(out: &Path, debootstrapped: &Path, layer: &Layer) -> Result<()> {
     let stage = out.join("root");
     eprintln!("vmk-testkit: copying the debootstrap tree to configure it");
     run(Command::new("cp")
@@ -179,9 +279,15 @@ fn build_debian_image(out: &Path, debootstrapped: &Path) -> Result<()> {
         .arg("--reflink=auto")
         .arg(debootstrapped)
         .arg(&stage))?;
+    for (rel, text) in layer.before {
+        write(&stage, rel, text)?;
+    }
     eprintln!("vmk-testkit: configuring the guest root");
     bootstrap::configure_root(&stage, DEBIAN_HOSTNAME, "ttyS0", &FixtureRunner)?;
-    write(&stage, "etc/issue", &format!("{DEBIAN_READY} (\\l)\n\n"))?;
+    write(&stage, "etc/issue", &format!("{} (\\l)\n\n", layer.ready))?;
+    for (rel, text) in layer.after {
+        write(&stage, rel, text)?;
+    }
     bootstrap::copy_kernel(&stage, out)?;
     eprintln!("vmk-testkit: making the ext4 image");
     bootstrap::make_ext4_image(
@@ -325,9 +431,12 @@ fn build_disk_image(out: &Path, debootstrapped: &Path) -> Result<()> {
     bootstrap::remove_tree(&stage)
 }
 
-/// Writes a file of the guest tree (mode 0644).
+/// Writes a file of the guest tree (mode 0644), making its directory.
 fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
     let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
         .with_context(|| format!("setting the mode of {}", path.display()))

@@ -18,6 +18,16 @@ fn main() -> std::process::ExitCode {
             debian_guest_is_built,
         ),
         SystemTest::new(
+            "cloud_init_guest_is_built",
+            &[
+                Need::Root,
+                Need::Debootstrap,
+                Need::Program("debugfs"),
+                Need::Program("lsinitramfs"),
+            ],
+            cloud_init_guest_is_built,
+        ),
+        SystemTest::new(
             "debian_guest_boots_to_ssh_and_powers_off",
             &[Need::Root, Need::Debootstrap, Need::Qemu, Need::Ssh],
             debian_guest_boots_to_ssh,
@@ -47,14 +57,14 @@ fn debian_guest_is_built() -> Result<()> {
         "append {:?} lacks root",
         g.append
     );
-    for file in [
-        "/usr/sbin/sshd",
-        "/usr/sbin/qemu-ga",
-        "/usr/lib/systemd/systemd",
-    ] {
-        debugfs(&g.image, &format!("stat {file}"))
-            .with_context(|| format!("{file} is missing from the image"))?;
-    }
+    ensure_files(
+        &g.image,
+        &[
+            "/usr/sbin/sshd",
+            "/usr/sbin/qemu-ga",
+            "/usr/lib/systemd/systemd",
+        ],
+    )?;
     let fstab = debugfs(&g.image, "cat /etc/fstab")?;
     ensure!(
         fstab.contains("LABEL=vmkroot / ext4"),
@@ -94,6 +104,73 @@ fn debian_guest_is_built() -> Result<()> {
     Ok(())
 }
 
+/// The cloud-init guest: the Debian guest's system with Debian's cloud-init installed and
+/// enabled, the test layer's configuration in place, and no key for root (whatever key
+/// root has after a boot came from the seed or a credential).
+fn cloud_init_guest_is_built() -> Result<()> {
+    let g = vmk_testguest::cloud_init_guest()?;
+    let d = vmk_testguest::debian_guest()?;
+    ensure!(
+        g.image != d.image,
+        "the cloud-init guest is the Debian guest's image"
+    );
+    ensure!(
+        size(&g.kernel)? > 1 << 20 && size(&g.image)? >= 1 << 30,
+        "kernel or image too small"
+    );
+    ensure_files(
+        &g.image,
+        &[
+            "/usr/bin/cloud-init",
+            "/usr/lib/systemd/system/cloud-init-local.service",
+            "/usr/lib/systemd/system/cloud-final.service",
+            "/usr/sbin/sshd",
+        ],
+    )?;
+    let cfg = debugfs(&g.image, "cat /etc/cloud/cloud.cfg.d/90-vmk-test.cfg")?;
+    ensure!(
+        cfg == vmk_testguest::CLOUD_INIT_GUEST_CFG,
+        "the test layer's cloud-init config: {cfg:?}"
+    );
+    // cloud-init's generator enables it at boot when ds-identify finds a data source.
+    let wants = debugfs(
+        &g.image,
+        "ls -l /etc/systemd/system/cloud-init.target.wants",
+    )?;
+    ensure!(
+        wants.contains("cloud-init.service") && wants.contains("cloud-final.service"),
+        "cloud-init's units are not enabled: {wants}"
+    );
+    let issue = debugfs(&g.image, "cat /etc/issue")?;
+    ensure!(
+        issue.contains(vmk_testguest::CLOUD_INIT_READY),
+        "issue: {issue:?}"
+    );
+    let hostname = debugfs(&g.image, "cat /etc/hostname")?;
+    ensure!(hostname.trim() == "vmk-guest", "hostname: {hostname:?}");
+    // the seed's CD-ROM is there when ds-identify looks: the initrd loads sr_mod
+    let listed = Command::new("lsinitramfs").arg(&g.initrd).output()?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    ensure!(
+        listed.lines().any(|l| l.contains("/sr_mod.ko")),
+        "the initrd lacks sr_mod"
+    );
+    ensure!(
+        debugfs(&g.image, "stat /root/.ssh/authorized_keys").is_err(),
+        "root has an authorized_keys in the image: a key in the guest would not prove the seed's"
+    );
+    Ok(())
+}
+
+/// Fails naming the first of `files` that the ext4 `image` lacks.
+fn ensure_files(image: &Path, files: &[&str]) -> Result<()> {
+    for file in files {
+        debugfs(image, &format!("stat {file}"))
+            .with_context(|| format!("{file} is missing from the image"))?;
+    }
+    Ok(())
+}
+
 fn size(p: &Path) -> Result<u64> {
     Ok(std::fs::metadata(p)
         .with_context(|| format!("{} is missing", p.display()))?
@@ -129,7 +206,8 @@ fn debian_guest_boots_to_ssh() -> Result<()> {
         .output()?;
     ensure!(out.status.success(), "ssh-keygen failed");
     let public = std::fs::read_to_string(key.with_extension("pub"))?;
-    let port = vmk_testkit::guest::free_port()?;
+    let lease = vmk_testkit::isolation::PortLease::reserve()?;
+    let port = lease.port();
     let log = dir.path().join("console.log");
     let qmp_socket = dir.path().join("qmp");
     let start = Instant::now();

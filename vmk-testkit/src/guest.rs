@@ -154,13 +154,6 @@ pub fn wait_for_file_line(path: &Path, needle: &str, timeout: Duration) -> Resul
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it).
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .context("binding 127.0.0.1:0 to find a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 // ---------------------------------------------------------------------------------------
 // Cache plumbing
 
