@@ -271,8 +271,11 @@ impl TestEnv {
         use std::os::unix::fs::PermissionsExt;
         for sub in ["home", "run"] {
             let p = root.join(sub);
-            if !p.is_dir() {
-                std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+            match std::fs::create_dir(&p) {
+                Ok(()) => {}
+                // made already (by another test of this process racing for the shared env)
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
             }
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
         }
@@ -423,9 +426,11 @@ pub fn shared_env() -> Result<&'static TestEnv> {
     }
     remove_orphaned_shared_envs();
     let root = PathBuf::from(format!("/tmp/{SHARED_PREFIX}{}", std::process::id()));
-    if !root.is_dir() {
+    match std::fs::create_dir(&root) {
+        Ok(()) => {}
         // two tests of this process racing here make the same directory: both fine
-        let _ = std::fs::create_dir(&root);
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && root.is_dir() => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", root.display())),
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
@@ -525,6 +530,29 @@ mod tests {
         assert_ne!(a.port(), b.port());
         assert!(LEASE_PORTS.contains(&a.port()));
         TcpListener::bind(("127.0.0.1", a.port())).unwrap();
+    }
+
+    #[test]
+    fn environments_made_at_once_by_many_threads_all_succeed() {
+        // as tests of one process racing for the shared env (a flake at 8 test threads:
+        // "creating …/home: File exists")
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("env");
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let root = root.clone();
+                    std::thread::spawn(move || {
+                        let _ = std::fs::create_dir(&root);
+                        TestEnv::make_dirs(&root)
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap();
+            }
+            assert!(root.join("home").is_dir() && root.join("run").is_dir());
+        }
     }
 
     #[test]
