@@ -50,7 +50,8 @@ pub struct BootstrapArgs {
 
     /// The guest's architecture: amd64, arm64, ppc64el, s390x, riscv64 (or qemu's names:
     /// x86_64, aarch64, ppc64le) [default: this machine's]. Another architecture than this
-    /// machine's needs qemu-user-static and binfmt-support (debootstrap runs its programs)
+    /// machine's is installed by mmdebstrap through qemu-user: it needs mmdebstrap,
+    /// qemu-user-static and binfmt-support, and takes minutes the first time
     #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
     pub arch: Option<String>,
 

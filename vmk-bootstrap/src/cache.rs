@@ -162,6 +162,8 @@ fn fresh_identity(runner: &Runner, root: &Path) -> Result<()> {
 /// missing), then installed from it; or straight from the mirror with --no-cache.
 fn install_packages(plan: &Plan, runner: &Runner, staging: &Path, root: &Path) -> Result<()> {
     let install_from = match &plan.cache {
+        // mmdebstrap has no package tarball; the installed tree is cached all the same
+        _ if plan.debian.is_foreign() => None,
         None => None,
         Some(tarball) if tarball.is_file() => {
             runner.progress.note(&format!(

@@ -30,6 +30,22 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "ca-certificates",
 ];
 
+/// The installer of another architecture's system: debootstrap cannot set anything up
+/// before the packages' maintainer scripts run, and the costly one under emulation (the
+/// kernel's initrd) must find vmk's small-initrd settings already there.
+pub const MMDEBSTRAP: &str = "mmdebstrap";
+
+/// What dpkg leaves out of a system of another architecture (documentation, man pages,
+/// translations; the copyright files stay).
+const DPKG_PATH_FILTERS: &[&str] = &[
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/info/*",
+];
+
 /// A Debian system to install with debootstrap: release, architecture, mirror, packages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DebianRoot {
@@ -51,6 +67,37 @@ impl DebianRoot {
             format!("--arch={}", self.arch),
             format!("--include={}", self.packages.join(",")),
         ]
+    }
+
+    /// Whether this is another architecture than this machine's: installed with
+    /// [`MMDEBSTRAP`] through qemu-user (see [`debootstrap`]).
+    pub fn is_foreign(&self) -> bool {
+        debian_arch().ok().as_deref() != Some(self.arch.as_str())
+    }
+
+    /// The arguments of the mmdebstrap run that installs another architecture into
+    /// `target` (which already holds the initrd settings, hence `--skip=check/empty`):
+    /// debootstrap's minbase and packages, no recommends (mmdebstrap's default), and no
+    /// documentation, man pages or translations unpacked (dpkg's path filters, kept in the
+    /// guest for later installs): every file costs under emulation.
+    pub(crate) fn mmdebstrap_argv(&self, target: &Path) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = [
+            "--mode=root".to_string(),
+            "--variant=minbase".into(),
+            format!("--architectures={}", self.arch),
+            format!("--include={}", self.packages.join(",")),
+            "--skip=check/empty".into(),
+        ]
+        .into_iter()
+        .chain(DPKG_PATH_FILTERS.iter().map(|f| format!("--dpkgopt={f}")))
+        .map(Into::into)
+        .collect();
+        argv.extend([
+            OsString::from(&self.suite),
+            target.into(),
+            OsString::from(&self.mirror),
+        ]);
+        argv
     }
 
     /// The arguments of a debootstrap run into `target`: the shared options, `extra`
@@ -142,17 +189,41 @@ fn mirror_in(text: &str) -> Option<String> {
 
 /// Installs `debian` into `root` with debootstrap: from the mirror, or from a package
 /// tarball made by `debootstrap --make-tarball`. The downloaded .debs are dropped.
+///
+/// Another architecture than this machine's ([`DebianRoot::is_foreign`]) runs its
+/// maintainer scripts through qemu-user and is installed with [`MMDEBSTRAP`] instead,
+/// always from the mirror (`tarball` must be `None`), with vmk's initrd settings
+/// ([`crate::devloop::write_initrd_config`]) in place before the kernel package is
+/// configured: its initrd is then made once, small, instead of Debian's large default
+/// (measured in bench/bootstrap-arch.sh).
 pub fn debootstrap(
     debian: &DebianRoot,
     root: &Path,
     tarball: Option<&Path>,
     runner: &dyn CommandRunner,
 ) -> Result<()> {
-    let extra = tarball.map(|t| format!("--unpack-tarball={}", t.display()));
-    runner.run(
-        "debootstrap",
-        command("debootstrap").args(debian.debootstrap_argv(extra, root)),
-    )?;
+    if debian.is_foreign() {
+        if tarball.is_some() {
+            bail!(
+                "a package tarball is debootstrap's: {} is installed with {MMDEBSTRAP}",
+                debian.arch
+            );
+        }
+        fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting the mode of {}", root.display()))?;
+        crate::devloop::write_initrd_config(root)?;
+        runner.run(
+            MMDEBSTRAP,
+            command(MMDEBSTRAP).args(debian.mmdebstrap_argv(root)),
+        )?;
+    } else {
+        let extra = tarball.map(|t| format!("--unpack-tarball={}", t.display()));
+        runner.run(
+            "debootstrap",
+            command("debootstrap").args(debian.debootstrap_argv(extra, root)),
+        )?;
+    }
     // The downloaded .debs are not needed inside the image.
     if let Ok(rd) = fs::read_dir(root.join("var/cache/apt/archives")) {
         for e in rd.flatten() {
@@ -333,6 +404,52 @@ mod tests {
             "root:*:19000:0:99999:7:::\nbin:*:1::\n"
         );
         assert_eq!(kernel_package("amd64"), "linux-image-amd64");
+    }
+
+    #[test]
+    fn another_architecture_is_installed_with_mmdebstrap_without_docs() {
+        let mut d = crate::plan::example(Path::new("/vms/d")).debian;
+        d.arch = if debian_arch().unwrap() == "arm64" {
+            "riscv64".into()
+        } else {
+            "arm64".into()
+        };
+        assert!(d.is_foreign());
+        let argv: Vec<String> = d
+            .mmdebstrap_argv(Path::new("/r"))
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "--variant=minbase".to_string(),
+            format!("--architectures={}", d.arch),
+            "--include=systemd".into(),
+            "--skip=check/empty".into(),
+            "--dpkgopt=path-exclude=/usr/share/doc/*".into(),
+        ] {
+            assert!(argv.contains(&want), "{want} missing: {argv:?}");
+        }
+        assert_eq!(
+            argv[argv.len() - 3..],
+            ["bookworm", "/r", "http://deb.debian.org/debian"]
+        );
+        let e = debootstrap(
+            &d,
+            Path::new("/nonexistent/r"),
+            Some(Path::new("/t.tgz")),
+            &NoRun,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("mmdebstrap"), "{e}");
+    }
+
+    /// A runner for steps that must fail before running anything.
+    struct NoRun;
+
+    impl CommandRunner for NoRun {
+        fn run(&self, what: &str, _: &mut std::process::Command) -> Result<()> {
+            panic!("{what} was run")
+        }
     }
 
     #[test]

@@ -368,7 +368,9 @@ fn blacklist_text() -> String {
 }
 
 /// Installs the script and unit into the Debian tree `root`, enables the unit, lists the 9p
-/// modules for the initrd and remakes the initrds (the guest's own tools, in a chroot).
+/// modules for the initrd and remakes the initrds (the guest's own tools, in a chroot),
+/// unless they were made with these very settings ([`write_initrd_config`] before the
+/// kernel package: a system of another architecture, where making one costs minutes).
 pub fn install(root: &Path, runner: &dyn CommandRunner) -> Result<()> {
     write_file(&root.join(SHARES_SCRIPT), 0o755, &shares_script())?;
     write_file(&root.join(SHARES_UNIT), 0o644, SHARES_UNIT_TEXT)?;
@@ -378,29 +380,59 @@ pub fn install(root: &Path, runner: &dyn CommandRunner) -> Result<()> {
         &exec_init_text(),
     )?;
     write_file(&root.join(SSH_DROPIN), 0o644, SSH_DROPIN_TEXT)?;
-    write_file(&root.join(MODPROBE_BLACKLIST), 0o644, &blacklist_text())?;
-    write_file(&root.join(INITRD_INIT), 0o755, &initrd_init_text())?;
-    write_file(&root.join(INITRD_HOOK), 0o755, &initrd_hook())?;
-    write_file(&root.join(INITRD_9P), 0o755, INITRD_9P_TEXT)?;
-    write_file(
-        &root.join(INITRAMFS_CONF),
-        0o644,
-        "# Written by vmk bootstrap: the initrd holds only the modules that\n\
-         # /etc/initramfs-tools/hooks/vmk adds (a VM's disks, ext4, 9p) and their dependencies.\n\
-         MODULES=list\n",
-    )?;
+    let changed = write_initrd_config(root)?;
     runner.run(
         "systemctl enable vmk-shares",
         command("chroot")
             .arg(root)
             .args(["systemctl", "enable", "vmk-shares.service"]),
     )?;
+    if !changed && has_initrd(root) {
+        return Ok(());
+    }
     runner.run(
         "update-initramfs",
         command("chroot")
             .arg(root)
             .args(["update-initramfs", "-u", "-k", "all"]),
     )
+}
+
+/// Whether the tree `root` has an initrd in /boot.
+fn has_initrd(root: &Path) -> bool {
+    std::fs::read_dir(root.join("boot")).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("initrd.img-"))
+    })
+}
+
+/// The initramfs-tools settings of a small initrd ([`INITRD_MODULES`], `MODULES=list`,
+/// 9p when shared, the one-shot init, the blacklist initramfs-tools copies in) in the tree `root`; written
+/// before the kernel package is configured when its initrd is costly to make (another
+/// architecture, under emulation). Returns whether any file was missing or different.
+pub fn write_initrd_config(root: &Path) -> Result<bool> {
+    let mut changed = false;
+    for (rel, mode, text) in [
+        (MODPROBE_BLACKLIST, 0o644, blacklist_text()),
+        (INITRD_INIT, 0o755, initrd_init_text()),
+        (INITRD_HOOK, 0o755, initrd_hook()),
+        (INITRD_9P, 0o755, INITRD_9P_TEXT.to_string()),
+        (
+            INITRAMFS_CONF,
+            0o644,
+            "# Written by vmk bootstrap: the initrd holds only the modules that\n\
+             # /etc/initramfs-tools/hooks/vmk adds (a VM's disks, ext4, 9p) and their dependencies.\n\
+             MODULES=list\n"
+                .to_string(),
+        ),
+    ] {
+        let path = root.join(rel);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            write_file(&path, mode, &text)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 /// The hook that puts [`INITRD_MODULES`] into every initrd update-initramfs makes.
@@ -445,6 +477,19 @@ mod tests {
         assert!(s.contains(&format!("{}) dir=/lib/modules", Share::MODULES_TAG)));
         assert!(s.contains(&format!("mount -t 9p -o {} ", Share::MOUNT_OPTIONS)));
         assert!(SHARES_UNIT_TEXT.contains(&format!("ExecStart=/{SHARES_SCRIPT}")));
+    }
+
+    #[test]
+    fn initrd_settings_written_twice_change_nothing_the_second_time() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(write_initrd_config(t.path()).unwrap());
+        assert!(!has_initrd(t.path()));
+        assert!(!write_initrd_config(t.path()).unwrap());
+        std::fs::write(t.path().join(INITRAMFS_CONF), "MODULES=most\n").unwrap();
+        assert!(write_initrd_config(t.path()).unwrap());
+        std::fs::create_dir(t.path().join("boot")).unwrap();
+        std::fs::write(t.path().join("boot/initrd.img-6.1.0-9-arm64"), "").unwrap();
+        assert!(has_initrd(t.path()));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn run(global: &GlobalOpts, args: BootstrapArgs) -> Result<ExitCode> {
         return opensuse(&args);
     }
     let plan = Plan::new(&args)?;
-    check_host_tools()?;
+    check_host_tools(&plan.debian)?;
     if plan.boot == Boot::Disk {
         check_disk_tools()?;
     }
@@ -137,9 +137,15 @@ fn opensuse(args: &BootstrapArgs) -> Result<ExitCode> {
     )
 }
 
-fn check_host_tools() -> Result<()> {
+/// The programs the bootstrap of `debian` runs on this machine.
+fn check_host_tools(debian: &DebianRoot) -> Result<()> {
+    let installer = if debian.is_foreign() {
+        (debian::MMDEBSTRAP, debian::MMDEBSTRAP)
+    } else {
+        ("debootstrap", "debootstrap")
+    };
     check_tools(&[
-        ("debootstrap", "debootstrap"),
+        installer,
         ("mkfs.ext4", "e2fsprogs"),
         ("ssh-keygen", "openssh-client"),
         ("chroot", "coreutils"),
@@ -281,7 +287,7 @@ mod tests {
             dry_run: true,
             ..Default::default()
         };
-        if check_host_tools().is_ok() {
+        if check_host_tools(&crate::plan::example(&dir).debian).is_ok() {
             run(&g, a).unwrap();
             assert!(!dir.exists());
             assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);

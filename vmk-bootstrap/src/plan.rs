@@ -225,6 +225,13 @@ pub(crate) fn print_plan(plan: &Plan) -> Result<()> {
             let tree = tree.as_deref().expect("checked");
             steps.push(words_of(&crate::cache::unpack_tree(tree, &root)));
         }
+        _ if plan.debian.is_foreign() => {
+            outln!("# write vmk's initrd settings into the root, then (through qemu-user):")?;
+            steps.push(command_words(
+                crate::debian::MMDEBSTRAP,
+                plan.debian.mmdebstrap_argv(&root),
+            ));
+        }
         Some(tarball) => {
             if !tarball.is_file() {
                 steps.push(debootstrap(

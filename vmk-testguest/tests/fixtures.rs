@@ -28,6 +28,18 @@ fn main() -> std::process::ExitCode {
             cloud_init_guest_is_built,
         ),
         SystemTest::new(
+            "arm64_bootstrap_is_cached",
+            &[
+                Need::Root,
+                Need::Built("vmk-ayinstall"),
+                Need::Program("mmdebstrap"),
+                Need::Program("debugfs"),
+                Need::Program("file"),
+                Need::Binfmt("aarch64"),
+            ],
+            arm64_bootstrap_is_cached,
+        ),
+        SystemTest::new(
             "debian_guest_boots_to_ssh_and_powers_off",
             &[Need::Root, Need::Debootstrap, Need::Qemu, Need::Ssh],
             debian_guest_boots_to_ssh,
@@ -167,6 +179,46 @@ fn ensure_files(image: &Path, files: &[&str]) -> Result<()> {
     for file in files {
         debugfs(image, &format!("stat {file}"))
             .with_context(|| format!("{file} is missing from the image"))?;
+    }
+    Ok(())
+}
+
+/// Fills bootstrap's cache of the arm64 system in the test cache (cold: the emulated
+/// install, timed here; vmk-ayinstall/tests/bootstrap_arch.rs boots what it makes) and
+/// checks what it made: an aarch64 system, kernel and config.
+fn arm64_bootstrap_is_cached() -> Result<()> {
+    let tmp = tempfile::tempdir_in("/var/tmp")?;
+    let dir = tmp.path().join("arm64");
+    let start = Instant::now();
+    let mut cmd = vmk_testkit::guest::bootstrap_command(&dir);
+    let child = cmd
+        .args(["--arch", "arm64", "--vnc", "97"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running vmk-ayinstall bootstrap")?;
+    let out = vmk_testkit::wait_output(child, Duration::from_secs(3600))?;
+    ensure!(
+        out.status.success(),
+        "vmk-ayinstall bootstrap --arch arm64: {}",
+        out.status
+    );
+    eprintln!("vmk bootstrap --arch arm64 took {:.1?}", start.elapsed());
+    let config = std::fs::read_to_string(dir.join("vm-config"))?;
+    ensure!(
+        config.contains("\nVMK_ARCH=aarch64\n"),
+        "vm-config:\n{config}"
+    );
+    let disk = dir.join(vmk_bootstrap::DISK0_NAME);
+    let uname = tmp.path().join("uname");
+    debugfs(&disk, &format!("dump /usr/bin/uname {}", uname.display()))?;
+    for (what, path, want) in [
+        ("the guest's uname", uname.as_path(), "ARM aarch64"),
+        ("the kernel", &dir.join("vmlinuz"), "ARM64"),
+    ] {
+        let out = Command::new("file").arg("-bz").arg(path).output()?;
+        let kind = String::from_utf8_lossy(&out.stdout);
+        ensure!(kind.contains(want), "{what} is {kind}");
     }
     Ok(())
 }
