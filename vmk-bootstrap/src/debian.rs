@@ -194,8 +194,9 @@ fn mirror_in(text: &str) -> Option<String> {
 /// maintainer scripts through qemu-user and is installed with [`MMDEBSTRAP`] instead,
 /// always from the mirror (`tarball` must be `None`), with vmk's initrd settings
 /// ([`crate::devloop::write_initrd_config`]) in place before the kernel package is
-/// configured: its initrd is then made once, small, instead of Debian's large default
-/// (measured in bench/bootstrap-arch.sh).
+/// configured: its initrd is then small, not Debian's large default (still made twice
+/// during the install, by the kernel's postinst and initramfs-tools' trigger; configure
+/// does not make it again). Timed by bench/bootstrap-arch.sh.
 pub fn debootstrap(
     debian: &DebianRoot,
     root: &Path,

@@ -336,7 +336,8 @@ ExecStartPre=
 /// test VM does not need and that cost seconds each under emulation (measured: the guest's
 /// boot went from 54 s to 140 s with the standard kernel's coldplug): the bochs display
 /// driver (the VGA text console stays), wireless, the TCO watchdog, nested KVM, cpufreq,
-/// the PC speaker. Blacklisted, not removed: `modprobe NAME` still loads any of them.
+/// the PC speaker; on arm's `virt` machine the virtio-gpu display driver (its framebuffer
+/// console draws every kernel line under emulation). Blacklisted, not removed: `modprobe NAME` still loads any of them.
 const MODPROBE_BLACKLIST: &str = "etc/modprobe.d/vmk-test-vm.conf";
 const BLACKLISTED: &[&str] = &[
     "bochs",
@@ -354,6 +355,7 @@ const BLACKLISTED: &[&str] = &[
     "lpc_ich",
     "i2c_i801",
     "drm_vram_helper",
+    "virtio_gpu",
 ];
 
 fn blacklist_text() -> String {
@@ -380,6 +382,7 @@ pub fn install(root: &Path, runner: &dyn CommandRunner) -> Result<()> {
         &exec_init_text(),
     )?;
     write_file(&root.join(SSH_DROPIN), 0o644, SSH_DROPIN_TEXT)?;
+    write_file(&root.join(MODPROBE_BLACKLIST), 0o644, &blacklist_text())?;
     let changed = write_initrd_config(root)?;
     runner.run(
         "systemctl enable vmk-shares",
@@ -407,13 +410,12 @@ fn has_initrd(root: &Path) -> bool {
 }
 
 /// The initramfs-tools settings of a small initrd ([`INITRD_MODULES`], `MODULES=list`,
-/// 9p when shared, the one-shot init, the blacklist initramfs-tools copies in) in the tree `root`; written
+/// 9p when shared, the one-shot init) in the tree `root`; written
 /// before the kernel package is configured when its initrd is costly to make (another
 /// architecture, under emulation). Returns whether any file was missing or different.
 pub fn write_initrd_config(root: &Path) -> Result<bool> {
     let mut changed = false;
     for (rel, mode, text) in [
-        (MODPROBE_BLACKLIST, 0o644, blacklist_text()),
         (INITRD_INIT, 0o755, initrd_init_text()),
         (INITRD_HOOK, 0o755, initrd_hook()),
         (INITRD_9P, 0o755, INITRD_9P_TEXT.to_string()),

@@ -160,7 +160,7 @@ fn tpm() {
 fn architectures() {
     let arm = lines(&mode("arch_aarch64"));
     assert!(arm.starts_with("/usr/bin/qemu-system-aarch64\n"));
-    assert!(arm.contains("\n-machine\nvirt,accel=tcg\n-cpu\nmax\n"));
+    assert!(arm.contains("\n-machine\nvirt,accel=tcg\n-cpu\nmax,pauth-impdef=on\n"));
     assert!(arm.contains("AAVMF_CODE.fd,readonly=on\n"));
     assert!(arm.contains("\nscsi-cd,drive=cd0,bus=scsi0.0\n") && !arm.contains("ide"));
     assert!(arm.contains("\n-device\nvirtio-gpu-pci\n"));

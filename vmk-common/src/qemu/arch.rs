@@ -7,7 +7,9 @@
 //!   Debian's (`amd64`, `arm64`, `ppc64el`) for the same thing; an architecture outside the
 //!   table still runs `qemu-system-<arch>` on its `virt` machine, as before.
 //! - Under TCG the cpu model is qemu's default except on aarch64, whose `virt` machine
-//!   defaults to a 32-bit Cortex-A15: `max` there. Under KVM it is `host` everywhere.
+//!   defaults to a 32-bit Cortex-A15: `max` there, with qemu's own pointer authentication
+//!   (`pauth-impdef=on`: the architected QARMA cipher, which Debian's kernel and programs
+//!   use on every call, is many times slower to emulate). Under KVM it is `host` everywhere.
 //! - The serial console is qemu's `-serial` on every machine: the 16550 on x86 (ttyS0), the
 //!   PL011 on arm (ttyAMA0), the hypervisor console on pseries (hvc0) and the SCLP console
 //!   on s390x (ttysclp0: `-serial` is that device there, and what its installers log to).
@@ -77,7 +79,7 @@ pub const ARCHES: &[Arch] = &[
         qemu: "qemu-system-aarch64",
         qemu_package: "qemu-system-arm",
         machine: "virt",
-        tcg_cpu: Some("max"),
+        tcg_cpu: Some("max,pauth-impdef=on"),
         console: "ttyAMA0",
         virtio: "pci",
         display: Some("virtio-gpu-pci"),
