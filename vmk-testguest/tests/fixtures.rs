@@ -190,9 +190,12 @@ fn arm64_bootstrap_is_cached() -> Result<()> {
     let tmp = tempfile::tempdir_in("/var/tmp")?;
     let dir = tmp.path().join("arm64");
     let start = Instant::now();
+    let slot = vmk_testkit::isolation::VmSlot::reserve()?;
+    let env = vmk_testkit::isolation::TestEnv::new()?;
     let mut cmd = vmk_testkit::guest::bootstrap_command(&dir);
+    env.apply(&mut cmd);
     let child = cmd
-        .args(["--arch", "arm64", "--vnc", "97"])
+        .args(["--arch", "arm64", "--vnc", &slot.number().to_string()])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
