@@ -62,12 +62,7 @@ impl DevVm {
         g.copy_image(&vm.disk0())?;
         fs::copy(&g.kernel, dir.join("vmlinuz"))?;
         fs::copy(&g.initrd, dir.join("initrd.img"))?;
-        run_ok({
-            let mut c = Command::new("ssh-keygen");
-            c.args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(dir.join("vm-key"));
-            c
-        })?;
+        vmk_testkit::ssh_keygen(&dir.join("vm-key"))?;
         let cfg = format!(
             "VMK_NAME=devloop\nVMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\n\
              {}VMK_MEM=1024\n{extra}",

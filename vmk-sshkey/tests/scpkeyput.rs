@@ -99,23 +99,15 @@ struct Vm<'a> {
 
 impl Vm<'_> {
     fn sshkey(&self, args: &[&str], with_password: bool) -> Result<Output> {
-        let mut cmd = self.env.command(env!("CARGO_BIN_EXE_vmk-sshkey"));
-        cmd.args(args).current_dir(self.dir).stdin(Stdio::null());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmk-sshkey"));
+        cmd.args(args).current_dir(self.dir);
         if with_password {
             cmd.env("SSH_ASKPASS", &self.askpass)
                 .env("SSH_ASKPASS_REQUIRE", "force");
         } else {
             cmd.env_remove("SSH_ASKPASS");
         }
-        let out = cmd.output().context("running vmk-sshkey")?;
-        eprintln!(
-            "$ vmk-sshkey {} → {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out)
+        self.env.run_command_logged(&mut cmd, None)
     }
 }
 

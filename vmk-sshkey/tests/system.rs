@@ -452,11 +452,7 @@ fn host_key_learned_then_checked() -> Result<()> {
 
     // Another key recorded: ssh, scp and waitssh refuse with exit 1 and say what to do.
     let other = tempfile::tempdir()?;
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(other.path().join("host"))
-        .status()?;
-    ensure!(st.success(), "ssh-keygen failed");
+    vmk_testkit::ssh_keygen(&other.path().join("host"))?;
     let other_pub = fs::read_to_string(other.path().join("host.pub"))?;
     let mut w = other_pub.split_whitespace();
     let forged = format!(

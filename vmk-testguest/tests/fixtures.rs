@@ -254,12 +254,7 @@ fn debian_guest_boots_to_ssh() -> Result<()> {
     let disk = dir.path().join("disk0.raw");
     g.copy_image(&disk)?;
     let key = dir.path().join("key");
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", ""])
-        .arg("-f")
-        .arg(&key)
-        .output()?;
-    ensure!(out.status.success(), "ssh-keygen failed");
+    vmk_testkit::ssh_keygen(&key)?;
     let public = std::fs::read_to_string(key.with_extension("pub"))?;
     let lease = vmk_testkit::isolation::PortLease::reserve()?;
     let port = lease.port();
