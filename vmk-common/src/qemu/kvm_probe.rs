@@ -5,9 +5,14 @@
 //!
 //! The probe boots qemu's own firmware (SeaBIOS on x86) under KVM with no disk: a working
 //! KVM reaches "No bootable device" in a fraction of a second; a broken one dies or stalls
-//! before. The answer is kept per boot of the host and per qemu binary in the private
+//! before, or crawls: every guest instruction handled in the host kernel instead of run by
+//! the CPU (seen on nested hosts, where SeaBIOS then takes seconds of kernel time with no
+//! time in the guest, and Linux never gets through its decompressor). Crawling is told from
+//! the CPU time qemu's threads spent in the host kernel versus in the guest, not from the
+//! clock, so a busy host does not make a working KVM look broken ([`crawls`]).
+//! The answer is kept per boot of the host and per qemu binary in the private
 //! runtime directory, so only the first start after a reboot pays for it (on a broken host:
-//! [`PROBE_TIMEOUT`]).
+//! at most [`PROBE_TIMEOUT`], about a second where KVM crawls).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
@@ -21,6 +26,14 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// What the firmware prints once it ran to its end (no disk: nothing to boot).
 const FIRMWARE_DONE: [&str; 2] = ["No bootable device", "Booting from"];
+
+/// Host-kernel CPU time past which the probe's firmware counts as crawling under KVM (when
+/// the guest got under a tenth of it): SeaBIOS needs a small fraction of it on a working
+/// KVM, and over three seconds on the nested hosts where Linux then never boots.
+pub const CRAWL_KERNEL_TIME: Duration = Duration::from_secs(1);
+
+/// How often the probe looks at the firmware's output and qemu's CPU time.
+const PROBE_POLL: Duration = Duration::from_millis(50);
 
 /// What the probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +99,7 @@ pub fn probe(qemu: &Path, cpu: &str) -> KvmProbe {
             });
         let _ = tx.send(done);
     });
-    let outcome = rx.recv_timeout(PROBE_TIMEOUT);
+    let outcome = watch_firmware(&rx, child.id());
     // our own child: end it whatever it did
     let _ = child.kill();
     let _ = child.wait();
@@ -96,16 +109,98 @@ pub fn probe(qemu: &Path, cpu: &str) -> KvmProbe {
     }
     let said = last_error_line(&stderr);
     match outcome {
-        Ok(true) => KvmProbe::Works,
-        Ok(false) => KvmProbe::Broken(match said {
+        Firmware::Done => KvmProbe::Works,
+        Firmware::Died => KvmProbe::Broken(match said {
             Some(l) => format!("qemu died under kvm: {l}"),
             None => "qemu died under kvm before its firmware ran".into(),
         }),
-        Err(_) => KvmProbe::Broken(format!(
+        Firmware::Stalled => KvmProbe::Broken(format!(
             "qemu's firmware stalled under kvm (no progress in {} s)",
             PROBE_TIMEOUT.as_secs()
         )),
+        Firmware::Crawled(t) => KvmProbe::Broken(format!(
+            "KVM crawls: qemu's firmware spent {:.1} s in the host kernel and {:.1} s in \
+             the guest, where a working KVM needs a fraction of a second",
+            t.kernel.as_secs_f64(),
+            t.guest.as_secs_f64()
+        )),
     }
+}
+
+/// How the probe's firmware fared under KVM.
+enum Firmware {
+    /// It ran to its end at a working KVM's pace.
+    Done,
+    /// qemu exited before the firmware's end.
+    Died,
+    /// No end within [`PROBE_TIMEOUT`].
+    Stalled,
+    /// It spent this much CPU time, nearly all of it in the host kernel ([`crawls`]).
+    Crawled(CpuTime),
+}
+
+/// Waits for the firmware's end (`done` says whether qemu's output showed it) while
+/// watching qemu's (`pid`) CPU time, for at most [`PROBE_TIMEOUT`].
+fn watch_firmware(done: &mpsc::Receiver<bool>, pid: u32) -> Firmware {
+    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+    loop {
+        let outcome = done.recv_timeout(PROBE_POLL);
+        // the end reached at a crawl counts as crawling too: Linux would not get that far
+        if let Some(t) = cpu_time(pid).filter(|t| crawls(*t)) {
+            return Firmware::Crawled(t);
+        }
+        match outcome {
+            Ok(true) => return Firmware::Done,
+            Ok(false) | Err(mpsc::RecvTimeoutError::Disconnected) => return Firmware::Died,
+            Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() >= deadline => {
+                return Firmware::Stalled
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// CPU time a process's threads spent in the host kernel and, of their time, in a KVM guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTime {
+    /// System time: the host kernel, where KVM handles what the guest cannot run itself.
+    pub kernel: Duration,
+    /// Guest time: the CPU running the guest's own instructions.
+    pub guest: Duration,
+}
+
+/// Whether KVM crawls: [`CRAWL_KERNEL_TIME`] or more in the host kernel, with the guest
+/// given under a tenth of it. On a working KVM the guest runs on the CPU and the kernel
+/// only handles its exits; where the host kernel handles every instruction, the guest's
+/// share is nil.
+pub fn crawls(t: CpuTime) -> bool {
+    t.kernel >= CRAWL_KERNEL_TIME && t.guest * 10 < t.kernel
+}
+
+/// The [`CpuTime`] of process `pid`, summed over its threads (`/proc/PID/task/*/stat`).
+pub fn cpu_time(pid: u32) -> Option<CpuTime> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let ticks = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| stat_kernel_and_guest_ticks(&stat))
+        .fold((0, 0), |(k, g), (tk, tg)| (k + tk, g + tg));
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    let of = |t: u64| Duration::from_secs_f64(t as f64 / hz as f64);
+    Some(CpuTime {
+        kernel: of(ticks.0),
+        guest: of(ticks.1),
+    })
+}
+
+/// The system time and guest time (clock ticks) of one `/proc/…/stat` line: fields 15 and
+/// 43, counted after the parenthesised command name, which may hold spaces.
+fn stat_kernel_and_guest_ticks(stat: &str) -> Option<(u64, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (the state)
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some((field(15)?, field(43)?))
 }
 
 /// The last line of qemu's stderr that is not a warning (about cpu features) or its note
@@ -126,7 +221,8 @@ fn cache_key(qemu: &Path, cpu: &str) -> String {
     let bin = std::fs::metadata(qemu)
         .map(|m| format!("{}:{}", m.size(), m.mtime()))
         .unwrap_or_default();
-    format!("{} {} {bin} {cpu}", boot.trim(), qemu.display())
+    // "2": the probe that tells crawling; an answer of the probe before it is asked again
+    format!("2 {} {} {bin} {cpu}", boot.trim(), qemu.display())
 }
 
 /// `<runtime dir>/kvm-probe-<hash>`, when the runtime directory is usable.
@@ -176,6 +272,43 @@ mod tests {
         assert_eq!(read_cache(&f, "boot2 /usr/bin/qemu 1:2 host"), None);
         write_cache(&f, "k", &KvmProbe::Works).unwrap();
         assert_eq!(read_cache(&f, "k"), Some(KvmProbe::Works));
+    }
+
+    fn ms(kernel: u64, guest: u64) -> CpuTime {
+        CpuTime {
+            kernel: Duration::from_millis(kernel),
+            guest: Duration::from_millis(guest),
+        }
+    }
+
+    #[test]
+    fn crawling_is_kernel_time_without_guest_time() {
+        // this machine's SeaBIOS under nested KVM: 3.6 s in the kernel, none in the guest
+        assert!(crawls(ms(3600, 0)));
+        assert!(crawls(ms(1000, 90)));
+        // a working KVM: little kernel time, or most of the time in the guest
+        assert!(!crawls(ms(200, 0)));
+        assert!(!crawls(ms(999, 0)));
+        assert!(!crawls(ms(1500, 150)));
+        assert!(!crawls(ms(3000, 9000)));
+    }
+
+    #[test]
+    fn stat_fields_after_a_command_name_with_spaces() {
+        // a qemu vCPU thread's line (fields 1-44), its name holding ") " and spaces
+        let mut fields: Vec<String> = (3..=52).map(|n| format!("{}", n * 1000)).collect();
+        fields[0] = "R".into();
+        let line = format!("17276 (CPU 0/KVM) x) {}", fields.join(" "));
+        assert_eq!(stat_kernel_and_guest_ticks(&line), Some((15_000, 43_000)));
+        assert_eq!(stat_kernel_and_guest_ticks("12 (short) R 1 2"), None);
+    }
+
+    #[test]
+    fn own_cpu_time_is_read() {
+        // this test process: some kernel time is likely, guest time is none
+        let t = cpu_time(std::process::id()).expect("/proc/self is readable");
+        assert_eq!(t.guest, Duration::ZERO);
+        assert_eq!(cpu_time(u32::MAX), None);
     }
 
     #[test]
