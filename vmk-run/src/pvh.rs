@@ -1,12 +1,14 @@
 //! One-shot runs boot an x86 kernel's uncompressed ELF (PVH entry) instead of its bzImage:
 //! under emulation, a bzImage spends seconds unpacking itself (Debian's are XZ), before the
 //! kernel even starts. The ELF is unpacked once on the host with the compressor's own tool
-//! (`xz`, `gzip`, `zstd`) into the user's cache and kept while the bzImage stays the same.
+//! (`xz`, `gzip`, `zstd`) into the user's cache and kept while the bzImage stays the same
+//! (the [`KEEP`] most recently booted ones: a bisect boots a new build at each step).
 //! Used only when the ELF has the PVH note qemu needs (CONFIG_PVH); otherwise the bzImage
 //! boots as before.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use vmk_common::host::command;
@@ -24,6 +26,7 @@ pub fn pvh_kernel(kernel: &Path) -> Result<Option<PathBuf>> {
     let stem = format!("{:016x}", fnv1a64(kernel.as_os_str().as_encoded_bytes()));
     let elf = dir.join(format!("{stem}-{:016x}.elf", fnv1a64(&image)));
     if elf.is_file() {
+        mark_used(&elf);
         return Ok(Some(elf));
     }
     let Some(tool) = decompressor(payload) else {
@@ -54,7 +57,45 @@ pub fn pvh_kernel(kernel: &Path) -> Result<Option<PathBuf>> {
     fs::write(&tmp, &out).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &elf).with_context(|| format!("renaming {}", tmp.display()))?;
     log::info!("unpacked {} into {}", kernel.display(), elf.display());
+    keep_recent(&dir, KEEP);
     Ok(Some(elf))
+}
+
+/// How many unpacked kernels the cache keeps: the most recently booted.
+const KEEP: usize = 8;
+
+/// Marks a cached ELF as just booted (its mtime), for [`keep_recent`].
+fn mark_used(elf: &Path) {
+    if let Ok(f) = fs::File::options().write(true).open(elf) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+/// Removes all but the `keep` most recently booted ELFs from the cache `dir` (and what a
+/// killed unpack left).
+fn keep_recent(dir: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut elfs: Vec<(SystemTime, PathBuf)> = Vec::new();
+    for e in entries.flatten() {
+        let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
+        let modified = e.metadata().and_then(|m| m.modified());
+        let stale_tmp = name.contains(".tmp")
+            && modified
+                .as_ref()
+                .is_ok_and(|m| m.elapsed().is_ok_and(|age| age.as_secs() > 3600));
+        if stale_tmp {
+            let _ = fs::remove_file(&path);
+        } else if let (true, Ok(m)) = (name.ends_with(".elf"), modified) {
+            elfs.push((m, path));
+        }
+    }
+    elfs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in elfs.into_iter().skip(keep) {
+        log::debug!("dropping {} from the kernel cache", old.display());
+        let _ = fs::remove_file(old);
+    }
 }
 
 /// `payload` through the command `tool` (its stdin to its stdout).
@@ -195,6 +236,29 @@ mod tests {
         assert!(!has_pvh_note(&elf_with_note(b"GNU\0", 18)));
         assert!(!has_pvh_note(b"MZ not an elf"));
         assert!(!has_pvh_note(&elf_with_note(b"Xen\0", 18)[..0x50]));
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_booted_kernels() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = std::time::Duration::from_secs(86400);
+        let at = |name: &str, days_ago: u32| {
+            let p = dir.path().join(name);
+            fs::write(&p, name).unwrap();
+            let f = fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() - day * days_ago).unwrap();
+            p
+        };
+        let oldest = at("a-1.elf", 9);
+        let old = at("b-1.elf", 5);
+        let recent = at("c-1.elf", 1);
+        let stale_tmp = at("d.tmp123", 2);
+        let other = at("notes.txt", 30);
+        // booting the old one makes it the most recent
+        mark_used(&old);
+        keep_recent(dir.path(), 2);
+        assert!(old.exists() && recent.exists() && other.exists());
+        assert!(!oldest.exists() && !stale_tmp.exists());
     }
 
     #[test]
