@@ -91,7 +91,7 @@ fn keep_recent(dir: &Path, keep: usize) {
             elfs.push((m, path));
         }
     }
-    elfs.sort_by(|a, b| b.0.cmp(&a.0));
+    elfs.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, old) in elfs.into_iter().skip(keep) {
         log::debug!("dropping {} from the kernel cache", old.display());
         let _ = fs::remove_file(old);
