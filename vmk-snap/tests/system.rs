@@ -82,12 +82,22 @@ fn dsnap_cpfile_fsnap_are_nocow_reflinks() -> Result<()> {
     );
     ensure!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     check_reflink_copy(&disk0, &dir.join("copy.img"), data)?;
+    // check_reflink_copy left its marker in copy.img where it writes the next one: change it,
+    // so that the check below sees its write reach the snapshot
+    fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("copy.img"))?
+        .write_all_at(b"copy.img before its fsnap", 4096)?;
     let out = run_ok(vmk_snap(&dir, &["fsnap", "copy.img"]))?;
+    let fsnap = dir.join(stdout_line(&out));
+    let fsnap_name = fsnap.file_name().unwrap_or_default().to_string_lossy();
     ensure!(
-        stdout_line(&out).contains("copy.img-"),
+        fsnap.parent() == Some(dir.as_path()) && fsnap_name.starts_with("copy.img-"),
         "fsnap printed {:?}",
         stdout_line(&out)
     );
+    // README: "the same for any file": a NOCOW reflink snapshot beside it
+    check_reflink_copy(&dir.join("copy.img"), &fsnap, data)?;
 
     // list shows it with its note; --json too
     let out = run_ok(vmk_snap(&dir, &["--base", "dsnap", "list", "--json"]))?;
