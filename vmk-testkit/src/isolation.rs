@@ -12,6 +12,11 @@
 //!   lock is the reservation.
 //! - [`PortLease::reserve`] does the same for one TCP port from [`LEASE_PORTS`] (for
 //!   servers a test starts itself, or a `VMK_SSH_BASE` of its own).
+//! - [`GuestTurn::wait`] lets at most [`guest_turns`] tests that boot guests run at once on
+//!   the machine (every test process): guests under TCG are CPU-bound, so more of them than
+//!   cores only make each slower, until hang guards fire (`--test-threads 8` on 2 cores
+//!   booted 8 Debian guests at once: logins after 230–250 s, one past its 300 s guard).
+//!   The other tests still run as parallel as `--test-threads` says.
 //! - [`TestEnv`] is a private HOME, a private `XDG_RUNTIME_DIR` (so sockets and the
 //!   registry `vmk ps` reads go there, never to `/run/vmk`), and `VMK_SYSTEM_CONFIG`
 //!   pointing at a file that does not exist (the config loader reads it instead of
@@ -161,6 +166,41 @@ impl VmSlot {
     /// The vm-config line that gives the VM this number: `VMK_VNC=N\n`.
     pub fn config_line(&self) -> String {
         format!("VMK_VNC={}\n", self.number)
+    }
+}
+
+/// How many tests that boot guests run at once on this machine: `VMK_TEST_GUESTS`, else the
+/// number of CPUs.
+pub fn guest_turns() -> usize {
+    std::env::var("VMK_TEST_GUESTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+/// One of the [`guest_turns`] turns to boot guests, held until dropped. See the module doc.
+#[derive(Debug)]
+pub struct GuestTurn {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl GuestTurn {
+    /// Waits for a free turn (as long as it takes: the tests before it have their own hang
+    /// guards, and its own start once it has the turn).
+    pub fn wait() -> Result<GuestTurn> {
+        GuestTurn::wait_in("guest-turn", guest_turns())
+    }
+
+    /// A turn of the pool `pool` of `turns` turns.
+    fn wait_in(pool: &str, turns: usize) -> Result<GuestTurn> {
+        let turns: Vec<usize> = (0..turns).collect();
+        loop {
+            if let Some((_, lock)) = reserve_first(pool, &turns, |_| Vec::new())? {
+                return Ok(GuestTurn { _lock: lock });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 
@@ -504,6 +544,29 @@ mod tests {
         assert!(try_lock(&format!("vm-{held}")).unwrap().is_none());
         drop(slots);
         assert!(try_lock(&format!("vm-{held}")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_guest_turn_waits_until_one_is_given_back() {
+        let pool = format!("test-turn-{}", std::process::id());
+        let first = GuestTurn::wait_in(&pool, 2).unwrap();
+        let _second = GuestTurn::wait_in(&pool, 2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pool_of_waiter = pool.clone();
+        let waiter = std::thread::spawn(move || {
+            let turn = GuestTurn::wait_in(&pool_of_waiter, 2);
+            tx.send(()).unwrap();
+            turn.map(drop)
+        });
+        let short = std::time::Duration::from_millis(500);
+        assert!(rx.recv_timeout(short).is_err(), "a third turn of two");
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the turn given back goes to the waiter");
+        waiter.join().unwrap().unwrap();
+        for i in 0..2 {
+            let _ = std::fs::remove_file(lock_dir().unwrap().join(format!("{pool}-{i}.lock")));
+        }
     }
 
     #[test]

@@ -75,6 +75,17 @@ pub enum Need {
 }
 
 impl Need {
+    /// Whether a test with this need boots guests (then it waits for an
+    /// [`isolation::GuestTurn`]).
+    pub fn boots_guests(self) -> bool {
+        match self {
+            // guestmount boots libguestfs's appliance under qemu
+            Need::Qemu | Need::Kernel | Need::Guestmount => true,
+            Need::Program(p) => p.starts_with("qemu-system-"),
+            _ => false,
+        }
+    }
+
     /// Why this need is not met here, or `None` when it is.
     pub fn unmet(self) -> Option<String> {
         match self {
@@ -272,7 +283,12 @@ pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
             let name = t.name.clone();
             if unmet.is_empty() {
                 let body = t.body;
+                let boots = t.needs.iter().any(|n| n.boots_guests());
                 libtest_mimic::Trial::test(t.name, move || {
+                    let _turn = match boots {
+                        true => Some(isolation::GuestTurn::wait().map_err(|e| format!("{e:?}"))?),
+                        false => None,
+                    };
                     body().map_err(|e| Failed::from(format!("{e:?}")))
                 })
             } else if strict {
