@@ -1,7 +1,8 @@
 //! vmk-run against real qemu (TCG): the Debian guest from `run` to its login prompt,
 //! `info --json`, `isrunning`, a piped `console`, a graceful `stop`; two busybox VMs side
 //! by side in `ps` and a third refused for its port; `kill` never signalling a pid that is
-//! not the VM's qemu. Every qemu started is guarded by its pid.
+//! not the VM's qemu; the serial console over TCP with VMK_CONSOLE=telnet. Every qemu
+//! started is guarded by its pid.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -95,6 +96,11 @@ fn main() -> std::process::ExitCode {
                 Need::Program("python3"),
             ],
             sockets_are_the_owners,
+        ),
+        SystemTest::new(
+            "telnet_console_reaches_the_guest_over_tcp_on_loopback",
+            bb,
+            telnet_console,
         ),
         SystemTest::new(
             "runin_in_a_terminal_tells_how_to_leave_and_restores_it",
@@ -834,6 +840,92 @@ fn kill_unrelated() -> Result<()> {
     Ok(())
 }
 
+/// Whether the kernel lists a TCP socket listening on `addr` (as /proc/net/tcp spells it,
+/// `0100007F` for 127.0.0.1) and `port`.
+fn tcp_listens(addr: &str, port: u16) -> Result<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let local = format!("{addr}:{port:04X}");
+    Ok(table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1] == local && f[3] == "0A"
+    }))
+}
+
+/// README (VMK_CONSOLE=telnet, "the original tool's TCP console on VMK_TELNET_BASE+N"):
+/// qemu listens on 127.0.0.1 at that port and nowhere else (the kernel's /proc/net/tcp),
+/// `vmk telnet` talks to the guest's shell through it, and so does a plain TCP client of
+/// the test's own: the guest computes what each sends.
+fn telnet_console() -> Result<()> {
+    use std::io::{Read, Write};
+    let env = TestEnv::new()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let slot = VmSlot::reserve()?;
+    let pidfile = busybox_vm(dir, slot.number())?;
+    let config = std::fs::read_to_string(dir.join("vm-config"))?;
+    write_config(dir, &(config + "VMK_CONSOLE=telnet\n"))?;
+    let out = vmk_run(&env, dir, &["run"], None)?;
+    let guard = QemuGuard::from_pidfile(&pidfile);
+    ok(&out)?;
+    let mut guard = guard?;
+    guest::wait_for_file_line(
+        &dir.join("disk0.raw.console.log"),
+        guest::BUSYBOX_READY,
+        BOOT_TIMEOUT,
+    )?;
+    let port = slot.telnet_port();
+    ensure!(
+        tcp_listens("0100007F", port)?,
+        "nothing listens on 127.0.0.1:{port}"
+    );
+    ensure!(
+        !tcp_listens("00000000", port)?,
+        "the console listens on every address at port {port}"
+    );
+    ensure!(
+        !dir.join("disk0.raw.con").exists(),
+        "a console socket besides the telnet port"
+    );
+
+    let said = ok(&vmk_run(
+        &env,
+        dir,
+        &["telnet", "--wait", "3"],
+        Some(b"echo via-vmk-$((6*7))\n"),
+    )?)?;
+    ensure!(
+        said.contains("via-vmk-42"),
+        "the guest did not answer `vmk telnet`: {said:?}"
+    );
+
+    // qemu serves one client at a time: vmk's has gone, this one is served
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.write_all(b"echo via-tcp-$((6*7))\n")?;
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("via-tcp-42") {
+        ensure!(
+            start.elapsed() < BOOT_TIMEOUT,
+            "no answer over TCP: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let mut buf = [0u8; 4096];
+        match conn.read(&mut buf) {
+            Ok(0) => bail!(
+                "qemu closed the console: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(conn);
+    kill_and_check(&env, dir, &mut guard)
+}
+
 /// A program in a real terminal: a tmux session that is killed on drop.
 struct Tmux(String);
 
@@ -1027,17 +1119,22 @@ fn connect_as_nobody(path: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// A VM started with the default settings in a directory every user may enter: its
-/// console, QMP and guest-agent sockets are there for all to see, yet `nobody` cannot
-/// connect to any of them (EACCES), while the owner's `vmk console` talks to the guest.
+/// A VM started with the default settings (and VMK_VNC_SOCKET=yes, README: "moves VNC onto
+/// a private unix socket") in a directory every user may enter: its console, QMP,
+/// guest-agent and VNC sockets are there for all to see, yet `nobody` cannot connect to any
+/// of them (EACCES), while the owner's `vmk console` talks to the guest and the owner's
+/// connection to the VNC socket gets an RFB server's greeting.
 fn sockets_are_the_owners() -> Result<()> {
     let env = TestEnv::new()?;
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     let slot = VmSlot::reserve()?;
     let pidfile = busybox_vm(dir, slot.number())?;
+    let config = std::fs::read_to_string(dir.join("vm-config"))?;
+    write_config(dir, &(config + "VMK_VNC_SOCKET=yes\n"))?;
     let out = vmk_run(&env, dir, &["run", "--json"], None)?;
     let guard = QemuGuard::from_pidfile(&pidfile);
     let started: serde_json::Value = serde_json::from_str(&ok(&out)?)?;
@@ -1052,10 +1149,17 @@ fn sockets_are_the_owners() -> Result<()> {
         "vmk-busybox-guest: ready",
         BOOT_TIMEOUT,
     )?;
+    let vnc = dir.join("disk0.raw.vnc");
+    ensure!(
+        !tcp_listens("0100007F", slot.vnc_port())? && !tcp_listens("00000000", slot.vnc_port())?,
+        "VNC listens on TCP port {} besides its socket",
+        slot.vnc_port()
+    );
     for sock in [
         console.clone(),
         dir.join("disk0.raw.qmp"),
         dir.join("disk0.raw.qga"),
+        vnc.clone(),
     ] {
         let answer = connect_as_nobody(&sock)?;
         ensure!(
@@ -1079,6 +1183,17 @@ fn sockets_are_the_owners() -> Result<()> {
         "through-the-socket-42",
         Duration::from_secs(10),
     )?;
+    // RFC 6143: the server speaks first, "RFB 003.008\n"
+    let mut greeting = [0u8; 12];
+    let mut rfb = std::os::unix::net::UnixStream::connect(&vnc)?;
+    rfb.set_read_timeout(Some(Duration::from_secs(30)))?;
+    rfb.read_exact(&mut greeting)?;
+    ensure!(
+        greeting.starts_with(b"RFB 003."),
+        "the VNC socket's greeting: {:?}",
+        String::from_utf8_lossy(&greeting)
+    );
+    drop(rfb);
     ok(&vmk_run(&env, dir, &["kill"], None)?)?;
     ensure!(!guard.is_running(), "kill left qemu running");
     Ok(())
