@@ -1075,3 +1075,64 @@ fn original_internal_keys_in_vmkrc_warn_and_are_ignored() {
         );
     }
 }
+
+/// README: "`export VMK_ACCEL=tcg` skips the probe" (the KVM probe is a qemu run of its
+/// own, with `-debugcon`). A qemu that logs each command line it is started with: with
+/// VMK_ACCEL=tcg in the environment, over a config that says auto, vmk starts it once, to
+/// run the VM under tcg, never to probe; the control, `auto` where /dev/kvm opens, probes
+/// before anything else.
+#[test]
+fn vmk_accel_tcg_in_the_environment_runs_no_kvm_probe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let slot = VmSlot::reserve().unwrap();
+    let fake = dir.join("qemu-fake");
+    vmk_testkit::write_executable(
+        &fake,
+        "#!/bin/sh\necho \"$*\" >> \"$(dirname \"$0\")/calls\"\necho 'fake: no qemu' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("vm-config"),
+        format!(
+            "VMK_NAME=t\nVMK_DISK0=disk0.qcow2\nVMK_ACCEL=auto\n{}VMK_QEMU={}\n",
+            slot.config_line(),
+            fake.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("disk0.qcow2"), b"QFI\xfb").unwrap();
+    let calls = || std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+
+    vmk_run(dir)
+        .env("VMK_ACCEL", "tcg")
+        .arg("run")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("fake: no qemu"));
+    let tcg = calls();
+    assert_eq!(tcg.lines().count(), 1, "one start, no probe: {tcg}");
+    assert!(
+        tcg.contains("accel=tcg") && !tcg.contains("-debugcon"),
+        "{tcg}"
+    );
+
+    let needs = [
+        vmk_testkit::Need::Root,
+        vmk_testkit::Need::File("/dev/kvm", "the kvm kernel module"),
+    ];
+    if vmk_testkit::can_run_part("the control: auto probes KVM", &needs).unwrap() {
+        std::fs::remove_file(dir.join("calls")).unwrap();
+        // VMK_ACCEL is the one variable the test environment passes on (CI sets tcg)
+        vmk_run(dir)
+            .env_remove("VMK_ACCEL")
+            .arg("run")
+            .assert()
+            .code(1);
+        let auto = calls();
+        assert!(
+            auto.lines().next().is_some_and(|l| l.contains("-debugcon")),
+            "auto did not probe first: {auto}"
+        );
+    }
+}
