@@ -150,19 +150,33 @@ fn write_config(dir: &Path, body: &str) -> Result<()> {
 }
 
 fn busybox_vm(dir: &Path, vnc: u8) -> Result<PathBuf> {
+    busybox_vm_with(dir, vnc, "")
+}
+
+/// [`busybox_vm`] with `more` lines at the end of its config.
+fn busybox_vm_with(dir: &Path, vnc: u8, more: &str) -> Result<PathBuf> {
     let g = guest::busybox_guest()?;
     std::fs::File::create(dir.join("disk0.raw"))?.set_len(64 << 20)?;
     write_config(
         dir,
         &format!(
             "VMK_NAME=bb{vnc}\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_MEM=256M\nVMK_CPU=1\n\
-             VMK_ACCEL=tcg\nVMK_VNC={vnc}\nVMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{}'\n",
+             VMK_ACCEL=tcg\nVMK_VNC={vnc}\nVMK_KERNEL='{}'\nVMK_INITRD='{}'\nVMK_APPEND='{}'\n{more}",
             g.kernel.display(),
             g.initrd.display(),
             g.append
         ),
     )?;
     Ok(dir.join("disk0.raw.pid"))
+}
+
+/// `vmk run ARGS` of the busybox VM in `dir`, which must succeed: its qemu's guard (armed
+/// from the pidfile whatever vmk said) and what vmk printed on stdout.
+fn start_busybox(env: &TestEnv, dir: &Path, args: &[&str]) -> Result<(QemuGuard, String)> {
+    let out = vmk_run(env, dir, args, None)?;
+    let guard = QemuGuard::from_pidfile(&dir.join("disk0.raw.pid"));
+    let stdout = ok(&out)?;
+    Ok((guard?, stdout))
 }
 
 /// A VM directory `dir` with a copy of the Debian guest as disk0.img (raw), VM number
@@ -225,16 +239,7 @@ fn debian_lifecycle() -> Result<()> {
         "status does not say running with qemu's pid {pid}: {status}"
     );
 
-    let out = ok(&vmk_run(
-        &env,
-        dir,
-        &["console", "--wait", "5"],
-        Some(b"\n"),
-    )?)?;
-    ensure!(
-        out.contains("login:"),
-        "console gave no login prompt: {out:?}"
-    );
+    let out = console_says(&env, dir, "console", "5", "\n", "login:")?;
     ensure!(
         !out.as_bytes().contains(&255),
         "telnet negotiation leaked: {out:?}"
@@ -405,6 +410,29 @@ fn run_to_login(env: &TestEnv, dir: &Path, what: &str) -> Result<(QemuGuard, Str
     let took = guest::wait_for_file_line(&log, "login:", BOOT_TIMEOUT)?;
     eprintln!("{what}: login prompt after {took:.1?}");
     Ok((guard, std::fs::read_to_string(&log)?))
+}
+
+/// `vmk COMMAND --wait WAIT` (`console` or its alias `telnet`) with `input` on stdin: what
+/// it printed, which must hold `answer` (what the guest gives back).
+fn console_says(
+    env: &TestEnv,
+    dir: &Path,
+    command: &str,
+    wait: &str,
+    input: &str,
+    answer: &str,
+) -> Result<String> {
+    let said = ok(&vmk_run(
+        env,
+        dir,
+        &[command, "--wait", wait],
+        Some(input.as_bytes()),
+    )?)?;
+    ensure!(
+        said.contains(answer),
+        "no {answer:?} from the guest through `vmk {command}`: {said:?}"
+    );
+    Ok(said)
 }
 
 /// `vmk kill`, and qemu is gone.
@@ -808,10 +836,7 @@ fn kill_unrelated() -> Result<()> {
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
     let pidfile = busybox_vm(dir, slot.number())?;
-    let out = vmk_run(&env, dir, &["run"], None)?;
-    let guard = QemuGuard::from_pidfile(&pidfile);
-    ok(&out)?;
-    let mut guard = guard?;
+    let (mut guard, _) = start_busybox(&env, dir, &["run"])?;
     let mut sleep = Command::new("sleep").arg("300").spawn()?;
     let _sleep_guard = QemuGuard::from_pid(sleep.id() as i32)?;
     std::fs::write(&pidfile, format!("{}\n", sleep.id()))?;
@@ -861,13 +886,8 @@ fn telnet_console() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
-    let pidfile = busybox_vm(dir, slot.number())?;
-    let config = std::fs::read_to_string(dir.join("vm-config"))?;
-    write_config(dir, &(config + "VMK_CONSOLE=telnet\n"))?;
-    let out = vmk_run(&env, dir, &["run"], None)?;
-    let guard = QemuGuard::from_pidfile(&pidfile);
-    ok(&out)?;
-    let mut guard = guard?;
+    busybox_vm_with(dir, slot.number(), "VMK_CONSOLE=telnet\n")?;
+    let (mut guard, _) = start_busybox(&env, dir, &["run"])?;
     guest::wait_for_file_line(
         &dir.join("disk0.raw.console.log"),
         guest::BUSYBOX_READY,
@@ -887,16 +907,14 @@ fn telnet_console() -> Result<()> {
         "a console socket besides the telnet port"
     );
 
-    let said = ok(&vmk_run(
+    console_says(
         &env,
         dir,
-        &["telnet", "--wait", "3"],
-        Some(b"echo via-vmk-$((6*7))\n"),
-    )?)?;
-    ensure!(
-        said.contains("via-vmk-42"),
-        "the guest did not answer `vmk telnet`: {said:?}"
-    );
+        "telnet",
+        "3",
+        "echo via-vmk-$((6*7))\n",
+        "via-vmk-42",
+    )?;
 
     // qemu serves one client at a time: vmk's has gone, this one is served
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -1058,11 +1076,8 @@ fn console_in_a_terminal() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let slot = VmSlot::reserve()?;
-    let pidfile = busybox_vm(dir, slot.number())?;
-    let out = vmk_run(&env, dir, &["run"], None)?;
-    let guard = QemuGuard::from_pidfile(&pidfile);
-    ensure!(out.status.success(), "run: {out:?}");
-    let guard = guard?;
+    busybox_vm(dir, slot.number())?;
+    let (guard, _) = start_busybox(&env, dir, &["run"])?;
     guest::wait_for_file_line(
         &dir.join("disk0.raw.console.log"),
         "vmk-busybox-guest: ready",
@@ -1132,13 +1147,9 @@ fn sockets_are_the_owners() -> Result<()> {
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     let slot = VmSlot::reserve()?;
-    let pidfile = busybox_vm(dir, slot.number())?;
-    let config = std::fs::read_to_string(dir.join("vm-config"))?;
-    write_config(dir, &(config + "VMK_VNC_SOCKET=yes\n"))?;
-    let out = vmk_run(&env, dir, &["run", "--json"], None)?;
-    let guard = QemuGuard::from_pidfile(&pidfile);
-    let started: serde_json::Value = serde_json::from_str(&ok(&out)?)?;
-    let mut guard = guard?;
+    busybox_vm_with(dir, slot.number(), "VMK_VNC_SOCKET=yes\n")?;
+    let (mut guard, out) = start_busybox(&env, dir, &["run", "--json"])?;
+    let started: serde_json::Value = serde_json::from_str(&out)?;
     let console = dir.join("disk0.raw.con");
     ensure!(
         started["console_socket"] == console.to_str().unwrap() && started["console"].is_null(),
@@ -1168,16 +1179,14 @@ fn sockets_are_the_owners() -> Result<()> {
             sock.display()
         );
     }
-    let out = ok(&vmk_run(
+    console_says(
         &env,
         dir,
-        &["console", "--wait", "3"],
-        Some(b"echo through-the-socket-$((6*7))\n"),
-    )?)?;
-    ensure!(
-        out.contains("through-the-socket-42"),
-        "the guest did not answer on the console: {out:?}"
-    );
+        "console",
+        "3",
+        "echo through-the-socket-$((6*7))\n",
+        "through-the-socket-42",
+    )?;
     guest::wait_for_file_line(
         &dir.join("disk0.raw.console.log"),
         "through-the-socket-42",
