@@ -568,9 +568,84 @@ pub fn port_is_free(addr: IpAddr, port: u16) -> bool {
     TcpListener::bind((addr, port)).is_ok()
 }
 
+/// The process listening on TCP `port` (any address, IPv4 or IPv6) as "NAME (pid N)", when
+/// this user may see it: the socket's inode from /proc/net/tcp{,6}, then the process whose
+/// file descriptors hold it. For an error that says what holds a port.
+pub fn port_listener(port: u16) -> Option<String> {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .flat_map(|t| listening_inodes(&t, port))
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    for proc_entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            fs::read_link(fd.path())
+                .is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str()))
+        });
+        if holds {
+            let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            return Some(format!("{} (pid {pid})", name.trim()));
+        }
+    }
+    None
+}
+
+/// The inodes of the sockets listening (state 0A) on `port` in a /proc/net/tcp table.
+fn listening_inodes(table: &str, port: u16) -> Vec<String> {
+    let port_hex = format!("{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit_once(':')?.1;
+            (local_port == port_hex && *f.get(3)? == "0A")
+                .then(|| f.get(9).map(|i| i.to_string()))?
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listener_of_a_port_is_this_process() {
+        let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let who = port_listener(port).expect("our own listener is visible");
+        assert!(
+            who.ends_with(&format!("(pid {})", std::process::id())),
+            "{who}"
+        );
+        drop(l);
+        assert_eq!(port_listener(port), None);
+    }
+
+    #[test]
+    fn listening_sockets_of_a_tcp_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1716 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n\
+   1: 0100007F:1716 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0 100 0 0 10 0\n\
+   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0 100 0 0 10 0\n";
+        assert_eq!(listening_inodes(table, 5910), ["4242"]);
+        assert_eq!(listening_inodes(table, 22), ["4444"]);
+        assert!(listening_inodes(table, 80).is_empty());
+    }
 
     #[test]
     fn fnv_is_stable() {

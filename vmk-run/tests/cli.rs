@@ -282,10 +282,17 @@ fn busy_port_is_refused_naming_it_and_vmk_vnc() {
     let slot = vm(tmp.path(), "VMK_NET_TYPE=none\n");
     std::fs::write(tmp.path().join("disk0.qcow2"), b"QFI\xfb").unwrap();
     let _hold = std::net::TcpListener::bind(("127.0.0.1", slot.vnc_port())).unwrap();
+    // the holder is this test process: the error names it
     vmk_run(tmp.path()).arg("run").assert().code(1).stderr(
-        predicate::str::contains(format!("port {}", slot.vnc_port())).and(
-            predicate::str::contains(format!("VMK_VNC {}", slot.number())),
-        ),
+        predicate::str::contains(format!("port {}", slot.vnc_port()))
+            .and(predicate::str::contains(format!(
+                "VMK_VNC {}",
+                slot.number()
+            )))
+            .and(predicate::str::contains(format!(
+                "(pid {})",
+                std::process::id()
+            ))),
     );
     assert!(!tmp.path().join("fake-called").exists());
 }

@@ -199,13 +199,25 @@ impl QemuGuard {
             return; // gone already, or the pid now belongs to someone else
         }
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-        // Not our child: whoever is its parent reaps it; wait until it is gone or a zombie.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Not our child: whoever is its parent reaps it; wait until it is gone or a zombie,
+        // so that its ports and image are free for what the test does next. A killed qemu
+        // with a gigabyte guest took over 5 s on a loaded machine (the next test's `vmk
+        // snap run` found the VNC port still in use).
+        let deadline = Instant::now() + KILL_WAIT;
         while self.is_same_process() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        if self.is_same_process() {
+            eprintln!(
+                "qemu pid {} still exists {KILL_WAIT:?} after SIGKILL",
+                self.pid
+            );
+        }
     }
 }
+
+/// How long [`QemuGuard`] waits for a qemu it SIGKILLed to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(60);
 
 impl Drop for QemuGuard {
     fn drop(&mut self) {

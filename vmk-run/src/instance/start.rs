@@ -183,6 +183,7 @@ fn check_ports(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
         if !state::port_is_free(e.host, e.port) {
             let who = registry::who_uses_port(e.port)
                 .map(|d| format!(" by the VM in {}", d.display()))
+                .or_else(|| state::port_listener(e.port).map(|p| format!(" by {p}")))
                 .unwrap_or_default();
             bail!(
                 "port {} ({why}) on {} is in use{who}: choose another VMK_VNC (`vmk set VMK_VNC N`) \
