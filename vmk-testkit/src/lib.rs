@@ -39,6 +39,7 @@ pub mod guest;
 pub mod images;
 pub mod isolation;
 pub mod libvirt;
+pub mod on_interrupt;
 pub mod qemu_guard;
 
 pub use libtest_mimic::Failed;
@@ -265,7 +266,11 @@ fn reap_qemus_when_interrupted() {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             let killed = qemu_guard::kill_all_guarded();
-            eprintln!("interrupted by signal {sig}: killed {killed} qemu this test binary started");
+            let undone = on_interrupt::run_all();
+            eprintln!(
+                "interrupted by signal {sig}: killed {killed} qemu this test binary started, \
+                 undid {undone} fixtures (daemons)"
+            );
             std::process::exit(128 + sig);
         }
     });

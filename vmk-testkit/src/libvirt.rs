@@ -41,6 +41,8 @@ pub const NEEDS: &[Need] = &[
 #[derive(Debug)]
 pub struct Libvirtd {
     dir: tempfile::TempDir,
+    /// Stops the daemons and their domains should the test binary be interrupted.
+    _undo: crate::on_interrupt::Registration,
 }
 
 /// Says that /run/libvirt did not exist before the kit's tests: virsh, run by the tests on
@@ -108,7 +110,11 @@ impl Libvirtd {
             "virtlogd -d -p '{0}/virtlogd.pid'\nlibvirtd -d -p '{0}/libvirtd.pid'\n",
             d.display()
         ));
-        let lv = Libvirtd { dir };
+        let at = dir.path().to_path_buf();
+        let lv = Libvirtd {
+            dir,
+            _undo: crate::on_interrupt::register(move || stop_at(&at)),
+        };
         run_ok({
             let mut c = Command::new("unshare");
             c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
@@ -128,12 +134,12 @@ impl Libvirtd {
 
     /// The daemon's socket.
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/libvirt-sock")
+        socket_in(self.dir.path())
     }
 
     /// The local connection URI of this daemon.
     pub fn uri(&self) -> String {
-        format!("qemu+unix:///system?socket={}", self.socket().display())
+        uri_of(self.dir.path())
     }
 
     /// The test's directory (pools may go under it).
@@ -143,20 +149,7 @@ impl Libvirtd {
 
     /// `virsh -c <uri> ARGS…`: its stdout, or an error with its stderr.
     pub fn virsh(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("virsh")
-            .arg("-q")
-            .args(["-c", &self.uri()])
-            .args(args)
-            .output()
-            .context("running virsh")?;
-        if !out.status.success() {
-            bail!(
-                "virsh {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        virsh_at(self.dir.path(), args)
     }
 
     /// Defines, builds and starts a directory storage pool `name` at `dir`.
@@ -169,18 +162,7 @@ impl Libvirtd {
     }
 
     fn stop(&mut self) {
-        if let Ok(list) = self.virsh(&["list", "--all", "--name"]) {
-            for name in list.lines().map(str::trim).filter(|n| !n.is_empty()) {
-                let _ = self.virsh(&["destroy", name]);
-                let _ = self.virsh(&["undefine", name]);
-            }
-        }
-        for daemon in ["libvirtd", "virtlogd"] {
-            let pidfile = self.dir.path().join(format!("{daemon}.pid"));
-            if let Some(pid) = pid_of(&pidfile, daemon) {
-                terminate(pid);
-            }
-        }
+        stop_at(self.dir.path());
         if Path::new(NO_RUN_LIBVIRT).exists() {
             // what virsh leaves on the machine's side (a test beside makes it again)
             let _ = fs::remove_file("/run/libvirt/common/system.token");
@@ -188,6 +170,50 @@ impl Libvirtd {
             if fs::remove_dir("/run/libvirt").is_ok() {
                 let _ = fs::remove_file(NO_RUN_LIBVIRT);
             }
+        }
+    }
+}
+
+/// The socket of the test's libvirtd whose directory is `dir`.
+fn socket_in(dir: &Path) -> PathBuf {
+    dir.join("run/libvirt-sock")
+}
+
+/// The local connection URI of the test's libvirtd whose directory is `dir`.
+fn uri_of(dir: &Path) -> String {
+    format!("qemu+unix:///system?socket={}", socket_in(dir).display())
+}
+
+/// `virsh -c <uri> ARGS…` to the test's libvirtd whose directory is `dir`.
+fn virsh_at(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("virsh")
+        .arg("-q")
+        .args(["-c", &uri_of(dir)])
+        .args(args)
+        .output()
+        .context("running virsh")?;
+    if !out.status.success() {
+        bail!(
+            "virsh {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Destroys and undefines every domain of the test's libvirtd in `dir`, then ends its
+/// daemons (by the pids they wrote there, checked to be those programs).
+fn stop_at(dir: &Path) {
+    if let Ok(list) = virsh_at(dir, &["list", "--all", "--name"]) {
+        for name in list.lines().map(str::trim).filter(|n| !n.is_empty()) {
+            let _ = virsh_at(dir, &["destroy", name]);
+            let _ = virsh_at(dir, &["undefine", name]);
+        }
+    }
+    for daemon in ["libvirtd", "virtlogd"] {
+        if let Some(pid) = pid_of(&dir.join(format!("{daemon}.pid")), daemon) {
+            terminate(pid);
         }
     }
 }
@@ -225,6 +251,8 @@ fn terminate(pid: i32) {
 pub struct TestSshd {
     dir: tempfile::TempDir,
     lease: PortLease,
+    /// Ends sshd should the test binary be interrupted.
+    _undo: crate::on_interrupt::Registration,
 }
 
 impl TestSshd {
@@ -265,7 +293,12 @@ impl TestSshd {
         if !Path::new("/run/sshd").exists() {
             fs::create_dir("/run/sshd")?;
         }
-        let sshd = TestSshd { dir, lease };
+        let pidfile = dir.path().join("sshd.pid");
+        let sshd = TestSshd {
+            dir,
+            lease,
+            _undo: crate::on_interrupt::register(move || end_sshd(&pidfile)),
+        };
         let program = crate::which("sshd")
             .or_else(|| Some(PathBuf::from("/usr/sbin/sshd")).filter(|p| p.exists()))
             .context("no sshd (apt-get install openssh-server)")?;
@@ -311,10 +344,15 @@ impl TestSshd {
     }
 }
 
+/// Ends the test's sshd whose pidfile is `pidfile`.
+fn end_sshd(pidfile: &Path) {
+    if let Some(pid) = pid_of(pidfile, "sshd") {
+        terminate(pid);
+    }
+}
+
 impl Drop for TestSshd {
     fn drop(&mut self) {
-        if let Some(pid) = pid_of(&self.dir.path().join("sshd.pid"), "sshd") {
-            terminate(pid);
-        }
+        end_sshd(&self.dir.path().join("sshd.pid"));
     }
 }
