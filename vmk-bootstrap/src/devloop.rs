@@ -18,7 +18,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use vmk_common::config::values::{ONE_SHOT_ARG, SSHD_STARTED_LINE};
+use vmk_common::config::values::{ONE_SHOT_ARG, SSHD_STARTED_LINE, VIRTIOFS_TAGS_CREDENTIAL};
 use vmk_common::config::Share;
 
 use crate::debian::write_file;
@@ -35,9 +35,10 @@ pub const EXEC_INIT: &str = "/usr/local/lib/vmk/exec-init";
 pub const SHARES_UNIT: &str = "etc/systemd/system/vmk-shares.service";
 /// The modules the initrd holds (`MODULES=list` plus [`INITRD_HOOK`], with their
 /// dependencies): the disk on every VMK_DISK_BUS (virtio-blk, virtio-scsi, lsi, ide/ahci,
-/// nvme), ext4, and 9p. Held, not loaded: udev in the initrd loads what the VM's devices
-/// need (loading all of them cost seconds each under emulation), and [`INITRD_9P`] loads 9p
-/// when the VM has a 9p share. A small initrd unpacks fast (Debian's default `MODULES=most`
+/// nvme), ext4, 9p, virtiofs, and the SCSI CD-ROM driver (a cloud-init seed, an install
+/// medium). Held, not loaded: udev in the initrd loads what the VM's devices need (loading
+/// all of them cost seconds each under emulation; virtiofs by its device's modalias, as
+/// the one-shot init does too), and [`INITRD_9P`] loads 9p when the VM has a 9p share. A small initrd unpacks fast (Debian's default `MODULES=most`
 /// is several times larger).
 const INITRD_MODULES: &[&str] = &[
     "virtio_pci",
@@ -51,6 +52,8 @@ const INITRD_MODULES: &[&str] = &[
     "ext4",
     "9p",
     "9pnet_virtio",
+    "virtiofs",
+    "sr_mod",
 ];
 /// The initramfs-tools hook that adds [`INITRD_MODULES`].
 const INITRD_HOOK: &str = "etc/initramfs-tools/hooks/vmk";
@@ -156,32 +159,62 @@ exec run-init /root "$init" "$@" </root/dev/console >/root/dev/console 2>&1
 /// initramfs-tools' setting for that list.
 const INITRAMFS_CONF: &str = "etc/initramfs-tools/conf.d/vmk.conf";
 
-/// The script: every 9p mount tag the guest sees, mounted once; [`Share::MODULES_TAG`]
-/// over /lib/modules, any other TAG at /mnt/TAG. Nothing to do when vmk shares nothing.
+/// The script: every 9p mount tag the guest sees, and every virtiofs tag vmk lists in the
+/// [`VIRTIOFS_TAGS_CREDENTIAL`] SMBIOS string (a kernel before 6.9 shows virtiofs tags
+/// nowhere else), mounted once; [`Share::MODULES_TAG`] over /lib/modules, any other TAG at
+/// /mnt/TAG. Nothing to do when vmk shares nothing.
 fn shares_script() -> String {
     format!(
         r#"#!/bin/sh
-# Written by vmk bootstrap: mounts the host folders vmk shares with this VM (virtio-9p).
-# Tag {modules} goes over /lib/modules (a kernel's modules for one boot: vmk run --modules),
-# every other tag TAG at /mnt/TAG. Run at boot by vmk-shares.service; safe to run again.
+# Written by vmk bootstrap: mounts the host folders vmk shares with this VM (virtio-9p and
+# virtiofs). Tag {modules} goes over /lib/modules (a kernel's modules for one boot: vmk run
+# --modules), every other tag TAG at /mnt/TAG. Run at boot by vmk-shares.service; safe to
+# run again.
 set -u
-modprobe -q 9pnet_virtio 2>/dev/null || true
+LC_ALL=C
+export LC_ALL
 status=0
-for f in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
-    [ -r "$f" ] || continue
-    tag=$(tr -d '\000' < "$f")
-    case "$tag" in
+share() {{
+    case "$2" in
         {modules}) dir=/lib/modules ;;
-        ''|.*|-*|*[!A-Za-z0-9_.-]*) echo "vmk-shares: ignoring mount tag '$tag'" >&2; continue ;;
-        *) dir=/mnt/$tag ;;
+        ''|.*|-*|*[!A-Za-z0-9_.-]*) echo "vmk-shares: ignoring mount tag '$2'" >&2; return ;;
+        *) dir=/mnt/$2 ;;
     esac
-    mountpoint -q "$dir" && continue
-    mkdir -p "$dir" && mount -t 9p -o {options} "$tag" "$dir" || status=1
+    mountpoint -q "$dir" && return
+    if [ "$1" = virtiofs ]; then
+        mkdir -p "$dir" && mount -t virtiofs "$2" "$dir" || status=1
+    else
+        mkdir -p "$dir" && mount -t 9p -o {options} "$2" "$dir" || status=1
+    fi
+}}
+for d in /sys/bus/virtio/devices/*; do
+    read -r id < "$d/device" 2>/dev/null || continue
+    case "$id" in
+        0x0009) ninep=1 ;;
+        0x001a) virtiofs=1 ;;
+    esac
 done
+if [ -n "${{ninep:-}}" ]; then
+    modprobe -q 9pnet_virtio 2>/dev/null || true
+    for f in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
+        [ -r "$f" ] && share 9p "$(tr -d '\000' < "$f")"
+    done
+fi
+if [ -n "${{virtiofs:-}}" ]; then
+    modprobe -q virtiofs 2>/dev/null || true
+    tags=$(tr '\000' '\n' < /sys/firmware/dmi/tables/DMI 2>/dev/null |
+        sed -n 's/^.*io\.systemd\.credential:{credential_re}=//p')
+    [ -n "$tags" ] || echo "vmk-shares: a virtiofs device but no {credential} SMBIOS string" >&2
+    for tag in $tags; do
+        share virtiofs "$tag"
+    done
+fi
 exit $status
 "#,
         modules = Share::MODULES_TAG,
         options = Share::MOUNT_OPTIONS,
+        credential = VIRTIOFS_TAGS_CREDENTIAL,
+        credential_re = VIRTIOFS_TAGS_CREDENTIAL.replace('.', "\\."),
     )
 }
 
@@ -235,7 +268,7 @@ esac
 read -r h < /etc/hostname && echo "$h" > /proc/sys/kernel/hostname
 for d in /sys/bus/virtio/devices/*; do
     read -r id < "$d/device" 2>/dev/null || continue
-    if [ "$id" = 0x0009 ]; then
+    if [ "$id" = 0x0009 ] || [ "$id" = 0x001a ]; then
         /usr/local/sbin/vmk-shares
         break
     fi
@@ -281,7 +314,7 @@ off() {
     sleep 1
     kill -KILL -1 2>/dev/null
     sync
-    umount -a -t 9p 2>/dev/null
+    umount -a -t 9p,virtiofs 2>/dev/null
     mount -o remount,ro / || sync
     echo o > /proc/sysrq-trigger
 }
@@ -423,7 +456,7 @@ pub fn write_initrd_config(root: &Path) -> Result<bool> {
             INITRAMFS_CONF,
             0o644,
             "# Written by vmk bootstrap: the initrd holds only the modules that\n\
-             # /etc/initramfs-tools/hooks/vmk adds (a VM's disks, ext4, 9p) and their dependencies.\n\
+             # /etc/initramfs-tools/hooks/vmk adds (a VM's disks, ext4, 9p, virtiofs, CD-ROM) and their dependencies.\n\
              MODULES=list\n"
                 .to_string(),
         ),
@@ -441,7 +474,7 @@ pub fn write_initrd_config(root: &Path) -> Result<bool> {
 fn initrd_hook() -> String {
     format!(
         "#!/bin/sh\n\
-         # Written by vmk bootstrap: a VM's disk drivers, ext4 and 9p in the initrd (see\n\
+         # Written by vmk bootstrap: a VM's disk drivers, ext4, 9p and virtiofs in the initrd (see\n\
          # conf.d/vmk.conf); udev loads what the VM's devices need.\n\
          case \"$1\" in prereqs) exit 0 ;; esac\n\
          . /usr/share/initramfs-tools/hook-functions\n\
@@ -478,6 +511,8 @@ mod tests {
         let s = shares_script();
         assert!(s.contains(&format!("{}) dir=/lib/modules", Share::MODULES_TAG)));
         assert!(s.contains(&format!("mount -t 9p -o {} ", Share::MOUNT_OPTIONS)));
+        assert!(s.contains(r"credential:vmk\.virtiofs-tags=//p"), "{s}");
+        assert!(s.contains(r#"mount -t virtiofs "$2" "$dir""#), "{s}");
         assert!(SHARES_UNIT_TEXT.contains(&format!("ExecStart=/{SHARES_SCRIPT}")));
     }
 
@@ -498,7 +533,14 @@ mod tests {
     fn the_initrd_holds_the_disk_drivers_and_loads_9p_only_for_a_share() {
         let hook = initrd_hook();
         assert!(hook.contains("manual_add_modules"), "{hook}");
-        for m in ["virtio_blk", "virtio_scsi", "9pnet_virtio", "ext4"] {
+        for m in [
+            "virtio_blk",
+            "virtio_scsi",
+            "9pnet_virtio",
+            "ext4",
+            "virtiofs",
+            "sr_mod",
+        ] {
             assert!(
                 hook.contains(&format!(" {m} ")) || hook.contains(&format!(" {m};")),
                 "{m}: {hook}"

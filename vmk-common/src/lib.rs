@@ -35,3 +35,4 @@ pub mod state;
 pub mod swtpm;
 pub mod text;
 pub mod time;
+pub mod virtiofsd;

@@ -137,6 +137,12 @@ fn check_regular_or_absent(path: &Path, what: &str) -> Result<()> {
 /// Creates (or opens) the console log for appending without following a symlink (mode
 /// 0600), checks it is a regular file and makes an existing one of ours private.
 pub fn open_console_log(path: &Path) -> Result<fs::File> {
+    open_private_log(path, "console log")
+}
+
+/// [`open_console_log`] for any log vmk or a helper it starts appends to (`what` names it
+/// in errors).
+pub fn open_private_log(path: &Path, what: &str) -> Result<fs::File> {
     use rustix::fs::OFlags;
     use std::os::unix::fs::OpenOptionsExt;
     let opened = fs::OpenOptions::new()
@@ -151,21 +157,21 @@ pub fn open_console_log(path: &Path) -> Result<fs::File> {
             // ELOOP (a symlink), ENXIO (a FIFO without reader), EISDIR …: say what is there
             if let Ok(m) = fs::symlink_metadata(path) {
                 if !m.file_type().is_file() {
-                    return Err(not_regular(path, "console log", &m));
+                    return Err(not_regular(path, what, &m));
                 }
             }
-            return Err(e).with_context(|| format!("creating the console log {}", path.display()));
+            return Err(e).with_context(|| format!("creating the {what} {}", path.display()));
         }
     };
     let meta = file
         .metadata()
-        .with_context(|| format!("checking the console log {}", path.display()))?;
+        .with_context(|| format!("checking the {what} {}", path.display()))?;
     if !meta.is_file() {
-        return Err(not_regular(path, "console log", &meta));
+        return Err(not_regular(path, what, &meta));
     }
     if meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
         log::info!(
-            "making the console log {} private (mode {:04o} to 0600)",
+            "making the {what} {} private (mode {:04o} to 0600)",
             path.display(),
             meta.mode() & 0o7777
         );
@@ -193,8 +199,9 @@ pub fn runtime_dir() -> PathBuf {
 }
 
 /// A socket path in `dir` named after the image (readable) plus a stable hash of its
-/// absolute path (unique).
-fn fallback_socket_path(image: &Path, dir: &Path) -> PathBuf {
+/// absolute path (unique): `NAME-HASH.qmp`, whose extension callers replace for other
+/// sockets of the instance (virtiofsd's).
+pub fn fallback_socket_path(image: &Path, dir: &Path) -> PathBuf {
     let hash = fnv1a64(image.as_os_str().as_bytes());
     let stem: String = image
         .file_name()
@@ -510,6 +517,39 @@ pub fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Ends `pid`, a helper process of a VM (`what`: swtpm, virtiofsd) that `is_it` verifies
+/// before each signal: SIGTERM, then SIGKILL after 2 s. Nothing is sent to a pid that is
+/// no longer (or never was) that helper; an error when it survives SIGKILL.
+pub fn end_verified(pid: u32, what: &str, is_it: impl Fn(u32) -> bool) -> Result<()> {
+    for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+        if !is_it(pid) {
+            return Ok(());
+        }
+        log::info!("sending {sig} to {what} pid {pid}");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        if wait_for_exit(pid, Duration::from_secs(2)) {
+            return Ok(());
+        }
+    }
+    if is_it(pid) {
+        bail!("{what} pid {pid} still runs after SIGKILL");
+    }
+    Ok(())
+}
+
+/// Removes what a helper process of a VM left (its pidfile, its socket): each path that
+/// exists and is no directory, quietly (the caller is cleaning up).
+pub fn remove_runtime_files(paths: &[&Path]) {
+    for p in paths {
+        match fs::symlink_metadata(p) {
+            Ok(m) if !m.is_dir() => {
+                let _ = fs::remove_file(p);
+            }
+            _ => {}
+        }
     }
 }
 

@@ -143,36 +143,14 @@ pub fn is_instance_swtpm(pid: u32, socket: &Path) -> bool {
     is_swtpm && argv.iter().any(|a| a.starts_with(&want))
 }
 
-/// Stops the swtpm of `tpm` if one runs (SIGTERM, then SIGKILL after 2 s, each only after
-/// checking that the pid is still that swtpm) and removes its pidfile and socket. The
+/// Stops the swtpm of `tpm` if one runs ([`crate::state::end_verified`]: SIGTERM, then
+/// SIGKILL after 2 s, each only after checking that the pid is still that swtpm) and removes its pidfile and socket. The
 /// state file stays.
 pub fn stop(tpm: &Tpm) -> Result<()> {
     if let Ok(Some(pid)) = crate::state::read_pidfile(&tpm.pidfile) {
-        for sig in [
-            nix::sys::signal::Signal::SIGTERM,
-            nix::sys::signal::Signal::SIGKILL,
-        ] {
-            if !is_instance_swtpm(pid, &tpm.socket) {
-                break;
-            }
-            log::info!("sending {sig} to swtpm pid {pid}");
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-            if crate::state::wait_for_exit(pid, Duration::from_secs(2)) {
-                break;
-            }
-        }
-        if is_instance_swtpm(pid, &tpm.socket) {
-            bail!("swtpm pid {pid} still runs after SIGKILL");
-        }
+        crate::state::end_verified(pid, "swtpm", |p| is_instance_swtpm(p, &tpm.socket))?;
     }
-    for p in [&tpm.pidfile, &tpm.socket] {
-        match fs::symlink_metadata(p) {
-            Ok(m) if !m.is_dir() => {
-                let _ = fs::remove_file(p);
-            }
-            _ => {}
-        }
-    }
+    crate::state::remove_runtime_files(&[&tpm.pidfile, &tpm.socket]);
     Ok(())
 }
 

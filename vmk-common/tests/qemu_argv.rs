@@ -5,9 +5,11 @@
 //! `Host`, so the snapshots are stable. Review changes with `INSTA_UPDATE=always cargo test -p vmk-common --test qemu_argv` and
 //! a look at `tests/snapshots/`.
 
-use vmk_common::config::{Firmware, NetType};
-use vmk_common::qemu::fixtures::{build, config, mode, paths, FakeHost, RootHost, MODES};
-use vmk_common::qemu::{Mode, QemuCommand};
+use vmk_common::config::{Firmware, NetType, ShareFs};
+use vmk_common::qemu::fixtures::{
+    self, build, config, mode, paths, FakeHost, RootHost, VirtiofsHost, MODES,
+};
+use vmk_common::qemu::{Host, Mode, QemuCommand};
 
 /// The program and each argument on its own line.
 fn lines(cmd: &QemuCommand) -> String {
@@ -175,4 +177,105 @@ fn architectures() {
     let kvm = lines(&mode("arch_aarch64_kvm_tpm"));
     assert!(kvm.contains("\n-machine\nvirt,accel=kvm\n-cpu\nhost\n"));
     assert!(kvm.contains("tpm-tis-device,tpmdev=tpm0"));
+}
+
+/// The `shares` config (one read-write share, one read-only) on a machine where virtiofs
+/// can run.
+fn shares_config(share_fs: ShareFs) -> vmk_common::config::VmConfig {
+    let mut cfg = config();
+    cfg.shares = vmk_common::config::values::parse_shares(
+        "/home/u/src/linux '/data/a,readonly=off b:data:ro'",
+        &|d| d.into(),
+    )
+    .unwrap();
+    cfg.share_fs = share_fs;
+    cfg
+}
+
+/// VMK_SHARE_FS=9p keeps virtio-9p (today's argv, the `shares` snapshot) where virtiofs
+/// could run.
+#[test]
+fn share_fs_9p_keeps_virtio_9p_on_a_virtiofs_host() {
+    let cmd = QemuCommand::from_config_with(
+        &shares_config(ShareFs::NineP),
+        Mode::Run,
+        &paths(""),
+        &VirtiofsHost,
+    )
+    .unwrap();
+    assert_eq!(lines(&cmd), lines(&fixtures::shares()));
+    assert!(cmd.shares.iter().all(|s| s.reason == "VMK_SHARE_FS=9p"));
+}
+
+/// virtiofs: the read-write share only; the read-only one stays on 9p (qemu's virtiofsd
+/// cannot enforce read-only), and a comma in a folder cannot add an option to qemu.
+#[test]
+fn virtiofs_for_read_write_shares_only() {
+    let cmd = mode("virtiofs_shares");
+    let argv: Vec<String> = cmd
+        .argv()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let text = argv.join("\n");
+    assert!(
+        text.contains("q35,accel=tcg,memory-backend=vmk-mem\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("memory-backend-memfd,id=vmk-mem,size=4096M,share=on"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("vhost-user-fs-pci,chardev=").count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("vhost-user-fs-pci,chardev=vfs2,tag=odd"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "local,id=share1,path=/data/a,,readonly=off b,security_model=none,readonly=on"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("io.systemd.credential:vmk.virtiofs-tags=linux odd"),
+        "{text}"
+    );
+    let daemons: Vec<_> = cmd.shares.iter().filter_map(|s| s.daemon()).collect();
+    assert_eq!(daemons.len(), 2);
+    assert!(daemons.iter().all(|d| d.socket.starts_with("/run/vmk")));
+    assert_eq!(daemons[1].dir, std::path::Path::new("/data/c,d e"));
+    assert!(cmd.shares[1].reason.starts_with("read-only"));
+}
+
+/// VMK_SHARE_FS=virtiofs where it cannot run: an error naming the key, and why.
+#[test]
+fn share_fs_virtiofs_without_virtiofsd_is_a_config_error() {
+    for host in [&FakeHost { kvm: false } as &dyn Host, &RootHost] {
+        let e = QemuCommand::from_config_with(
+            &shares_config(ShareFs::Virtiofs),
+            Mode::Run,
+            &paths(""),
+            host,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("VMK_SHARE_FS"), "{text}");
+        assert!(text.contains("virtiofs cannot be used here"), "{text}");
+        assert_eq!(vmk_common::cli::exit_status_of(&e), 2);
+    }
+    // auto: virtio-9p, saying why
+    let cmd = QemuCommand::from_config_with(
+        &shares_config(ShareFs::Auto),
+        Mode::Run,
+        &paths(""),
+        &FakeHost { kvm: false },
+    )
+    .unwrap();
+    assert_eq!(lines(&cmd), lines(&fixtures::shares()));
+    assert_eq!(cmd.shares[0].reason, "no virtiofsd on this host");
 }

@@ -87,7 +87,9 @@ pub struct Domain {
     /// The guest agent's channel.
     pub guest_agent: bool,
     /// Host folders shared with the guest (VMK_SHARE, `--modules`): virtio-9p
-    /// `<filesystem>`s, `accessmode='squash'` as the argv's `security_model=none`.
+    /// `<filesystem>`s, `accessmode='squash'` as the argv's `security_model=none`; virtiofs
+    /// ones `accessmode='passthrough'` with `<driver type='virtiofs'/>` (libvirt starts its
+    /// own virtiofsd for them).
     pub filesystems: Vec<FilesystemXml>,
     /// The TPM device model (VMK_TPM=yes), with libvirt's emulator backend.
     pub tpm_model: Option<&'static str>,
@@ -104,6 +106,8 @@ pub struct FilesystemXml {
     pub tag: String,
     /// Read-only for the guest.
     pub readonly: bool,
+    /// virtiofs (else virtio-9p).
+    pub virtiofs: bool,
 }
 
 /// The cpu model.
@@ -340,9 +344,10 @@ impl Domain {
                 .iter()
                 .map(|sh| {
                     Ok(FilesystemXml {
-                        dir: utf8("shared folder", &sh.dir)?,
-                        tag: sh.tag.clone(),
-                        readonly: sh.readonly,
+                        dir: utf8("shared folder", &sh.share.dir)?,
+                        tag: sh.share.tag.clone(),
+                        readonly: sh.share.readonly,
+                        virtiofs: sh.daemon().is_some(),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -383,6 +388,18 @@ impl Domain {
             w.create_element("memory")
                 .with_attribute(("unit", "KiB"))
                 .write_text_content(BytesText::new(&self.memory_kib.to_string()))?;
+            if self.filesystems.iter().any(|f| f.virtiofs) {
+                // virtiofsd works in the guest's memory: shared, as the argv's memfd backend
+                w.create_element("memoryBacking").write_inner_content(|w| {
+                    w.create_element("source")
+                        .with_attribute(("type", "memfd"))
+                        .write_empty()?;
+                    w.create_element("access")
+                        .with_attribute(("mode", "shared"))
+                        .write_empty()?;
+                    Ok(())
+                })?;
+            }
             text(w, "vcpu", &self.vcpus.to_string())?;
             if !self.oem_strings.is_empty() {
                 w.create_element("sysinfo")
@@ -549,8 +566,16 @@ impl Domain {
         for fs in &self.filesystems {
             w.create_element("filesystem")
                 .with_attribute(("type", "mount"))
-                .with_attribute(("accessmode", "squash"))
+                .with_attribute((
+                    "accessmode",
+                    if fs.virtiofs { "passthrough" } else { "squash" },
+                ))
                 .write_inner_content(|w| {
+                    if fs.virtiofs {
+                        w.create_element("driver")
+                            .with_attribute(("type", "virtiofs"))
+                            .write_empty()?;
+                    }
                     w.create_element("source")
                         .with_attribute(("dir", fs.dir.as_str()))
                         .write_empty()?;

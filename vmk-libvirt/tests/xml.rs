@@ -52,8 +52,10 @@ struct Facts {
     tpm: Option<String>,
     /// UEFI: firmware code and the VM's variable store.
     flash: Vec<String>,
-    /// Shared folders: (folder, tag, read-only).
-    shares: Vec<(String, String, bool)>,
+    /// Shared folders: (folder, tag, read-only, virtiofs).
+    shares: Vec<(String, String, bool, bool)>,
+    /// Guest memory shared with other processes (virtiofsd).
+    shared_memory: bool,
 }
 
 fn opts(value: &str) -> (Vec<String>, BTreeMap<String, String>) {
@@ -71,7 +73,33 @@ fn opts(value: &str) -> (Vec<String>, BTreeMap<String, String>) {
     (words, kv)
 }
 
-fn facts_of_argv(argv: &[String]) -> Facts {
+/// The facts of `cmd`'s argv; a virtiofs share's folder is read from its virtiofsd's
+/// command line (`-o source=`), which starts beside qemu.
+fn facts_of_argv(cmd: &QemuCommand) -> Facts {
+    let argv: Vec<String> = cmd
+        .argv()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let virtiofsd_source = |socket: &str| -> String {
+        let d = cmd
+            .shares
+            .iter()
+            .filter_map(|s| s.daemon())
+            .find(|d| d.socket.to_string_lossy() == socket)
+            .expect("a virtiofsd for the socket");
+        let args: Vec<String> = d
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let source = args
+            .iter()
+            .find_map(|a| a.strip_prefix("source="))
+            .expect("-o source=");
+        source.replace("\\,", ",").replace("\\\\", "\\")
+    };
+    let mut vfs_sockets = BTreeMap::new();
     let mut f = Facts::default();
     for w in argv.windows(2) {
         let (opt, value) = (w[0].as_str(), w[1].as_str());
@@ -96,7 +124,19 @@ fn facts_of_argv(argv: &[String]) -> Facts {
                 get("path").unwrap(),
                 get("id").unwrap(),
                 get("readonly").as_deref() == Some("on"),
+                false,
             )),
+            "-chardev" if get("id").is_some_and(|i| i.starts_with("vfs")) => {
+                vfs_sockets.insert(get("id").unwrap(), get("path").unwrap());
+            }
+            "-device" if words.first().map(String::as_str) == Some("vhost-user-fs-pci") => {
+                let socket = &vfs_sockets[&get("chardev").unwrap()];
+                f.shares
+                    .push((virtiofsd_source(socket), get("tag").unwrap(), false, true));
+            }
+            "-object" if words.first().map(String::as_str) == Some("memory-backend-memfd") => {
+                f.shared_memory = get("share").as_deref() == Some("on")
+            }
             "-device" if kv.contains_key("mount_tag") => {
                 let id = get("fsdev").unwrap();
                 let tag = get("mount_tag").unwrap();
@@ -167,7 +207,13 @@ fn facts_of_xml(xml: &str) -> Facts {
             }
             "domain/devices/interface/mac" => f.macs.push(attr(n, "address")),
             "domain/devices/tpm" => f.tpm = Some(attr(n, "model")),
-            "domain/devices/filesystem" => f.shares.push((String::new(), String::new(), false)),
+            "domain/devices/filesystem" => {
+                f.shares.push((String::new(), String::new(), false, false))
+            }
+            "domain/devices/filesystem/driver" => {
+                f.shares.last_mut().unwrap().3 = attr(n, "type") == "virtiofs"
+            }
+            "domain/memoryBacking/access" => f.shared_memory = attr(n, "mode") == "shared",
             "domain/devices/filesystem/source" => f.shares.last_mut().unwrap().0 = attr(n, "dir"),
             "domain/devices/filesystem/target" => f.shares.last_mut().unwrap().1 = attr(n, "dir"),
             "domain/devices/filesystem/readonly" => f.shares.last_mut().unwrap().2 = true,
@@ -216,12 +262,7 @@ fn xml_and_argv_agree_in_every_mode() {
         let Ok(xml) = domain_xml(&cmd) else {
             continue; // modes libvirt cannot hold are snapshotted as their error
         };
-        let argv: Vec<String> = cmd
-            .argv()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let from_argv = facts_of_argv(&argv);
+        let from_argv = facts_of_argv(&cmd);
         let from_xml = facts_of_xml(&xml);
         assert_eq!(from_xml, from_argv, "mode {name}");
         assert!(!from_argv.disks.is_empty(), "mode {name} has no disk");
@@ -247,6 +288,21 @@ fn parity_facts_are_read_from_both_forms() {
         f.credentials[0].starts_with("io.systemd.credential:ssh.authorized_keys.root=ssh-ed25519 ")
     );
     assert_eq!(f.vnc.as_deref(), Some("127.0.0.1:5903"));
+    let cmd = fixtures::mode("virtiofs_shares");
+    for f in [
+        facts_of_xml(&domain_xml(&cmd).unwrap()),
+        facts_of_argv(&cmd),
+    ] {
+        assert!(f.shared_memory);
+        assert_eq!(
+            f.shares,
+            [
+                ("/home/u/src/linux".into(), "linux".into(), false, true),
+                ("/data/a,readonly=off b".into(), "data".into(), true, false),
+                ("/data/c,d e".into(), "odd".into(), false, true),
+            ]
+        );
+    }
 }
 
 /// A disk named `a&b<c>.raw` (and a name, credential and kernel arguments with markup)

@@ -143,7 +143,7 @@ pub fn missing_files(cfg: &VmConfig, cmd: &QemuCommand) -> Vec<MissingFile> {
             }
         }
     }
-    for share in &cmd.shares {
+    for share in cmd.shares.iter().map(|s| &s.share) {
         if cfg.shares.contains(share) && !share.dir.is_dir() {
             let hint = "create it, or remove it from VMK_SHARE";
             missing.push(if present(&share.dir) {

@@ -367,7 +367,7 @@ fn a_missing_shared_folder_or_kernel_is_a_usage_error() {
     fs::write(
         d.join("vm-config"),
         "VMK_DISK0=disk0.img\nVMK_DISK0_FORMAT=raw\nVMK_ACCEL=tcg\nVMK_VNC=57\n\
-         VMK_SHARE=no-such-folder:x\n",
+         VMK_SHARE=no-such-folder:x\nVMK_SHARE_FS=9p\n",
     )
     .unwrap();
     fs::write(d.join("vm-key"), b"not checked before the config").unwrap();

@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -116,6 +117,30 @@ impl DevVm {
         let pidfile = self.dir().join("snap-disk0.img.pid");
         ensure!(!pidfile.exists(), "{} is left", pidfile.display());
         ensure!(!self.snap().exists(), "snap-disk0.img is left");
+        Ok(())
+    }
+
+    /// Fails when a virtiofsd of this test's runtime directory runs (every VM of the test
+    /// has its sockets there), or a virtiofsd socket or pidfile of its is left.
+    fn no_virtiofsd_left(&self) -> Result<()> {
+        let runtime = self.env.runtime_dir();
+        let running = virtiofsds(self)?;
+        ensure!(
+            running.is_empty(),
+            "virtiofsds of the test still run: {running:?}"
+        );
+        let left: Vec<PathBuf> = fs::read_dir(runtime.join("vmk"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.to_string_lossy().contains(".fs"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ensure!(
+            left.iter().all(|p| p.to_string_lossy().ends_with(".log")),
+            "virtiofsd files left: {left:?}"
+        );
         Ok(())
     }
 }
@@ -231,23 +256,53 @@ fn exec_without_sshd_fails_with_exit_1() -> Result<()> {
     vm.nothing_left()
 }
 
-fn shares_are_mounted_at_mnt_tag() -> Result<()> {
-    let host = tempfile::Builder::new().prefix("vmk-share").tempdir()?;
-    let src = host.path().join("src");
-    let data = host.path().join("data");
-    let odd = host.path().join("my src,readonly=on");
-    for d in [&src, &data, &odd] {
-        fs::create_dir(d)?;
+/// The host folders of the shares test: a read-write one with a marker, a read-only one,
+/// and a read-write one whose name has a space and a comma (no option for qemu or
+/// virtiofsd).
+struct ShareDirs {
+    _host: tempfile::TempDir,
+    src: PathBuf,
+    data: PathBuf,
+    odd: PathBuf,
+}
+
+impl ShareDirs {
+    fn new() -> Result<ShareDirs> {
+        let host = tempfile::Builder::new().prefix("vmk-share").tempdir()?;
+        let src = host.path().join("src");
+        let data = host.path().join("data");
+        let odd = host.path().join("my src,readonly=on");
+        for d in [&src, &data, &odd] {
+            fs::create_dir(d)?;
+        }
+        fs::write(src.join("marker"), "marker-from-host\n")?;
+        fs::write(data.join("ro-file"), "read-only-data\n")?;
+        fs::write(odd.join("odd"), "odd-path-ok\n")?;
+        Ok(ShareDirs {
+            _host: host,
+            src,
+            data,
+            odd,
+        })
     }
-    fs::write(src.join("marker"), "marker-from-host\n")?;
-    fs::write(data.join("ro-file"), "read-only-data\n")?;
-    fs::write(odd.join("odd"), "odd-path-ok\n")?;
-    let vm = DevVm::new(&format!(
-        "VMK_SHARE=\"'{}' '{}:data:ro' '{}:odd'\"\n",
-        src.display(),
-        data.display(),
-        odd.display()
-    ))?;
+
+    fn config(&self, share_fs: &str) -> String {
+        format!(
+            "VMK_SHARE=\"'{}' '{}:data:ro' '{}:odd'\"\nVMK_SHARE_FS={share_fs}\n",
+            self.src.display(),
+            self.data.display(),
+            self.odd.display()
+        )
+    }
+}
+
+/// The shares of [`ShareDirs`] with VMK_SHARE_FS=`share_fs`: the read-write ones reach the
+/// guest over `rw_fs` (its /proc/mounts type), the read-only one always over 9p; `info`
+/// says so; the guest reads the marker, its file appears on the host, the read-only share
+/// refuses writes; nothing of the VM is left (qemu, snapshot, virtiofsd, their sockets).
+fn shares_mounted_at_mnt_tag_over(share_fs: &str, rw_fs: &str) -> Result<()> {
+    let dirs = ShareDirs::new()?;
+    let vm = DevVm::new(&dirs.config(share_fs))?;
     let info = run_ok(vm.vmk_snap(&["info"]))?;
     let info = String::from_utf8_lossy(&info.stdout);
     ensure!(
@@ -256,32 +311,183 @@ fn shares_are_mounted_at_mnt_tag() -> Result<()> {
         ),
         "info: {info}"
     );
+    // the read-only share: virtio-9p, because it is read-only (or as VMK_SHARE_FS=9p says)
+    let (rw_transport, ro_reason) = if rw_fs == "virtiofs" {
+        ("virtiofs: virtiofsd ", "read-only")
+    } else {
+        ("virtio-9p: VMK_SHARE_FS=9p", "VMK_SHARE_FS=9p")
+    };
+    ensure!(
+        info.contains(&format!("(rw, tag src, {rw_transport}"))
+            && info.contains(&format!("(rw, tag odd, {rw_transport}"))
+            && info.contains(&format!("(ro, tag data, virtio-9p: {ro_reason}")),
+        "info names {rw_transport:?} for the read-write shares: {info}"
+    );
+    let json = run_ok(vm.vmk_snap(&["info", "--json"]))?;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+    let transports: Vec<&str> = json["shares"]
+        .as_array()
+        .context("shares in info --json")?
+        .iter()
+        .map(|s| s["transport"].as_str().unwrap_or(""))
+        .collect();
+    let rw_name = if rw_fs == "virtiofs" {
+        "virtiofs"
+    } else {
+        "virtio-9p"
+    };
+    ensure!(
+        transports == [rw_name, "virtio-9p", rw_name],
+        "info --json transports: {transports:?}"
+    );
+    let dry = run_ok(vm.vmk_snap(&["-D", "run"]))?;
+    let dry_err = String::from_utf8_lossy(&dry.stderr);
+    ensure!(
+        dry_err.contains(&format!("share src: {rw_name} ("))
+            && dry_err.contains(&format!("share data: virtio-9p ({ro_reason}")),
+        "-D names each share's transport: {dry_err}"
+    );
     let out = vm.snap_exec(
         "cat /mnt/src/marker /mnt/data/ro-file /mnt/odd/odd; \
          echo written-by-guest > /mnt/src/from-guest; \
          if echo x > /mnt/data/nope; then echo RO-WRITABLE; else echo ro-refused; fi; \
-         if echo x > /mnt/odd/rw; then echo odd-writable; fi",
+         if echo x > /mnt/odd/rw; then echo odd-writable; fi; \
+         while read -r _ m t _; do case $m in /mnt/*) echo \"$m $t\" ;; esac; done < /proc/mounts",
         b"",
     )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "exit status {:?}", out.status);
+    let mut mounts: Vec<&str> = stdout.lines().skip(5).collect();
+    mounts.sort();
     ensure!(
-        stdout == "marker-from-host\nread-only-data\nodd-path-ok\nro-refused\nodd-writable\n",
+        stdout.starts_with(
+            "marker-from-host\nread-only-data\nodd-path-ok\nro-refused\nodd-writable\n"
+        ) && mounts
+            == [
+                "/mnt/data 9p".to_string(),
+                format!("/mnt/odd {rw_fs}"),
+                format!("/mnt/src {rw_fs}"),
+            ],
         "stdout: {stdout:?}"
     );
     ensure!(
-        fs::read_to_string(src.join("from-guest"))? == "written-by-guest\n",
+        fs::read_to_string(dirs.src.join("from-guest"))? == "written-by-guest\n",
         "the guest's file is not on the host"
     );
     ensure!(
-        !data.join("nope").exists(),
+        !dirs.data.join("nope").exists(),
         "the read-only share was written"
     );
     ensure!(
-        odd.join("rw").exists(),
+        dirs.odd.join("rw").exists(),
         "the odd path's share was not written"
     );
-    vm.nothing_left()
+    vm.nothing_left()?;
+    vm.no_virtiofsd_left()
+}
+
+fn shares_over_virtio_9p_are_mounted_at_mnt_tag() -> Result<()> {
+    shares_mounted_at_mnt_tag_over("9p", "9p")
+}
+
+fn shares_over_virtiofs_are_mounted_at_mnt_tag() -> Result<()> {
+    shares_mounted_at_mnt_tag_over("virtiofs", "virtiofs")?;
+    // under systemd too: vmk-shares.service finds the tags in the SMBIOS string
+    let dirs = ShareDirs::new()?;
+    let vm = DevVm::new(&dirs.config("virtiofs"))?;
+    let out = full_boot_exec(
+        &vm,
+        "cat /proc/1/comm /mnt/src/marker; echo from-systemd > /mnt/odd/sd; \
+         systemctl is-active vmk-shares.service; \
+         if mknod /mnt/src/hostdisk b 8 0; then echo MKNOD-WORKED; else echo mknod-refused; fi",
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "exit status {:?}", out.status);
+    ensure!(
+        stdout == "systemd\nmarker-from-host\nactive\nmknod-refused\n",
+        "stdout: {stdout:?}"
+    );
+    ensure!(fs::read_to_string(dirs.odd.join("sd"))? == "from-systemd\n");
+    ensure!(
+        !dirs.src.join("hostdisk").exists(),
+        "the guest made a device node in the share"
+    );
+    vm.nothing_left()?;
+    vm.no_virtiofsd_left()
+}
+
+/// The virtiofsds of this test's VMs: (pid, argv) of every process whose `--socket-path=`
+/// is in the test's runtime directory.
+fn virtiofsds(vm: &DevVm) -> Result<Vec<(String, Vec<String>)>> {
+    let mut socket_arg = b"--socket-path=".to_vec();
+    socket_arg.extend_from_slice(vm.env.runtime_dir().as_os_str().as_encoded_bytes());
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc")?.flatten() {
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if argv.iter().any(|a| a.starts_with(&socket_arg)) {
+            found.push((
+                e.file_name().to_string_lossy().into_owned(),
+                argv.iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// A virtiofsd runs exactly as long as its qemu: none is left when qemu fails to start;
+/// while the VM runs (`snap run` in the background, vmk gone), one per read-write share,
+/// sandboxed, its socket private; `snap kill` leaves none, nor their sockets.
+fn virtiofsd_lives_with_its_qemu_only() -> Result<()> {
+    let dirs = ShareDirs::new()?;
+    let vm = DevVm::new(&format!(
+        "{}VMK_EXTRA_ARGS=-no-such-qemu-option\n",
+        dirs.config("virtiofs")
+    ))?;
+    let failed = vm.vmk_snap(&["-v", "run"]).output()?;
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    ensure!(
+        !failed.status.success() && stderr.contains("no-such-qemu-option"),
+        "qemu should fail to start: {stderr}"
+    );
+    ensure!(
+        stderr.matches("sending SIGTERM to virtiofsd pid").count() == 2,
+        "{stderr}"
+    );
+    vm.no_virtiofsd_left()?;
+    let cfg = vm.dir().join("vm-config");
+    let text = fs::read_to_string(&cfg)?.replace("VMK_EXTRA_ARGS=-no-such-qemu-option\n", "");
+    fs::write(&cfg, text)?;
+    run_ok(vm.vmk_snap(&["run"]))?;
+    let running = virtiofsds(&vm)?;
+    let kill = || run_ok(vm.vmk_snap(&["kill"]));
+    let checked = (|| -> Result<()> {
+        // a sandboxed parent and its child in the new namespaces, per share
+        let parents: Vec<_> = running
+            .iter()
+            .filter(|(_, argv)| argv.iter().any(|a| a == "sandbox=namespace"))
+            .collect();
+        ensure!(running.len() >= 2, "virtiofsds: {running:?}");
+        for (pid, argv) in parents {
+            let socket = argv[1].strip_prefix("--socket-path=").context("socket")?;
+            let mode = fs::metadata(socket)?.permissions().mode();
+            ensure!(
+                mode & 0o077 == 0,
+                "virtiofsd {pid}'s socket {socket} has mode {mode:o}"
+            );
+            ensure!(argv.iter().any(|a| a == "no_xattr"), "{argv:?}");
+        }
+        Ok(())
+    })();
+    kill()?;
+    checked?;
+    fs::remove_file(vm.snap())?; // `snap kill` keeps the copy
+    vm.nothing_left()?;
+    vm.no_virtiofsd_left()
 }
 
 /// Mounts disk0 (a raw ext4 image) at `mnt` for the closure, unmounting after.
@@ -445,17 +651,19 @@ fn ports_forward_to_a_real_listener_and_clashes_are_refused() -> Result<()> {
     vm.nothing_left()
 }
 
+/// `snap run --full-boot --exec CMD` (systemd boots).
+fn full_boot_exec(vm: &DevVm, cmd: &str) -> Result<Output> {
+    run_exec(
+        vm.vmk_snap(&["-v", "run", "--full-boot", "--exec", cmd]),
+        b"",
+    )
+}
+
 fn full_boot_runs_systemd_for_exec() -> Result<()> {
     let vm = DevVm::new("")?;
-    let out = run_exec(
-        vm.vmk_snap(&[
-            "-v",
-            "run",
-            "--full-boot",
-            "--exec",
-            "cat /proc/1/comm; systemctl is-active ssh.service; exit 3",
-        ]),
-        b"",
+    let out = full_boot_exec(
+        &vm,
+        "cat /proc/1/comm; systemctl is-active ssh.service; exit 3",
     )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.code() == Some(3), "exit status {:?}", out.status);
@@ -511,6 +719,15 @@ fn main() -> std::process::ExitCode {
         Need::Debootstrap,
         Need::Ssh,
     ];
+    // qemu's virtiofsd where Debian 12 ships it (the one vmk drives)
+    let virtiofs_needs: &[Need] = &[
+        Need::Root,
+        Need::Btrfs,
+        Need::Qemu,
+        Need::Debootstrap,
+        Need::Ssh,
+        Need::File("/usr/lib/qemu/virtiofsd", "qemu-system-common"),
+    ];
     run_system_tests(vec![
         SystemTest::new(
             "exec_passes_io_and_status_and_leaves_nothing",
@@ -523,9 +740,19 @@ fn main() -> std::process::ExitCode {
             exec_interrupted_by_sigterm_ends_the_vm,
         ),
         SystemTest::new(
-            "shares_are_mounted_at_mnt_tag",
+            "shares_over_virtio_9p_are_mounted_at_mnt_tag",
             needs,
-            shares_are_mounted_at_mnt_tag,
+            shares_over_virtio_9p_are_mounted_at_mnt_tag,
+        ),
+        SystemTest::new(
+            "shares_over_virtiofs_are_mounted_at_mnt_tag",
+            virtiofs_needs,
+            shares_over_virtiofs_are_mounted_at_mnt_tag,
+        ),
+        SystemTest::new(
+            "virtiofsd_lives_with_its_qemu_only",
+            virtiofs_needs,
+            virtiofsd_lives_with_its_qemu_only,
         ),
         SystemTest::new(
             "kernel_and_modules_from_the_host_for_one_boot",

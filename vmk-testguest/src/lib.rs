@@ -20,7 +20,7 @@ pub const DEBIAN_READY: &str = "vmk-debian-guest ready";
 
 /// Bump when the Debian configuration steps change: part of the image's cache key (the
 /// debootstrap tree itself is keyed by the package list only and is reused).
-const DEBIAN_CONFIG_VERSION: u32 = 12;
+const DEBIAN_CONFIG_VERSION: u32 = 13;
 const DEBIAN_IMAGE_SIZE: u64 = 2 << 30;
 /// The Debian guest's hostname.
 const DEBIAN_HOSTNAME: &str = "vmk-guest";

@@ -6,7 +6,7 @@
 
 use super::values::{
     self, Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, NicModel,
-    RtcBase, Size,
+    RtcBase, ShareFs, Size,
 };
 use super::ConfigError;
 
@@ -59,6 +59,8 @@ pub enum KeyKind {
     Words,
     /// Host folders shared with the guest: `HOSTDIR[:TAG][:ro]` words.
     Shares,
+    /// A [`ShareFs`].
+    ShareFs,
     /// Port forwards: `HOSTPORT:GUESTPORT[/udp]` words.
     Ports,
 }
@@ -89,6 +91,7 @@ impl KeyKind {
             KeyKind::Firmware => one_of(Firmware::ALL),
             KeyKind::Nic => one_of(NicModel::ALL),
             KeyKind::Rtc => one_of(RtcBase::ALL),
+            KeyKind::ShareFs => one_of(ShareFs::ALL),
             KeyKind::Bool => "yes or no".into(),
             KeyKind::Port => "a TCP port, 1 to 65535".into(),
             KeyKind::Vnc => "a VM number, 0 to 99".into(),
@@ -126,6 +129,7 @@ impl KeyKind {
             KeyKind::Firmware => value.parse::<Firmware>().map(drop),
             KeyKind::Nic => value.parse::<NicModel>().map(drop),
             KeyKind::Rtc => value.parse::<RtcBase>().map(drop),
+            KeyKind::ShareFs => value.parse::<ShareFs>().map(drop),
             KeyKind::Bool => values::parse_bool(value).map(drop),
             KeyKind::Port => values::parse_port(value).map(drop),
             KeyKind::Vnc => values::parse_vnc(value).map(drop),
@@ -504,7 +508,14 @@ static KEYS: &[KeySpec] = &[
         Shares,
         "",
         "~/src/linux:linux ~/results:out ~/data:data:ro",
-        "host folders shared with the guest (virtio-9p); guests made by `vmk bootstrap` mount each at /mnt/TAG"
+        "host folders shared with the guest (virtiofs or virtio-9p: VMK_SHARE_FS); guests made by `vmk bootstrap` mount each at /mnt/TAG"
+    ),
+    key!(
+        "VMK_SHARE_FS",
+        ShareFs,
+        "auto",
+        "9p",
+        "how VMK_SHARE's folders reach the guest: auto (virtiofs where qemu's virtiofsd is installed and vmk runs as root, else virtio-9p; a :ro share is always virtio-9p, since virtiofsd cannot enforce read-only), 9p (virtio-9p in qemu, no daemon), virtiofs (one virtiofsd per share; an error where none can run)"
     ),
     key!(
         "VMK_PORTS",

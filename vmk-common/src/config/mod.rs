@@ -60,7 +60,7 @@ pub use keys::{closest_key, key, keys, validate_value, KeyKind, KeySpec};
 pub use raw::{Assignment, LineKind, Piece, Quoting, RawConfig, RawLine, Unexpanded};
 pub use values::{
     Accel, CacheMode, DiskBus, DiskFormat, Firmware, MacFormat, MemSize, NetType, NicModel,
-    PortForward, RtcBase, Share, Size,
+    PortForward, RtcBase, Share, ShareFs, Size,
 };
 
 /// The system-wide config file.
@@ -493,6 +493,8 @@ pub struct VmConfig {
     pub libvirt_pool: String,
     /// VMK_SHARE, folders made absolute.
     pub shares: Vec<values::Share>,
+    /// VMK_SHARE_FS.
+    pub share_fs: ShareFs,
     /// VMK_PORTS.
     pub ports: Vec<values::PortForward>,
     /// Assignments of names outside `VMK_` (kept for references; not used by vmk).
@@ -653,6 +655,7 @@ impl VmConfig {
                     values::parse_shares(s, &|d| resolve_path(&dir, home.as_deref(), d))
                 })?
                 .unwrap_or_default(),
+            share_fs: t.parsed("VMK_SHARE_FS")?,
             ports: t.opt("VMK_PORTS", values::parse_ports)?.unwrap_or_default(),
             other: settings
                 .iter()

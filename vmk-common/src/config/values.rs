@@ -395,6 +395,12 @@ pub const ONE_SHOT_ARG: &str = "vmk.oneshot=1";
 /// sshd runs: `--exec` then probes ssh afresh.
 pub const SSHD_STARTED_LINE: &str = "vmk-exec-init: sshd started";
 
+/// The systemd credential (an SMBIOS type 11 string, like root's ssh key) that lists the
+/// mount tags of the VM's virtiofs shares, space-separated: a guest kernel before 6.9 shows
+/// no virtiofs tag anywhere (9p tags are in sysfs), so the `vmk-shares` script of guests
+/// `vmk bootstrap` makes reads them from there.
+pub const VIRTIOFS_TAGS_CREDENTIAL: &str = "vmk.virtiofs-tags";
+
 /// A host name: letters, digits, dots and dashes.
 pub fn parse_hostname(s: &str) -> Result<String, Expected> {
     let ok = !s.is_empty()
@@ -426,24 +432,20 @@ pub struct Share {
 }
 
 impl Share {
-    /// How qemu exports shares: virtio-9p, in qemu itself (no daemon). virtiofs would need
-    /// virtiofsd, which vmk does not start.
-    pub const TRANSPORT: &'static str = "virtio-9p";
-
     /// Where guests made by `vmk bootstrap` mount it.
     pub fn guest_dir(&self) -> String {
         format!("/mnt/{}", self.tag)
     }
 
-    /// The 9p mount options every share is mounted with in the guest. `msize` of 512 KiB:
-    /// fewer, larger 9p messages than the kernel's default.
+    /// The 9p mount options every 9p share is mounted with in the guest. `msize` of 512
+    /// KiB: fewer, larger 9p messages than the kernel's default.
     pub const MOUNT_OPTIONS: &'static str = "trans=virtio,version=9p2000.L,msize=524288";
 
     /// The tag of the share that `--modules` mounts over /lib/modules in guests `vmk
     /// bootstrap` makes (not a tag VMK_SHARE may use).
     pub const MODULES_TAG: &'static str = "vmk-modules";
 
-    /// The mount options in the guest (`ro` for a read-only share).
+    /// The 9p mount options in the guest (`ro` for a read-only share).
     pub fn mount_options(&self) -> String {
         let mut o = Self::MOUNT_OPTIONS.to_string();
         if self.readonly {
@@ -452,14 +454,41 @@ impl Share {
         o
     }
 
-    /// The one command that mounts it in any Linux guest with 9p support.
-    pub fn mount_command(&self) -> String {
+    /// The one command that mounts it in any Linux guest with support for `fs` (9p, or
+    /// virtiofs: Linux 5.4 and later).
+    pub fn mount_command(&self, fs: ShareFs) -> String {
         let dir = self.guest_dir();
+        let (fstype, options) = match fs {
+            ShareFs::Virtiofs => ("virtiofs", self.readonly.then(|| "ro".to_string())),
+            ShareFs::NineP | ShareFs::Auto => ("9p", Some(self.mount_options())),
+        };
+        let options = options.map(|o| format!("-o {o} ")).unwrap_or_default();
         format!(
-            "mkdir -p {dir} && mount -t 9p -o {} {} {dir}",
-            self.mount_options(),
+            "mkdir -p {dir} && mount -t {fstype} {options}{} {dir}",
             self.tag
         )
+    }
+}
+
+config_enum!(
+    /// How host folders are shared with the guest (VMK_SHARE_FS).
+    ShareFs, "one of auto, 9p, virtiofs", {
+    /// virtiofs where a virtiofsd that vmk can run is installed, else virtio-9p; a
+    /// read-only share always 9p (qemu's virtiofsd cannot enforce read-only).
+    Auto = "auto",
+    /// virtio-9p in qemu itself: no daemon.
+    NineP = "9p",
+    /// virtiofs through one virtiofsd per share (an error where none can run).
+    Virtiofs = "virtiofs",
+});
+
+impl ShareFs {
+    /// The name a transport is shown by (`info`, `-D`): `virtio-9p` or `virtiofs`.
+    pub fn transport_name(self) -> &'static str {
+        match self {
+            ShareFs::Virtiofs => "virtiofs",
+            ShareFs::NineP | ShareFs::Auto => "virtio-9p",
+        }
     }
 }
 
@@ -903,8 +932,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            s[1].mount_command(),
+            s[1].mount_command(ShareFs::NineP),
             "mkdir -p /mnt/odd && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro odd /mnt/odd"
+        );
+        assert_eq!(
+            s[2].mount_command(ShareFs::Virtiofs),
+            "mkdir -p /mnt/d && mount -t virtiofs d /mnt/d"
         );
         assert!(parse_shares("a:x b:x", &resolve)
             .unwrap_err()

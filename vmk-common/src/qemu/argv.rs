@@ -9,7 +9,10 @@ use std::path::Path;
 use crate::config::{DiskBus, NicModel, RtcBase};
 
 use super::opts::{Args, Opts};
-use super::{Network, QemuCommand, Serial};
+use super::{Network, QemuCommand, Serial, ShareTransport};
+
+/// The id of the guest's memory when it is shared with virtiofsds.
+const SHARED_MEMORY_ID: &str = "vmk-mem";
 
 impl QemuCommand {
     /// The arguments, without the program, in their fixed order.
@@ -22,11 +25,25 @@ impl QemuCommand {
         if smm {
             machine = machine.kv("smm", "on");
         }
+        let shared_memory = self.shares.iter().any(|s| s.daemon().is_some());
+        if shared_memory {
+            machine = machine.kv("memory-backend", SHARED_MEMORY_ID);
+        }
         a.pair("-machine", machine);
         if let Some(cpu) = &self.cpu_model {
             a.pair("-cpu", cpu);
         }
         a.pair("-m", self.mem.mib().to_string());
+        if shared_memory {
+            // virtiofsd reads and writes the guest's buffers in its memory directly
+            a.pair(
+                "-object",
+                Opts::word("memory-backend-memfd")
+                    .kv("id", SHARED_MEMORY_ID)
+                    .kv("size", format!("{}M", self.mem.mib()))
+                    .kv("share", "on"),
+            );
+        }
         // qemu's own default is utc: only the original vmk's localtime is spelled out
         if self.rtc == RtcBase::Localtime {
             a.pair("-rtc", "base=localtime");
@@ -280,25 +297,44 @@ impl QemuCommand {
         }
     }
 
-    /// virtio-9p in qemu itself, no daemon: `security_model=none` (files are the qemu
-    /// user's, the guest's chown is ignored rather than refused), `readonly=on` for `:ro`.
+    /// Each share over its transport. virtio-9p in qemu itself, no daemon:
+    /// `security_model=none` (files are the qemu user's, the guest's chown is ignored
+    /// rather than refused), `readonly=on` for `:ro`. virtiofs: a vhost-user device on
+    /// its virtiofsd's socket.
     fn shares(&self, a: &mut Args) {
         for (i, s) in self.shares.iter().enumerate() {
-            let id = format!("share{i}");
-            let mut fsdev = Opts::word("local")
-                .kv("id", &id)
-                .kv("path", &s.dir)
-                .kv("security_model", "none");
-            if s.readonly {
-                fsdev = fsdev.kv("readonly", "on");
+            match &s.transport {
+                ShareTransport::NineP => {
+                    let id = format!("share{i}");
+                    let mut fsdev = Opts::word("local")
+                        .kv("id", &id)
+                        .kv("path", &s.share.dir)
+                        .kv("security_model", "none");
+                    if s.share.readonly {
+                        fsdev = fsdev.kv("readonly", "on");
+                    }
+                    a.pair("-fsdev", fsdev);
+                    a.pair(
+                        "-device",
+                        Opts::word("virtio-9p-pci")
+                            .kv("fsdev", &id)
+                            .kv("mount_tag", &s.share.tag),
+                    );
+                }
+                ShareTransport::Virtiofs(d) => {
+                    let id = format!("vfs{i}");
+                    a.pair(
+                        "-chardev",
+                        Opts::word("socket").kv("id", &id).kv("path", &d.socket),
+                    );
+                    a.pair(
+                        "-device",
+                        Opts::word(&self.virtio("vhost-user-fs"))
+                            .kv("chardev", &id)
+                            .kv("tag", &s.share.tag),
+                    );
+                }
             }
-            a.pair("-fsdev", fsdev);
-            a.pair(
-                "-device",
-                Opts::word("virtio-9p-pci")
-                    .kv("fsdev", &id)
-                    .kv("mount_tag", &s.tag),
-            );
         }
     }
 

@@ -113,28 +113,55 @@ pub fn debian_firmware_descriptors() -> Vec<(PathBuf, String)> {
     ]
 }
 
+/// The answers of a [`FakeHost`] without kvm, for a fixture host that differs in others.
+macro_rules! as_fake_host_without_kvm {
+    () => {
+        fn kvm_usable(&self) -> bool {
+            false
+        }
+        fn find_program(&self, name: &str) -> Option<PathBuf> {
+            FakeHost { kvm: false }.find_program(name)
+        }
+        fn disk_format(&self, path: &Path) -> io::Result<DiskFormat> {
+            FakeHost { kvm: false }.disk_format(path)
+        }
+        fn read_to_string(&self, path: &Path) -> io::Result<String> {
+            FakeHost { kvm: false }.read_to_string(path)
+        }
+    };
+}
+
 /// [`FakeHost`] where vmk runs as root and /vm belongs to uid 1000, gid 100.
 #[derive(Debug, Clone, Copy)]
 pub struct RootHost;
 
 impl Host for RootHost {
-    fn kvm_usable(&self) -> bool {
-        false
-    }
-    fn find_program(&self, name: &str) -> Option<PathBuf> {
-        FakeHost { kvm: false }.find_program(name)
-    }
-    fn disk_format(&self, path: &Path) -> io::Result<DiskFormat> {
-        FakeHost { kvm: false }.disk_format(path)
-    }
-    fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        FakeHost { kvm: false }.read_to_string(path)
-    }
+    as_fake_host_without_kvm!();
     fn is_root(&self) -> bool {
         true
     }
     fn owner(&self, path: &Path) -> Option<(u32, u32)> {
         (path == Path::new("/vm")).then_some((1000, 100))
+    }
+}
+
+/// [`FakeHost`] where vmk runs as root (owning /vm) and qemu's virtiofsd is installed.
+#[derive(Debug, Clone, Copy)]
+pub struct VirtiofsHost;
+
+/// Where [`VirtiofsHost`] has its virtiofsd (Debian 12's).
+pub const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+
+impl Host for VirtiofsHost {
+    as_fake_host_without_kvm!();
+    fn is_root(&self) -> bool {
+        true
+    }
+    fn owner(&self, _: &Path) -> Option<(u32, u32)> {
+        Some((0, 0))
+    }
+    fn virtiofsd(&self) -> Result<PathBuf, String> {
+        Ok(VIRTIOFSD.into())
     }
 }
 
@@ -197,6 +224,7 @@ pub const MODES: &[ModeRow] = &[
     ("tpm", tpm),
     ("uefi_tpm", uefi_tpm),
     ("shares", shares),
+    ("virtiofs_shares", virtiofs_shares),
     ("port_forwards", port_forwards),
     ("arch_aarch64", || other_arch("aarch64", DiskBus::Scsi)),
     ("arch_ppc64le", || other_arch("ppc64le", DiskBus::Scsi)),
@@ -341,7 +369,7 @@ fn extra_args_last() -> QemuCommand {
 
 /// VMK_SHARE: a read-write share, a read-only one whose folder has a comma and a space
 /// (one path for qemu, no injected option).
-fn shares() -> QemuCommand {
+pub fn shares() -> QemuCommand {
     let mut cfg = config();
     cfg.shares = crate::config::values::parse_shares(
         "/home/u/src/linux '/data/a,readonly=off b:data:ro'",
@@ -349,6 +377,19 @@ fn shares() -> QemuCommand {
     )
     .unwrap();
     build(&cfg, Mode::Run)
+}
+
+/// VMK_SHARE with VMK_SHARE_FS=auto where virtiofs can run: the read-write folders over
+/// virtiofs (shared guest memory, a virtiofsd socket each, their tags in an SMBIOS
+/// credential), the read-only one, whose folder has a comma and a space, over virtio-9p.
+fn virtiofs_shares() -> QemuCommand {
+    let mut cfg = config();
+    cfg.shares = crate::config::values::parse_shares(
+        "/home/u/src/linux '/data/a,readonly=off b:data:ro' '/data/c,d e:odd'",
+        &|d| d.into(),
+    )
+    .unwrap();
+    QemuCommand::from_config_with(&cfg, Mode::Run, &paths(""), &VirtiofsHost).unwrap()
 }
 
 /// VMK_PORTS: a TCP and a UDP forward beside ssh's.

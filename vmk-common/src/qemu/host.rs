@@ -43,6 +43,16 @@ pub trait Host {
     fn firmware_descriptors(&self) -> Vec<(PathBuf, String)> {
         Vec::new()
     }
+    /// The virtiofsd vmk can run ([`crate::virtiofsd::find`]), or why there is none; none
+    /// by default, so that a test's command lines do not depend on the machine.
+    fn virtiofsd(&self) -> Result<PathBuf, String> {
+        Err("no virtiofsd on this host".into())
+    }
+    /// The private directory for sockets ([`crate::state::runtime_dir`]); a fixed one by
+    /// default.
+    fn runtime_dir(&self) -> PathBuf {
+        PathBuf::from("/run/vmk")
+    }
 }
 
 /// The real machine.
@@ -85,6 +95,14 @@ impl Host for RealHost {
 
     fn firmware_descriptors(&self) -> Vec<(PathBuf, String)> {
         super::firmware::read_descriptors(&super::firmware::descriptor_dirs())
+    }
+
+    fn virtiofsd(&self) -> Result<PathBuf, String> {
+        crate::virtiofsd::find()
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        crate::state::runtime_dir()
     }
 }
 

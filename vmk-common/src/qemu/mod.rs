@@ -33,6 +33,7 @@ pub mod fixtures;
 mod host;
 pub mod kvm_probe;
 mod opts;
+pub mod shares;
 
 use std::ffi::OsString;
 use std::io;
@@ -42,7 +43,7 @@ use std::process::Command;
 
 use crate::config::{
     Accel, CacheMode, DiskBus, DiskFormat, Firmware, MemSize, NetType, NicModel, PortForward,
-    RtcBase, Share, VmConfig,
+    RtcBase, VmConfig,
 };
 
 use arch::default_machine;
@@ -52,6 +53,7 @@ pub use host::{
     KVM_CPU_MODEL,
 };
 pub use opts::escape_opt_value;
+pub use shares::{ShareTransport, SharedFolder};
 
 /// The serial console's unix socket of the instance with `paths` (`vmk run`, unless
 /// VMK_CONSOLE=telnet): beside the QMP socket, with an extension as long as `qmp`, so it
@@ -305,8 +307,10 @@ pub struct QemuCommand {
     pub rtc: RtcBase,
     /// Direct kernel boot.
     pub kernel: Option<KernelBoot>,
-    /// Host folders shared with the guest (virtio-9p), in order: fsdev ids share0, share1…
-    pub shares: Vec<Share>,
+    /// Host folders shared with the guest, in order, each over virtio-9p (fsdev ids share0,
+    /// share1…) or virtiofs (chardev ids vfs0, vfs1…; guest memory then shared with the
+    /// virtiofsds: `memory-backend-memfd,share=on`).
+    pub shares: Vec<SharedFolder>,
     /// systemd credentials passed as SMBIOS type 11 strings: (name, value).
     pub credentials: Vec<(String, String)>,
     /// `-no-reboot`.
@@ -412,11 +416,20 @@ impl QemuCommand {
         }
         let daemonize = mode == Mode::Run;
         let bridge = cfg.net_type == NetType::Bridge;
-        let runas = if host.is_root() {
-            host.owner(&cfg.dir).filter(|&(uid, _)| uid != 0)
-        } else {
-            None
-        };
+        let runas = shares::runas(&cfg.dir, host);
+        let shares = shares::plan(cfg, &abs(&paths.image), host)?;
+        let virtiofs_tags: Vec<&str> = shares
+            .iter()
+            .filter(|s| s.daemon().is_some())
+            .map(|s| s.share.tag.as_str())
+            .collect();
+        if !virtiofs_tags.is_empty() {
+            // how a guest kernel before 6.9 learns the tags (vmk-shares in bootstrapped guests)
+            credentials.push((
+                crate::config::values::VIRTIOFS_TAGS_CREDENTIAL.to_string(),
+                virtiofs_tags.join(" "),
+            ));
+        }
         let sandbox = if cfg.extra_args.iter().any(|a| a == "-sandbox") {
             log::debug!("VMK_EXTRA_ARGS has its own -sandbox: not adding ours");
             None
@@ -486,7 +499,7 @@ impl QemuCommand {
             nic: cfg.nic,
             rtc: cfg.rtc,
             kernel,
-            shares: cfg.shares.clone(),
+            shares,
             credentials,
             no_reboot: false,
             extra_args: cfg.extra_args.iter().map(OsString::from).collect(),
@@ -558,17 +571,6 @@ impl QemuCommand {
     /// Boots from the disks, not a kernel given on the command line.
     pub fn no_kernel_boot(mut self) -> Self {
         self.kernel = None;
-        self
-    }
-
-    /// Shares one more host folder with the guest (after VMK_SHARE's), replacing a share
-    /// with the same tag.
-    pub fn share(mut self, share: Share) -> Self {
-        self.shares.retain(|s| s.tag != share.tag);
-        self.shares.push(Share {
-            dir: absolute(&self.dir, &share.dir),
-            ..share
-        });
         self
     }
 

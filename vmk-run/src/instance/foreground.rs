@@ -64,7 +64,7 @@ pub fn attach(inst: &Instance, cmd: &QemuCommand, watch: Watch) -> Result<Ended>
     let _terminal = term::Saved::stdin();
     let mut child = super::with_private_umask(|| cmd.to_command().spawn())
         .with_context(|| format!("starting {}", cmd.program().display()))
-        .inspect_err(|_| super::stop_tpm(inst))?;
+        .inspect_err(|_| super::stop_helpers(inst))?;
     let deadline = watch.timeout.map(|t| Instant::now() + t);
     let done = Arc::new(AtomicBool::new(false));
     let watcher = watch
@@ -79,7 +79,7 @@ pub fn attach(inst: &Instance, cmd: &QemuCommand, watch: Watch) -> Result<Ended>
     let shutdown_reason = watcher.and_then(|w| w.join().ok().flatten());
     let _ = registry::remove(&inst.paths.pidfile);
     let _ = state::remove_pidfile(&inst.paths.pidfile);
-    super::stop_tpm(inst);
+    super::stop_helpers(inst);
     let (status, timed_out) = waited?;
     Ok(Ended {
         status,

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use vmk_common::config::{Accel, DiskFormat, NetType, PortForward, Share};
+use vmk_common::config::{Accel, DiskFormat, NetType, PortForward};
 use vmk_common::human;
 use vmk_common::layout::{KEY_FILE, PUBLIC_KEY_FILE};
-use vmk_common::qemu;
+use vmk_common::qemu::{self, SharedFolder};
 use vmk_common::qmp;
 use vmk_common::state::VmStatus;
 use vmk_common::text;
@@ -186,8 +186,10 @@ pub struct ShareInfo {
     pub tag: String,
     /// Read-only for the guest.
     pub readonly: bool,
-    /// How it is exported ([`Share::TRANSPORT`]).
+    /// How it reaches the guest: `virtiofs` or `virtio-9p` (VMK_SHARE_FS).
     pub transport: &'static str,
+    /// Why that transport (the virtiofsd, read-only, no virtiofsd installed…).
+    pub transport_reason: String,
     /// Where guests made by `vmk bootstrap` mount it.
     pub guest_dir: String,
     /// The command that mounts it in other guests.
@@ -195,14 +197,16 @@ pub struct ShareInfo {
 }
 
 impl ShareInfo {
-    fn of(s: &Share) -> ShareInfo {
+    fn of(f: &SharedFolder) -> ShareInfo {
+        let s = &f.share;
         ShareInfo {
             dir: s.dir.clone(),
             tag: s.tag.clone(),
             readonly: s.readonly,
-            transport: Share::TRANSPORT,
+            transport: f.fs().transport_name(),
+            transport_reason: f.reason.clone(),
             guest_dir: s.guest_dir(),
-            mount: s.mount_command(),
+            mount: s.mount_command(f.fs()),
         }
     }
 }
@@ -293,7 +297,10 @@ pub fn info(inst: &Instance) -> Result<Info> {
         initrd: cfg.initrd.clone(),
         append: cfg.append.clone(),
         cloud_init_seed: cfg.cloud_init.then(|| seed_path(cfg)),
-        shares: cfg.shares.iter().map(ShareInfo::of).collect(),
+        shares: qemu::shares::plan(cfg, &inst.image, &host)?
+            .iter()
+            .map(ShareInfo::of)
+            .collect(),
         ports: if cfg.net_type == NetType::User {
             cfg.ports.clone()
         } else {
@@ -473,12 +480,13 @@ pub fn info_lines(i: &Info) -> Vec<String> {
         (
             "share",
             format!(
-                "{} → {} ({}, tag {}, {}; elsewhere: {})",
+                "{} → {} ({}, tag {}, {}: {}; elsewhere: {})",
                 s.dir.display(),
                 s.guest_dir,
                 if s.readonly { "ro" } else { "rw" },
                 s.tag,
                 s.transport,
+                s.transport_reason,
                 s.mount
             ),
         )

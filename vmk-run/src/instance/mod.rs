@@ -348,8 +348,9 @@ pub fn guess_format(path: &Path) -> DiskFormat {
     }
 }
 
-/// The shell-quoted qemu command line for `mode` (`vmk -D run`), after the swtpm command
-/// line when VMK_TPM=yes, and after a warning on
+/// The shell-quoted qemu command line for `mode` (`vmk -D run`), after the virtiofsd
+/// command lines of virtiofs shares (each share's transport and why on stderr) and the
+/// swtpm command line when VMK_TPM=yes, and after a warning on
 /// stderr for each missing file the config names ([`missing_files`]: the same rule that
 /// makes `vmk run` refuse to start).
 pub fn dry_run(inst: &Instance, mode: Mode, adjust: Option<Adjust<'_>>) -> Result<String> {
@@ -358,6 +359,14 @@ pub fn dry_run(inst: &Instance, mode: Mode, adjust: Option<Adjust<'_>>) -> Resul
         log::warn!("{}", m.error(&inst.cfg));
     }
     let mut text = String::new();
+    for s in &cmd.shares {
+        eprintln!("share {}: {}", s.share.tag, s.describe());
+        if let Some(d) = s.daemon() {
+            // a virtiofsd starts before qemu, on a line of its own
+            text.push_str(&vmk_common::shell::command_line(&d.command()));
+            text.push('\n');
+        }
+    }
     if let Some(tpm) = &cmd.tpm {
         // the swtpm that starts first, on a line of its own
         let program = vmk_common::swtpm::program().unwrap_or_else(|_| "swtpm".into());
@@ -372,12 +381,16 @@ pub fn dry_run(inst: &Instance, mode: Mode, adjust: Option<Adjust<'_>>) -> Resul
     Ok(text)
 }
 
-/// Stops the swtpm of `inst` if one runs (VMK_TPM=yes; after its qemu has gone), with a
-/// warning when that fails: the caller is ending the VM anyway.
-pub fn stop_tpm(inst: &Instance) {
+/// Stops the helpers of `inst` that run (after its qemu has gone): its swtpm (VMK_TPM=yes)
+/// and its virtiofsds (virtiofs shares), with a warning when that fails: the caller is
+/// ending the VM anyway.
+pub fn stop_helpers(inst: &Instance) {
     let tpm = vmk_common::swtpm::Tpm::for_instance(&inst.image, &inst.paths.qmp_socket);
     if let Err(e) = vmk_common::swtpm::stop(&tpm) {
         log::warn!("stopping the VM's swtpm: {e:#}");
+    }
+    if let Err(e) = vmk_common::virtiofsd::stop_instance(&inst.image) {
+        log::warn!("stopping the VM's virtiofsd: {e:#}");
     }
 }
 

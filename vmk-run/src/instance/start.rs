@@ -13,6 +13,7 @@ use vmk_common::qemu::{firmware, kvm_probe, Mode, Network, QemuCommand};
 use vmk_common::qmp;
 use vmk_common::state::{self, VmStatus};
 use vmk_common::swtpm;
+use vmk_common::virtiofsd;
 use vmk_media::cloudinit;
 
 use super::{command, seed_path, Endpoints, Instance, StartOptions, KILL_INTERVAL};
@@ -197,9 +198,10 @@ fn check_ports(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
 }
 
 /// The checks of [`preflight`], then the instance's runtime directory made, its UEFI
-/// variable store made on the first run, and its swtpm started (VMK_TPM=yes; stopped again
-/// by whatever ends qemu: [`super::cleanup`], the end of [`super::attach`], a failed start):
-/// what every start of qemu (background or foreground) does first.
+/// variable store made on the first run, and its swtpm (VMK_TPM=yes) and virtiofsds
+/// started (stopped again by whatever ends qemu: [`super::cleanup`], the end of
+/// [`super::attach`], a failed start): what every start of qemu (background or
+/// foreground) does first.
 pub fn prepare(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
     preflight(inst, cmd)?;
     super::warn_exposed(cmd);
@@ -213,10 +215,32 @@ pub fn prepare(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
         }
     }
     inst.paths.prepare()?;
-    if let Some(tpm) = &cmd.tpm {
-        swtpm::start(&tpm.swtpm).context("VMK_TPM=yes")?;
+    start_helpers(inst, cmd)
+}
+
+/// Starts what qemu connects to at its start: the swtpm (VMK_TPM=yes) and a virtiofsd per
+/// virtiofs share. On failure none of them is left running.
+fn start_helpers(inst: &Instance, cmd: &QemuCommand) -> Result<()> {
+    let started = (|| {
+        if let Some(tpm) = &cmd.tpm {
+            swtpm::start(&tpm.swtpm).context("VMK_TPM=yes")?;
+        }
+        for s in &cmd.shares {
+            if let Some(d) = s.daemon() {
+                virtiofsd::start(d).with_context(|| {
+                    format!(
+                        "sharing {} over virtiofs (VMK_SHARE_FS=9p uses virtio-9p instead)",
+                        s.share.dir.display()
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    })();
+    if started.is_err() {
+        super::stop_helpers(inst);
     }
-    Ok(())
+    started
 }
 
 /// The steps of [`start`] at which a test can make vmk-run die (see [`fault`]), in order.
@@ -260,7 +284,7 @@ pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
     }
     let forget = || {
         let _ = registry::remove(&inst.paths.pidfile);
-        super::stop_tpm(inst);
+        super::stop_helpers(inst);
     };
     fault(injected, "before-qemu");
     let daemonize = |cmd: &QemuCommand| {
@@ -288,10 +312,9 @@ pub fn start(inst: &Instance, opts: &StartOptions<'_>) -> Result<Started> {
             kvm_probe::last_error_line(&stderr).unwrap_or_default()
         );
         let cmd = cmd.clone().fall_back_to_tcg(inst.cfg.cpu_model.as_deref());
-        if let Some(tpm) = &cmd.tpm {
-            // the dead qemu may have connected to it, and `--terminate` ended it then
-            swtpm::start(&tpm.swtpm).context("VMK_TPM=yes")?;
-        }
+        // the dead qemu may have connected to them, which ends a swtpm (`--terminate`)
+        // and a virtiofsd when it goes
+        start_helpers(inst, &cmd).inspect_err(|_| forget())?;
         out = daemonize(&cmd)?;
         stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     }

@@ -76,7 +76,7 @@ fn running_pid(inst: &Instance) -> Result<std::result::Result<u32, StopOutcome>>
             if inst.pidfile_holds_no_pid() {
                 cleanup(inst)?; // no qemu uses the image (`Instance::status`)
             }
-            super::stop_tpm(inst); // one a killed `vmk run` started before its qemu
+            super::stop_helpers(inst); // one a killed `vmk run` started before its qemu
             Err(StopOutcome::NotRunning)
         }
         VmStatus::Stale { pid } => {
@@ -136,7 +136,7 @@ pub fn cleanup(inst: &Instance) -> Result<()> {
     if is_running(inst)? {
         return Ok(());
     }
-    super::stop_tpm(inst);
+    super::stop_helpers(inst);
     state::remove_pidfile(&inst.paths.pidfile)?;
     for s in remove_stale_sockets(inst)? {
         log::debug!("removed {}", s.display());
