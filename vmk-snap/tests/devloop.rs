@@ -394,17 +394,19 @@ fn shares_over_virtiofs_are_mounted_at_mnt_tag() -> Result<()> {
     shares_mounted_at_mnt_tag_over("virtiofs", "virtiofs")?;
     // under systemd too: vmk-shares.service finds the tags in the SMBIOS string
     let dirs = ShareDirs::new()?;
+    // a program run from the share (mapped from it: cache=none keeps private mappings)
+    fs::copy("/bin/true", dirs.src.join("host-true"))?;
     let vm = DevVm::new(&dirs.config("virtiofs"))?;
     let out = full_boot_exec(
         &vm,
         "cat /proc/1/comm /mnt/src/marker; echo from-systemd > /mnt/odd/sd; \
-         systemctl is-active vmk-shares.service; \
+         systemctl is-active vmk-shares.service; /mnt/src/host-true && echo ran-from-share; \
          if mknod /mnt/src/hostdisk b 8 0; then echo MKNOD-WORKED; else echo mknod-refused; fi",
     )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "exit status {:?}", out.status);
     ensure!(
-        stdout == "systemd\nmarker-from-host\nactive\nmknod-refused\n",
+        stdout == "systemd\nmarker-from-host\nactive\nran-from-share\nmknod-refused\n",
         "stdout: {stdout:?}"
     );
     ensure!(fs::read_to_string(dirs.odd.join("sd"))? == "from-systemd\n");
