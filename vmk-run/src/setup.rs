@@ -142,6 +142,7 @@ pub fn checks(cfg: &VmConfig, files: &bridge::Files) -> Vec<Check> {
             ),
         });
     }
+    out.push(shares_check(cfg, &host));
     for tool in ["qemu-img", "qemu-storage-daemon"] {
         out.push(match which(tool) {
             Some(p) => check(Level::Ok, tool, p.display().to_string()),
@@ -305,6 +306,28 @@ fn firmware_check(cfg: &VmConfig, arch: &str, host: &dyn Host) -> Check {
 }
 
 /// The qemu binary runs and says its version (VMK_QEMU may name a file that is not there).
+/// How VMK_SHARE's folders would reach the guest here (VMK_SHARE_FS): virtiofs, or why
+/// virtio-9p; a failure only when VMK_SHARE_FS=virtiofs cannot be had.
+fn shares_check(cfg: &VmConfig, host: &dyn Host) -> Check {
+    use vmk_common::config::ShareFs;
+    match qemu::shares::usable_virtiofsd(cfg, host) {
+        Ok(p) => check(
+            Level::Ok,
+            "shares",
+            format!(
+                "read-write shares over virtiofs ({}), read-only ones over virtio-9p",
+                p.display()
+            ),
+        ),
+        Err(why) if cfg.share_fs == ShareFs::Virtiofs => check(
+            Level::Fail,
+            "shares",
+            format!("VMK_SHARE_FS=virtiofs cannot be had: {why}"),
+        ),
+        Err(why) => check(Level::Ok, "shares", format!("over virtio-9p ({why})")),
+    }
+}
+
 fn qemu_check(q: &Path) -> Check {
     match Command::new(q).arg("--version").output() {
         Err(e) => check(

@@ -619,6 +619,14 @@ fn checksetup_one_line_per_check_and_the_exit_status() {
         "{stdout}"
     );
 
+    // How shares would reach the guest: VMK_SHARE_FS=9p says so, whatever the machine has.
+    let (_, _, lines) = checksetup_lines(dir, &[("VMK_SHARE_FS", "9p")], &files);
+    let shares = find(&lines, "shares");
+    assert_eq!(
+        (shares.0.as_str(), shares.2.as_str()),
+        ("ok", "over virtio-9p (VMK_SHARE_FS=9p)")
+    );
+
     // A missing qemu is a failure.
     std::fs::remove_file(&fake).unwrap();
     let (code, _, lines) = checksetup_lines(dir, &[], &files);

@@ -69,8 +69,9 @@ pub(super) fn runas(dir: &Path, host: &dyn Host) -> Option<(u32, u32)> {
     }
 }
 
-/// The virtiofsd that `cfg`'s virtiofs shares would use here, or why there is none.
-fn usable_virtiofsd(cfg: &VmConfig, host: &dyn Host) -> Result<PathBuf, String> {
+/// The virtiofsd that `cfg`'s virtiofs shares would use here, or why there is none
+/// (VMK_SHARE_FS=9p, none installed, not root…).
+pub fn usable_virtiofsd(cfg: &VmConfig, host: &dyn Host) -> Result<PathBuf, String> {
     if cfg.share_fs == ShareFs::NineP {
         return Err("VMK_SHARE_FS=9p".into());
     }
