@@ -3,8 +3,7 @@
 # guest `vmk bootstrap` makes, next to a stock Debian guest (debootstrap minbase + systemd +
 # openssh-server + linux-image-cloud-amd64, DHCP by systemd-networkd) started with
 # `vmk snap run` + `vmk waitssh -- true` + `vmk snap kill`; medians of N runs each, the
-# ratio (goal: <= 0.5), and a breakdown by phase; then reading a 1 GiB file from a 9p share
-# in the guest next to reading it from the guest's own disk.
+# ratio (goal: <= 0.5), and a breakdown by phase. (Reading from shares: bench/shares.sh.)
 #
 # Usage: bench/devloop.sh [N]        (VMK_ACCEL=tcg by default here; N=3)
 #   BEFORE=DIR adds a row for another bootstrapped guest (disk.img, vmlinuz, initrd.img in
@@ -36,13 +35,7 @@
 #     stock         160433     465    10373  114778    14248    20531      38
 #     ratio 0.28 (goal <= 0.50); 9p share 717 MiB/s, guest disk 164 MiB/s
 set -eu
-N=${1:-3}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${BIN:-$ROOT/target/debug}
-export VMK_ACCEL=${VMK_ACCEL:-tcg}
-CACHE=${VMK_TEST_CACHE:-$ROOT/target/vmk-test-cache}
-BOOT=${BOOT:-$(ls -td "$CACHE"/debian-*/ 2>/dev/null | grep -v '\.tmp/$' | head -1)}
-[ -n "$BOOT" ] || { echo "no Debian test guest in $CACHE: cargo test -p vmk-snap --test devloop" >&2; exit 1; }
+. "$(dirname "$0")/guest.sh"
 STOCK=$CACHE/bench-stock
 WORK=$(mktemp -d /tmp/vmk-bench-devloop.XXXXXX)
 cleanup() {
@@ -95,7 +88,6 @@ CFG
 
 now() { date +%s%N; }
 ms() { echo $(( ($(now) - $1) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # secs LOG PATTERN: the duration vmk -v logged after PATTERN ("after 1.23s" / "after 456.7ms"), in ms
 logged() {
     grep -o "$2 [0-9.]*[mµ]*s" "$1" | tail -1 | awk '{v=$NF; if (v ~ /ms$/) {sub(/ms$/,"",v); print int(v)} else if (v ~ /µs$/) print 0; else {sub(/s$/,"",v); print int(v*1000)}}'
@@ -172,13 +164,4 @@ sed -n 's/^/  bootstrap: /p' "$WORK/boot.analyze"
 [ -z "${BEFORE:-}" ] || sed -n 's/^/  before:    /p' "$WORK/before.analyze"
 sed -n 's/^/  stock:     /p' "$WORK/stock.analyze" | head -2
 
-# 9p read throughput: a 1 GiB file on the share vs the same size on the guest's disk
-dd if=/dev/urandom of="$WORK/share/big" bs=1M count=1024 status=none
-cd "$WORK/boot"
-"$BIN/vmk-snap" run --exec '
-    t0=$(date +%s%N); cat /mnt/bench/big > /dev/null; t1=$(date +%s%N)
-    echo "9p share:   $(( 1024 * 1000000000 / (t1 - t0) )) MiB/s"
-    head -c 1073741824 /dev/zero > /root/big; sync; echo 3 > /proc/sys/vm/drop_caches
-    t0=$(date +%s%N); cat /root/big > /dev/null; t1=$(date +%s%N)
-    echo "guest disk: $(( 1024 * 1000000000 / (t1 - t0) )) MiB/s"' 2>/dev/null
-echo "(virtiofs: not measured, virtiofsd is not installed here)"
+# reading from shares (virtio-9p, virtiofs) against the guest's own disk: bench/shares.sh
