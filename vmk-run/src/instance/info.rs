@@ -3,12 +3,12 @@
 
 use std::fs;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use vmk_common::config::{Accel, DiskFormat, NetType, PortForward};
+use vmk_common::config::{Accel, DiskFormat, NetType, PortForward, ShareFs, VmConfig};
 use vmk_common::human;
 use vmk_common::layout::{KEY_FILE, PUBLIC_KEY_FILE};
 use vmk_common::qemu::{self, SharedFolder};
@@ -211,6 +211,28 @@ impl ShareInfo {
     }
 }
 
+/// The shares as `info` shows them: each with its transport and why; where
+/// VMK_SHARE_FS=virtiofs cannot be had (`run` refuses to start then), virtiofs with the
+/// reason it cannot run, rather than no `info` at all.
+fn share_infos(cfg: &VmConfig, image: &Path, host: &dyn qemu::Host) -> Vec<ShareInfo> {
+    match qemu::shares::plan(cfg, image, host) {
+        Ok(shares) => shares.iter().map(ShareInfo::of).collect(),
+        Err(e) => cfg
+            .shares
+            .iter()
+            .map(|s| ShareInfo {
+                dir: s.dir.clone(),
+                tag: s.tag.clone(),
+                readonly: s.readonly,
+                transport: ShareFs::Virtiofs.transport_name(),
+                transport_reason: e.to_string(),
+                guest_dir: s.guest_dir(),
+                mount: s.mount_command(ShareFs::Virtiofs),
+            })
+            .collect(),
+    }
+}
+
 /// Gathers [`Info`] about `inst`.
 pub fn info(inst: &Instance) -> Result<Info> {
     let cfg = &inst.cfg;
@@ -297,10 +319,7 @@ pub fn info(inst: &Instance) -> Result<Info> {
         initrd: cfg.initrd.clone(),
         append: cfg.append.clone(),
         cloud_init_seed: cfg.cloud_init.then(|| seed_path(cfg)),
-        shares: qemu::shares::plan(cfg, &inst.image, &host)?
-            .iter()
-            .map(ShareInfo::of)
-            .collect(),
+        shares: share_infos(cfg, &inst.image, &host),
         ports: if cfg.net_type == NetType::User {
             cfg.ports.clone()
         } else {
@@ -589,6 +608,41 @@ mod tests {
         assert!(
             lines.contains(&"tag:         tag web".to_string()),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn shares_show_their_transport_and_why() {
+        use vmk_common::qemu::fixtures::{FakeHost, VirtiofsHost};
+        let mut cfg = VmConfig::defaults(Path::new("/vm"));
+        cfg.shares =
+            vmk_common::config::values::parse_shares("/src /data:data:ro", &|d| d.into()).unwrap();
+        let image = Path::new("/vm/disk0.img");
+        let got = share_infos(&cfg, image, &VirtiofsHost);
+        assert_eq!(
+            (got[0].transport, got[0].mount.as_str()),
+            (
+                "virtiofs",
+                "mkdir -p /mnt/src && mount -t virtiofs src /mnt/src"
+            )
+        );
+        assert_eq!(got[0].transport_reason, "virtiofsd /usr/lib/qemu/virtiofsd");
+        assert_eq!(got[1].transport, "virtio-9p");
+        assert!(got[1].transport_reason.starts_with("read-only"));
+        let got = share_infos(&cfg, image, &FakeHost { kvm: false });
+        assert_eq!(got[0].transport, "virtio-9p");
+        assert_eq!(got[0].transport_reason, "no virtiofsd on this host");
+        // VMK_SHARE_FS=virtiofs where it cannot run: info still shows the shares, and why
+        cfg.share_fs = ShareFs::Virtiofs;
+        let got = share_infos(&cfg, image, &FakeHost { kvm: false });
+        assert_eq!(got[0].transport, "virtiofs");
+        assert!(
+            got[0].transport_reason.contains("VMK_SHARE_FS")
+                && got[0]
+                    .transport_reason
+                    .contains("no virtiofsd on this host"),
+            "{}",
+            got[0].transport_reason
         );
     }
 }
