@@ -113,6 +113,18 @@ fn main() -> std::process::ExitCode {
             runin_in_a_terminal,
         ),
         SystemTest::new(
+            "runin_with_a_virtiofs_share_ends_its_virtiofsd",
+            &[
+                Need::Root,
+                Need::Qemu,
+                Need::Busybox,
+                Need::Kernel,
+                Need::Program("tmux"),
+                Need::File("/usr/lib/qemu/virtiofsd", "qemu-system-common"),
+            ],
+            runin_ends_its_virtiofsd,
+        ),
+        SystemTest::new(
             "console_in_a_terminal_detaches_with_ctrl_bracket",
             &[
                 Need::Qemu,
@@ -1067,6 +1079,44 @@ fn runin_in_a_terminal() -> Result<()> {
     term.wait_for("typed-42")?;
     term.send(&["C-a", "x"])?;
     ended_with_terminal_restored(dir)
+}
+
+/// `vmk-run runin` with a virtiofs share: its virtiofsd runs while qemu does (qemu
+/// connected to it) and none is left once Ctrl-A x ended qemu in the foreground.
+fn runin_ends_its_virtiofsd() -> Result<()> {
+    let env = TestEnv::new()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let share = tempfile::tempdir()?;
+    let slot = VmSlot::reserve()?;
+    busybox_vm_with(
+        dir,
+        slot.number(),
+        &format!(
+            "VMK_SHARE='{}:s'\nVMK_SHARE_FS=virtiofs\n",
+            share.path().display()
+        ),
+    )?;
+    let term = in_terminal(
+        &env,
+        "runin-virtiofs",
+        dir,
+        &format!("'{}' runin", env!("CARGO_BIN_EXE_vmk-run")),
+    )?;
+    let _guard = QemuGuard::from_pidfile(&dir.join("disk0.raw.pid"))?;
+    term.wait_for("vmk-busybox-guest: ready")?;
+    let running = env.virtiofsds()?;
+    ensure!(
+        running
+            .iter()
+            .any(|(_, argv)| argv.iter().any(|a| a == "sandbox=namespace")),
+        "no virtiofsd while the VM runs: {running:?}"
+    );
+    term.send(&["C-a", "x"])?;
+    ended_with_terminal_restored(dir)?;
+    let left = env.virtiofsds()?;
+    ensure!(left.is_empty(), "virtiofsds left after runin: {left:?}");
+    Ok(())
 }
 
 /// `vmk-run console` in a real terminal: raw mode both ways, Ctrl-] detaches, the VM

@@ -124,7 +124,7 @@ impl DevVm {
     /// has its sockets there), or a virtiofsd socket or pidfile of its is left.
     fn no_virtiofsd_left(&self) -> Result<()> {
         let runtime = self.env.runtime_dir();
-        let running = virtiofsds(self)?;
+        let running = self.env.virtiofsds()?;
         ensure!(
             running.is_empty(),
             "virtiofsds of the test still run: {running:?}"
@@ -418,29 +418,6 @@ fn shares_over_virtiofs_are_mounted_at_mnt_tag() -> Result<()> {
     vm.no_virtiofsd_left()
 }
 
-/// The virtiofsds of this test's VMs: (pid, argv) of every process whose `--socket-path=`
-/// is in the test's runtime directory.
-fn virtiofsds(vm: &DevVm) -> Result<Vec<(String, Vec<String>)>> {
-    let mut socket_arg = b"--socket-path=".to_vec();
-    socket_arg.extend_from_slice(vm.env.runtime_dir().as_os_str().as_encoded_bytes());
-    let mut found = Vec::new();
-    for e in fs::read_dir("/proc")?.flatten() {
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if argv.iter().any(|a| a.starts_with(&socket_arg)) {
-            found.push((
-                e.file_name().to_string_lossy().into_owned(),
-                argv.iter()
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect(),
-            ));
-        }
-    }
-    Ok(found)
-}
-
 /// A virtiofsd runs exactly as long as its qemu: none is left when qemu fails to start;
 /// while the VM runs (`snap run` in the background, vmk gone), one per read-write share,
 /// sandboxed, its socket private; `snap kill` leaves none, nor their sockets.
@@ -465,7 +442,7 @@ fn virtiofsd_lives_with_its_qemu_only() -> Result<()> {
     let text = fs::read_to_string(&cfg)?.replace("VMK_EXTRA_ARGS=-no-such-qemu-option\n", "");
     fs::write(&cfg, text)?;
     run_ok(vm.vmk_snap(&["run"]))?;
-    let running = virtiofsds(&vm)?;
+    let running = vm.env.virtiofsds()?;
     let kill = || run_ok(vm.vmk_snap(&["kill"]));
     let checked = (|| -> Result<()> {
         // a sandboxed parent and its child in the new namespaces, per share

@@ -332,6 +332,29 @@ impl TestEnv {
         self.root.join("run")
     }
 
+    /// The virtiofsd processes of VMs run in this environment (their `--socket-path=` is in
+    /// its runtime directory): each as (pid, argv).
+    pub fn virtiofsds(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let mut socket_arg = b"--socket-path=".to_vec();
+        socket_arg.extend_from_slice(self.runtime_dir().as_os_str().as_encoded_bytes());
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            if argv.iter().any(|a| a.starts_with(&socket_arg)) {
+                found.push((
+                    e.file_name().to_string_lossy().into_owned(),
+                    argv.iter()
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect(),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
     /// What `VMK_SYSTEM_CONFIG` names: a file that does not exist unless the test writes
     /// it (a test of the system-wide file may).
     pub fn system_config(&self) -> PathBuf {
