@@ -253,11 +253,37 @@ pub fn is_instance_virtiofsd(pid: u32, socket: &Path) -> bool {
     is_virtiofsd && argv.iter().any(|a| a.as_slice() == want.as_bytes())
 }
 
+/// Where qemu's virtiofsd keeps a lock file per socket (`<localstatedir>/run/virtiofsd`;
+/// distributions build qemu with /var), which it leaves behind when it exits.
+pub const LOCK_DIR: &str = "/var/run/virtiofsd";
+
+/// The lock file qemu's virtiofsd makes for `socket`: its path with `/` made `.`, `.pid`.
+pub fn lock_file(socket: &Path) -> PathBuf {
+    let mut name: Vec<u8> = socket
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|&b| if b == b'/' { b'.' } else { b })
+        .collect();
+    name.extend_from_slice(b".pid");
+    Path::new(LOCK_DIR).join(std::ffi::OsStr::from_bytes(&name))
+}
+
 /// Ends the virtiofsd of `d` if one runs ([`crate::state::end_verified`]) and removes its
-/// pidfile and socket. The log stays.
+/// pidfile, its socket and the lock file virtiofsd left (when no virtiofsd on that socket
+/// holds it). The log stays.
 pub fn stop(d: &Daemon) -> Result<()> {
     if let Ok(Some(pid)) = crate::state::read_pidfile(&d.pidfile) {
         crate::state::end_verified(pid, "virtiofsd", |p| is_instance_virtiofsd(p, &d.socket))?;
+    }
+    let lock = lock_file(&d.socket);
+    let held = crate::state::read_pidfile(&lock)
+        .ok()
+        .flatten()
+        .is_some_and(|pid| is_instance_virtiofsd(pid, &d.socket));
+    let lock_is_file = fs::symlink_metadata(&lock).is_ok_and(|m| m.is_file());
+    if lock_is_file && !held {
+        let _ = fs::remove_file(&lock);
     }
     crate::state::remove_runtime_files(&[&d.pidfile, &d.socket]);
     Ok(())
@@ -328,6 +354,14 @@ mod tests {
              -o no_allow_direct_io -o modcaps=-mknod:-setfcap -o cache=none"
         );
         assert_eq!(args[0], format!("--socket-path={}", d.socket.display()));
+    }
+
+    #[test]
+    fn the_lock_file_is_named_after_the_socket() {
+        assert_eq!(
+            lock_file(Path::new("/run/vmk/disk0.img-b66aaaf068901df1.fs0")),
+            Path::new("/var/run/virtiofsd/.run.vmk.disk0.img-b66aaaf068901df1.fs0.pid")
+        );
     }
 
     #[test]

@@ -141,6 +141,20 @@ impl DevVm {
             left.iter().all(|p| p.to_string_lossy().ends_with(".log")),
             "virtiofsd files left: {left:?}"
         );
+        // nor the lock files qemu's virtiofsd leaves (named after the socket's path)
+        let prefix = vmk_common::virtiofsd::lock_file(&runtime)
+            .to_string_lossy()
+            .trim_end_matches(".pid")
+            .to_string();
+        let locks: Vec<PathBuf> = fs::read_dir(vmk_common::virtiofsd::LOCK_DIR)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.to_string_lossy().starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ensure!(locks.is_empty(), "virtiofsd lock files left: {locks:?}");
         Ok(())
     }
 }
