@@ -14,6 +14,8 @@ pub struct LoopFs {
     dir: Option<tempfile::TempDir>,
     image: Option<PathBuf>,
     mnt: PathBuf,
+    /// Unmounts it and removes its directory should the test binary be interrupted.
+    _undo: crate::on_interrupt::Registration,
 }
 
 /// A loop-mounted btrfs (unmounted and detached when dropped); derefs to [`LoopFs`].
@@ -46,6 +48,22 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// What an interrupted test binary does for a [`LoopFs`] in `top` mounted on `mnt`: a lazy
+/// unmount (its qemus are dead, a shell may still be in it; `mount -o loop` set autoclear,
+/// so the loop device goes with the last user), then the directory, only once nothing is
+/// mounted there (never removing through a mount).
+fn undo_loop_fs(top: &Path, mnt: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(mnt).output();
+    let still_mounted = Command::new("mountpoint")
+        .arg("-q")
+        .arg(mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !still_mounted {
+        let _ = std::fs::remove_dir_all(top);
+    }
+}
+
 impl LoopFs {
     /// A fresh btrfs of `size` bytes (at least about 120 MiB for mkfs.btrfs).
     pub fn btrfs(size: u64) -> Result<LoopFs> {
@@ -61,11 +79,16 @@ impl LoopFs {
             .context("creating a temp dir for a loop filesystem")?;
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt)?;
+        let undo = {
+            let (top, mnt) = (dir.path().to_path_buf(), mnt.clone());
+            crate::on_interrupt::register(move || undo_loop_fs(&top, &mnt))
+        };
         let mut fs = LoopFs {
             kind: kind.to_string(),
             dir: Some(dir),
             image: None,
             mnt,
+            _undo: undo,
         };
         if kind == "tmpfs" {
             run(Command::new("mount")

@@ -269,7 +269,7 @@ fn reap_qemus_when_interrupted() {
             let undone = on_interrupt::run_all();
             eprintln!(
                 "interrupted by signal {sig}: killed {killed} qemu this test binary started, \
-                 undid {undone} fixtures (daemons)"
+                 undid {undone} fixtures (daemons, loop mounts)"
             );
             std::process::exit(128 + sig);
         }
