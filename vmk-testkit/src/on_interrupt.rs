@@ -1,8 +1,8 @@
 //! What an interrupted test binary must still undo besides its qemus (those are
 //! [`crate::qemu_guard`]'s): daemons a fixture started, such as a test's own libvirtd with
-//! its domains, or a loop-mounted filesystem. An interrupted binary runs no destructor, so a fixture registers its undo
-//! here while it lives, and the system-test harness runs every registered undo on SIGINT,
-//! SIGTERM or SIGHUP.
+//! its domains, or a loop-mounted filesystem. An interrupted binary runs no destructor, so
+//! a fixture registers its undo here while it lives, and the system-test harness runs
+//! every registered undo on SIGINT, SIGTERM or SIGHUP.
 
 use std::sync::Mutex;
 
