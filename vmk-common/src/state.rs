@@ -362,6 +362,20 @@ pub(crate) fn process_argv(pid: u32) -> io::Result<Option<Vec<Vec<u8>>>> {
     Ok(None)
 }
 
+/// True when process `pid` runs `program` (its argv[0]'s file name) with an argument for
+/// which `arg` holds; a gone or reused pid answers false. How a helper daemon of a VM
+/// (swtpm, virtiofsd) is recognised by its socket before it is signalled.
+pub(crate) fn runs_program_with(pid: u32, program: &str, arg: impl Fn(&[u8]) -> bool) -> bool {
+    let Ok(Some(argv)) = process_argv(pid) else {
+        return false;
+    };
+    let named = argv
+        .first()
+        .and_then(|a0| Path::new(std::ffi::OsStr::from_bytes(a0)).file_name())
+        .is_some_and(|n| n.as_bytes() == program.as_bytes());
+    named && argv.iter().any(|a| arg(a))
+}
+
 fn read_argv(pid: u32) -> io::Result<Option<Vec<Vec<u8>>>> {
     match fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(raw) if raw.is_empty() => Ok(None),

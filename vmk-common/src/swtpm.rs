@@ -131,16 +131,10 @@ pub fn start(tpm: &Tpm) -> Result<u32> {
 
 /// True when `pid` is swtpm serving `socket` (a gone or reused pid answers false).
 pub fn is_instance_swtpm(pid: u32, socket: &Path) -> bool {
-    let Ok(Some(argv)) = crate::state::process_argv(pid) else {
-        return false;
-    };
-    let is_swtpm = Path::new(std::ffi::OsStr::from_bytes(&argv[0]))
-        .file_name()
-        .is_some_and(|n| n.as_bytes() == b"swtpm");
     let mut want = b"type=unixio,path=".to_vec();
     want.extend_from_slice(socket.as_os_str().as_bytes());
     want.push(b',');
-    is_swtpm && argv.iter().any(|a| a.starts_with(&want))
+    crate::state::runs_program_with(pid, "swtpm", |a| a.starts_with(&want))
 }
 
 /// Stops the swtpm of `tpm` if one runs ([`crate::state::end_verified`]: SIGTERM, then

@@ -243,14 +243,8 @@ pub fn start(d: &Daemon) -> Result<u32> {
 
 /// True when `pid` is a virtiofsd serving `socket` (a gone or reused pid answers false).
 pub fn is_instance_virtiofsd(pid: u32, socket: &Path) -> bool {
-    let Ok(Some(argv)) = crate::state::process_argv(pid) else {
-        return false;
-    };
-    let is_virtiofsd = Path::new(std::ffi::OsStr::from_bytes(&argv[0]))
-        .file_name()
-        .is_some_and(|n| n.as_bytes() == b"virtiofsd");
     let want = join("--socket-path=", socket);
-    is_virtiofsd && argv.iter().any(|a| a.as_slice() == want.as_bytes())
+    crate::state::runs_program_with(pid, "virtiofsd", |a| a == want.as_bytes())
 }
 
 /// Where qemu's virtiofsd keeps a lock file per socket (`<localstatedir>/run/virtiofsd`;
