@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use vmk_testkit::guest;
 use vmk_testkit::isolation::{TestEnv, VmSlot};
 use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::terminal::{ended_with_terminal_restored, in_terminal};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 /// Two slow cores shared with other tests: be generous.
@@ -956,104 +957,6 @@ fn telnet_console() -> Result<()> {
     kill_and_check(&env, dir, &mut guard)
 }
 
-/// A program in a real terminal: a tmux session that is killed on drop.
-struct Tmux(String);
-
-impl Tmux {
-    fn start(name: &str, script: &str) -> Result<Tmux> {
-        let t = Tmux(format!("vmk-{name}-{}", std::process::id()));
-        t.tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            &t.0,
-            "-x",
-            "150",
-            "-y",
-            "40",
-            script,
-        ])?;
-        Ok(t)
-    }
-
-    fn tmux(&self, args: &[&str]) -> Result<Output> {
-        let out = Command::new("tmux").args(args).output()?;
-        ensure!(out.status.success(), "tmux {args:?}: {out:?}");
-        Ok(out)
-    }
-
-    fn send(&self, keys: &[&str]) -> Result<()> {
-        let mut args = vec!["send-keys", "-t", &self.0];
-        args.extend_from_slice(keys);
-        self.tmux(&args).map(drop)
-    }
-
-    fn screen(&self) -> Result<String> {
-        let out = self.tmux(&["capture-pane", "-p", "-J", "-S", "-1000", "-t", &self.0])?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn wait_for(&self, needle: &str) -> Result<String> {
-        let start = Instant::now();
-        loop {
-            let text = self.screen()?;
-            if text.contains(needle) {
-                return Ok(text);
-            }
-            ensure!(
-                start.elapsed() < BOOT_TIMEOUT,
-                "no {needle:?} on the terminal after {BOOT_TIMEOUT:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.0])
-            .status();
-    }
-}
-
-/// Runs `command` in the VM directory in a terminal, in the test's environment `env`,
-/// saving the terminal settings before and after it and its exit status, for
-/// [`ended_with_terminal_restored`].
-fn in_terminal(env: &TestEnv, name: &str, dir: &Path, command: &str) -> Result<Tmux> {
-    Tmux::start(
-        name,
-        &format!(
-            "cd '{}' && stty -g > before && {} {command}; echo \"exit=$?\" > status; stty -g > after; sleep 600",
-            dir.display(),
-            env.env_prefix()
-        ),
-    )
-}
-
-/// Waits for the command of [`in_terminal`] to end; checks it exited 0 and left the
-/// terminal settings as they were.
-fn ended_with_terminal_restored(dir: &Path) -> Result<()> {
-    let start = Instant::now();
-    while !dir.join("after").exists() {
-        ensure!(
-            start.elapsed() < Duration::from_secs(30),
-            "the command did not end"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let status = std::fs::read_to_string(dir.join("status"))?;
-    ensure!(status.trim() == "exit=0", "ended with {status}");
-    let before = std::fs::read_to_string(dir.join("before"))?;
-    let after = std::fs::read_to_string(dir.join("after"))?;
-    ensure!(
-        before == after,
-        "terminal settings changed: {before} → {after}"
-    );
-    Ok(())
-}
-
 /// `vmk-run runin` in a real terminal (tmux): the user is told how to leave, the guest's
 /// console is on the terminal both ways, Ctrl-A x quits, and the terminal settings are the
 /// same afterwards as before.
@@ -1070,15 +973,15 @@ fn runin_in_a_terminal() -> Result<()> {
         &format!("'{}' runin", env!("CARGO_BIN_EXE_vmk-run")),
     )?;
     let _guard = QemuGuard::from_pidfile(&dir.join("disk0.raw.pid"))?;
-    let first = term.wait_for("vmk-busybox-guest: ready")?;
+    let first = term.wait_for("vmk-busybox-guest: ready", BOOT_TIMEOUT)?;
     ensure!(
         first.contains("leave with Ctrl-A x"),
         "not told how to leave:\n{first}"
     );
     term.send(&["echo typed-$((6*7))", "Enter"])?;
-    term.wait_for("typed-42")?;
+    term.wait_for("typed-42", BOOT_TIMEOUT)?;
     term.send(&["C-a", "x"])?;
-    ended_with_terminal_restored(dir)
+    ended_with_terminal_restored(dir, 0)
 }
 
 /// `vmk-run runin` with a virtiofs share: its virtiofsd runs while qemu does (qemu
@@ -1104,7 +1007,7 @@ fn runin_ends_its_virtiofsd() -> Result<()> {
         &format!("'{}' runin", env!("CARGO_BIN_EXE_vmk-run")),
     )?;
     let _guard = QemuGuard::from_pidfile(&dir.join("disk0.raw.pid"))?;
-    term.wait_for("vmk-busybox-guest: ready")?;
+    term.wait_for("vmk-busybox-guest: ready", BOOT_TIMEOUT)?;
     let running = env.virtiofsds()?;
     ensure!(
         running
@@ -1113,7 +1016,7 @@ fn runin_ends_its_virtiofsd() -> Result<()> {
         "no virtiofsd while the VM runs: {running:?}"
     );
     term.send(&["C-a", "x"])?;
-    ended_with_terminal_restored(dir)?;
+    ended_with_terminal_restored(dir, 0)?;
     let left = env.virtiofsds()?;
     ensure!(left.is_empty(), "virtiofsds left after runin: {left:?}");
     Ok(())
@@ -1139,11 +1042,11 @@ fn console_in_a_terminal() -> Result<()> {
         dir,
         &format!("'{}' console", env!("CARGO_BIN_EXE_vmk-run")),
     )?;
-    term.wait_for("Ctrl-]")?;
+    term.wait_for("Ctrl-]", BOOT_TIMEOUT)?;
     term.send(&["echo typed-$((6*7))", "Enter"])?;
-    term.wait_for("typed-42")?;
+    term.wait_for("typed-42", BOOT_TIMEOUT)?;
     term.send(&["C-]"])?;
-    ended_with_terminal_restored(dir)?;
+    ended_with_terminal_restored(dir, 0)?;
     let running = vmk_run(&env, dir, &["isrunning"], None)?;
     ensure!(
         running.status.success(),

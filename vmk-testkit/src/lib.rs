@@ -41,6 +41,7 @@ pub mod isolation;
 pub mod libvirt;
 pub mod on_interrupt;
 pub mod qemu_guard;
+pub mod terminal;
 
 pub use libtest_mimic::Failed;
 
@@ -294,7 +295,7 @@ pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
                         true => Some(isolation::GuestTurn::wait().map_err(|e| format!("{e:?}"))?),
                         false => None,
                     };
-                    body().map_err(|e| Failed::from(format!("{e:?}")))
+                    body().map_err(|e| Failed::from(with_disk_note(format!("{e:?}"))))
                 })
             } else if strict {
                 let why = unmet.join(", ");
@@ -320,6 +321,26 @@ pub fn run_system_tests(tests: Vec<SystemTest>) -> std::process::ExitCode {
         std::process::ExitCode::from(101)
     } else {
         std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Below this much free space in the temporary directory, a failed test says so: guest
+/// tests copy images of gigabytes there, and a full disk fails them in ways that look like
+/// bugs (a short copy, a truncated module).
+const LOW_DISK: u64 = 2 << 30;
+
+/// A failed test's message, with a note when the temporary directory's filesystem is
+/// nearly full.
+fn with_disk_note(message: String) -> String {
+    let dir = std::env::temp_dir();
+    let free = rustix::fs::statvfs(&dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize));
+    match free {
+        Ok(free) if free < LOW_DISK => format!(
+            "{message}\n(only {} MiB are free in {}: a full disk may be the cause)",
+            free >> 20,
+            dir.display()
+        ),
+        _ => message,
     }
 }
 
