@@ -12,6 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use vmk_testguest::{debian_guest, DebianGuest};
 use vmk_testkit::isolation::VmSlot;
 use vmk_testkit::qemu_guard::QemuGuard;
+use vmk_testkit::terminal::{ended_with_terminal_restored, in_terminal};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 const BOOT_TIMEOUT: &str = "300";
@@ -202,6 +203,7 @@ fn by_credential() -> Result<()> {
         "ssh exit 7 gave {:?}",
         out.status
     );
+    shell_on_a_terminal(&vm)?;
 
     let file = vm.path().join("payload.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -601,6 +603,28 @@ fn waitssh_without_command_is_a_shell_on_a_terminal() -> Result<()> {
     Ok(())
 }
 
+/// `waitssh` with no command, in a real terminal (tmux): a shell in the guest on a pty of
+/// its own; what is typed reaches it, its exit status comes back, and the terminal's
+/// settings are as before.
+fn shell_on_a_terminal(vm: &Vm) -> Result<()> {
+    let env = vmk_testkit::isolation::shared_env()?;
+    let term = in_terminal(
+        env,
+        "waitssh",
+        vm.path(),
+        &format!("'{}' waitssh", env!("CARGO_BIN_EXE_vmk-sshkey")),
+    )?;
+    // the guest's prompt (`root@vmk-guest:~#`), then a command line typed at it
+    term.wait_for("@vmk-guest", Duration::from_secs(120))?;
+    term.send(&["tty; echo typed-$((6*7)); exit 3", "Enter"])?;
+    let screen = term.wait_for("typed-42", Duration::from_secs(120))?;
+    ensure!(
+        screen.contains("/dev/pts/"),
+        "the guest's shell has no terminal:\n{screen}"
+    );
+    ended_with_terminal_restored(vm.path(), 3)
+}
+
 fn main() -> std::process::ExitCode {
     run_system_tests(vec![
         SystemTest::new(
@@ -630,7 +654,13 @@ fn main() -> std::process::ExitCode {
         ),
         SystemTest::new(
             "debian_key_by_credential_ssh_waitssh_scp",
-            &[Need::Root, Need::Qemu, Need::Debootstrap, Need::Ssh],
+            &[
+                Need::Root,
+                Need::Qemu,
+                Need::Debootstrap,
+                Need::Ssh,
+                Need::Program("tmux"),
+            ],
             by_credential,
         ),
         SystemTest::new(
