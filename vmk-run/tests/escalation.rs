@@ -4,11 +4,13 @@
 //!   button) waits its timeout, then kills qemu; the guest's console shows it never powered
 //!   off.
 //! - `kill` against a qemu that cannot act on SIGINT or SIGTERM (stopped with SIGSTOP: the
-//!   signals stay pending) escalates to SIGKILL.
+//!   signals stay pending) escalates to SIGKILL: SIGINT, SIGTERM, SIGKILL a second apart.
 //!
 //! The oracle is the kernel: this test process makes itself a child subreaper, so the
 //! daemonized qemu becomes its child and `waitpid` tells how it ended (killed by SIGKILL,
-//! or exited). That is why these tests have a binary of their own.
+//! or exited). That is why these tests have a binary of their own. While `vmk` works, the
+//! test watches qemu's `/proc/PID/status`: when each signal became pending on the stopped
+//! process (`ShdPnd`), and when it died (a zombie until this test reaps it).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -104,6 +106,69 @@ fn reap(pid: i32, timeout: Duration) -> Result<WaitStatus> {
     }
 }
 
+/// What the kernel showed of qemu `pid` while `vmk` worked on it: when SIGINT and SIGTERM
+/// were first seen pending, and when it was first seen dead (a zombie: nobody reaps it but
+/// this test). Times since the watch began.
+#[derive(Debug, Default)]
+struct Timeline {
+    sigint: Option<Duration>,
+    sigterm: Option<Duration>,
+    dead: Option<Duration>,
+}
+
+/// The signals pending on the whole process (`ShdPnd`, a hex mask, bit N-1 for signal N)
+/// and whether it is a zombie, from /proc/PID/status; `None` once it is gone.
+fn pending_and_dead(pid: i32) -> Option<(u64, bool)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let pending = u64::from_str_radix(field("ShdPnd:")?, 16).ok()?;
+    let zombie = field("State:")?.starts_with('Z');
+    Some((pending, zombie))
+}
+
+/// Runs `vmk` (the closure) in a thread and watches qemu `pid` every few milliseconds until
+/// both have ended.
+fn watch_while(
+    pid: i32,
+    vmk: impl FnOnce() -> Result<Output> + Send,
+) -> Result<(Output, Timeline)> {
+    let bit = |sig: nix::sys::signal::Signal| 1u64 << (sig as i32 - 1);
+    let began = Instant::now();
+    let mut seen = Timeline::default();
+    std::thread::scope(|s| {
+        let worker = s.spawn(vmk);
+        while seen.dead.is_none() || !worker.is_finished() {
+            if began.elapsed() > Duration::from_secs(120) {
+                bail!("qemu pid {pid} still alive 120 s into the watch: {seen:?}");
+            }
+            let at = began.elapsed();
+            match pending_and_dead(pid) {
+                Some((_, true)) | None => {
+                    seen.dead.get_or_insert(at);
+                }
+                Some((pending, false)) => {
+                    if pending & bit(nix::sys::signal::Signal::SIGINT) != 0 {
+                        seen.sigint.get_or_insert(at);
+                    }
+                    if pending & bit(nix::sys::signal::Signal::SIGTERM) != 0 {
+                        seen.sigterm.get_or_insert(at);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the vmk thread panicked"))??;
+        Ok((out, seen))
+    })
+}
+
 fn stop_kills_a_guest_that_ignores_acpi() -> Result<()> {
     let vm = Vm::new("acpi=off")?;
     let guard = vm.start()?;
@@ -115,8 +180,11 @@ fn stop_kills_a_guest_that_ignores_acpi() -> Result<()> {
     );
     let timeout = 3;
     let started = Instant::now();
-    let out = vm.vmk_run(&["stop", "--timeout", &timeout.to_string()])?;
+    let (out, seen) = watch_while(pid, || {
+        vm.vmk_run(&["stop", "--timeout", &timeout.to_string()])
+    })?;
     let took = started.elapsed();
+    eprintln!("qemu under `stop`: {seen:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.success(), "stop failed: {err}");
     ensure!(
@@ -130,11 +198,18 @@ fn stop_kills_a_guest_that_ignores_acpi() -> Result<()> {
         took >= Duration::from_secs(timeout),
         "stop returned after {took:?}, before its {timeout} s timeout"
     );
+    // qemu lived through the whole timeout and died only after it, of vmk's signals: it
+    // exits when it handles SIGINT or SIGTERM, else SIGKILL ends it
+    let dead = seen.dead.context("qemu never died")?;
+    ensure!(
+        dead >= Duration::from_secs(timeout),
+        "qemu died {dead:?} into the stop, before its {timeout} s timeout"
+    );
     let status = reap(pid, Duration::from_secs(30))?;
     eprintln!("qemu ended: {status:?}");
     ensure!(
-        status.exit_status().is_some() || status.terminating_signal().is_some(),
-        "qemu pid {pid}: {status:?}"
+        status.exit_status() == Some(0) || status.terminating_signal() == Some(libc_sigkill()),
+        "qemu pid {pid} did not end as vmk's kill ends it: {status:?}"
     );
     // the guest never powered off: the kernel prints this line when it does
     let log = std::fs::read_to_string(vm.console_log())?;
@@ -165,7 +240,8 @@ fn kill_escalates_to_sigkill() -> Result<()> {
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGSTOP,
     )?;
-    let out = vm.vmk_run(&["kill"])?;
+    let (out, seen) = watch_while(pid, || vm.vmk_run(&["kill"]))?;
+    eprintln!("the stopped qemu under `kill`: {seen:?}");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -175,6 +251,17 @@ fn kill_escalates_to_sigkill() -> Result<()> {
     ensure!(
         text.contains(&format!("killed qemu pid {pid} (SIGKILL)")),
         "kill does not report SIGKILL: {text}"
+    );
+    // SIGINT, then SIGTERM a second later, then SIGKILL a second after that. Lower bounds,
+    // with room for this watcher seeing one signal late (a busy machine makes vmk's own gaps
+    // only longer); back-to-back signals would be milliseconds apart
+    let (Some(int), Some(term), Some(dead)) = (seen.sigint, seen.sigterm, seen.dead) else {
+        bail!("not every step of the escalation was seen: {seen:?}");
+    };
+    let second = Duration::from_millis(800);
+    ensure!(
+        term >= int + second && dead >= term + second,
+        "SIGINT, SIGTERM and the end not a second apart: {seen:?}"
     );
     let status = reap(pid, Duration::from_secs(30))?;
     ensure!(
