@@ -225,6 +225,17 @@ fn exec_passes_io_and_status_and_leaves_nothing() -> Result<()> {
 }
 
 fn exec_interrupted_by_sigterm_ends_the_vm() -> Result<()> {
+    exec_interrupted_by(nix::sys::signal::Signal::SIGTERM)
+}
+
+/// Ctrl-C on a terminal: SIGINT to vmk (the terminal sends it to ssh as well).
+fn exec_interrupted_by_sigint_ends_the_vm() -> Result<()> {
+    exec_interrupted_by(nix::sys::signal::Signal::SIGINT)
+}
+
+/// `snap run --exec` of a command that runs until stopped, `signal` to vmk once the command
+/// printed its first line: vmk exits 128 + the signal's number and leaves nothing.
+fn exec_interrupted_by(signal: nix::sys::signal::Signal) -> Result<()> {
     let vm = DevVm::new("")?;
     let mut child = vm
         .vmk_snap(&["run", "--exec", "echo running; exec sleep 600"])
@@ -236,11 +247,11 @@ fn exec_interrupted_by_sigterm_ends_the_vm() -> Result<()> {
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut first)?;
     ensure!(first == "running\n", "first line {first:?}");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    nix::sys::signal::kill(pid, signal)?;
     let out = wait_output(child, Duration::from_secs(60))?;
     ensure!(
-        out.status.code() == Some(143),
-        "exit status after SIGTERM: {:?}",
+        out.status.code() == Some(128 + signal as i32),
+        "exit status after {signal}: {:?}",
         out.status
     );
     vm.nothing_left()
@@ -656,36 +667,71 @@ fn full_boot_runs_systemd_for_exec() -> Result<()> {
     let vm = DevVm::new("")?;
     let out = full_boot_exec(
         &vm,
-        "cat /proc/1/comm; systemctl is-active ssh.service; exit 3",
+        &format!("cat /proc/1/comm; systemctl is-active ssh.service; {SETUP_SECTS}; exit 3"),
     )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.code() == Some(3), "exit status {:?}", out.status);
-    ensure!(stdout == "systemd\nactive\n", "stdout: {stdout:?}");
+    // booted as the bzImage (not one-shot: no PVH): its setup header reached the kernel
+    let sects = stdout
+        .strip_prefix("systemd\nactive\nsetup_sects=")
+        .and_then(|n| n.trim_end().parse::<u8>().ok());
+    ensure!(sects.is_some_and(|n| n > 0), "stdout: {stdout:?}");
     vm.nothing_left()
 }
 
+/// A guest command printing `setup_sects=N`: the bzImage setup header's size as the kernel
+/// got it in its boot parameters (`/sys/kernel/boot_params/data`, offset 0x1f1). The boot
+/// loader (qemu's linuxboot) copies it from a bzImage; a PVH entry has no setup header and
+/// the kernel fills in a zeroed one.
+const SETUP_SECTS: &str =
+    "echo setup_sects=$(od -An -tu1 -j 497 -N1 /sys/kernel/boot_params/data | tr -d ' ')";
+
 fn run_exec_on_disk0_powers_off_and_exits_with_the_status() -> Result<()> {
     let vm = DevVm::new("")?;
-    let out = run_exec(
-        vm.vmk(
-            &vmk_testkit::workspace_bin("vmk-run"),
-            &[
-                "-v",
-                "run",
-                "--exec",
-                "echo on-disk0 > /root/exec-marker; tr '\\0' ' ' < /proc/1/cmdline; exit 5",
-            ],
-        ),
-        b"",
-    )?;
+    let cache = tempfile::Builder::new().prefix("vmk-cache").tempdir()?;
+    let mut vmk_run = vm.vmk(
+        &vmk_testkit::workspace_bin("vmk-run"),
+        &[
+            "-v",
+            "run",
+            "--exec",
+            &format!(
+                "echo on-disk0 > /root/exec-marker; tr '\\0' ' ' < /proc/1/cmdline; echo; \
+                 {SETUP_SECTS}; exit 5"
+            ),
+        ],
+    );
+    vmk_run.env("XDG_CACHE_HOME", cache.path());
+    let out = run_exec(vmk_run, b"")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.code() == Some(5), "exit status {:?}", out.status);
-    ensure!(stdout.contains("exec-init"), "stdout: {stdout:?}");
-    // powered off by the guest (the one-shot init's power button), not killed
+    // the one-shot init, on the bzImage's ELF (PVH): no setup header reached the kernel
+    ensure!(
+        stdout.contains("exec-init") && stdout.ends_with("\nsetup_sects=0\n"),
+        "stdout: {stdout:?}"
+    );
+    // ...unpacked into the user's cache
+    let cached: Vec<PathBuf> = fs::read_dir(cache.path().join("vmk/kernels"))
+        .context("no kernel cache")?
+        .map(|e| Ok(e?.path()))
+        .collect::<Result<_>>()?;
+    ensure!(
+        cached.len() == 1
+            && cached[0].extension().is_some_and(|e| e == "elf")
+            && fs::read(&cached[0])?.starts_with(b"\x7fELF"),
+        "the kernel cache holds {cached:?}"
+    );
+    // powered off by the guest (the one-shot init's power button), not killed: vmk says so,
+    // and the guest's kernel said so on its console
     ensure!(
         stderr.contains("PoweredOff"),
         "the VM was not powered off: {stderr}"
+    );
+    let console = fs::read_to_string(vm.dir().join("disk0.img.console.log"))?;
+    ensure!(
+        console.contains("reboot: Power down"),
+        "no power-off on the guest's console:\n{console}"
     );
     let pids = qemu_pids_using(&vm.disk0())?;
     ensure!(pids.is_empty(), "qemu {pids:?} still uses disk0");
@@ -731,6 +777,11 @@ fn main() -> std::process::ExitCode {
             "exec_interrupted_by_sigterm_ends_the_vm",
             needs,
             exec_interrupted_by_sigterm_ends_the_vm,
+        ),
+        SystemTest::new(
+            "exec_interrupted_by_sigint_ends_the_vm",
+            needs,
+            exec_interrupted_by_sigint_ends_the_vm,
         ),
         SystemTest::new(
             "shares_over_virtio_9p_are_mounted_at_mnt_tag",
