@@ -46,11 +46,7 @@ fn clone_is_a_nocow_reflink_with_its_own_name_and_number() -> Result<()> {
     ensure!(out.status.success(), "clone failed: {err}");
     let c1 = btrfs.path().join("clones/c1");
     let cfg = fs::read_to_string(c1.join("vm-config"))?;
-    let n1: u8 = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("VMK_VNC="))
-        .context("no VMK_VNC")?
-        .parse()?;
+    let n1 = vnc_of(&c1)?;
     ensure!(n1 != 5, "the clone got the original's number");
     ensure!(
         err.contains(&format!("VMK_VNC={n1} (")),
@@ -121,6 +117,55 @@ fn failed_clone_leaves_nothing() -> Result<()> {
     Ok(())
 }
 
+/// The VMK_VNC a clone's vm-config got.
+fn vnc_of(vm_dir: &Path) -> Result<u8> {
+    fs::read_to_string(vm_dir.join("vm-config"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VMK_VNC="))
+        .context("no VMK_VNC")?
+        .parse()
+        .context("VMK_VNC")
+}
+
+/// `clone` passes over a number whose port something listens on. Every number below a
+/// reserved one (N) is taken by a VM beside the clone (config files only), and the test
+/// listens on N's VNC port: the clone gets a number above N; once the port is closed, the
+/// next clone gets N.
+fn clone_skips_a_number_whose_port_is_in_use() -> Result<()> {
+    let slot = vmk_testkit::isolation::VmSlot::reserve()?;
+    let n = slot.number();
+    let btrfs = LoopBtrfs::new(512 * MIB)?;
+    let vm = btrfs.path().join("orig");
+    make_vm(&vm)?;
+    let clones = btrfs.path().join("clones");
+    for taken in 1..n {
+        let dir = clones.join(format!("vm{taken}"));
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("vm-config"), format!("VMK_VNC={taken}\n"))?;
+    }
+    let listener = std::net::TcpListener::bind(("127.0.0.1", slot.vnc_port()))
+        .with_context(|| format!("listening on the reserved VNC port {}", slot.vnc_port()))?;
+    let out = vmk_clone(&vm, &["-o", "../clones", "-n", "busy"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "clone failed: {err}");
+    let got = vnc_of(&clones.join("busy"))?;
+    ensure!(
+        got > n,
+        "the clone got VMK_VNC={got}, with 1…{} beside it and {n}'s VNC port in use: {err}",
+        n - 1
+    );
+    drop(listener);
+    let out = vmk_clone(&vm, &["-o", "../clones", "-n", "free"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "clone failed: {err}");
+    let got = vnc_of(&clones.join("free"))?;
+    ensure!(
+        got == n,
+        "with its port closed, the clone got {got}, not {n}: {err}"
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let needs = &[Need::Root, Need::Btrfs, Need::Program("lsattr")];
     run_system_tests(vec![
@@ -128,6 +173,11 @@ fn main() -> std::process::ExitCode {
             "clone_is_a_nocow_reflink_with_its_own_name_and_number",
             needs,
             clone_is_a_nocow_reflink_with_its_own_name_and_number,
+        ),
+        SystemTest::new(
+            "clone_skips_a_number_whose_port_is_in_use",
+            needs,
+            clone_skips_a_number_whose_port_is_in_use,
         ),
         SystemTest::new(
             "failed_clone_leaves_nothing",
