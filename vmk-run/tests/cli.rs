@@ -700,7 +700,22 @@ fn checksetup_says_what_each_architecture_needs() {
         );
         let q = line("qemu");
         match q.0.as_str() {
-            "ok" => assert!(q.2.contains(qemu), "{arch}: {q:?}"),
+            "ok" => {
+                // the binary it names is that qemu, and it says the version that binary gives
+                let path = q.2.split_whitespace().next().unwrap_or_default();
+                let version = std::process::Command::new(path)
+                    .arg("--version")
+                    .output()
+                    .unwrap_or_else(|e| panic!("{arch}: running {path}: {e}"));
+                let version = String::from_utf8_lossy(&version.stdout);
+                let first = version.lines().next().unwrap_or_default();
+                assert!(
+                    path.ends_with(&format!("/{qemu}"))
+                        && first.starts_with("QEMU emulator version")
+                        && q.2.contains(first),
+                    "{arch}: {q:?}, and {path} --version says {version:?}"
+                );
+            }
             _ => assert!(
                 q.2.contains(&format!("apt-get install {package}")),
                 "{arch}: {q:?}"
