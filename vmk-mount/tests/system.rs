@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use anyhow::{bail, ensure, Context, Result};
 use vmk_testguest::debian_guest;
 use vmk_testkit::btrfs::LoopBtrfs;
+use vmk_testkit::images::lsattr_has_c;
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
@@ -196,7 +197,7 @@ fn mkdisks_nocow_and_idempotent() -> Result<()> {
     let printed = ok(&dir, &["mkdisk0"])?;
     ensure!(printed.ends_with("disk0"));
     let disk0 = dir.join("disk0");
-    ensure!(vmk_common::fileops::is_nocow(&disk0)?, "disk0 is not NOCOW");
+    ensure!(lsattr_has_c(&disk0)?, "lsattr shows no C on disk0");
     let info = Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(&disk0)
@@ -221,10 +222,7 @@ fn mkdisks_nocow_and_idempotent() -> Result<()> {
     let printed = ok(&dir, &["mkdisks", "-n", "2"])?;
     ensure!(printed.lines().count() == 2, "{printed}");
     for d in ["disk1", "disk2"] {
-        ensure!(
-            vmk_common::fileops::is_nocow(&dir.join(d))?,
-            "{d} is not NOCOW"
-        );
+        ensure!(lsattr_has_c(&dir.join(d))?, "lsattr shows no C on {d}");
     }
     ensure!(!dir.join("disk3").exists());
     // mkdisks makes what is missing, however often it runs, and leaves the rest
@@ -698,7 +696,11 @@ fn main() -> std::process::ExitCode {
         ),
         SystemTest::new(
             "mkdisks_nocow_and_idempotent",
-            &[Need::Btrfs, Need::Program("qemu-img")],
+            &[
+                Need::Btrfs,
+                Need::Program("qemu-img"),
+                Need::Program("lsattr"),
+            ],
             mkdisks_nocow_and_idempotent,
         ),
     ])
