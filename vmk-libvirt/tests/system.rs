@@ -228,7 +228,12 @@ fn remote_lifecycle() -> Result<()> {
     let uri = sshd.libvirt_uri(&lv);
     let name = format!("vmk-lv-remote-{}", std::process::id());
     let vm = Vm::new(&name, &uri, "VMK_LIBVIRT_POOL=vmk-test-pool\n")?;
-    let (_, err) = vm.libvirt(&["define", "--start"])?;
+    // `define`, then `start` on its own (the local test starts with `define --start`)
+    let (_, err) = vm.libvirt(&["define"])?;
+    ensure!(
+        lv.virsh(&["domstate", &name])?.trim() == "shut off",
+        "running after `define` alone"
+    );
     for what in ["disk0", "kernel", "initrd"] {
         ensure!(
             err.contains(&format!("uploaded {what} "))
@@ -236,6 +241,9 @@ fn remote_lifecycle() -> Result<()> {
             "no upload of {what}: {err}"
         );
     }
+    let (_, started) = vm.libvirt(&["start"])?;
+    ensure!(started.contains("started domain"), "{started}");
+    ensure!(lv.virsh(&["domstate", &name])?.trim() == "running");
     let volume = pool_dir.join(format!("{name}-disk.img"));
     ensure!(volume.is_file(), "{} missing", volume.display());
     let xml = lv.virsh(&["dumpxml", &name])?;
