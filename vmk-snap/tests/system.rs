@@ -655,7 +655,33 @@ fn dsnap_freeze_through_the_guest_agent() -> Result<()> {
         String::from_utf8_lossy(&fsck.stdout),
         String::from_utf8_lossy(&fsck.stderr)
     );
+    // ...and it was taken while frozen: ext4's freeze writes its journal out and clears
+    // `needs_recovery` in the superblock (until the thaw); the killed guest's disk0 (the
+    // control) still has it, as every ext4 mounted read-write
+    ensure!(
+        !ext4_needs_recovery(&snap)?,
+        "the snapshot's ext4 needs journal recovery: not taken while frozen"
+    );
+    ensure!(
+        ext4_needs_recovery(&disk0)?,
+        "control: the killed guest's disk0 does not need journal recovery"
+    );
     Ok(())
+}
+
+/// Whether the ext4 superblock of `image` has the `needs_recovery` feature (`dumpe2fs -h`).
+fn ext4_needs_recovery(image: &Path) -> Result<bool> {
+    let out = run_ok({
+        let mut c = Command::new("dumpe2fs");
+        c.arg("-h").arg(image);
+        c
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let features = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:"))
+        .with_context(|| format!("no features in dumpe2fs -h {}", image.display()))?;
+    Ok(features.split_whitespace().any(|f| f == "needs_recovery"))
 }
 
 /// The number after `prefix` in `text` (e.g. "guest agent froze 1 filesystem(s)" → 1).
@@ -963,6 +989,7 @@ fn main() -> std::process::ExitCode {
                 Need::Debootstrap,
                 Need::Program("lsattr"),
                 Need::Program("e2fsck"),
+                Need::Program("dumpe2fs"),
             ],
             dsnap_freeze_through_the_guest_agent,
         ),
