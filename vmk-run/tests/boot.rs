@@ -87,6 +87,17 @@ fn main() -> std::process::ExitCode {
         ),
         SystemTest::new("kill_never_signals_an_unrelated_pid", bb, kill_unrelated),
         SystemTest::new(
+            "a_users_vm_writes_its_9p_share_as_that_user",
+            &[
+                Need::Root,
+                Need::Qemu,
+                Need::Busybox,
+                Need::Kernel,
+                Need::Program("setpriv"),
+            ],
+            a_users_vm_writes_its_share_as_that_user,
+        ),
+        SystemTest::new(
             "sockets_are_the_owners_alone_and_console_works_for_the_owner",
             &[
                 Need::Root,
@@ -1054,6 +1065,112 @@ fn console_in_a_terminal() -> Result<()> {
     );
     drop(guard);
     Ok(())
+}
+
+/// uid and gid of `nobody`, the other local user of these tests.
+const NOBODY: u32 = 65534;
+
+/// A user (`nobody`) runs a VM with a read-write share: vmk picks virtio-9p (virtiofsd needs
+/// root), and what the guest's root writes there belongs to that user on the host; the
+/// guest's root cannot make a device node there. The user's VM directory, environment and
+/// copies of the guest's kernel, initrd and of vmk-run are all theirs (nothing of root's).
+fn a_users_vm_writes_its_share_as_that_user() -> Result<()> {
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let (dir, share) = (tmp.path().join("vm"), tmp.path().join("share"));
+    let slot = VmSlot::reserve()?;
+    let g = guest::busybox_guest()?;
+    std::fs::create_dir(&dir)?;
+    std::fs::create_dir(&share)?;
+    let vmk_run = tmp.path().join("vmk-run");
+    std::fs::copy(env!("CARGO_BIN_EXE_vmk-run"), &vmk_run)?;
+    std::fs::copy(&g.kernel, dir.join("kernel"))?;
+    std::fs::copy(&g.initrd, dir.join("initrd"))?;
+    std::fs::File::create(dir.join("disk0.raw"))?.set_len(64 << 20)?;
+    let guest_cmd = "mkdir -p /mnt && mount -t 9p -o trans=virtio,version=9p2000.L host /mnt \
+                     && echo from-the-guest > /mnt/written; mknod /mnt/node c 1 3; \
+                     echo mknod-status=$?";
+    write_config(
+        &dir,
+        &format!(
+            "VMK_NAME=users\nVMK_DISK0=disk0.raw\nVMK_DISK0_FORMAT=raw\nVMK_MEM=256M\nVMK_CPU=1\n\
+             VMK_ACCEL=tcg\nVMK_NET_TYPE=none\n{}VMK_KERNEL=kernel\nVMK_INITRD=initrd\n\
+             VMK_APPEND='{} vmk.cmd=\"{guest_cmd}\"'\nVMK_SHARE='{}:host'\n",
+            slot.config_line(),
+            g.append,
+            share.display()
+        ),
+    )?;
+    let env = TestEnv::new()?;
+    let files = ["vm-config", "kernel", "initrd", "disk0.raw"].map(|f| dir.join(f));
+    let dirs = [
+        env.path().to_path_buf(),
+        env.home(),
+        env.runtime_dir(),
+        dir.clone(),
+    ];
+    for p in dirs.iter().chain(&files).chain([&share]) {
+        chown(p, Some(NOBODY), Some(NOBODY))?;
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&vmk_run)
+        .arg("run")
+        .current_dir(&dir)
+        // the system's programs (qemu), not those in root's home
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    let armed = vmk_testkit::qemu_guard::PidfileGuard::arm(&dir.join("disk0.raw.pid"));
+    let out = env.run_command_logged(&mut cmd, None)?;
+    ensure!(
+        out.status.success(),
+        "vmk-run run as nobody: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guard = armed.into_guard()?;
+    let (uid, _) = uid_of(guard.pid())?;
+    ensure!(uid == NOBODY, "qemu runs as uid {uid}, not nobody's");
+    let log = dir.join("disk0.raw.console.log");
+    guest::wait_for_file_line(&log, "vmk-busybox-guest: exit", BOOT_TIMEOUT)?;
+    let console = std::fs::read_to_string(&log)?;
+    ensure!(
+        console.contains("mknod-status=1"),
+        "the guest's mknod on the share did not fail:\n{console}"
+    );
+    let written = share.join("written");
+    let meta = std::fs::metadata(&written)
+        .with_context(|| format!("the guest's file is not on the host:\n{console}"))?;
+    ensure!(
+        (meta.uid(), meta.gid()) == (NOBODY, NOBODY),
+        "the guest's file belongs to {}:{}, not to nobody",
+        meta.uid(),
+        meta.gid()
+    );
+    ensure!(std::fs::read_to_string(&written)? == "from-the-guest\n");
+    ensure!(
+        std::fs::symlink_metadata(share.join("node")).is_err(),
+        "a device node is on the host"
+    );
+    drop(guard);
+    Ok(())
+}
+
+/// The real uid and gid of process `pid` (/proc/PID/status).
+fn uid_of(pid: i32) -> Result<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let first = |key: &str| -> Result<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .context(format!("no {key} in /proc/{pid}/status"))?
+            .parse()
+            .context(key.to_string())
+    };
+    Ok((first("Uid:")?, first("Gid:")?))
 }
 
 /// As `nobody` (another local user): connect to the unix socket `path`; the error text,

@@ -22,9 +22,9 @@ pub const BUSYBOX_HELLO: &str = "vmk-busybox-guest: hello";
 pub const BUSYBOX_READY: &str = "vmk-busybox-guest: ready";
 
 /// Bump when the busybox initramfs layout or `/init` changes: it is part of the cache key.
-const BUSYBOX_VERSION: u32 = 2;
+const BUSYBOX_VERSION: u32 = 3;
 /// Kernel modules the busybox guest loads (with their dependencies): virtio devices,
-/// SCSI disks, and the ACPI power button so `system_powerdown` works.
+/// SCSI disks, the ACPI power button so `system_powerdown` works, and virtio-9p for shares.
 const BUSYBOX_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -33,6 +33,8 @@ const BUSYBOX_MODULES: &[&str] = &[
     "sd_mod",
     "button",
     "evdev",
+    "9pnet_virtio",
+    "9p",
 ];
 
 /// The tiny initramfs guest. Boot it with `-kernel kernel -initrd initrd -append append`.
