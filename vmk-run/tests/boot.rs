@@ -87,6 +87,11 @@ fn main() -> std::process::ExitCode {
         ),
         SystemTest::new("kill_never_signals_an_unrelated_pid", bb, kill_unrelated),
         SystemTest::new(
+            "kernel_alone_boots_without_the_configs_initrd",
+            bb,
+            kernel_alone_boots_without_the_configs_initrd,
+        ),
+        SystemTest::new(
             "a_users_vm_writes_its_9p_share_as_that_user",
             &[
                 Need::Root,
@@ -1062,6 +1067,41 @@ fn console_in_a_terminal() -> Result<()> {
     ensure!(
         running.status.success(),
         "the VM stopped when the console detached"
+    );
+    drop(guard);
+    Ok(())
+}
+
+/// `run --kernel K` without `--initrd` on a VM whose config has VMK_INITRD: qemu gets K and
+/// no initrd (its /proc/PID/cmdline), and the guest kernel, with no initramfs and no root,
+/// panics for want of a root filesystem (the busybox guest's root is its initrd).
+fn kernel_alone_boots_without_the_configs_initrd() -> Result<()> {
+    let env = TestEnv::new()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let slot = VmSlot::reserve()?;
+    busybox_vm(dir, slot.number())?;
+    let kernel = dir.join("bzImage-under-test");
+    std::fs::copy(guest::busybox_guest()?.kernel, &kernel)?;
+    let kernel_arg = kernel.to_string_lossy().into_owned();
+    let (guard, _) = start_busybox(&env, dir, &["run", "--kernel", &kernel_arg])?;
+    let argv = std::fs::read(format!("/proc/{}/cmdline", guard.pid()))?;
+    let argv: Vec<String> = argv
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    ensure!(
+        argv.windows(2)
+            .any(|w| w[0] == "-kernel" && w[1] == kernel_arg)
+            && !argv.iter().any(|a| a == "-initrd"),
+        "qemu runs with {argv:?}"
+    );
+    let log = dir.join("disk0.raw.console.log");
+    guest::wait_for_file_line(&log, "VFS: Unable to mount root fs", BOOT_TIMEOUT)?;
+    let console = std::fs::read_to_string(&log)?;
+    ensure!(
+        !console.contains(guest::BUSYBOX_HELLO),
+        "the busybox initrd ran:\n{console}"
     );
     drop(guard);
     Ok(())
