@@ -1043,6 +1043,18 @@ fn info_shows_the_iso_the_kernel_lines_and_the_guests_address() {
     ] {
         assert!(text.contains(line), "no {line:?} in:\n{text}");
     }
+
+    // a bridge with VMK_IP: that address, whatever the neighbour table says
+    let _slot = vm(dir, "VMK_NET_TYPE=bridge\nVMK_IP=192.0.2.7\n");
+    let text = info(dir);
+    assert!(
+        text.contains("ip:          192.0.2.7 (VMK_IP)\n"),
+        "no VMK_IP line in:\n{text}"
+    );
+    let out = vmk_run(dir).args(["info", "--json"]).assert().success();
+    let j: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(j["guest_ip"]["addr"], "192.0.2.7");
+    assert_eq!(j["guest_ip"]["source"], "vmk-ip");
 }
 
 /// VMK_ISO is found as the original found it: as given (relative to the VM directory, `~/`
