@@ -16,6 +16,7 @@ use vmk_common::state::{
     clear_stale_pidfile, is_vm_qemu, kill_verified, status, write_pidfile, KillOutcome,
     RuntimePaths, VmStatus, KILL_SIGNALS,
 };
+use vmk_testkit::isolation::{as_nobody, NOBODY};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
 
 /// Kills the child by its own pid (never by name) and reaps it, also on failure.
@@ -201,8 +202,6 @@ fn qmp_against_real_qemu_in_a_deep_dir() -> Result<()> {
     result
 }
 
-const NOBODY: u32 = 65534;
-
 /// A file outside the VM directory that planted links point at.
 struct Canary {
     _dir: tempfile::TempDir,
@@ -244,14 +243,6 @@ fn chmod(p: &Path, mode: u32) -> Result<()> {
 fn chown_nobody(p: &Path) -> Result<()> {
     std::os::unix::fs::lchown(p, Some(NOBODY), Some(NOBODY))
         .with_context(|| format!("chown 65534 {}", p.display()))
-}
-
-/// `cmd` run as nobody (uid and gid 65534, no groups).
-fn as_nobody(cmd: &[&str]) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(cmd);
-    c
 }
 
 fn planted_symlinks_at_runtime_files_are_never_followed() -> Result<()> {
@@ -438,7 +429,8 @@ fn runtime_dir_of_another_user_is_refused() -> Result<()> {
     chmod(base.path(), 0o777)?; // like /tmp without the sticky bit: nobody may create in it
     let rt = base.path().join("vmk-0");
     // another user made it first, open to everyone
-    ensure!(as_nobody(&["mkdir", "-m", "0777"])
+    ensure!(as_nobody("mkdir")
+        .args(["-m", "0777"])
         .arg(&rt)
         .status()?
         .success());
@@ -469,7 +461,8 @@ fn runtime_dir_of_another_user_is_refused() -> Result<()> {
         "{stderr}"
     );
     let theirs = base.path().join("vmk");
-    ensure!(as_nobody(&["mkdir", "-m", "0755"])
+    ensure!(as_nobody("mkdir")
+        .args(["-m", "0755"])
         .arg(&theirs)
         .status()?
         .success());
@@ -589,13 +582,13 @@ fn lax_umask_still_gives_private_files() -> Result<()> {
         let _listener = std::os::unix::net::UnixListener::bind(&control)?;
         chmod(&control, 0o777)?;
         let connect = |sock: &Path| -> Result<std::process::Output> {
-            Ok(as_nobody(&[
-                python,
-                "-c",
-                "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
-                &sock.display().to_string(),
-            ])
-            .output()?)
+            Ok(as_nobody(python)
+                .args([
+                    "-c",
+                    "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+                ])
+                .arg(sock)
+                .output()?)
         };
         let o = connect(&control)?;
         ensure!(
@@ -610,7 +603,7 @@ fn lax_umask_still_gives_private_files() -> Result<()> {
             String::from_utf8_lossy(&o.stderr)
         );
         let log = paths.console_log.display().to_string();
-        let o = as_nobody(&["cat", &log]).output()?;
+        let o = as_nobody("cat").arg(&log).output()?;
         ensure!(!o.status.success(), "nobody read the console log");
         ensure!(String::from_utf8_lossy(&o.stderr).contains("Permission denied"));
         // we can: the socket answers

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use vmk_testkit::guest;
-use vmk_testkit::isolation::{TestEnv, VmSlot};
+use vmk_testkit::isolation::{as_nobody, TestEnv, VmSlot, NOBODY};
 use vmk_testkit::qemu_guard::QemuGuard;
 use vmk_testkit::terminal::{ended_with_terminal_restored, in_terminal};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
@@ -1107,9 +1107,6 @@ fn kernel_alone_boots_without_the_configs_initrd() -> Result<()> {
     Ok(())
 }
 
-/// uid and gid of `nobody`, the other local user of these tests.
-const NOBODY: u32 = 65534;
-
 /// A user (`nobody`) runs a VM with a read-write share: vmk picks virtio-9p (virtiofsd needs
 /// root), and what the guest's root writes there belongs to that user on the host; the
 /// guest's root cannot make a device node there. The user's VM directory, environment and
@@ -1153,10 +1150,8 @@ fn a_users_vm_writes_its_share_as_that_user() -> Result<()> {
     for p in dirs.iter().chain(&files).chain([&share]) {
         chown(p, Some(NOBODY), Some(NOBODY))?;
     }
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&vmk_run)
-        .arg("run")
+    let mut cmd = as_nobody(&vmk_run);
+    cmd.arg("run")
         .current_dir(&dir)
         // the system's programs (qemu), not those in root's home
         .env(
@@ -1216,13 +1211,8 @@ fn uid_of(pid: i32) -> Result<(u32, u32)> {
 /// As `nobody` (another local user): connect to the unix socket `path`; the error text,
 /// or `connected` when it connected.
 fn connect_as_nobody(path: &Path) -> Result<String> {
-    let out = Command::new("setpriv")
+    let out = as_nobody("python3")
         .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "python3",
             "-c",
             "import os, socket, sys\n\
              os.stat(sys.argv[1])\n\

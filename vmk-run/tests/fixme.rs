@@ -13,10 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
-use vmk_testkit::isolation::TestEnv;
+use vmk_testkit::isolation::{TestEnv, NOBODY};
 use vmk_testkit::{run_system_tests, Need, SystemTest};
-
-const NOBODY: u32 = 65534;
 
 fn main() -> std::process::ExitCode {
     run_system_tests(vec![

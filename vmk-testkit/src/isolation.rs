@@ -271,6 +271,21 @@ impl PortLease {
     }
 }
 
+/// The uid and gid of `nobody`: the other local user of tests that check what a second user
+/// can and cannot do.
+pub const NOBODY: u32 = 65534;
+
+/// A command that runs `program` as [`NOBODY`] (uid and gid, no supplementary groups)
+/// through `setpriv`; the test runs as root and needs `Need::Program("setpriv")`.
+pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .args(["--clear-groups", "--"])
+        .arg(program);
+    c
+}
+
 /// A private HOME, runtime directory and (absent) system config for the commands a test
 /// runs. See the module doc.
 #[derive(Debug)]
