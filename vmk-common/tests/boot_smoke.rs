@@ -97,15 +97,14 @@ fn launch(mut qemu: QemuCommand, paths: &RuntimePaths) -> Result<QemuGuard> {
 
 /// The `Uid:` and `Seccomp:` lines of a process's status.
 fn uid_and_seccomp(pid: i32) -> Result<(String, String)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let status = vmk_testkit::ProcStatus::read(pid).with_context(|| format!("no process {pid}"))?;
     let line = |key: &str| {
         status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
+            .field(key)
             .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
             .with_context(|| format!("no {key} in /proc/{pid}/status"))
     };
-    Ok((line("Uid:")?, line("Seccomp:")?))
+    Ok((line("Uid")?, line("Seccomp")?))
 }
 
 fn boots_to_first_line() -> Result<()> {

@@ -496,11 +496,7 @@ fn original_hardware_boots() -> Result<()> {
     let slot = VmSlot::reserve()?;
     debian_vm(dir, slot.number(), &lines)?;
     let (mut guard, text) = run_to_login(&env, dir, "original hardware")?;
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", guard.pid()))?;
-    let args: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args = argv_of(guard.pid())?;
     for want in ["pc,accel=tcg", "lsi53c895a,id=scsi0", "base=localtime"] {
         ensure!(
             args.iter().any(|a| a == want),
@@ -1085,11 +1081,7 @@ fn kernel_alone_boots_without_the_configs_initrd() -> Result<()> {
     std::fs::copy(guest::busybox_guest()?.kernel, &kernel)?;
     let kernel_arg = kernel.to_string_lossy().into_owned();
     let (guard, _) = start_busybox(&env, dir, &["run", "--kernel", &kernel_arg])?;
-    let argv = std::fs::read(format!("/proc/{}/cmdline", guard.pid()))?;
-    let argv: Vec<String> = argv
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let argv = argv_of(guard.pid())?;
     ensure!(
         argv.windows(2)
             .any(|w| w[0] == "-kernel" && w[1] == kernel_arg)
@@ -1193,19 +1185,27 @@ fn a_users_vm_writes_its_share_as_that_user() -> Result<()> {
     Ok(())
 }
 
+/// The arguments process `pid` runs with, one each (/proc/PID/cmdline).
+fn argv_of(pid: i32) -> Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    Ok(raw
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect())
+}
+
 /// The real uid and gid of process `pid` (/proc/PID/status).
 fn uid_of(pid: i32) -> Result<(u32, u32)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let status = vmk_testkit::ProcStatus::read(pid).context(format!("no process {pid}"))?;
     let first = |key: &str| -> Result<u32> {
         status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
+            .field(key)
             .and_then(|v| v.split_whitespace().next())
             .context(format!("no {key} in /proc/{pid}/status"))?
             .parse()
             .context(key.to_string())
     };
-    Ok((first("Uid:")?, first("Gid:")?))
+    Ok((first("Uid")?, first("Gid")?))
 }
 
 /// As `nobody` (another local user): connect to the unix socket `path`; the error text,

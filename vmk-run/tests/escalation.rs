@@ -119,15 +119,9 @@ struct Timeline {
 /// The signals pending on the whole process (`ShdPnd`, a hex mask, bit N-1 for signal N)
 /// and whether it is a zombie, from /proc/PID/status; `None` once it is gone.
 fn pending_and_dead(pid: i32) -> Option<(u64, bool)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let pending = u64::from_str_radix(field("ShdPnd:")?, 16).ok()?;
-    let zombie = field("State:")?.starts_with('Z');
+    let status = vmk_testkit::ProcStatus::read(pid)?;
+    let pending = u64::from_str_radix(status.field("ShdPnd")?, 16).ok()?;
+    let zombie = status.field("State")?.starts_with('Z');
     Some((pending, zombie))
 }
 

@@ -450,6 +450,28 @@ pub fn ssh_until_ok(
     }
 }
 
+/// What the kernel says of a process in `/proc/PID/status`, read once: how tests check
+/// qemu's user, sandbox, pending signals and state with no word of vmk's.
+#[derive(Debug)]
+pub struct ProcStatus(String);
+
+impl ProcStatus {
+    /// The status of process `pid`; `None` once it is gone (reaped).
+    pub fn read(pid: i32) -> Option<ProcStatus> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .map(ProcStatus)
+    }
+
+    /// The value of field `name` (`Uid`, `State`, `ShdPnd`…), trimmed.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.0.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key == name).then(|| value.trim())
+        })
+    }
+}
+
 /// Waits for `child` and collects its output; kills it after `timeout` (a hang guard).
 /// Its output must be piped, or small: what it writes is read only once it has exited.
 pub fn wait_output(
